@@ -1,0 +1,15 @@
+//! shardmesh: a server mesh for MMO worlds, emulated on one multi-core host.
+//!
+//! The layout follows the architecture: [`world`] is the data model, [`protocol`] the sans-IO
+//! state machines that move authority and commit state, [`sim`] the deterministic simulator
+//! that drives them under faults. Only the binary and the simulator's callers touch clocks,
+//! threads or files.
+
+pub mod limits;
+pub mod protocol;
+pub mod sim;
+pub mod world;
+
+pub use protocol::{Replication, Server};
+pub use sim::{FaultPlan, SimConfig, SimOutcome, Simulator};
+pub use world::{ContainerTree, EntityId, EntityKind, EntityState, RegionMap, ServerId};

@@ -1,0 +1,174 @@
+//! The `shardmesh` command: `sim` runs the deterministic simulator over seeds, `demo` runs the
+//! main job on the embedded default world, `world` checks a world file.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use shardmesh::sim::{SimConfig, SimOutcome, Simulator};
+use shardmesh::world::{ContainerKind, ContainerTree};
+
+#[derive(Parser)]
+#[command(name = "shardmesh", version, about = "A server mesh for MMO worlds, emulated on one host")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the deterministic simulator: many seeds (`--seeds N`) or one, verbosely (`--seed S`).
+    Sim {
+        /// Run this many seeds, starting at `--start`.
+        #[arg(long, conflicts_with = "seed")]
+        seeds: Option<u64>,
+        /// First seed of a `--seeds` sweep.
+        #[arg(long, default_value_t = 0)]
+        start: u64,
+        /// Replay one seed and print every event.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Ticks with faults on, before the calm phase.
+        #[arg(long, default_value_t = 300)]
+        fault_ticks: u64,
+        /// Ticks of the calm phase, after which the world must have settled.
+        #[arg(long, default_value_t = 120)]
+        calm_ticks: u64,
+        /// Worker threads for a sweep (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// The main job on the embedded default world. Until the live runtime lands, it runs the
+    /// mesh protocol in the simulator and prints what happened.
+    Demo {
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Load a TOML world file, check it and print its container tree.
+    World { file: std::path::PathBuf },
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Sim { seeds, start, seed, fault_ticks, calm_ticks, threads } => {
+            let base = |s| SimConfig { fault_ticks, calm_ticks, ..SimConfig::new(s) };
+            match (seeds, seed) {
+                (_, Some(seed)) => {
+                    let outcome = Simulator::run(SimConfig { verbose: true, ..base(seed) });
+                    print!("{}", outcome.log);
+                    if outcome.failure.is_some() {
+                        ExitCode::FAILURE
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                (seeds, None) => sweep(start, seeds.unwrap_or(100), threads, base),
+            }
+        }
+        Command::Demo { seed } => demo(seed),
+        Command::World { file } => match std::fs::read_to_string(&file).map_err(|e| e.to_string()).and_then(|t| ContainerTree::from_toml(&t).map_err(|e| e.to_string())) {
+            Ok(tree) => {
+                for c in &tree.containers {
+                    let depth = match c.kind {
+                        ContainerKind::System => 0,
+                        ContainerKind::Planet => 1,
+                        ContainerKind::City => 2,
+                        ContainerKind::Building => 3,
+                        ContainerKind::Room => 4,
+                    };
+                    println!("{:indent$}{:?} {} {:?}..{:?}", "", c.kind, c.name, c.bounds.min, c.bounds.max, indent = depth * 2);
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", file.display());
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// Runs seeds `start..start+count` on worker threads; prints a line per failure (in seed order)
+/// and a summary with seeds per second.
+fn sweep(start: u64, count: u64, threads: Option<usize>, config: impl Fn(u64) -> SimConfig + Sync) -> ExitCode {
+    let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    let next = AtomicU64::new(start);
+    let failures: Mutex<Vec<SimOutcome>> = Mutex::new(Vec::new());
+    let totals = Mutex::new((0u64, 0u64, 0u64));
+    let began = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= start + count {
+                    break;
+                }
+                let outcome = Simulator::run(config(seed));
+                {
+                    let mut t = totals.lock().expect("no worker panics while holding it");
+                    t.0 += outcome.stats.ticks;
+                    t.1 += outcome.stats.handoffs;
+                    t.2 += outcome.stats.crashes + outcome.stats.fenced;
+                }
+                if outcome.failure.is_some() {
+                    failures.lock().expect("no worker panics while holding it").push(outcome);
+                }
+            });
+        }
+    });
+    let elapsed = began.elapsed().as_secs_f64();
+    let mut failures = failures.into_inner().expect("workers are done");
+    failures.sort_by_key(|o| o.seed);
+    for f in &failures {
+        let (tick, e) = f.failure.as_ref().expect("only failures are kept");
+        println!("FAIL seed={} tick={tick}: {e}  [{}]", f.seed, f.plan);
+    }
+    let (ticks, handoffs, crashes) = totals.into_inner().expect("workers are done");
+    println!(
+        "{} seeds ({}..{}), {} failed, {:.1} s, {:.1} seeds/s, {} ticks, {} handoffs, {} crashes and fences, {} threads",
+        count,
+        start,
+        start + count,
+        failures.len(),
+        elapsed,
+        count as f64 / elapsed,
+        ticks,
+        handoffs,
+        crashes,
+        threads
+    );
+    if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn demo(seed: u64) -> ExitCode {
+    let tree = ContainerTree::default_world();
+    println!(
+        "world `{}`: {} containers ({} cities, {} rooms)",
+        tree.system().name,
+        tree.containers.len(),
+        tree.of_kind(ContainerKind::City).count(),
+        tree.of_kind(ContainerKind::Room).count()
+    );
+    println!("the live runtime is not built yet: running the mesh protocol in the simulator");
+    let began = Instant::now();
+    let outcome = Simulator::run(SimConfig::new(seed));
+    print!("{}", outcome.log);
+    println!(
+        "{} entities ({} items), {:.2} s wall for {} ticks of world time",
+        outcome.entities,
+        outcome.items,
+        began.elapsed().as_secs_f64(),
+        outcome.stats.ticks
+    );
+    if outcome.failure.is_some() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

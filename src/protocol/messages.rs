@@ -1,0 +1,125 @@
+//! The messages of the mesh protocol. All are rkyv types: on one host they cross cores archived
+//! in shared memory and are read in place; between hosts the same bytes go on the wire.
+//!
+//! Every message a server sends names its incarnation, and every entity write names the
+//! authority epoch it was made under, so the replication layer can tell a late message from a
+//! former owner and refuse it.
+
+use crate::world::{EntityId, EntityState, RegionMap, ServerId};
+
+/// One life of a logical server: a restart is a new incarnation, never reused.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug, PartialEq, Eq, PartialOrd, Ord))]
+pub struct Incarnation(pub u32);
+
+/// Identifies one grant of authority. The replication layer draws epochs from one counter, so an
+/// epoch names exactly one (entity subtree, server) grant; a write under any other is stale.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug, PartialEq, Eq, PartialOrd, Ord))]
+pub struct Epoch(pub u64);
+
+/// An entity's state together with the epoch its holder has authority under.
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Owned {
+    pub id: EntityId,
+    pub epoch: Epoch,
+    pub state: EntityState,
+}
+
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum Delta {
+    /// The entity's full state as of this tick (a new entity if the layer has never seen it).
+    Upsert(Owned),
+    /// The entity is gone (a projectile that hit or expired).
+    Destroy { id: EntityId, epoch: Epoch },
+}
+
+/// Server to replication layer.
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ToReplication {
+    pub server: ServerId,
+    pub incarnation: Incarnation,
+    pub body: ServerMsg,
+}
+
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum ServerMsg {
+    /// First message of an incarnation: "I am up, with nothing".
+    Register,
+    /// Sent every tick; the answer extends the lease.
+    Heartbeat { sent_at_us: u64 },
+    /// What changed this tick, parents before children.
+    Deltas { tick: u64, entries: Vec<Delta> },
+    /// The server gives up a root entity and its subtree (parents first): it left the server's
+    /// regions. Sent after the tick's deltas, on the same ordered link.
+    Handoff { root: EntityId, entities: Vec<Owned> },
+}
+
+/// Replication layer to server.
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ToServer {
+    pub server: ServerId,
+    pub incarnation: Incarnation,
+    pub body: ReplicationMsg,
+}
+
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum ReplicationMsg {
+    /// Registration accepted. Entities the server creates are held under `create_epoch`.
+    Welcome { create_epoch: Epoch, map: RegionMap },
+    /// Answer to a heartbeat: authority holds until `sent_at_us` plus the lease duration.
+    Lease { sent_at_us: u64 },
+    /// The region map changed.
+    Map(RegionMap),
+    /// Authority over a subtree (parents first), all under one new epoch, from the layer's
+    /// committed state.
+    Adopt { entities: Vec<Owned> },
+    /// This incarnation has been declared dead: stop, drop everything, restart.
+    Fenced,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::world::{Aabb, EntityKind};
+    use glam::Vec3;
+
+    #[test]
+    fn messages_round_trip_and_read_in_place() {
+        let msg = ToServer {
+            server: ServerId(2),
+            incarnation: Incarnation(9),
+            body: ReplicationMsg::Adopt {
+                entities: vec![Owned {
+                    id: EntityId::new(0, 5),
+                    epoch: Epoch(44),
+                    state: EntityState::new(EntityKind::Item { capacity: 4 }, Vec3::new(1.0, 2.0, 3.0)),
+                }],
+            },
+        };
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&msg).unwrap();
+        let archived = rkyv::access::<ArchivedToServer, rkyv::rancor::Error>(&bytes).unwrap();
+        assert_eq!(archived.incarnation.0, 9);
+        let back = rkyv::from_bytes::<ToServer, rkyv::rancor::Error>(&bytes).unwrap();
+        assert_eq!(back, msg);
+
+        let map = RegionMap::kd_split(Aabb::new(Vec3::ZERO, Vec3::splat(64.0)), 4);
+        let welcome = ReplicationMsg::Welcome { create_epoch: Epoch(1), map };
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&welcome).unwrap();
+        assert_eq!(rkyv::from_bytes::<ReplicationMsg, rkyv::rancor::Error>(&bytes).unwrap(), welcome);
+    }
+
+    #[test]
+    fn corrupt_bytes_are_an_error() {
+        let msg = ToReplication { server: ServerId(1), incarnation: Incarnation(1), body: ServerMsg::Register };
+        let mut bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&msg).unwrap().to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] = 0xff;
+        bytes[last - 1] = 0xff;
+        assert!(rkyv::from_bytes::<ToReplication, rkyv::rancor::Error>(&bytes).is_err());
+    }
+}

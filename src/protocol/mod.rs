@@ -1,0 +1,13 @@
+//! The sans-IO protocol core: messages, the reliable link, the game server and the replication
+//! layer. No clock, threads, sockets, files or global randomness: time and input come in as
+//! arguments, output goes out as values, so the simulator and the runtime drive the same code.
+
+pub mod link;
+pub mod messages;
+pub mod replication;
+pub mod server;
+
+pub use link::{Link, LinkPacket};
+pub use messages::{Delta, Epoch, Incarnation, Owned, ReplicationMsg, ServerMsg, ToReplication, ToServer};
+pub use replication::{PlantedBugs, Record, Replication, ReplicationStats};
+pub use server::{Action, Input, Server, ServerEvent, ServerStats};

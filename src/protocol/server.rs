@@ -1,0 +1,544 @@
+//! A logical game server (a DGS): simulates the entities it has authority over, applies bot
+//! and player inputs under the game rules, hands off what leaves its regions, and streams its
+//! changes to the replication layer.
+//!
+//! Sans-IO: `handle` takes a message, `handle_input` an input, `tick` advances one tick; all
+//! output is drained with `poll_message` and `poll_event`. The server acts only while it holds a
+//! lease: once a lease runs out it stops at once and asks its driver for a restart, because the
+//! replication layer may already have given its entities to someone else.
+//!
+//! Invariants: a held child's parent is held too; a handed-off subtree is removed before the
+//! message leaves; deltas of a tick go out before its handoffs.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use glam::Vec3;
+
+use super::messages::{Delta, Epoch, Incarnation, Owned, ReplicationMsg, ServerMsg, ToReplication, ToServer};
+use crate::limits::{HIT_RADIUS_M, LEASE_DURATION_US, PROJECTILE_TTL_TICKS, REACH_M, TICK_DURATION_US};
+use crate::world::{EntityId, EntityKind, EntityState, Forest, RegionMap, ServerId};
+
+/// What a bot or player asks its entity to do this tick.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Input {
+    pub entity: EntityId,
+    pub action: Action,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Walk or fly in this direction at the kind's speed (zero stops).
+    Move([f32; 3]),
+    Fire([f32; 3]),
+    PickUp,
+    Drop,
+    /// Put an item in hand into a backpack in hand.
+    Stow,
+    /// Take an item out of a backpack in hand.
+    Unstow,
+    Board,
+    Disembark,
+}
+
+/// Metres per second.
+pub fn speed_of(kind: EntityKind) -> f32 {
+    match kind {
+        EntityKind::Player => 30.0,
+        EntityKind::Npc => 12.0,
+        EntityKind::Ship => 150.0,
+        EntityKind::Projectile => 1500.0,
+        EntityKind::Item { .. } => 0.0,
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Held {
+    pub state: EntityState,
+    pub epoch: Epoch,
+    /// When authority arrived (for checks and handoff latency).
+    pub adopted_at_us: u64,
+    dirty: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    pub ticks: u64,
+    pub adopted: u64,
+    pub handed_off: u64,
+    pub created: u64,
+    pub destroyed: u64,
+    pub hits: u64,
+    pub inputs_applied: u64,
+    /// Inputs refused: not held, out of reach, too fast, not allowed by the graph rules.
+    pub inputs_refused: u64,
+    pub deltas_sent: u64,
+    /// Messages for another incarnation or out of place; dropped.
+    pub messages_ignored: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerEvent {
+    /// The lease ran out or the layer fenced this incarnation: everything was dropped and the
+    /// driver must start a new incarnation.
+    Fenced,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Registering,
+    Active,
+    Fenced,
+}
+
+pub struct Server {
+    id: ServerId,
+    incarnation: Incarnation,
+    phase: Phase,
+    map: Option<RegionMap>,
+    create_epoch: Epoch,
+    next_counter: u32,
+    lease_until_us: u64,
+    started_at_us: u64,
+    entities: BTreeMap<EntityId, Held>,
+    forest: Forest,
+    destroyed: Vec<(EntityId, Epoch)>,
+    inputs: Vec<Input>,
+    outbox: VecDeque<ToReplication>,
+    events: VecDeque<ServerEvent>,
+    pub stats: ServerStats,
+    /// Test-only planted bug: keep acting after the lease ran out.
+    pub planted_ignore_lease: bool,
+}
+
+impl Server {
+    pub fn new(id: ServerId, incarnation: Incarnation, now_us: u64) -> Self {
+        let mut server = Self {
+            id,
+            incarnation,
+            phase: Phase::Registering,
+            map: None,
+            create_epoch: Epoch(0),
+            next_counter: 0,
+            lease_until_us: 0,
+            started_at_us: now_us,
+            entities: BTreeMap::new(),
+            forest: Forest::default(),
+            destroyed: Vec::new(),
+            inputs: Vec::new(),
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: ServerStats::default(),
+            planted_ignore_lease: false,
+        };
+        server.send(ServerMsg::Register);
+        server
+    }
+
+    pub fn id(&self) -> ServerId {
+        self.id
+    }
+
+    pub fn incarnation(&self) -> Incarnation {
+        self.incarnation
+    }
+
+    /// Whether the server may act on its entities at `now`: welcomed and within its lease.
+    pub fn is_acting(&self, now_us: u64) -> bool {
+        self.phase == Phase::Active && (now_us < self.lease_until_us || self.planted_ignore_lease)
+    }
+
+    pub fn held(&self) -> &BTreeMap<EntityId, Held> {
+        &self.entities
+    }
+
+    pub fn forest(&self) -> &Forest {
+        &self.forest
+    }
+
+    pub fn map(&self) -> Option<&RegionMap> {
+        self.map.as_ref()
+    }
+
+    fn send(&mut self, body: ServerMsg) {
+        self.outbox.push_back(ToReplication { server: self.id, incarnation: self.incarnation, body });
+    }
+
+    pub fn poll_message(&mut self) -> Option<ToReplication> {
+        self.outbox.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    pub fn handle(&mut self, now_us: u64, msg: ToServer) {
+        if msg.server != self.id || msg.incarnation != self.incarnation || self.phase == Phase::Fenced {
+            self.stats.messages_ignored += 1;
+            return;
+        }
+        match msg.body {
+            ReplicationMsg::Welcome { create_epoch, map } => {
+                if self.phase != Phase::Registering {
+                    self.stats.messages_ignored += 1;
+                    return;
+                }
+                self.phase = Phase::Active;
+                self.create_epoch = create_epoch;
+                self.map = Some(map);
+                // The registration was sent at start and heard no earlier, so a lease measured
+                // from the start ends no later than the layer's view of it.
+                self.lease_until_us = self.started_at_us + LEASE_DURATION_US;
+            }
+            ReplicationMsg::Lease { sent_at_us } => {
+                self.lease_until_us = self.lease_until_us.max(sent_at_us + LEASE_DURATION_US);
+            }
+            ReplicationMsg::Map(map) => {
+                if self.map.as_ref().is_none_or(|m| m.epoch < map.epoch) {
+                    self.map = Some(map);
+                }
+            }
+            ReplicationMsg::Adopt { entities } => {
+                // A subtree already held under this epoch or a newer one is a replay: ignore it
+                // whole rather than hold anything twice.
+                let replay = entities.iter().any(|o| self.entities.get(&o.id).is_some_and(|h| h.epoch >= o.epoch));
+                if replay {
+                    self.stats.messages_ignored += 1;
+                    return;
+                }
+                for owned in entities {
+                    if let Some(old) = self.entities.remove(&owned.id) {
+                        if let Some(p) = old.state.parent {
+                            self.forest.unlink(owned.id, p);
+                        }
+                    }
+                    if let Some(p) = owned.state.parent {
+                        self.forest.link(owned.id, p);
+                    }
+                    let held = Held { state: owned.state, epoch: owned.epoch, adopted_at_us: now_us, dirty: false };
+                    self.entities.insert(owned.id, held);
+                    self.stats.adopted += 1;
+                }
+            }
+            ReplicationMsg::Fenced => self.fence(),
+        }
+    }
+
+    /// Queues an input for the next tick; it is validated when applied.
+    pub fn handle_input(&mut self, input: Input) {
+        self.inputs.push(input);
+    }
+
+    fn fence(&mut self) {
+        self.phase = Phase::Fenced;
+        self.entities.clear();
+        self.forest = Forest::default();
+        self.outbox.clear();
+        self.inputs.clear();
+        self.events.push_back(ServerEvent::Fenced);
+    }
+
+    pub fn tick(&mut self, now_us: u64) {
+        let tick = now_us / TICK_DURATION_US;
+        if self.phase == Phase::Active && !self.is_acting(now_us) {
+            self.fence();
+        }
+        if self.phase != Phase::Active {
+            self.inputs.clear();
+            return;
+        }
+        self.stats.ticks += 1;
+        for input in std::mem::take(&mut self.inputs) {
+            if self.apply(tick, &input) {
+                self.stats.inputs_applied += 1;
+            } else {
+                self.stats.inputs_refused += 1;
+            }
+        }
+        self.integrate(tick);
+        self.resolve_hits(tick);
+        let leaving = self.roots_outside_regions();
+        self.flush_deltas(tick);
+        for root in leaving {
+            self.hand_off(root);
+        }
+        self.send(ServerMsg::Heartbeat { sent_at_us: now_us });
+    }
+
+    fn world(&self) -> crate::world::Aabb {
+        self.map.as_ref().expect("active servers have a map").world
+    }
+
+    fn touch(&mut self, id: EntityId, tick: u64) -> &mut EntityState {
+        let held = self.entities.get_mut(&id).expect("touched entities are held");
+        held.dirty = true;
+        held.state.changed_tick = tick;
+        &mut held.state
+    }
+
+    fn state(&self, id: EntityId) -> Option<&EntityState> {
+        self.entities.get(&id).map(|h| &h.state)
+    }
+
+    /// Applies one input under the game rules; false if refused.
+    fn apply(&mut self, tick: u64, input: &Input) -> bool {
+        let Some(actor) = self.state(input.entity).cloned() else { return false };
+        match &input.action {
+            Action::Move(dir) => {
+                let dir = Vec3::from_array(*dir);
+                if actor.parent.is_some() || !actor.kind.is_driven() || !dir.is_finite() {
+                    return false;
+                }
+                let v = (dir.clamp_length_max(1.0) * speed_of(actor.kind)).to_array();
+                if v != actor.velocity {
+                    self.touch(input.entity, tick).velocity = v;
+                }
+                true
+            }
+            Action::Fire(dir) => {
+                let dir = Vec3::from_array(*dir).normalize_or_zero();
+                if dir == Vec3::ZERO || !matches!(actor.kind, EntityKind::Player | EntityKind::Ship) {
+                    return false;
+                }
+                let id = EntityId::new(self.incarnation.0, self.next_counter);
+                self.next_counter += 1;
+                let mut state = EntityState::new(EntityKind::Projectile, actor.pos() + dir * (HIT_RADIUS_M + 0.5));
+                state.velocity = (dir * speed_of(EntityKind::Projectile)).to_array();
+                state.ttl_ticks = PROJECTILE_TTL_TICKS;
+                state.source = Some(input.entity);
+                state.changed_tick = tick;
+                let held = Held { state, epoch: self.create_epoch, adopted_at_us: 0, dirty: true };
+                self.entities.insert(id, held);
+                self.stats.created += 1;
+                true
+            }
+            Action::PickUp => {
+                let reach = |s: &EntityState| s.pos().distance(actor.pos()) <= REACH_M;
+                let item = self
+                    .entities
+                    .iter()
+                    .find(|(id, h)| **id != input.entity && h.state.kind.is_item() && h.state.parent.is_none() && reach(&h.state))
+                    .map(|(id, _)| *id);
+                match item {
+                    Some(item) => self.attach(tick, item, input.entity),
+                    None => false,
+                }
+            }
+            Action::Drop => {
+                let item = self.forest.children(input.entity).find(|c| self.is_item(*c));
+                match item {
+                    Some(item) => self.detach(tick, item),
+                    None => false,
+                }
+            }
+            Action::Stow => {
+                let hand: Vec<EntityId> = self.forest.children(input.entity).collect();
+                let pack = hand.iter().copied().find(|c| matches!(self.state(*c).map(|s| s.kind), Some(EntityKind::Item { capacity }) if capacity > 0));
+                let loose = hand.iter().copied().find(|c| matches!(self.state(*c).map(|s| s.kind), Some(EntityKind::Item { capacity: 0 })));
+                match (pack, loose) {
+                    (Some(pack), Some(item)) => self.attach(tick, item, pack),
+                    _ => false,
+                }
+            }
+            Action::Unstow => {
+                let packed = self
+                    .forest
+                    .children(input.entity)
+                    .flat_map(|c| self.forest.children(c).collect::<Vec<_>>())
+                    .next();
+                match packed {
+                    Some(item) => self.attach(tick, item, input.entity),
+                    None => false,
+                }
+            }
+            Action::Board => {
+                if actor.parent.is_some() {
+                    return false;
+                }
+                let ship = self
+                    .entities
+                    .iter()
+                    .find(|(_, h)| h.state.kind == EntityKind::Ship && h.state.pos().distance(actor.pos()) <= 3.0 * REACH_M)
+                    .map(|(id, _)| *id);
+                match ship {
+                    Some(ship) => self.attach(tick, input.entity, ship),
+                    None => false,
+                }
+            }
+            Action::Disembark => {
+                let aboard = actor.parent.and_then(|p| self.state(p)).is_some_and(|p| p.kind == EntityKind::Ship);
+                aboard && self.detach(tick, input.entity)
+            }
+        }
+    }
+
+    fn is_item(&self, id: EntityId) -> bool {
+        self.state(id).is_some_and(|s| s.kind.is_item())
+    }
+
+    /// Moves `child` (and its subtree) under `parent`, if the graph rules allow it.
+    fn attach(&mut self, tick: u64, child: EntityId, parent: EntityId) -> bool {
+        let (Some(c), Some(p)) = (self.state(child), self.state(parent)) else { return false };
+        if child == parent || p.kind.capacity_for(c.kind) <= self.forest.child_count(parent) {
+            return false;
+        }
+        if self.forest.subtree(child).contains(&parent) {
+            return false;
+        }
+        let position = p.position;
+        if let Some(old) = c.parent {
+            self.forest.unlink(child, old);
+        }
+        self.forest.link(child, parent);
+        let state = self.touch(child, tick);
+        state.parent = Some(parent);
+        state.velocity = [0.0; 3];
+        self.place_subtree(tick, child, position);
+        true
+    }
+
+    fn detach(&mut self, tick: u64, child: EntityId) -> bool {
+        let Some(parent) = self.state(child).and_then(|s| s.parent) else { return false };
+        self.forest.unlink(child, parent);
+        self.touch(child, tick).parent = None;
+        true
+    }
+
+    fn place_subtree(&mut self, tick: u64, root: EntityId, position: [f32; 3]) {
+        for id in self.forest.subtree(root) {
+            let held = self.entities.get_mut(&id).expect("subtree entities are held");
+            if held.state.position != position {
+                held.state.position = position;
+                held.state.changed_tick = tick;
+                held.dirty = true;
+            }
+        }
+    }
+
+    /// Moves every root by its velocity; children ride along. Projectiles age and vanish at the
+    /// world's edge; everything else bounces off it.
+    fn integrate(&mut self, tick: u64) {
+        let dt = TICK_DURATION_US as f32 / 1e6;
+        let world = self.world();
+        let roots: Vec<EntityId> = self
+            .entities
+            .iter()
+            .filter(|(_, h)| h.state.parent.is_none() && (h.state.vel() != Vec3::ZERO || h.state.ttl_ticks > 0))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in roots {
+            let state = self.touch(id, tick);
+            let next = state.pos() + state.vel() * dt;
+            if state.kind == EntityKind::Projectile {
+                state.ttl_ticks = state.ttl_ticks.saturating_sub(1);
+                if state.ttl_ticks == 0 || !world.contains(next) {
+                    self.destroy(id);
+                    continue;
+                }
+                state.position = next.to_array();
+                continue;
+            }
+            let clamped = world.clamp(next);
+            if clamped != next {
+                let bounce = Vec3::select(clamped.cmpne(next), -Vec3::ONE, Vec3::ONE);
+                state.velocity = (state.vel() * bounce).to_array();
+            }
+            state.position = clamped.to_array();
+            self.place_subtree(tick, id, clamped.to_array());
+        }
+    }
+
+    fn destroy(&mut self, id: EntityId) {
+        let held = self.entities.remove(&id).expect("destroyed entities are held");
+        debug_assert_eq!(self.forest.child_count(id), 0, "only leaf entities are destroyed");
+        self.destroyed.push((id, held.epoch));
+        self.stats.destroyed += 1;
+    }
+
+    /// A projectile hits a player, NPC or ship (not the one that fired it) that came within
+    /// reach of the path it swept this tick: at 1500 m/s it moves 50 m a tick, so testing only
+    /// where it ends would let it pass through.
+    fn resolve_hits(&mut self, tick: u64) {
+        let dt = TICK_DURATION_US as f32 / 1e6;
+        let projectiles: Vec<(EntityId, Vec3, Vec3, Option<EntityId>)> = self
+            .entities
+            .iter()
+            .filter(|(_, h)| h.state.kind == EntityKind::Projectile)
+            .map(|(id, h)| (*id, h.state.pos() - h.state.vel() * dt, h.state.pos(), h.state.source))
+            .collect();
+        for (projectile, from, to, source) in projectiles {
+            let target = self
+                .entities
+                .iter()
+                .find(|(id, h)| {
+                    Some(**id) != source
+                        && matches!(h.state.kind, EntityKind::Player | EntityKind::Npc | EntityKind::Ship)
+                        && distance_to_segment(h.state.pos(), from, to) <= HIT_RADIUS_M
+                })
+                .map(|(id, _)| *id);
+            if let Some(target) = target {
+                let state = self.touch(target, tick);
+                // Damage; at zero health the entity is restored, never removed, so counts hold.
+                state.health = state.health.checked_sub(10).filter(|h| *h > 0).unwrap_or(100);
+                self.destroy(projectile);
+                self.stats.hits += 1;
+            }
+        }
+    }
+
+    fn roots_outside_regions(&self) -> Vec<EntityId> {
+        let map = self.map.as_ref().expect("active servers have a map");
+        self.entities
+            .iter()
+            .filter(|(_, h)| h.state.parent.is_none() && map.owner_at(h.state.pos()) != Some(self.id))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Every change of the tick, leaving entities included: a handoff may only carry what the
+    /// layer already knows the shape of, or a child dropped this tick would travel with it.
+    fn flush_deltas(&mut self, tick: u64) {
+        let mut entries: Vec<Delta> = Vec::new();
+        // Parents before children, so the layer never sees a child of an unknown parent.
+        let mut order: Vec<EntityId> = Vec::new();
+        for (id, held) in &self.entities {
+            if held.state.parent.is_none() {
+                order.extend(self.forest.subtree(*id));
+            }
+        }
+        for id in order {
+            let held = self.entities.get_mut(&id).expect("ordered entities are held");
+            if held.dirty {
+                held.dirty = false;
+                entries.push(Delta::Upsert(Owned { id, epoch: held.epoch, state: held.state.clone() }));
+            }
+        }
+        for (id, epoch) in self.destroyed.drain(..) {
+            entries.push(Delta::Destroy { id, epoch });
+        }
+        if !entries.is_empty() {
+            self.stats.deltas_sent += entries.len() as u64;
+            self.send(ServerMsg::Deltas { tick, entries });
+        }
+    }
+
+    fn hand_off(&mut self, root: EntityId) {
+        let ids = self.forest.subtree(root);
+        let mut entities = Vec::with_capacity(ids.len());
+        for id in &ids {
+            let held = self.entities.remove(id).expect("subtree entities are held");
+            if let Some(p) = held.state.parent {
+                self.forest.unlink(*id, p);
+            }
+            entities.push(Owned { id: *id, epoch: held.epoch, state: held.state });
+        }
+        self.stats.handed_off += ids.len() as u64;
+        self.send(ServerMsg::Handoff { root, entities });
+    }
+}
+
+/// Distance from `p` to the segment `a`..`b`.
+pub fn distance_to_segment(p: Vec3, a: Vec3, b: Vec3) -> f32 {
+    let ab = b - a;
+    let t = if ab.length_squared() > 0.0 { ((p - a).dot(ab) / ab.length_squared()).clamp(0.0, 1.0) } else { 0.0 };
+    p.distance(a + ab * t)
+}

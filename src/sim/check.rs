@@ -1,0 +1,159 @@
+//! The simulator's invariant checks, run after every step with a view of every node: what the
+//! protocol promises, checked from outside it.
+//!
+//! Safety (every step): one authority per live entity and it is the layer's; nothing committed
+//! is lost or goes back; items are the same set, by identity, as at the start; every server's
+//! entity graph is whole; an adopted entity starts from exactly the committed state.
+//! Liveness (after the faults stop and the world settles): every entity is simulated by the
+//! server that owns its region, and the layer's record matches what that server holds.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::protocol::{Replication, Server};
+use crate::world::{EntityId, EntityKind};
+
+pub struct Checker {
+    /// Items and every other entity that is never destroyed, by identity.
+    persistent: BTreeMap<EntityId, EntityKind>,
+    items: usize,
+    commit_seq: BTreeMap<EntityId, u64>,
+}
+
+impl Checker {
+    pub fn new(rl: &Replication) -> Self {
+        let persistent: BTreeMap<EntityId, EntityKind> = rl.records().iter().map(|(id, r)| (*id, r.state.kind)).collect();
+        let items = persistent.values().filter(|k| k.is_item()).count();
+        Self { persistent, items, commit_seq: BTreeMap::new() }
+    }
+
+    pub fn item_count(&self) -> usize {
+        self.items
+    }
+
+    /// Safety checks after a step at `now_us`.
+    pub fn check_step<'a>(&mut self, now_us: u64, rl: &Replication, servers: impl Iterator<Item = &'a Server> + Clone) -> Result<(), String> {
+        let errors = rl.check();
+        if let Some(e) = errors.first() {
+            return Err(format!("replication layer: {e}"));
+        }
+        for (id, kind) in &self.persistent {
+            match rl.records().get(id) {
+                None => return Err(format!("{id} ({kind:?}) is lost: the layer has no record of it")),
+                Some(r) if r.state.kind != *kind => return Err(format!("{id} changed kind from {kind:?} to {:?}", r.state.kind)),
+                Some(_) => {}
+            }
+        }
+        let items_now = rl.records().values().filter(|r| r.state.kind.is_item()).count();
+        if items_now != self.items {
+            return Err(format!("the world has {items_now} items, it started with {}", self.items));
+        }
+        for (id, r) in rl.records() {
+            let seen = self.commit_seq.entry(*id).or_insert(r.commit_seq);
+            if r.commit_seq < *seen {
+                return Err(format!("{id}: committed state went back from change {} to {}", *seen, r.commit_seq));
+            }
+            *seen = r.commit_seq;
+        }
+        self.commit_seq.retain(|id, _| rl.records().contains_key(id));
+
+        let mut holder: BTreeMap<EntityId, crate::world::ServerId> = BTreeMap::new();
+        for server in servers.filter(|s| s.is_acting(now_us)) {
+            check_graph(server)?;
+            let create_epoch = rl.servers().get(&server.id()).map(|s| s.create_epoch);
+            for (id, held) in server.held() {
+                if let Some(other) = holder.insert(*id, server.id()) {
+                    return Err(format!("{id} is simulated by both {other} and {}", server.id()));
+                }
+                match rl.records().get(id) {
+                    Some(r) if r.authority == Some(server.id()) && r.epoch == held.epoch => {}
+                    Some(r) => {
+                        return Err(format!(
+                            "{} acts on {id} under epoch {:?}, but the layer gives it to {:?} under {:?}",
+                            server.id(),
+                            held.epoch,
+                            r.authority,
+                            r.epoch
+                        ))
+                    }
+                    // A projectile made this tick that the layer has not heard of yet.
+                    None if held.state.kind == EntityKind::Projectile && Some(held.epoch) == create_epoch => {}
+                    None => return Err(format!("{} acts on {id}, which the layer does not know", server.id())),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Right after delivery: whatever a server adopted at `now_us` is exactly the committed state.
+    pub fn check_restored<'a>(&self, now_us: u64, rl: &Replication, servers: impl Iterator<Item = &'a Server>) -> Result<(), String> {
+        for server in servers {
+            for (id, held) in server.held().iter().filter(|(_, h)| h.adopted_at_us == now_us) {
+                let Some(r) = rl.records().get(id) else { continue };
+                if r.epoch == held.epoch && r.state != held.state {
+                    return Err(format!("{} adopted {id} with a state other than the committed one", server.id()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After the calm phase: every entity is held by the owner of its region, as committed.
+    pub fn check_settled<'a>(&self, now_us: u64, rl: &Replication, servers: impl Iterator<Item = &'a Server> + Clone) -> Result<(), String> {
+        if !rl.orphans().is_empty() {
+            return Err(format!("{} entities have no server after the world settled", rl.orphans().len()));
+        }
+        if let Some(r) = rl.map().regions().iter().find(|r| r.server.is_none()) {
+            return Err(format!("region {} has no server after the world settled", r.id));
+        }
+        let acting: BTreeMap<_, _> = servers.filter(|s| s.is_acting(now_us)).map(|s| (s.id(), s)).collect();
+        for (id, r) in rl.records() {
+            let Some(owner) = r.authority else { return Err(format!("{id} has no authority")) };
+            let Some(server) = acting.get(&owner) else {
+                return Err(format!("{id} belongs to {owner}, which is not running"));
+            };
+            let Some(held) = server.held().get(id) else {
+                return Err(format!("{id} belongs to {owner}, which does not hold it"));
+            };
+            if held.state != r.state {
+                return Err(format!("{id}: {owner} holds a state the layer never committed"));
+            }
+            if r.state.parent.is_none() && rl.map().owner_at(r.state.pos()) != Some(owner) {
+                return Err(format!("{id} rests outside the regions of {owner}, its holder"));
+            }
+        }
+        let held_total: usize = acting.values().map(|s| s.held().len()).sum();
+        if held_total != rl.records().len() {
+            return Err(format!("servers hold {held_total} entities, the layer has {}", rl.records().len()));
+        }
+        Ok(())
+    }
+}
+
+/// A server's own graph: every child's parent is held by the same server, the index agrees with
+/// the parent pointers, children sit where their parent is, and the kinds fit.
+fn check_graph(server: &Server) -> Result<(), String> {
+    let held = server.held();
+    let mut linked = BTreeSet::new();
+    for (p, c) in server.forest().edges() {
+        linked.insert(c);
+        if held.get(&c).and_then(|h| h.state.parent) != Some(p) {
+            return Err(format!("{}: its index puts {c} in {p}, the entity disagrees", server.id()));
+        }
+    }
+    for (id, h) in held {
+        let Some(p) = h.state.parent else { continue };
+        let Some(parent) = held.get(&p) else {
+            return Err(format!("{} holds {id} but not its parent {p}", server.id()));
+        };
+        if !linked.contains(id) {
+            return Err(format!("{}: {id} is missing from its parent's children", server.id()));
+        }
+        if parent.state.position != h.state.position {
+            return Err(format!("{}: {id} does not move with its parent {p}", server.id()));
+        }
+        if parent.state.kind.capacity_for(h.state.kind) < server.forest().child_count(p) {
+            return Err(format!("{}: {p} holds more than a {:?} may", server.id(), parent.state.kind));
+        }
+    }
+    Ok(())
+}

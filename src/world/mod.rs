@@ -1,0 +1,12 @@
+//! The world model: the static container tree, entities and their graph, regions and the
+//! versioned region map. Pure data and rules: no clock, no I/O, no threads.
+
+pub mod container;
+pub mod entity;
+pub mod generate;
+pub mod region;
+
+pub use container::{Aabb, Container, ContainerKind, ContainerTree, WorldError};
+pub use entity::{EntityId, EntityKind, EntityState, Forest};
+pub use generate::{populate, Population};
+pub use region::{MapError, Region, RegionId, RegionMap, ServerId};
