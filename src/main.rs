@@ -68,7 +68,10 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo { seed } => demo(seed),
-        Command::World { file } => match std::fs::read_to_string(&file).map_err(|e| e.to_string()).and_then(|t| ContainerTree::from_toml(&t).map_err(|e| e.to_string())) {
+        Command::World { file } => match std::fs::read_to_string(&file)
+            .map_err(|e| e.to_string())
+            .and_then(|t| ContainerTree::from_toml(&t).map_err(|e| e.to_string()))
+        {
             Ok(tree) => {
                 for c in &tree.containers {
                     let depth = match c.kind {
@@ -78,7 +81,15 @@ fn main() -> ExitCode {
                         ContainerKind::Building => 3,
                         ContainerKind::Room => 4,
                     };
-                    println!("{:indent$}{:?} {} {:?}..{:?}", "", c.kind, c.name, c.bounds.min, c.bounds.max, indent = depth * 2);
+                    println!(
+                        "{:indent$}{:?} {} {:?}..{:?}",
+                        "",
+                        c.kind,
+                        c.name,
+                        c.bounds.min,
+                        c.bounds.max,
+                        indent = depth * 2
+                    );
                 }
                 ExitCode::SUCCESS
             }

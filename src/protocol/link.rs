@@ -223,7 +223,11 @@ mod tests {
             let (due, later): (Vec<_>, Vec<_>) = in_flight.drain(..).partition(|(at, _, _)| *at <= now);
             in_flight = later;
             for (_, from_a, p) in due {
-                if from_a { b.handle_packet(&p) } else { a.handle_packet(&p) }
+                if from_a {
+                    b.handle_packet(&p)
+                } else {
+                    a.handle_packet(&p)
+                }
             }
             while let Some(m) = b.poll_deliver() {
                 received.push(m);

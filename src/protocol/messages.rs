@@ -114,12 +114,28 @@ mod tests {
     }
 
     #[test]
-    fn corrupt_bytes_are_an_error() {
-        let msg = ToReplication { server: ServerId(1), incarnation: Incarnation(1), body: ServerMsg::Register };
-        let mut bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&msg).unwrap().to_vec();
-        let last = bytes.len() - 1;
-        bytes[last] = 0xff;
-        bytes[last - 1] = 0xff;
-        assert!(rkyv::from_bytes::<ToReplication, rkyv::rancor::Error>(&bytes).is_err());
+    fn corrupt_bytes_are_an_error_never_a_panic() {
+        let msg = ToReplication {
+            server: ServerId(1),
+            incarnation: Incarnation(1),
+            body: ServerMsg::Heartbeat { sent_at_us: 7 },
+        };
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&msg).unwrap();
+        let decode = |b: &[u8]| {
+            let mut aligned = rkyv::util::AlignedVec::<16>::new();
+            aligned.extend_from_slice(b);
+            rkyv::from_bytes::<ToReplication, rkyv::rancor::Error>(&aligned)
+        };
+        assert!(decode(&bytes[..bytes.len() - 4]).is_err(), "truncated");
+        assert!(decode(&[]).is_err(), "empty");
+        let mut rejected = 0;
+        for i in 0..bytes.len() {
+            let mut bad = bytes.to_vec();
+            bad[i] = 0xff;
+            if decode(&bad).is_err() {
+                rejected += 1;
+            }
+        }
+        assert!(rejected > 0, "an invalid tag or offset is caught by validation");
     }
 }

@@ -235,14 +235,17 @@ impl Replication {
     /// A projectile the server made: its id must carry the server's incarnation and its epoch
     /// the incarnation's creation epoch.
     fn admit_new(&mut self, server: ServerId, inc: Incarnation, owned: &Owned) -> bool {
-        let slot_ok = self.servers.get(&server).is_some_and(|s| s.live && s.incarnation == inc && s.create_epoch == owned.epoch);
+        let slot_ok =
+            self.servers.get(&server).is_some_and(|s| s.live && s.incarnation == inc && s.create_epoch == owned.epoch);
         let ok = self.planted.skip_authority_check
             || (slot_ok
                 && owned.state.kind == EntityKind::Projectile
                 && owned.state.parent.is_none()
                 && owned.id.creator_incarnation() == inc.0);
         if !ok {
-            self.refuse(server, inc, || format!("{server} created {} under {:?}, not its creation epoch", owned.id, owned.epoch));
+            self.refuse(server, inc, || {
+                format!("{server} created {} under {:?}, not its creation epoch", owned.id, owned.epoch)
+            });
             return false;
         }
         let record = Record {
@@ -333,9 +336,8 @@ impl Replication {
 
     fn handoff(&mut self, server: ServerId, inc: Incarnation, root: EntityId, entities: Vec<Owned>) {
         let first_is_root = entities.first().is_some_and(|o| o.id == root && o.state.parent.is_none());
-        let all_authorized = entities
-            .iter()
-            .all(|o| !self.records.contains_key(&o.id) || self.authorized(server, o.id, o.epoch));
+        let all_authorized =
+            entities.iter().all(|o| !self.records.contains_key(&o.id) || self.authorized(server, o.id, o.epoch));
         if !first_is_root || !all_authorized {
             self.refuse(server, inc, || format!("{server} handed off {root} without authority over all of it"));
             return;
@@ -503,14 +505,20 @@ impl Replication {
         }
         for (id, r) in &self.records {
             if r.committed_epoch != r.epoch {
-                errors.push(format!("{id}: committed under epoch {:?} but authority epoch is {:?}", r.committed_epoch, r.epoch));
+                errors.push(format!(
+                    "{id}: committed under epoch {:?} but authority epoch is {:?}",
+                    r.committed_epoch, r.epoch
+                ));
             }
             if let Some(p) = r.state.parent {
                 match self.records.get(&p) {
                     None => errors.push(format!("{id}: parent {p} does not exist")),
                     Some(parent) => {
                         if parent.authority != r.authority {
-                            errors.push(format!("{id}: authority {:?} differs from its parent {p}'s {:?}", r.authority, parent.authority));
+                            errors.push(format!(
+                                "{id}: authority {:?} differs from its parent {p}'s {:?}",
+                                r.authority, parent.authority
+                            ));
                         }
                         if parent.state.kind.capacity_for(r.state.kind) == 0 {
                             errors.push(format!("{id}: a {:?} cannot sit in a {:?}", r.state.kind, parent.state.kind));

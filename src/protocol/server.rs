@@ -316,7 +316,9 @@ impl Server {
                 let item = self
                     .entities
                     .iter()
-                    .find(|(id, h)| **id != input.entity && h.state.kind.is_item() && h.state.parent.is_none() && reach(&h.state))
+                    .find(|(id, h)| {
+                        **id != input.entity && h.state.kind.is_item() && h.state.parent.is_none() && reach(&h.state)
+                    })
                     .map(|(id, _)| *id);
                 match item {
                     Some(item) => self.attach(tick, item, input.entity),
@@ -332,19 +334,21 @@ impl Server {
             }
             Action::Stow => {
                 let hand: Vec<EntityId> = self.forest.children(input.entity).collect();
-                let pack = hand.iter().copied().find(|c| matches!(self.state(*c).map(|s| s.kind), Some(EntityKind::Item { capacity }) if capacity > 0));
-                let loose = hand.iter().copied().find(|c| matches!(self.state(*c).map(|s| s.kind), Some(EntityKind::Item { capacity: 0 })));
+                let pack = hand.iter().copied().find(
+                    |c| matches!(self.state(*c).map(|s| s.kind), Some(EntityKind::Item { capacity }) if capacity > 0),
+                );
+                let loose = hand
+                    .iter()
+                    .copied()
+                    .find(|c| matches!(self.state(*c).map(|s| s.kind), Some(EntityKind::Item { capacity: 0 })));
                 match (pack, loose) {
                     (Some(pack), Some(item)) => self.attach(tick, item, pack),
                     _ => false,
                 }
             }
             Action::Unstow => {
-                let packed = self
-                    .forest
-                    .children(input.entity)
-                    .flat_map(|c| self.forest.children(c).collect::<Vec<_>>())
-                    .next();
+                let packed =
+                    self.forest.children(input.entity).flat_map(|c| self.forest.children(c).collect::<Vec<_>>()).next();
                 match packed {
                     Some(item) => self.attach(tick, item, input.entity),
                     None => false,
@@ -357,7 +361,9 @@ impl Server {
                 let ship = self
                     .entities
                     .iter()
-                    .find(|(_, h)| h.state.kind == EntityKind::Ship && h.state.pos().distance(actor.pos()) <= 3.0 * REACH_M)
+                    .find(|(_, h)| {
+                        h.state.kind == EntityKind::Ship && h.state.pos().distance(actor.pos()) <= 3.0 * REACH_M
+                    })
                     .map(|(id, _)| *id);
                 match ship {
                     Some(ship) => self.attach(tick, input.entity, ship),

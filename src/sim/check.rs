@@ -21,7 +21,8 @@ pub struct Checker {
 
 impl Checker {
     pub fn new(rl: &Replication) -> Self {
-        let persistent: BTreeMap<EntityId, EntityKind> = rl.records().iter().map(|(id, r)| (*id, r.state.kind)).collect();
+        let persistent: BTreeMap<EntityId, EntityKind> =
+            rl.records().iter().map(|(id, r)| (*id, r.state.kind)).collect();
         let items = persistent.values().filter(|k| k.is_item()).count();
         Self { persistent, items, commit_seq: BTreeMap::new() }
     }
@@ -31,7 +32,12 @@ impl Checker {
     }
 
     /// Safety checks after a step at `now_us`.
-    pub fn check_step<'a>(&mut self, now_us: u64, rl: &Replication, servers: impl Iterator<Item = &'a Server> + Clone) -> Result<(), String> {
+    pub fn check_step<'a>(
+        &mut self,
+        now_us: u64,
+        rl: &Replication,
+        servers: impl Iterator<Item = &'a Server> + Clone,
+    ) -> Result<(), String> {
         let errors = rl.check();
         if let Some(e) = errors.first() {
             return Err(format!("replication layer: {e}"));
@@ -39,7 +45,9 @@ impl Checker {
         for (id, kind) in &self.persistent {
             match rl.records().get(id) {
                 None => return Err(format!("{id} ({kind:?}) is lost: the layer has no record of it")),
-                Some(r) if r.state.kind != *kind => return Err(format!("{id} changed kind from {kind:?} to {:?}", r.state.kind)),
+                Some(r) if r.state.kind != *kind => {
+                    return Err(format!("{id} changed kind from {kind:?} to {:?}", r.state.kind))
+                }
                 Some(_) => {}
             }
         }
@@ -85,7 +93,12 @@ impl Checker {
     }
 
     /// Right after delivery: whatever a server adopted at `now_us` is exactly the committed state.
-    pub fn check_restored<'a>(&self, now_us: u64, rl: &Replication, servers: impl Iterator<Item = &'a Server>) -> Result<(), String> {
+    pub fn check_restored<'a>(
+        &self,
+        now_us: u64,
+        rl: &Replication,
+        servers: impl Iterator<Item = &'a Server>,
+    ) -> Result<(), String> {
         for server in servers {
             for (id, held) in server.held().iter().filter(|(_, h)| h.adopted_at_us == now_us) {
                 let Some(r) = rl.records().get(id) else { continue };
@@ -98,7 +111,12 @@ impl Checker {
     }
 
     /// After the calm phase: every entity is held by the owner of its region, as committed.
-    pub fn check_settled<'a>(&self, now_us: u64, rl: &Replication, servers: impl Iterator<Item = &'a Server> + Clone) -> Result<(), String> {
+    pub fn check_settled<'a>(
+        &self,
+        now_us: u64,
+        rl: &Replication,
+        servers: impl Iterator<Item = &'a Server> + Clone,
+    ) -> Result<(), String> {
         if !rl.orphans().is_empty() {
             return Err(format!("{} entities have no server after the world settled", rl.orphans().len()));
         }

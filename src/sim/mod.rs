@@ -25,7 +25,9 @@ pub use faults::FaultPlan;
 use network::{Endpoint, Network};
 
 use crate::limits::TICK_DURATION_US;
-use crate::protocol::{Action, Incarnation, Input, Link, PlantedBugs, Replication, Server, ServerEvent, ToReplication, ToServer};
+use crate::protocol::{
+    Action, Incarnation, Input, Link, PlantedBugs, Replication, Server, ServerEvent, ToReplication, ToServer,
+};
 use crate::world::{populate, ContainerTree, Population, RegionMap, ServerId};
 
 /// The replication layer's link session; it never restarts in the simulator.
@@ -51,7 +53,14 @@ pub struct SimConfig {
 
 impl SimConfig {
     pub fn new(seed: u64) -> Self {
-        Self { seed, fault_ticks: 300, calm_ticks: 120, verbose: false, planted: PlantedBugs::default(), planted_server_ignores_lease: false }
+        Self {
+            seed,
+            fault_ticks: 300,
+            calm_ticks: 120,
+            verbose: false,
+            planted: PlantedBugs::default(),
+            planted_server_ignores_lease: false,
+        }
     }
 }
 
@@ -110,7 +119,12 @@ impl Simulator {
     pub fn new(cfg: SimConfig) -> Self {
         let plan = FaultPlan::draw(cfg.seed);
         let tree = ContainerTree::generate(cfg.seed, 2, 2, 2);
-        let counts = Population { players: plan.players, npcs: plan.players / 4, items: plan.players, ships: 1 + plan.players / 10 };
+        let counts = Population {
+            players: plan.players,
+            npcs: plan.players / 4,
+            items: plan.players,
+            ships: 1 + plan.players / 10,
+        };
         let entities = populate(&tree, cfg.seed, counts);
         let map = RegionMap::kd_split(tree.bounds(), INITIAL_REGIONS);
         let mut rl = Replication::new(map, entities);
@@ -216,7 +230,9 @@ impl Simulator {
         }
         let now = self.now_us();
         let servers: Vec<&Server> = self.nodes.values().filter_map(|n| n.server.as_ref().map(|(s, _)| s)).collect();
-        self.checker.check_settled(now, &self.rl, servers.into_iter()).map_err(|e| (self.tick, format!("liveness: {e}")))
+        self.checker
+            .check_settled(now, &self.rl, servers.into_iter())
+            .map_err(|e| (self.tick, format!("liveness: {e}")))
     }
 
     /// One tick of the whole world, then the checks.
@@ -281,7 +297,9 @@ impl Simulator {
                     }
                 }
                 Endpoint::Server(sid) => {
-                    let Some((server, link)) = self.nodes.get_mut(&sid).and_then(|n| n.server.as_mut()) else { continue };
+                    let Some((server, link)) = self.nodes.get_mut(&sid).and_then(|n| n.server.as_mut()) else {
+                        continue;
+                    };
                     link.handle_packet(&packet);
                     while let Some(bytes) = link.poll_deliver() {
                         match decode::<ToServer>(&bytes) {
@@ -356,7 +374,10 @@ impl Simulator {
                         self.rl.handle_crash_report(id, server.incarnation());
                     }
                     let how = if reported { "reported" } else { "silent" };
-                    self.event(format_args!("{id} incarnation {} crashes ({how}), down {down} ticks", server.incarnation().0));
+                    self.event(format_args!(
+                        "{id} incarnation {} crashes ({how}), down {down} ticks",
+                        server.incarnation().0
+                    ));
                 }
             }
             if self.rng.random_bool(self.plan.partition) {
@@ -378,7 +399,9 @@ impl Simulator {
         let pick = self.rng.random_range(0..3);
         let region = regions[self.rng.random_range(0..regions.len())];
         let result = match pick {
-            0 if regions.len() < SIM_REGION_COUNT_MAX => self.rl.split_region(region).map(|(a, b)| format!("split {region} into {a} and {b}")),
+            0 if regions.len() < SIM_REGION_COUNT_MAX => {
+                self.rl.split_region(region).map(|(a, b)| format!("split {region} into {a} and {b}"))
+            }
             1 => {
                 let pairs = self.rl.map().mergeable_pairs();
                 if pairs.is_empty() {
@@ -435,7 +458,9 @@ impl Simulator {
 
 fn encode<T>(msg: &T) -> Vec<u8>
 where
-    T: for<'a> rkyv::Serialize<rkyv::api::high::HighSerializer<AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>>,
+    T: for<'a> rkyv::Serialize<
+        rkyv::api::high::HighSerializer<AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>,
+    >,
 {
     rkyv::to_bytes::<rancor::Error>(msg).expect("protocol messages always serialize").to_vec()
 }

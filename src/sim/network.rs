@@ -45,7 +45,15 @@ impl Network {
         self.partitions.get(&server).is_some_and(|until| now_us < *until)
     }
 
-    pub fn send(&mut self, rng: &mut ChaCha8Rng, plan: &FaultPlan, now_us: u64, from: Endpoint, to: Endpoint, packet: LinkPacket) {
+    pub fn send(
+        &mut self,
+        rng: &mut ChaCha8Rng,
+        plan: &FaultPlan,
+        now_us: u64,
+        from: Endpoint,
+        to: Endpoint,
+        packet: LinkPacket,
+    ) {
         self.stats.sent += 1;
         let server = match (from, to) {
             (Endpoint::Server(s), _) | (_, Endpoint::Server(s)) => s,

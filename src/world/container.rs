@@ -11,9 +11,7 @@ use serde::Deserialize;
 
 /// An axis-aligned box, half open: `min <= p < max` on every axis, so the boxes of a tiling
 /// own every point exactly once.
-#[derive(
-    Clone, Copy, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Deserialize)]
 pub struct Aabb {
     pub min: [f32; 3],
     pub max: [f32; 3],
@@ -76,9 +74,8 @@ impl Aabb {
     /// The box covering both, if together they are exactly a box (they share a whole face).
     pub fn union_if_box(&self, other: &Aabb) -> Option<Aabb> {
         for axis in 0..3 {
-            let others_equal = (0..3)
-                .filter(|&a| a != axis)
-                .all(|a| self.min[a] == other.min[a] && self.max[a] == other.max[a]);
+            let others_equal =
+                (0..3).filter(|&a| a != axis).all(|a| self.min[a] == other.min[a] && self.max[a] == other.max[a]);
             if !others_equal {
                 continue;
             }
@@ -141,7 +138,9 @@ pub enum WorldError {
     BadBounds { name: String, bounds: Aabb },
     #[error("container `{name}` ({kind:?}) lies outside its parent `{parent}`")]
     OutsideParent { name: String, kind: ContainerKind, parent: String },
-    #[error("container `{name}` is a {kind:?} inside a {parent_kind:?}: kinds go system > planet > city > building > room")]
+    #[error(
+        "container `{name}` is a {kind:?} inside a {parent_kind:?}: kinds go system > planet > city > building > room"
+    )]
     BadNesting { name: String, kind: ContainerKind, parent_kind: ContainerKind },
     #[error("the world's root must be a system, found a {0:?}")]
     RootNotSystem(ContainerKind),
@@ -200,8 +199,7 @@ impl ContainerTree {
     pub fn locate(&self, p: Vec3) -> Option<usize> {
         let mut best = None;
         for (i, c) in self.containers.iter().enumerate() {
-            if c.bounds.contains(p) && best.is_none_or(|b: usize| self.containers[b].kind < c.kind)
-            {
+            if c.bounds.contains(p) && best.is_none_or(|b: usize| self.containers[b].kind < c.kind) {
                 best = Some(i);
             }
         }
@@ -217,9 +215,7 @@ impl ContainerTree {
                 return Err(WorldError::BadBounds { name: c.name.clone(), bounds: c.bounds });
             }
             match c.parent {
-                None if c.kind != ContainerKind::System => {
-                    return Err(WorldError::RootNotSystem(c.kind))
-                }
+                None if c.kind != ContainerKind::System => return Err(WorldError::RootNotSystem(c.kind)),
                 None => {}
                 Some(p) => {
                     let parent = &self.containers[p];
@@ -266,7 +262,8 @@ impl ContainerTree {
                 for b in 0..buildings {
                     let building = inner_box(&mut rng, &city, 0.3);
                     let building_name = format!("{city_name}/building-{b}");
-                    let building_index = push(&mut containers, building_name.clone(), ContainerKind::Building, building, city_index);
+                    let building_index =
+                        push(&mut containers, building_name.clone(), ContainerKind::Building, building, city_index);
                     let (low, high) = building.split_longest();
                     push(&mut containers, format!("{building_name}/room-0"), ContainerKind::Room, low, building_index);
                     push(&mut containers, format!("{building_name}/room-1"), ContainerKind::Room, high, building_index);

@@ -144,7 +144,10 @@ impl Forest {
             let id = out[next];
             out.extend(self.children(id));
             next += 1;
-            assert!(out.len() <= 1 + SHIP_CAPACITY_COUNT * HANDS_CAPACITY_COUNT * 256, "entity graph under {root} is not a tree");
+            assert!(
+                out.len() <= 1 + SHIP_CAPACITY_COUNT * HANDS_CAPACITY_COUNT * 256,
+                "entity graph under {root} is not a tree"
+            );
         }
         out
     }

@@ -19,7 +19,7 @@ pub struct Population {
 
 /// Entities in creation order (parents before children), ids `EntityId::new(0, n)`.
 pub fn populate(tree: &ContainerTree, seed: u64, counts: Population) -> Vec<(EntityId, EntityState)> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_0f_a11);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0005_eed0_fa11);
     let mut out: Vec<(EntityId, EntityState)> = Vec::new();
     let mut next = 0u32;
     let mut spawn = |out: &mut Vec<(EntityId, EntityState)>, kind, pos: Vec3, parent: Option<EntityId>| {

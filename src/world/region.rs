@@ -141,7 +141,8 @@ impl RegionMap {
     /// Joins two regions that together form a box; the result takes `a`'s server.
     pub fn merge(&mut self, a: RegionId, b: RegionId) -> Result<RegionId, MapError> {
         let (ia, ib) = (self.index(a)?, self.index(b)?);
-        let merged_bounds = self.regions[ia].bounds.union_if_box(&self.regions[ib].bounds).ok_or(MapError::NotAdjacent(a, b))?;
+        let merged_bounds =
+            self.regions[ia].bounds.union_if_box(&self.regions[ib].bounds).ok_or(MapError::NotAdjacent(a, b))?;
         let server = self.regions[ia].server;
         let id = RegionId(self.next_region);
         self.next_region += 1;

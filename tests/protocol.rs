@@ -1,0 +1,336 @@
+//! The protocol state machines on their edge cases, driven directly (no network): a harness
+//! passes every message at once, and a test holds some back, replays or reorders them.
+
+use glam::Vec3;
+use shardmesh::limits::{LEASE_DURATION_US, TICK_DURATION_US};
+use shardmesh::protocol::{Delta, Epoch, Incarnation, Owned, ReplicationMsg, ServerMsg, ToReplication, ToServer};
+use shardmesh::protocol::{Replication, Server};
+use shardmesh::world::{Aabb, EntityId, EntityKind, EntityState, RegionId, RegionMap, ServerId};
+
+/// Three regions in a row along x: A = [0, 40) for s0, B = [40, 80) for s1, C = [80, 160) for s2.
+fn three_regions() -> RegionMap {
+    let mut map = RegionMap::kd_split(Aabb::new(Vec3::ZERO, Vec3::new(160.0, 20.0, 20.0)), 1);
+    let (left, _right) = map.split(RegionId(0)).unwrap();
+    map.split(left).unwrap();
+    map
+}
+
+fn region_at(map: &RegionMap, x: f32) -> RegionId {
+    map.region_at(Vec3::new(x, 10.0, 10.0)).id
+}
+
+struct Harness {
+    rl: Replication,
+    servers: Vec<Server>,
+    now: u64,
+    /// Messages to servers that are not delivered while a test holds them.
+    held_back: Vec<ToServer>,
+    hold: bool,
+}
+
+impl Harness {
+    fn new(entities: Vec<(EntityId, EntityState)>) -> Self {
+        let map = three_regions();
+        let owners = [(5.0, 0), (50.0, 1), (100.0, 2)].map(|(x, s)| (region_at(&map, x), ServerId(s)));
+        let servers = (0..3).map(|s| Server::new(ServerId(s), Incarnation(s + 1), 0)).collect();
+        let mut h =
+            Harness { rl: Replication::new(map, Vec::new()), servers, now: 0, held_back: Vec::new(), hold: false };
+        h.pump();
+        for (region, server) in owners {
+            h.rl.move_region(region, server).unwrap();
+        }
+        h.pump();
+        // The entities arrive as a world file would give them: unassigned, then granted.
+        let map = h.rl.map().clone();
+        h.rl = Replication::new(map, entities);
+        for s in &mut h.servers {
+            *s = Server::new(s.id(), Incarnation(s.incarnation().0 + 10), 0);
+        }
+        h.pump();
+        h.rl.tick(0);
+        h.pump();
+        h
+    }
+
+    fn pump(&mut self) {
+        loop {
+            let mut moved = false;
+            for s in &mut self.servers {
+                while let Some(m) = s.poll_message() {
+                    self.rl.handle(self.now, m);
+                    moved = true;
+                }
+            }
+            while let Some(m) = self.rl.poll_message() {
+                if self.hold {
+                    self.held_back.push(m);
+                } else if let Some(s) = self.servers.iter_mut().find(|s| s.id() == m.server) {
+                    s.handle(self.now, m);
+                }
+                moved = true;
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn tick(&mut self) {
+        self.now += TICK_DURATION_US;
+        for s in &mut self.servers {
+            s.tick(self.now);
+        }
+        self.pump();
+        self.rl.tick(self.now);
+        self.pump();
+    }
+
+    fn holder(&self, id: EntityId) -> Option<ServerId> {
+        let holders: Vec<ServerId> =
+            self.servers.iter().filter(|s| s.held().contains_key(&id)).map(|s| s.id()).collect();
+        assert!(holders.len() <= 1, "{id} held by {holders:?}");
+        holders.first().copied()
+    }
+
+    fn authority(&self, id: EntityId) -> Option<ServerId> {
+        self.rl.records()[&id].authority
+    }
+}
+
+fn at(kind: EntityKind, x: f32) -> EntityState {
+    EntityState::new(kind, Vec3::new(x, 10.0, 10.0))
+}
+
+fn ship_with_crew(x: f32, velocity_x: f32) -> Vec<(EntityId, EntityState)> {
+    let (ship, pilot, pack, coin) = (EntityId(1), EntityId(2), EntityId(3), EntityId(4));
+    let mut s = at(EntityKind::Ship, x);
+    s.velocity = [velocity_x, 0.0, 0.0];
+    let mut p = at(EntityKind::Player, x);
+    p.parent = Some(ship);
+    let mut b = at(EntityKind::Item { capacity: 4 }, x);
+    b.parent = Some(pilot);
+    let mut c = at(EntityKind::Item { capacity: 0 }, x);
+    c.parent = Some(pack);
+    vec![(ship, s), (pilot, p), (pack, b), (coin, c)]
+}
+
+#[test]
+fn starting_entities_go_to_the_owner_of_their_region() {
+    let h = Harness::new(vec![(EntityId(1), at(EntityKind::Npc, 5.0)), (EntityId(2), at(EntityKind::Npc, 100.0))]);
+    assert_eq!(h.holder(EntityId(1)), Some(ServerId(0)));
+    assert_eq!(h.holder(EntityId(2)), Some(ServerId(2)));
+}
+
+#[test]
+fn an_entity_crossing_two_borders_in_one_tick_lands_on_the_far_server_with_its_subtree() {
+    // 1800 m/s is 60 m a tick: from A at x=30 over all of B to C at x=90.
+    let mut h = Harness::new(ship_with_crew(30.0, 1800.0));
+    assert_eq!(h.holder(EntityId(1)), Some(ServerId(0)));
+    h.tick();
+    for id in 1..=4 {
+        assert_eq!(h.holder(EntityId(id)), Some(ServerId(2)), "e{id} rides with the ship");
+        assert_eq!(h.authority(EntityId(id)), Some(ServerId(2)));
+    }
+    assert_eq!(h.servers[1].stats.adopted, 0, "the middle server never holds it");
+    let ship = &h.servers[2].held()[&EntityId(1)];
+    let coin = &h.servers[2].held()[&EntityId(4)];
+    assert_eq!(coin.state.position, ship.state.position, "the coin in the backpack moved with the ship");
+    assert!(h.rl.check().is_empty(), "{:?}", h.rl.check());
+}
+
+#[test]
+fn a_projectile_fired_across_two_borders_is_handed_straight_to_the_far_server() {
+    let mut h = Harness::new(vec![(EntityId(1), at(EntityKind::Player, 35.0))]);
+    h.servers[0].handle_input(shardmesh::protocol::Input {
+        entity: EntityId(1),
+        action: shardmesh::protocol::Action::Fire([1.0, 0.0, 0.0]),
+    });
+    h.tick();
+    let projectile =
+        h.servers[2].held().iter().find(|(_, e)| e.state.kind == EntityKind::Projectile).map(|(id, _)| *id);
+    let projectile = projectile.expect("the far server holds the projectile");
+    assert_eq!(h.authority(projectile), Some(ServerId(2)));
+    assert_eq!(projectile.creator_incarnation(), h.servers[0].incarnation().0);
+    assert_eq!(h.servers[1].stats.adopted, 0);
+}
+
+#[test]
+fn the_handoff_target_crashing_mid_handoff_loses_nothing() {
+    let mut h = Harness::new(ship_with_crew(35.0, 300.0));
+    h.hold = true;
+    h.tick(); // 10 m into B: s0 hands off, the layer grants to s1, the adoption is held back.
+    assert_eq!(h.authority(EntityId(1)), Some(ServerId(1)));
+    assert_eq!(h.holder(EntityId(1)), None, "in flight");
+    let committed = h.rl.records()[&EntityId(1)].state.clone();
+    // s1 dies before it hears of the grant; its supervisor reports it.
+    let dead = h.servers[1].incarnation();
+    h.held_back.clear();
+    h.hold = false;
+    h.servers[1] = Server::new(ServerId(1), Incarnation(99), h.now);
+    h.rl.handle_crash_report(ServerId(1), dead);
+    let heir = h.authority(EntityId(1)).expect("reassigned at once, in the same call");
+    assert_ne!(heir, ServerId(1));
+    h.pump();
+    let held = &h.servers.iter().find(|s| s.id() == heir).unwrap().held()[&EntityId(1)];
+    assert_eq!(held.state, committed, "restored from the committed state");
+    for id in 1..=4 {
+        assert_eq!(h.holder(EntityId(id)), Some(heir));
+    }
+    assert_eq!(h.rl.records().len(), 4);
+}
+
+#[test]
+fn a_crash_report_moves_the_regions_and_entities_within_the_tick() {
+    let mut h = Harness::new(vec![
+        (EntityId(1), at(EntityKind::Npc, 50.0)),
+        (EntityId(2), at(EntityKind::Item { capacity: 0 }, 55.0)),
+    ]);
+    assert_eq!(h.holder(EntityId(1)), Some(ServerId(1)));
+    let dead = h.servers[1].incarnation();
+    h.servers[1] = Server::new(ServerId(1), Incarnation(77), h.now);
+    h.rl.handle_crash_report(ServerId(1), dead);
+    let adopts: Vec<ToServer> = std::iter::from_fn(|| h.rl.poll_message()).collect();
+    let adopted: Vec<EntityId> = adopts
+        .iter()
+        .filter_map(|m| match &m.body {
+            ReplicationMsg::Adopt { entities } => Some(entities.iter().map(|o| o.id).collect::<Vec<_>>()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(adopted, vec![EntityId(1), EntityId(2)], "both re-granted before the next tick");
+    assert!(h.rl.map().regions_of(ServerId(1)).next().is_none());
+}
+
+#[test]
+fn a_region_split_while_a_handoff_into_it_is_in_flight() {
+    let mut h = Harness::new(ship_with_crew(35.0, 1200.0)); // 40 m a tick: to x=75, in B's right half
+    h.hold = true;
+    h.tick();
+    assert_eq!(h.authority(EntityId(1)), Some(ServerId(1)), "granted to B's server, not yet adopted");
+    // The controller splits B and gives the half the ship is in to s2 while the grant travels.
+    let b = region_at(h.rl.map(), 50.0);
+    let (_low, high) = h.rl.split_region(b).unwrap();
+    h.rl.move_region(high, ServerId(2)).unwrap();
+    h.hold = false;
+    let held: Vec<ToServer> = std::mem::take(&mut h.held_back);
+    for m in held {
+        let s = h.servers.iter_mut().find(|s| s.id() == m.server).unwrap();
+        s.handle(h.now, m);
+    }
+    h.pump();
+    assert_eq!(h.holder(EntityId(1)), Some(ServerId(1)), "s1 adopts what it was granted...");
+    h.tick();
+    for id in 1..=4 {
+        assert_eq!(h.holder(EntityId(id)), Some(ServerId(2)), "...and hands it on to the new owner");
+    }
+    assert!(h.rl.check().is_empty(), "{:?}", h.rl.check());
+}
+
+fn deltas(server: &Server, tick: u64, id: EntityId, epoch: Epoch, state: EntityState) -> ToReplication {
+    ToReplication {
+        server: server.id(),
+        incarnation: server.incarnation(),
+        body: ServerMsg::Deltas { tick, entries: vec![Delta::Upsert(Owned { id, epoch, state })] },
+    }
+}
+
+#[test]
+fn duplicated_and_reordered_deltas_never_roll_state_back() {
+    let mut h = Harness::new(vec![(EntityId(1), at(EntityKind::Npc, 10.0))]);
+    let epoch = h.rl.records()[&EntityId(1)].epoch;
+    let mut older = at(EntityKind::Npc, 11.0);
+    older.changed_tick = 5;
+    let mut newer = at(EntityKind::Npc, 12.0);
+    newer.changed_tick = 6;
+    let s0 = &h.servers[0];
+    let (m_old, m_new) = (deltas(s0, 5, EntityId(1), epoch, older), deltas(s0, 6, EntityId(1), epoch, newer.clone()));
+    h.rl.handle(0, m_new.clone());
+    h.rl.handle(0, m_old.clone()); // reordered: the older arrives last
+    h.rl.handle(0, m_new.clone()); // duplicated
+    h.rl.handle(0, m_old);
+    assert_eq!(h.rl.records()[&EntityId(1)].state, newer);
+    assert!(h.rl.stats.stale_rejected >= 2);
+}
+
+#[test]
+fn a_late_write_and_a_late_handoff_from_a_former_owner_are_refused() {
+    let mut h = Harness::new(vec![(EntityId(1), at(EntityKind::Npc, 10.0))]);
+    let old_epoch = h.rl.records()[&EntityId(1)].epoch;
+    let former = (h.servers[0].id(), h.servers[0].incarnation());
+    // s0 dies; the NPC is re-granted to a live server under a new epoch.
+    h.servers[0] = Server::new(ServerId(0), Incarnation(50), h.now);
+    h.rl.handle_crash_report(former.0, former.1);
+    h.pump();
+    let record = h.rl.records()[&EntityId(1)].clone();
+    assert_ne!(record.epoch, old_epoch);
+    // Messages the dead incarnation sent before it died now arrive.
+    let mut moved = at(EntityKind::Npc, 30.0);
+    moved.changed_tick = 1_000;
+    let late = ToReplication {
+        server: former.0,
+        incarnation: former.1,
+        body: ServerMsg::Deltas {
+            tick: 1_000,
+            entries: vec![Delta::Upsert(Owned { id: EntityId(1), epoch: old_epoch, state: moved.clone() })],
+        },
+    };
+    h.rl.handle(h.now, late);
+    let late_handoff = ToReplication {
+        server: former.0,
+        incarnation: former.1,
+        body: ServerMsg::Handoff {
+            root: EntityId(1),
+            entities: vec![Owned { id: EntityId(1), epoch: old_epoch, state: moved }],
+        },
+    };
+    h.rl.handle(h.now, late_handoff);
+    assert_eq!(h.rl.records()[&EntityId(1)], record, "nothing changed");
+    assert_eq!(h.rl.stats.protocol_errors, 0, "stale, not malformed");
+    assert!(h.holder(EntityId(1)).is_some());
+}
+
+#[test]
+fn a_replayed_adoption_is_ignored_not_held_twice() {
+    let mut h = Harness::new(vec![(EntityId(1), at(EntityKind::Npc, 10.0))]);
+    let record = h.rl.records()[&EntityId(1)].clone();
+    let replay = ToServer {
+        server: ServerId(0),
+        incarnation: h.servers[0].incarnation(),
+        body: ReplicationMsg::Adopt {
+            entities: vec![Owned { id: EntityId(1), epoch: record.epoch, state: record.state.clone() }],
+        },
+    };
+    h.servers[0].handle(h.now, replay.clone());
+    h.servers[0].handle(h.now, replay);
+    assert_eq!(h.servers[0].held().len(), 1);
+    assert_eq!(h.servers[0].stats.messages_ignored, 2);
+}
+
+#[test]
+fn a_server_whose_lease_runs_out_stops_acting_before_the_layer_moves_its_entities() {
+    let mut h = Harness::new(vec![(EntityId(1), at(EntityKind::Npc, 50.0))]);
+    h.tick();
+    // s1 is cut off: it ticks, but nothing it sends arrives and nothing comes back.
+    let start = h.now;
+    let mut s1_stopped_at = None;
+    let mut layer_moved_at = None;
+    while layer_moved_at.is_none() {
+        h.now += TICK_DURATION_US;
+        for s in &mut h.servers {
+            s.tick(h.now);
+        }
+        while h.servers[1].poll_message().is_some() {}
+        h.pump();
+        h.rl.tick(h.now);
+        if !h.servers[1].is_acting(h.now) && s1_stopped_at.is_none() {
+            s1_stopped_at = Some(h.now);
+        }
+        if h.authority(EntityId(1)) != Some(ServerId(1)) {
+            layer_moved_at = Some(h.now);
+        }
+        h.pump();
+        assert!(h.now - start < 3 * LEASE_DURATION_US, "the layer never moved the entity");
+    }
+    assert!(s1_stopped_at.unwrap() < layer_moved_at.unwrap(), "the old holder stopped first");
+}

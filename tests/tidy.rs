@@ -1,0 +1,68 @@
+//! The protocol core and the world model are sans-IO: no clock, threads, sockets, files, global
+//! randomness or runtime in them. This test reads their sources and fails on any of those.
+
+use std::path::Path;
+
+const FORBIDDEN: &[&str] = &[
+    "Instant::now",
+    "SystemTime",
+    "std::time",
+    "std::thread",
+    "thread::spawn",
+    "std::net",
+    "UdpSocket",
+    "TcpStream",
+    "std::fs",
+    "File::open",
+    "File::create",
+    "std::io::stdin",
+    "println!",
+    "glommio",
+    "tokio",
+    "thread_rng",
+    "rand::rng(",
+    "from_entropy",
+    "from_os_rng",
+    "getrandom",
+    "std::env",
+];
+
+fn sources(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            sources(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+fn offences(text: &str) -> Vec<&'static str> {
+    FORBIDDEN.iter().copied().filter(|f| text.contains(f)).collect()
+}
+
+#[test]
+fn the_core_touches_no_clock_thread_socket_file_or_runtime() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    for core in ["protocol", "world"] {
+        sources(&root.join(core), &mut files);
+    }
+    assert!(files.len() >= 8, "found the core's sources");
+    let mut found = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for f in offences(&text) {
+            found.push(format!("{}: {f}", file.display()));
+        }
+    }
+    assert!(found.is_empty(), "the sans-IO core must not use these:\n{}", found.join("\n"));
+}
+
+#[test]
+fn the_tidy_check_itself_catches_an_offence() {
+    assert_eq!(offences("let t = std::time::Instant::now();"), vec!["Instant::now", "std::time"]);
+    assert_eq!(offences("glommio::LocalExecutor::default()"), vec!["glommio"]);
+    assert!(offences("let x = 1;").is_empty());
+}
