@@ -334,3 +334,28 @@ fn a_server_whose_lease_runs_out_stops_acting_before_the_layer_moves_its_entitie
     }
     assert!(s1_stopped_at.unwrap() < layer_moved_at.unwrap(), "the old holder stopped first");
 }
+
+/// Regression (found by the simulator, seeds 7, 10, 24, 29 and 31 of the first sweep): a player
+/// leaves a ship in the very tick both find themselves outside the server's regions. The layer
+/// must learn of the disembarking before the ship's handoff, or the two views of the ship's
+/// subtree differ.
+#[test]
+fn a_passenger_leaving_in_the_tick_its_ship_is_handed_off_goes_separately() {
+    let mut h = Harness::new(ship_with_crew(20.0, 0.0));
+    assert_eq!(h.holder(EntityId(1)), Some(ServerId(0)));
+    let a = region_at(h.rl.map(), 20.0);
+    h.rl.move_region(a, ServerId(1)).unwrap();
+    h.pump();
+    h.servers[0].handle_input(shardmesh::protocol::Input {
+        entity: EntityId(2),
+        action: shardmesh::protocol::Action::Disembark,
+    });
+    h.tick();
+    for id in 1..=4 {
+        assert_eq!(h.holder(EntityId(id)), Some(ServerId(1)), "e{id} moved with region A");
+    }
+    assert_eq!(h.rl.records()[&EntityId(2)].state.parent, None, "the player is off the ship");
+    assert_eq!(h.rl.records()[&EntityId(4)].state.parent, Some(EntityId(3)), "the coin is still packed");
+    assert_eq!(h.rl.stats.handoffs, 2, "ship and player, each with its own subtree");
+    assert!(h.rl.check().is_empty(), "{:?}", h.rl.check());
+}

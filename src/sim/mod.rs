@@ -77,6 +77,8 @@ pub struct SimStats {
     pub adopted: u64,
     pub hits: u64,
     pub decode_errors: u64,
+    /// Packets put on the network (before loss and duplication).
+    pub packets: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -180,6 +182,7 @@ impl Simulator {
         let mut sim = Simulator::new(cfg);
         let failure = sim.run_phases().err();
         sim.stats.handoffs = sim.rl.stats.handoffs;
+        sim.stats.packets = sim.net.stats.sent;
         sim.stats.hits += sim.servers().map(|s| s.stats.hits).sum::<u64>();
         if let Some((tick, e)) = &failure {
             let _ = writeln!(sim.log, "FAIL seed={} tick={tick}: {e}", sim.cfg.seed);
