@@ -359,3 +359,27 @@ fn a_passenger_leaving_in_the_tick_its_ship_is_handed_off_goes_separately() {
     assert_eq!(h.rl.stats.handoffs, 2, "ship and player, each with its own subtree");
     assert!(h.rl.check().is_empty(), "{:?}", h.rl.check());
 }
+
+#[test]
+fn a_non_finite_write_is_refused_and_counted_not_a_panic() {
+    let mut h = Harness::new(vec![(EntityId(1), at(EntityKind::Npc, 10.0))]);
+    let record = h.rl.records()[&EntityId(1)].clone();
+    let mut bad = record.state.clone();
+    bad.position = [f32::NAN, 0.0, f32::INFINITY];
+    bad.changed_tick = 99;
+    let s0 = &h.servers[0];
+    let msg = deltas(s0, 99, EntityId(1), record.epoch, bad.clone());
+    h.rl.handle(h.now, msg);
+    let handoff = ToReplication {
+        server: s0.id(),
+        incarnation: s0.incarnation(),
+        body: ServerMsg::Handoff {
+            root: EntityId(1),
+            entities: vec![Owned { id: EntityId(1), epoch: record.epoch, state: bad }],
+        },
+    };
+    h.rl.handle(h.now, handoff);
+    assert_eq!(h.rl.records()[&EntityId(1)].state, record.state);
+    assert_eq!(h.rl.stats.protocol_errors, 2);
+    assert_eq!(h.rl.map().owner_at(Vec3::NAN), h.rl.map().owner_at(Vec3::ZERO));
+}

@@ -44,6 +44,12 @@ fn five_hundred_seeds_with_every_fault_on_keep_every_invariant() {
     assert!(total(|o| o.stats.region_ops) > 1000, "splits, merges and moves");
     assert!(total(|o| o.stats.handoffs) > 10_000, "handoffs");
     assert!(total(|o| o.stats.fenced) > 0, "servers fenced after a lost lease");
+    assert!(total(|o| o.stats.hits) > 0, "projectiles hit");
+    let names = ["move", "fire", "pick up", "drop", "stow", "unstow", "board", "disembark"];
+    for (i, name) in names.iter().enumerate() {
+        let n: u64 = outcomes.iter().map(|o| o.stats.actions[i]).sum();
+        assert!(n > 100, "bots applied `{name}` only {n} times");
+    }
 }
 
 #[test]

@@ -239,6 +239,7 @@ impl Replication {
             self.servers.get(&server).is_some_and(|s| s.live && s.incarnation == inc && s.create_epoch == owned.epoch);
         let ok = self.planted.skip_authority_check
             || (slot_ok
+                && owned.state.is_finite()
                 && owned.state.kind == EntityKind::Projectile
                 && owned.state.parent.is_none()
                 && owned.id.creator_incarnation() == inc.0);
@@ -290,6 +291,10 @@ impl Replication {
     fn admit_write(&mut self, server: ServerId, inc: Incarnation, owned: &Owned) -> bool {
         if !self.authorized(server, owned.id, owned.epoch) {
             self.stats.stale_rejected += 1;
+            return false;
+        }
+        if !owned.state.is_finite() {
+            self.refuse(server, inc, || format!("{server} wrote a non-finite state for {}", owned.id));
             return false;
         }
         let record = &self.records[&owned.id];

@@ -40,6 +40,21 @@ pub enum Action {
     Disembark,
 }
 
+impl Action {
+    pub fn index(&self) -> usize {
+        match self {
+            Action::Move(_) => 0,
+            Action::Fire(_) => 1,
+            Action::PickUp => 2,
+            Action::Drop => 3,
+            Action::Stow => 4,
+            Action::Unstow => 5,
+            Action::Board => 6,
+            Action::Disembark => 7,
+        }
+    }
+}
+
 /// Metres per second.
 pub fn speed_of(kind: EntityKind) -> f32 {
     match kind {
@@ -69,6 +84,8 @@ pub struct ServerStats {
     pub destroyed: u64,
     pub hits: u64,
     pub inputs_applied: u64,
+    /// Applied inputs by action: move, fire, pick up, drop, stow, unstow, board, disembark.
+    pub actions: [u64; 8],
     /// Inputs refused: not held, out of reach, too fast, not allowed by the graph rules.
     pub inputs_refused: u64,
     pub deltas_sent: u64,
@@ -250,6 +267,7 @@ impl Server {
         for input in std::mem::take(&mut self.inputs) {
             if self.apply(tick, &input) {
                 self.stats.inputs_applied += 1;
+                self.stats.actions[input.action.index()] += 1;
             } else {
                 self.stats.inputs_refused += 1;
             }
@@ -290,7 +308,9 @@ impl Server {
                 }
                 let v = (dir.clamp_length_max(1.0) * speed_of(actor.kind)).to_array();
                 if v != actor.velocity {
-                    self.touch(input.entity, tick).velocity = v;
+                    let state = self.touch(input.entity, tick);
+                    state.velocity = v;
+                    state.face(Vec3::from_array(v));
                 }
                 true
             }
@@ -303,6 +323,7 @@ impl Server {
                 self.next_counter += 1;
                 let mut state = EntityState::new(EntityKind::Projectile, actor.pos() + dir * (HIT_RADIUS_M + 0.5));
                 state.velocity = (dir * speed_of(EntityKind::Projectile)).to_array();
+                state.face(dir);
                 state.ttl_ticks = PROJECTILE_TTL_TICKS;
                 state.source = Some(input.entity);
                 state.changed_tick = tick;

@@ -79,6 +79,8 @@ pub struct SimStats {
     pub decode_errors: u64,
     /// Packets put on the network (before loss and duplication).
     pub packets: u64,
+    /// Applied bot actions, by kind (see `Action::index`).
+    pub actions: [u64; 8],
 }
 
 #[derive(Clone, Debug)]
@@ -183,7 +185,10 @@ impl Simulator {
         let failure = sim.run_phases().err();
         sim.stats.handoffs = sim.rl.stats.handoffs;
         sim.stats.packets = sim.net.stats.sent;
-        sim.stats.hits += sim.servers().map(|s| s.stats.hits).sum::<u64>();
+        let live: Vec<_> = sim.servers().map(|s| s.stats).collect();
+        for s in live {
+            Self::add(&mut sim.stats, &s);
+        }
         if let Some((tick, e)) = &failure {
             let _ = writeln!(sim.log, "FAIL seed={} tick={tick}: {e}", sim.cfg.seed);
         } else {
@@ -321,13 +326,21 @@ impl Simulator {
         Ok(())
     }
 
+    /// Folds the counters of a server incarnation that has ended (or the run has) into the run's.
+    fn add(stats: &mut SimStats, server: &crate::protocol::ServerStats) {
+        stats.hits += server.hits;
+        for (total, n) in stats.actions.iter_mut().zip(server.actions) {
+            *total += n;
+        }
+    }
+
     fn drain_events(&mut self, id: ServerId) {
         let Some(node) = self.nodes.get_mut(&id) else { return };
         let Some((server, _)) = node.server.as_mut() else { return };
-        let hits = server.stats.hits;
+        let stats = server.stats;
         if let Some(ServerEvent::Fenced) = server.poll_event() {
             let inc = server.incarnation();
-            self.stats.hits += hits;
+            Self::add(&mut self.stats, &stats);
             node.server = None;
             node.restart_at_tick = Some(self.tick + 1);
             self.stats.fenced += 1;
@@ -368,7 +381,7 @@ impl Simulator {
             if self.rng.random_bool(self.plan.crash_per_tick) {
                 let node = self.nodes.get_mut(&id).expect("node exists");
                 if let Some((server, _)) = node.server.take() {
-                    self.stats.hits += server.stats.hits;
+                    Self::add(&mut self.stats, &server.stats);
                     let down = self.rng.random_range(self.plan.restart_ticks.0..=self.plan.restart_ticks.1);
                     node.restart_at_tick = Some(self.tick + down);
                     self.stats.crashes += 1;

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use glam::Vec3;
+use glam::{Quat, Vec3};
 
 use crate::limits::{GRAPH_DEPTH_MAX, HANDS_CAPACITY_COUNT, SHIP_CAPACITY_COUNT};
 
@@ -74,6 +74,8 @@ pub struct EntityState {
     pub kind: EntityKind,
     /// World position in metres; a child's equals its root's.
     pub position: [f32; 3],
+    /// Orientation as a unit quaternion (x, y, z, w); movers face where they go.
+    pub rotation: [f32; 4],
     pub velocity: [f32; 3],
     pub parent: Option<EntityId>,
     pub health: u16,
@@ -90,6 +92,7 @@ impl EntityState {
         Self {
             kind,
             position: position.to_array(),
+            rotation: Quat::IDENTITY.to_array(),
             velocity: [0.0; 3],
             parent: None,
             health: 100,
@@ -103,6 +106,20 @@ impl EntityState {
     }
     pub fn vel(&self) -> Vec3 {
         Vec3::from_array(self.velocity)
+    }
+    pub fn rot(&self) -> Quat {
+        Quat::from_array(self.rotation)
+    }
+    /// Turns to face `direction` (kept as is if `direction` is zero).
+    pub fn face(&mut self, direction: Vec3) {
+        if let Some(d) = direction.try_normalize() {
+            self.rotation = Quat::from_rotation_arc(Vec3::X, d).to_array();
+        }
+    }
+    /// Whether every number in the state is finite: a state that is not came from a broken or
+    /// hostile writer and is refused.
+    pub fn is_finite(&self) -> bool {
+        self.pos().is_finite() && self.vel().is_finite() && self.rot().is_finite()
     }
 }
 

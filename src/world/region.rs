@@ -94,9 +94,10 @@ impl RegionMap {
         self.regions.binary_search_by_key(&id, |r| r.id).map_err(|_| MapError::NoSuchRegion(id))
     }
 
-    /// The region owning `p` (clamped into the world first).
+    /// The region owning `p` (clamped into the world first; a non-finite point counts as the
+    /// world's corner, so no input can make the lookup fail).
     pub fn region_at(&self, p: Vec3) -> &Region {
-        let p = self.world.clamp(p);
+        let p = if p.is_finite() { self.world.clamp(p) } else { self.world.min() };
         self.regions
             .iter()
             .find(|r| r.bounds.contains(p))
