@@ -2,11 +2,12 @@
 //!
 //! The layout follows the architecture: [`world`] is the data model, [`protocol`] the sans-IO
 //! state machines that move authority and commit state, [`sim`] the deterministic simulator
-//! that drives them under faults. Only the binary and the simulator's callers touch clocks,
-//! threads or files.
+//! that drives them under faults, [`runtime`] the part that runs them on real cores (shared
+//! memory rings so far). Only the runtime and the binary touch clocks, threads or files.
 
 pub mod limits;
 pub mod protocol;
+pub mod runtime;
 pub mod sim;
 pub mod world;
 

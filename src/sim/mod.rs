@@ -263,10 +263,31 @@ impl Simulator {
         }
         self.transmit(now)?;
         self.stats.ticks += 1;
+        if self.cfg.verbose && self.tick % 30 == 29 {
+            self.status_line(now);
+        }
         let servers = self.nodes.values().filter_map(|n| n.server.as_ref().map(|(s, _)| s));
         self.checker.check_step(now, &self.rl, servers)?;
         self.tick += 1;
         Ok(())
+    }
+
+    /// Once a simulated second, in verbose runs: where the world stands.
+    fn status_line(&mut self, now: u64) {
+        let acting = self.servers().filter(|s| s.is_acting(now)).count();
+        let held: usize = self.servers().filter(|s| s.is_acting(now)).map(|s| s.held().len()).sum();
+        let (entities, orphans) = (self.rl.records().len(), self.rl.orphans().len());
+        let map = self.rl.map();
+        let (regions, epoch) = (map.regions().len(), map.epoch);
+        let st = self.rl.stats;
+        let in_flight = self.net.in_flight();
+        self.event(format_args!(
+            "status: servers={acting}/{} entities={entities} held={held} orphans={orphans} regions={regions} map_epoch={epoch} handoffs={} commits={} stale_rejected={} packets_in_flight={in_flight}",
+            self.nodes.len(),
+            st.handoffs,
+            st.commits,
+            st.stale_rejected,
+        ));
     }
 
     fn restart_due(&mut self) {
