@@ -383,3 +383,124 @@ fn a_non_finite_write_is_refused_and_counted_not_a_panic() {
     assert_eq!(h.rl.stats.protocol_errors, 2);
     assert_eq!(h.rl.map().owner_at(Vec3::NAN), h.rl.map().owner_at(Vec3::ZERO));
 }
+
+/// The layer cut into two slices (cores): s0 and s2 live on slice 0, s1 on slice 1.
+struct Sliced {
+    slices: Vec<Replication>,
+    servers: Vec<Server>,
+    now: u64,
+}
+
+impl Sliced {
+    fn new(entities: Vec<(EntityId, EntityState)>) -> Self {
+        use shardmesh::protocol::SliceId;
+        let map = three_regions();
+        let owners = [(5.0, 0), (50.0, 1), (100.0, 2)].map(|(x, s)| (region_at(&map, x), ServerId(s)));
+        let slices = vec![
+            Replication::new_slice(SliceId(0), 2, map.clone(), entities),
+            Replication::new_slice(SliceId(1), 2, map, Vec::new()),
+        ];
+        let servers = (0..3).map(|s| Server::new(ServerId(s), Incarnation(s + 1), 0)).collect();
+        let mut h = Sliced { slices, servers, now: 0 };
+        h.pump();
+        for (region, server) in owners {
+            h.slices[0].move_region(region, server).unwrap();
+        }
+        h.pump();
+        h.tick();
+        h
+    }
+
+    fn pump(&mut self) {
+        loop {
+            let mut moved = false;
+            for s in &mut self.servers {
+                while let Some(m) = s.poll_message() {
+                    self.slices[(s.id().0 % 2) as usize].handle(self.now, m);
+                    moved = true;
+                }
+            }
+            for i in 0..self.slices.len() {
+                while let Some((to, m)) = self.slices[i].poll_peer() {
+                    let from = self.slices[i].slice();
+                    self.slices[to.0 as usize].handle_peer(from, m);
+                    moved = true;
+                }
+                while let Some(m) = self.slices[i].poll_message() {
+                    let s = self.servers.iter_mut().find(|s| s.id() == m.server).unwrap();
+                    s.handle(self.now, m);
+                    moved = true;
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn tick(&mut self) {
+        self.now += TICK_DURATION_US;
+        for s in &mut self.servers {
+            s.tick(self.now);
+        }
+        self.pump();
+        for slice in &mut self.slices {
+            slice.tick(self.now);
+        }
+        self.pump();
+    }
+
+    fn slice_of(&self, id: EntityId) -> Vec<usize> {
+        (0..self.slices.len()).filter(|i| self.slices[*i].records().contains_key(&id)).collect()
+    }
+
+    fn holder(&self, id: EntityId) -> Option<ServerId> {
+        let holders: Vec<ServerId> =
+            self.servers.iter().filter(|s| s.held().contains_key(&id)).map(|s| s.id()).collect();
+        assert!(holders.len() <= 1, "{id} held by {holders:?}");
+        holders.first().copied()
+    }
+}
+
+#[test]
+fn starting_entities_move_to_the_slice_of_their_servers_core() {
+    let h = Sliced::new(vec![(EntityId(1), at(EntityKind::Npc, 5.0)), (EntityId(2), at(EntityKind::Npc, 50.0))]);
+    assert_eq!(h.slice_of(EntityId(1)), vec![0]);
+    assert_eq!(h.slice_of(EntityId(2)), vec![1], "s1 lives on core 1: its entities are recorded there");
+    assert_eq!(h.holder(EntityId(2)), Some(ServerId(1)));
+    for slice in &h.slices {
+        assert!(slice.check().is_empty(), "{:?}", slice.check());
+    }
+}
+
+#[test]
+fn a_handoff_across_cores_moves_the_record_to_the_receiving_slice() {
+    let mut h = Sliced::new(ship_with_crew(25.0, 300.0)); // one tick taken: at x=35, in A
+    assert_eq!(h.slice_of(EntityId(1)), vec![0]);
+    h.tick(); // to x=45: into B, owned by s1 on core 1
+    for id in 1..=4 {
+        assert_eq!(h.slice_of(EntityId(id)), vec![1], "e{id} recorded by slice 1 alone");
+        assert_eq!(h.holder(EntityId(id)), Some(ServerId(1)));
+    }
+    assert_eq!(h.slices[0].stats.transfers_out, 1);
+    assert_eq!(h.slices[1].stats.transfers_in, 1);
+    // Its deltas now go to slice 1 and are committed there.
+    h.tick();
+    let record = &h.slices[1].records()[&EntityId(1)];
+    assert_eq!(record.state, h.servers[1].held()[&EntityId(1)].state);
+}
+
+#[test]
+fn a_crash_on_one_core_is_recovered_by_the_controller_on_another() {
+    let mut h = Sliced::new(vec![(EntityId(1), at(EntityKind::Npc, 50.0))]);
+    assert_eq!(h.holder(EntityId(1)), Some(ServerId(1)));
+    let dead = h.servers[1].incarnation();
+    h.servers[1] = Server::new(ServerId(1), Incarnation(40), h.now);
+    h.slices[1].handle_crash_report(ServerId(1), dead);
+    h.pump();
+    let heir = h.holder(EntityId(1)).expect("re-granted within the same call");
+    assert_ne!(heir, ServerId(1));
+    assert_eq!(h.slice_of(EntityId(1)), vec![(heir.0 % 2) as usize]);
+    assert!(h.slices[0].map().regions_of(ServerId(1)).next().is_none());
+    assert_eq!(h.slices[0].map(), h.slices[1].map(), "both slices have the controller's map");
+}

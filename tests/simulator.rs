@@ -43,6 +43,8 @@ fn five_hundred_seeds_with_every_fault_on_keep_every_invariant() {
     assert!(total(|o| o.stats.partitions) > 100, "partitions");
     assert!(total(|o| o.stats.region_ops) > 1000, "splits, merges and moves");
     assert!(total(|o| o.stats.handoffs) > 10_000, "handoffs");
+    assert!(outcomes.iter().any(|o| o.plan.slices == 3), "runs with the layer cut into three slices");
+    assert!(total(|o| o.stats.transfers) > 10_000, "subtrees moved between slices");
     assert!(total(|o| o.stats.fenced) > 0, "servers fenced after a lost lease");
     assert!(total(|o| o.stats.hits) > 0, "projectiles hit");
     let names = ["move", "fire", "pick up", "drop", "stow", "unstow", "board", "disembark"];

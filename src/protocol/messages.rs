@@ -22,6 +22,20 @@ pub struct Incarnation(pub u32);
 #[rkyv(derive(Debug, PartialEq, Eq, PartialOrd, Ord))]
 pub struct Epoch(pub u64);
 
+/// One slice of the replication layer: one per core, each the master record of the entities
+/// held by the servers on its core.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug, PartialEq, Eq, PartialOrd, Ord))]
+pub struct SliceId(pub u16);
+
+impl std::fmt::Display for SliceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "slice{}", self.0)
+    }
+}
+
 /// An entity's state together with the epoch its holder has authority under.
 #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Owned {
@@ -80,6 +94,29 @@ pub enum ReplicationMsg {
     Adopt { entities: Vec<Owned> },
     /// This incarnation has been declared dead: stop, drop everything, restart.
     Fenced,
+}
+
+/// A committed entity moving between slices with its history counter.
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Committed {
+    pub id: EntityId,
+    pub state: EntityState,
+    pub commit_seq: u64,
+}
+
+/// Slice to slice. On one host these cross cores on shared-memory rings: reliable and in order.
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum SliceMsg {
+    /// A subtree (parents first) whose new authority lives on the receiving slice's core. The
+    /// sender has forgotten it; the receiver grants it by its own map. `hops` bounds forwarding
+    /// while two slices' maps disagree.
+    Transfer { hops: u8, entities: Vec<Committed> },
+    /// The controller's region map, to every slice.
+    Map(RegionMap),
+    /// To the controller: a server registered on the sender's core.
+    ServerUp { server: ServerId },
+    /// To the controller: a server on the sender's core is dead; its regions need new owners.
+    ServerDown { server: ServerId },
 }
 
 #[cfg(test)]

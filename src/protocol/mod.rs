@@ -8,6 +8,8 @@ pub mod replication;
 pub mod server;
 
 pub use link::{Link, LinkPacket};
-pub use messages::{Delta, Epoch, Incarnation, Owned, ReplicationMsg, ServerMsg, ToReplication, ToServer};
+pub use messages::{
+    Committed, Delta, Epoch, Incarnation, Owned, ReplicationMsg, ServerMsg, SliceId, SliceMsg, ToReplication, ToServer,
+};
 pub use replication::{PlantedBugs, Record, Replication, ReplicationStats};
 pub use server::{Action, Input, Server, ServerEvent, ServerStats};

@@ -1,6 +1,12 @@
 //! The replication layer (RL): the master record of every entity, the authority table and the
 //! region map, with the mesh controller's region operations. Servers are disposable; this is not.
 //!
+//! The layer is cut into slices, one per core: a slice holds the records of the entities whose
+//! authority is a server on its core (server `s` lives on core `s mod slices`), so a server's
+//! deltas never leave its core and no lock or thread is shared by all. A subtree whose new
+//! authority lives on another core moves there whole (`SliceMsg::Transfer`). Slice 0 is also the
+//! controller: it alone changes the region map and sends it to the others.
+//!
 //! It commits a server's write only if the server holds the entity's current authority epoch,
 //! so a late message from a former owner changes nothing. It gives a dead server's regions and
 //! entities to live servers only after the server's lease has surely run out, so two servers
@@ -12,7 +18,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use super::messages::{Delta, Epoch, Incarnation, Owned, ReplicationMsg, ServerMsg, ToReplication, ToServer};
+use super::messages::{
+    Committed, Delta, Epoch, Incarnation, Owned, ReplicationMsg, ServerMsg, SliceId, SliceMsg, ToReplication, ToServer,
+};
 use crate::limits::LEASE_DURATION_US;
 use crate::world::{EntityId, EntityKind, EntityState, Forest, MapError, RegionId, RegionMap, ServerId};
 
@@ -59,9 +67,26 @@ pub struct ReplicationStats {
     pub protocol_errors: u64,
     pub servers_declared_dead: u64,
     pub map_changes: u64,
+    /// Subtrees sent to and taken from other slices.
+    pub transfers_out: u64,
+    pub transfers_in: u64,
 }
 
+/// The slice (core) that server `server` lives on, of `slices`.
+pub fn home_slice(server: ServerId, slices: u16) -> SliceId {
+    SliceId((server.0 % slices as u32) as u16)
+}
+
+/// Transfers forwarded more than this many times wait as orphans for the next map: two slices'
+/// maps disagree for a moment at most.
+const TRANSFER_HOPS_MAX: u8 = 4;
+
 pub struct Replication {
+    slice: SliceId,
+    slices: u16,
+    /// The controller's view of which servers are live on any core (slice 0 only).
+    live_everywhere: BTreeSet<ServerId>,
+    peer_outbox: VecDeque<(SliceId, SliceMsg)>,
     map: RegionMap,
     records: BTreeMap<EntityId, Record>,
     forest: Forest,
@@ -77,10 +102,21 @@ pub struct Replication {
 }
 
 impl Replication {
-    /// A layer holding the world's starting entities (parents listed before children), none
-    /// of them assigned until servers register.
+    /// A layer of one slice holding the world's starting entities (parents listed before
+    /// children), none of them assigned until servers register.
     pub fn new(map: RegionMap, initial: Vec<(EntityId, EntityState)>) -> Self {
+        Self::new_slice(SliceId(0), 1, map, initial)
+    }
+
+    /// Slice `slice` of `slices`. The starting entities go to slice 0, which places them.
+    pub fn new_slice(slice: SliceId, slices: u16, map: RegionMap, initial: Vec<(EntityId, EntityState)>) -> Self {
+        assert!(slice.0 < slices && slices <= 256, "slice {slice} of {slices}");
+        assert!(slice.0 == 0 || initial.is_empty(), "starting entities belong to slice 0");
         let mut rl = Self {
+            slice,
+            slices,
+            live_everywhere: BTreeSet::new(),
+            peer_outbox: VecDeque::new(),
             map,
             records: BTreeMap::new(),
             forest: Forest::default(),
@@ -124,6 +160,12 @@ impl Replication {
         &self.servers
     }
 
+    /// Controller: every live server, on any core.
+    pub fn live_everywhere(&self) -> &BTreeSet<ServerId> {
+        &self.live_everywhere
+    }
+
+    /// Live servers on this slice's core.
     pub fn live_servers(&self) -> impl Iterator<Item = ServerId> + '_ {
         self.servers.iter().filter(|(_, s)| s.live).map(|(id, _)| *id)
     }
@@ -136,9 +178,28 @@ impl Replication {
         self.outbox.pop_front()
     }
 
+    /// The next message for another slice.
+    pub fn poll_peer(&mut self) -> Option<(SliceId, SliceMsg)> {
+        self.peer_outbox.pop_front()
+    }
+
+    pub fn slice(&self) -> SliceId {
+        self.slice
+    }
+
+    pub fn is_controller(&self) -> bool {
+        self.slice.0 == 0
+    }
+
+    /// The slice (core) a server lives on.
+    pub fn home_of(&self, server: ServerId) -> SliceId {
+        home_slice(server, self.slices)
+    }
+
+    /// Epochs carry the slice in their low byte, so slices never draw the same one.
     fn fresh_epoch(&mut self) -> Epoch {
         self.next_epoch += 1;
-        Epoch(self.next_epoch)
+        Epoch((self.next_epoch << 8) | self.slice.0 as u64)
     }
 
     fn send(&mut self, server: ServerId, body: ReplicationMsg) {
@@ -198,6 +259,7 @@ impl Replication {
         self.servers.insert(server, slot);
         let map = self.map.clone();
         self.send(server, ReplicationMsg::Welcome { create_epoch, map });
+        self.tell_controller(SliceMsg::ServerUp { server });
     }
 
     /// The host's supervisor saw this incarnation die (its thread or process is gone), so it
@@ -367,13 +429,132 @@ impl Replication {
             self.protocol_error(|| format!("{server} handed off {root} as {requested:?}, the layer has {moving:?}"));
         }
         self.stats.handoffs += 1;
+        self.place(root, 0);
+    }
+
+    /// Gives `root`'s subtree to the owner of the region it is in: here, if that server lives on
+    /// this core; by transfer to its core's slice if not; as an orphan if the region has no
+    /// live owner yet.
+    fn place(&mut self, root: EntityId, hops: u8) {
         let target = self.map.owner_at(self.records[&root].state.pos());
-        self.grant(root, target);
+        match target {
+            Some(t) if self.home_of(t) != self.slice && hops < TRANSFER_HOPS_MAX => self.transfer(root, t, hops),
+            _ => self.grant(root, target),
+        }
+    }
+
+    fn transfer(&mut self, root: EntityId, target: ServerId, hops: u8) {
+        let ids = self.forest.subtree(root);
+        let mut entities = Vec::with_capacity(ids.len());
+        for id in ids {
+            let record = self.records.remove(&id).expect("subtree entities exist");
+            if let Some(p) = record.state.parent {
+                self.forest.unlink(id, p);
+            }
+            entities.push(Committed { id, state: record.state, commit_seq: record.commit_seq });
+        }
+        self.orphans.remove(&root);
+        self.stats.transfers_out += 1;
+        let to = self.home_of(target);
+        self.peer_outbox.push_back((to, SliceMsg::Transfer { hops: hops + 1, entities }));
+    }
+
+    /// A message from another slice.
+    pub fn handle_peer(&mut self, _from: SliceId, msg: SliceMsg) {
+        match msg {
+            SliceMsg::Transfer { hops, entities } => {
+                let Some(root) = entities.first().map(|c| c.id) else { return };
+                if let Some(dup) = entities.iter().find(|c| self.records.contains_key(&c.id)) {
+                    // Two slices holding one entity is a duplicate: refuse it loudly, never panic.
+                    let (id, slice) = (dup.id, self.slice);
+                    self.protocol_error(|| format!("{id} transferred to {slice}, which already holds it"));
+                    return;
+                }
+                for c in entities {
+                    if let Some(p) = c.state.parent {
+                        self.forest.link(c.id, p);
+                    }
+                    let epoch = Epoch(0);
+                    let record = Record {
+                        state: c.state,
+                        authority: None,
+                        epoch,
+                        committed_epoch: epoch,
+                        commit_seq: c.commit_seq,
+                    };
+                    self.records.insert(c.id, record);
+                }
+                self.stats.transfers_in += 1;
+                self.orphans.insert(root);
+                self.place(root, hops);
+            }
+            SliceMsg::Map(map) => self.apply_map(map),
+            SliceMsg::ServerUp { server } => self.controller_server_up(server),
+            SliceMsg::ServerDown { server } => self.controller_server_down(server),
+        }
+    }
+
+    fn tell_controller(&mut self, msg: SliceMsg) {
+        if self.is_controller() {
+            self.handle_peer(self.slice, msg);
+        } else {
+            self.peer_outbox.push_back((SliceId(0), msg));
+        }
+    }
+
+    fn controller_server_up(&mut self, server: ServerId) {
+        debug_assert!(self.is_controller());
+        self.live_everywhere.insert(server);
+    }
+
+    /// Controller: a server died; its regions go to the least loaded live servers.
+    fn controller_server_down(&mut self, server: ServerId) {
+        debug_assert!(self.is_controller());
+        self.live_everywhere.remove(&server);
+        let regions: Vec<RegionId> = self.map.regions_of(server).map(|r| r.id).collect();
+        for region in regions {
+            let heir = self.least_loaded();
+            self.map.assign(region, heir).expect("region exists");
+        }
+        self.broadcast_map();
+    }
+
+    /// A newer map (from the controller, or the controller's own): pass it to this core's
+    /// servers and place the orphans it gives owners to.
+    fn apply_map(&mut self, map: RegionMap) {
+        if map.epoch <= self.map.epoch {
+            return;
+        }
+        self.map = map;
+        self.publish_map();
+    }
+
+    fn publish_map(&mut self) {
+        self.stats.map_changes += 1;
+        let live: Vec<ServerId> = self.live_servers().collect();
+        for server in live {
+            self.send(server, ReplicationMsg::Map(self.map.clone()));
+        }
+        self.place_orphans();
+    }
+
+    fn place_orphans(&mut self) {
+        let orphans: Vec<EntityId> = self.orphans.iter().copied().collect();
+        for root in orphans {
+            let Some(record) = self.records.get(&root) else { continue };
+            let placeable = self
+                .map
+                .owner_at(record.state.pos())
+                .is_some_and(|t| self.home_of(t) != self.slice || self.servers.get(&t).is_some_and(|s| s.live));
+            if placeable {
+                self.place(root, 0);
+            }
+        }
     }
 
     /// Gives the subtree under `root` to `target` under a fresh epoch, from committed state.
     fn grant(&mut self, root: EntityId, target: Option<ServerId>) {
-        let target = target.filter(|t| self.servers.get(t).is_some_and(|s| s.live));
+        let target = target.filter(|t| self.servers.get(t).is_some_and(|s| s.live) && self.home_of(*t) == self.slice);
         let epoch = self.fresh_epoch();
         let ids = self.forest.subtree(root);
         let mut entities = Vec::with_capacity(ids.len());
@@ -396,8 +577,9 @@ impl Replication {
         }
     }
 
-    /// The incarnation is gone (its lease ran out, or a newer one registered): its regions and
-    /// entities go to live servers, from the committed state.
+    /// The incarnation is gone (its lease ran out, or a newer one registered): its entities are
+    /// fenced at once under fresh epochs, and once the controller has given its regions to live
+    /// servers they go to them, from the committed state.
     fn declare_dead(&mut self, server: ServerId) {
         let Some(slot) = self.servers.get_mut(&server) else { return };
         if !slot.live {
@@ -405,12 +587,6 @@ impl Replication {
         }
         slot.live = false;
         self.stats.servers_declared_dead += 1;
-        let regions: Vec<RegionId> = self.map.regions_of(server).map(|r| r.id).collect();
-        for region in regions {
-            let heir = self.least_loaded();
-            self.map.assign(region, heir).expect("region exists");
-        }
-        self.broadcast_map();
         let roots: Vec<EntityId> = self
             .records
             .iter()
@@ -418,21 +594,28 @@ impl Replication {
             .map(|(id, _)| *id)
             .collect();
         for root in roots {
-            let target = self.map.owner_at(self.records[&root].state.pos());
-            self.grant(root, target);
+            self.grant(root, None);
         }
+        // The controller reassigns the regions and sends the map back, which places the orphans.
+        self.tell_controller(SliceMsg::ServerDown { server });
     }
 
+    /// Controller: the live server with the fewest regions.
     fn least_loaded(&self) -> Option<ServerId> {
-        self.live_servers().min_by_key(|s| (self.map.regions_of(*s).count(), *s))
+        self.live_everywhere.iter().copied().min_by_key(|s| (self.map.regions_of(*s).count(), *s))
     }
 
+    fn busiest(&self) -> Option<ServerId> {
+        self.live_everywhere.iter().copied().max_by_key(|s| (self.map.regions_of(*s).count(), std::cmp::Reverse(*s)))
+    }
+
+    /// Controller: the map changed; every slice (this one included) gets it.
     fn broadcast_map(&mut self) {
-        self.stats.map_changes += 1;
-        let live: Vec<ServerId> = self.live_servers().collect();
-        for server in live {
-            self.send(server, ReplicationMsg::Map(self.map.clone()));
+        debug_assert!(self.is_controller());
+        for slice in 1..self.slices {
+            self.peer_outbox.push_back((SliceId(slice), SliceMsg::Map(self.map.clone())));
         }
+        self.publish_map();
     }
 
     /// Lease checks, then the controller's standing policy: every region has a live server,
@@ -448,6 +631,15 @@ impl Replication {
         for server in expired {
             self.declare_dead(server);
         }
+        if self.is_controller() {
+            self.controller_tick();
+        }
+        self.place_orphans();
+    }
+
+    /// The controller's standing policy: every region has a live server, an idle server takes a
+    /// region from the busiest.
+    fn controller_tick(&mut self) {
         let mut changed = false;
         let unowned: Vec<RegionId> = self.map.regions().iter().filter(|r| r.server.is_none()).map(|r| r.id).collect();
         for region in unowned {
@@ -466,20 +658,11 @@ impl Replication {
         if changed {
             self.broadcast_map();
         }
-        let orphans: Vec<EntityId> = self.orphans.iter().copied().collect();
-        for root in orphans {
-            if let Some(target) = self.map.owner_at(self.records[&root].state.pos()) {
-                self.grant(root, Some(target));
-            }
-        }
-    }
-
-    fn busiest(&self) -> Option<ServerId> {
-        self.live_servers().max_by_key(|s| (self.map.regions_of(*s).count(), std::cmp::Reverse(*s)))
     }
 
     /// Controller: cut a region in two (both halves keep its server).
     pub fn split_region(&mut self, region: RegionId) -> Result<(RegionId, RegionId), MapError> {
+        assert!(self.is_controller(), "only the controller changes the map");
         let halves = self.map.split(region)?;
         self.broadcast_map();
         Ok(halves)
@@ -487,6 +670,7 @@ impl Replication {
 
     /// Controller: join two regions that form a box; the union takes `a`'s server.
     pub fn merge_regions(&mut self, a: RegionId, b: RegionId) -> Result<RegionId, MapError> {
+        assert!(self.is_controller(), "only the controller changes the map");
         let merged = self.map.merge(a, b)?;
         self.broadcast_map();
         Ok(merged)
@@ -494,7 +678,8 @@ impl Replication {
 
     /// Controller: give a region to another live server; its entities follow by handoff.
     pub fn move_region(&mut self, region: RegionId, server: ServerId) -> Result<(), MapError> {
-        if !self.servers.get(&server).is_some_and(|s| s.live) {
+        assert!(self.is_controller(), "only the controller changes the map");
+        if !self.live_everywhere.contains(&server) {
             return Ok(());
         }
         self.map.assign(region, Some(server))?;
@@ -533,6 +718,9 @@ impl Replication {
                 if !self.forest.children(p).any(|c| c == *id) {
                     errors.push(format!("{id}: missing from its parent {p}'s children"));
                 }
+            }
+            if let Some(s) = r.authority.filter(|s| self.home_of(*s) != self.slice) {
+                errors.push(format!("{id}: held by {s}, which lives on {}, not on {}", self.home_of(s), self.slice));
             }
             if r.authority.is_none() && r.state.parent.is_none() && !self.orphans.contains(id) {
                 errors.push(format!("{id}: has no authority and is not an orphan"));

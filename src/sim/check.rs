@@ -9,8 +9,22 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::protocol::replication::Record;
 use crate::protocol::{Replication, Server};
 use crate::world::{EntityId, EntityKind};
+
+/// Every slice's records in one view; an entity in two slices is a duplicate.
+fn union(slices: &[Replication]) -> Result<BTreeMap<EntityId, &Record>, String> {
+    let mut all = BTreeMap::new();
+    for slice in slices {
+        for (id, r) in slice.records() {
+            if all.insert(*id, r).is_some() {
+                return Err(format!("{id} is recorded by two slices"));
+            }
+        }
+    }
+    Ok(all)
+}
 
 pub struct Checker {
     /// Items and every other entity that is never destroyed, by identity.
@@ -20,9 +34,9 @@ pub struct Checker {
 }
 
 impl Checker {
-    pub fn new(rl: &Replication) -> Self {
+    pub fn new(slices: &[Replication]) -> Self {
         let persistent: BTreeMap<EntityId, EntityKind> =
-            rl.records().iter().map(|(id, r)| (*id, r.state.kind)).collect();
+            slices.iter().flat_map(|s| s.records().iter()).map(|(id, r)| (*id, r.state.kind)).collect();
         let items = persistent.values().filter(|k| k.is_item()).count();
         Self { persistent, items, commit_seq: BTreeMap::new() }
     }
@@ -35,15 +49,17 @@ impl Checker {
     pub fn check_step<'a>(
         &mut self,
         now_us: u64,
-        rl: &Replication,
+        slices: &[Replication],
         servers: impl Iterator<Item = &'a Server> + Clone,
     ) -> Result<(), String> {
-        let errors = rl.check();
-        if let Some(e) = errors.first() {
-            return Err(format!("replication layer: {e}"));
+        for slice in slices {
+            if let Some(e) = slice.check().first() {
+                return Err(format!("replication layer {}: {e}", slice.slice()));
+            }
         }
+        let records = union(slices)?;
         for (id, kind) in &self.persistent {
-            match rl.records().get(id) {
+            match records.get(id) {
                 None => return Err(format!("{id} ({kind:?}) is lost: the layer has no record of it")),
                 Some(r) if r.state.kind != *kind => {
                     return Err(format!("{id} changed kind from {kind:?} to {:?}", r.state.kind))
@@ -51,28 +67,29 @@ impl Checker {
                 Some(_) => {}
             }
         }
-        let items_now = rl.records().values().filter(|r| r.state.kind.is_item()).count();
+        let items_now = records.values().filter(|r| r.state.kind.is_item()).count();
         if items_now != self.items {
             return Err(format!("the world has {items_now} items, it started with {}", self.items));
         }
-        for (id, r) in rl.records() {
+        for (id, r) in &records {
             let seen = self.commit_seq.entry(*id).or_insert(r.commit_seq);
             if r.commit_seq < *seen {
                 return Err(format!("{id}: committed state went back from change {} to {}", *seen, r.commit_seq));
             }
             *seen = r.commit_seq;
         }
-        self.commit_seq.retain(|id, _| rl.records().contains_key(id));
+        self.commit_seq.retain(|id, _| records.contains_key(id));
 
         let mut holder: BTreeMap<EntityId, crate::world::ServerId> = BTreeMap::new();
         for server in servers.filter(|s| s.is_acting(now_us)) {
             check_graph(server)?;
-            let create_epoch = rl.servers().get(&server.id()).map(|s| s.create_epoch);
+            let home = &slices[crate::protocol::replication::home_slice(server.id(), slices.len() as u16).0 as usize];
+            let create_epoch = home.servers().get(&server.id()).map(|s| s.create_epoch);
             for (id, held) in server.held() {
                 if let Some(other) = holder.insert(*id, server.id()) {
                     return Err(format!("{id} is simulated by both {other} and {}", server.id()));
                 }
-                match rl.records().get(id) {
+                match home.records().get(id) {
                     Some(r) if r.authority == Some(server.id()) && r.epoch == held.epoch => {}
                     Some(r) => {
                         return Err(format!(
@@ -85,7 +102,13 @@ impl Checker {
                     }
                     // A projectile made this tick that the layer has not heard of yet.
                     None if held.state.kind == EntityKind::Projectile && Some(held.epoch) == create_epoch => {}
-                    None => return Err(format!("{} acts on {id}, which the layer does not know", server.id())),
+                    None => {
+                        return Err(format!(
+                            "{} acts on {id}, which its core's slice {} does not hold",
+                            server.id(),
+                            home.slice()
+                        ))
+                    }
                 }
             }
         }
@@ -96,12 +119,13 @@ impl Checker {
     pub fn check_restored<'a>(
         &self,
         now_us: u64,
-        rl: &Replication,
+        slices: &[Replication],
         servers: impl Iterator<Item = &'a Server>,
     ) -> Result<(), String> {
+        let records = union(slices)?;
         for server in servers {
             for (id, held) in server.held().iter().filter(|(_, h)| h.adopted_at_us == now_us) {
-                let Some(r) = rl.records().get(id) else { continue };
+                let Some(r) = records.get(id) else { continue };
                 if r.epoch == held.epoch && r.state != held.state {
                     return Err(format!("{} adopted {id} with a state other than the committed one", server.id()));
                 }
@@ -114,17 +138,23 @@ impl Checker {
     pub fn check_settled<'a>(
         &self,
         now_us: u64,
-        rl: &Replication,
+        slices: &[Replication],
         servers: impl Iterator<Item = &'a Server> + Clone,
     ) -> Result<(), String> {
-        if !rl.orphans().is_empty() {
-            return Err(format!("{} entities have no server after the world settled", rl.orphans().len()));
+        let orphans: usize = slices.iter().map(|s| s.orphans().len()).sum();
+        if orphans > 0 {
+            return Err(format!("{orphans} entities have no server after the world settled"));
         }
-        if let Some(r) = rl.map().regions().iter().find(|r| r.server.is_none()) {
+        let map = slices[0].map();
+        if let Some(s) = slices.iter().find(|s| s.map() != map) {
+            return Err(format!("{} has map epoch {}, the controller {}", s.slice(), s.map().epoch, map.epoch));
+        }
+        if let Some(r) = map.regions().iter().find(|r| r.server.is_none()) {
             return Err(format!("region {} has no server after the world settled", r.id));
         }
         let acting: BTreeMap<_, _> = servers.filter(|s| s.is_acting(now_us)).map(|s| (s.id(), s)).collect();
-        for (id, r) in rl.records() {
+        let records = union(slices)?;
+        for (id, r) in &records {
             let Some(owner) = r.authority else { return Err(format!("{id} has no authority")) };
             let Some(server) = acting.get(&owner) else {
                 return Err(format!("{id} belongs to {owner}, which is not running"));
@@ -135,13 +165,13 @@ impl Checker {
             if held.state != r.state {
                 return Err(format!("{id}: {owner} holds a state the layer never committed"));
             }
-            if r.state.parent.is_none() && rl.map().owner_at(r.state.pos()) != Some(owner) {
+            if r.state.parent.is_none() && map.owner_at(r.state.pos()) != Some(owner) {
                 return Err(format!("{id} rests outside the regions of {owner}, its holder"));
             }
         }
         let held_total: usize = acting.values().map(|s| s.held().len()).sum();
-        if held_total != rl.records().len() {
-            return Err(format!("servers hold {held_total} entities, the layer has {}", rl.records().len()));
+        if held_total != records.len() {
+            return Err(format!("servers hold {held_total} entities, the layer has {}", records.len()));
         }
         Ok(())
     }

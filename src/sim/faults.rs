@@ -11,6 +11,8 @@ use crate::limits::{LEASE_DURATION_US, TICK_DURATION_US};
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct FaultPlan {
     pub servers: u32,
+    /// Replication-layer slices (cores); server `s` lives on slice `s mod slices`.
+    pub slices: u16,
     pub players: usize,
     pub loss: f64,
     pub duplication: f64,
@@ -38,8 +40,10 @@ impl FaultPlan {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xfa17_5eed);
         let tick = TICK_DURATION_US;
         let max_delay = rng.random_range(1..=4) * tick;
+        let servers = rng.random_range(2..=6);
         Self {
-            servers: rng.random_range(2..=6),
+            servers,
+            slices: rng.random_range(1..=3u16).min(servers as u16),
             players: rng.random_range(8..=40),
             loss: rng.random_range(0.01..0.2),
             duplication: rng.random_range(0.01..0.1),
@@ -75,8 +79,9 @@ impl fmt::Display for FaultPlan {
         let ms = |us: u64| us as f64 / 1000.0;
         write!(
             f,
-            "servers={} players={} loss={:.3} dup={:.3} delay={:.0}-{:.0}ms spike={:.4}x{:.0}-{:.0}ms partition={:.4}x{}-{}t crash={:.4}/t reported={:.2} restart={}-{}t region_ops={:.3}/t",
+            "servers={} slices={} players={} loss={:.3} dup={:.3} delay={:.0}-{:.0}ms spike={:.4}x{:.0}-{:.0}ms partition={:.4}x{}-{}t crash={:.4}/t reported={:.2} restart={}-{}t region_ops={:.3}/t",
             self.servers,
+            self.slices,
             self.players,
             self.loss,
             self.duplication,

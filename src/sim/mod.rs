@@ -25,8 +25,10 @@ pub use faults::FaultPlan;
 use network::{Endpoint, Network};
 
 use crate::limits::TICK_DURATION_US;
+use crate::protocol::replication::home_slice;
 use crate::protocol::{
-    Action, Incarnation, Input, Link, PlantedBugs, Replication, Server, ServerEvent, ToReplication, ToServer,
+    Action, Incarnation, Input, Link, PlantedBugs, Replication, Server, ServerEvent, SliceId, SliceMsg, ToReplication,
+    ToServer,
 };
 use crate::world::{populate, ContainerTree, Population, RegionMap, ServerId};
 
@@ -79,6 +81,8 @@ pub struct SimStats {
     pub decode_errors: u64,
     /// Packets put on the network (before loss and duplication).
     pub packets: u64,
+    /// Subtrees moved between replication slices (cores).
+    pub transfers: u64,
     /// Applied bot actions, by kind (see `Action::index`).
     pub actions: [u64; 8],
 }
@@ -108,7 +112,8 @@ pub struct Simulator {
     net_plan: FaultPlan,
     rng: ChaCha8Rng,
     tick: u64,
-    rl: Replication,
+    /// The replication layer's slices; slice 0 is also the controller.
+    slices: Vec<Replication>,
     rl_links: BTreeMap<ServerId, Link>,
     nodes: BTreeMap<ServerId, Node>,
     net: Network,
@@ -131,15 +136,21 @@ impl Simulator {
         };
         let entities = populate(&tree, cfg.seed, counts);
         let map = RegionMap::kd_split(tree.bounds(), INITIAL_REGIONS);
-        let mut rl = Replication::new(map, entities);
-        rl.planted = cfg.planted;
-        let checker = Checker::new(&rl);
+        let mut slices = Vec::new();
+        let mut initial = Some(entities);
+        for i in 0..plan.slices {
+            let mut slice =
+                Replication::new_slice(SliceId(i), plan.slices, map.clone(), initial.take().unwrap_or_default());
+            slice.planted = cfg.planted;
+            slices.push(slice);
+        }
+        let checker = Checker::new(&slices);
         let mut sim = Self {
             rng: ChaCha8Rng::seed_from_u64(cfg.seed),
             plan,
             net_plan: plan,
             tick: 0,
-            rl,
+            slices,
             rl_links: BTreeMap::new(),
             nodes: BTreeMap::new(),
             net: Network::default(),
@@ -161,8 +172,38 @@ impl Simulator {
         &self.plan
     }
 
-    pub fn replication(&self) -> &Replication {
-        &self.rl
+    pub fn slices(&self) -> &[Replication] {
+        &self.slices
+    }
+
+    fn home(&mut self, server: ServerId) -> &mut Replication {
+        let i = home_slice(server, self.slices.len() as u16).0 as usize;
+        &mut self.slices[i]
+    }
+
+    /// Delivers slice-to-slice messages until none are left. On one host slices talk over
+    /// shared-memory rings, reliable and in order, within the tick; they cross as rkyv bytes.
+    fn pump_peers(&mut self) {
+        loop {
+            let mut moved = false;
+            for i in 0..self.slices.len() {
+                while let Some((to, msg)) = self.slices[i].poll_peer() {
+                    let from = self.slices[i].slice();
+                    match decode::<SliceMsg>(&encode(&msg)) {
+                        Ok(msg) => self.slices[to.0 as usize].handle_peer(from, msg),
+                        Err(_) => self.stats.decode_errors += 1,
+                    }
+                    moved = true;
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn layer_total(&self, f: impl Fn(&crate::protocol::ReplicationStats) -> u64) -> u64 {
+        self.slices.iter().map(|s| f(&s.stats)).sum()
     }
 
     pub fn servers(&self) -> impl Iterator<Item = &Server> + Clone {
@@ -183,7 +224,8 @@ impl Simulator {
     pub fn run(cfg: SimConfig) -> SimOutcome {
         let mut sim = Simulator::new(cfg);
         let failure = sim.run_phases().err();
-        sim.stats.handoffs = sim.rl.stats.handoffs;
+        sim.stats.handoffs = sim.layer_total(|s| s.handoffs);
+        sim.stats.transfers = sim.layer_total(|s| s.transfers_out);
         sim.stats.packets = sim.net.stats.sent;
         let live: Vec<_> = sim.servers().map(|s| s.stats).collect();
         for s in live {
@@ -206,8 +248,8 @@ impl Simulator {
                 s.partitions,
                 s.region_ops,
                 s.hits,
-                sim.rl.stats.commits,
-                sim.rl.stats.stale_rejected
+                sim.layer_total(|s| s.commits),
+                sim.layer_total(|s| s.stale_rejected)
             );
         }
         SimOutcome {
@@ -215,7 +257,7 @@ impl Simulator {
             plan: sim.plan,
             failure,
             stats: sim.stats,
-            entities: sim.rl.records().len(),
+            entities: sim.slices.iter().map(|s| s.records().len()).sum(),
             items: sim.checker.item_count(),
             log: sim.log,
         }
@@ -239,7 +281,7 @@ impl Simulator {
         let now = self.now_us();
         let servers: Vec<&Server> = self.nodes.values().filter_map(|n| n.server.as_ref().map(|(s, _)| s)).collect();
         self.checker
-            .check_settled(now, &self.rl, servers.into_iter())
+            .check_settled(now, &self.slices, servers.into_iter())
             .map_err(|e| (self.tick, format!("liveness: {e}")))
     }
 
@@ -248,7 +290,7 @@ impl Simulator {
         let now = self.now_us();
         self.restart_due();
         self.deliver(now)?;
-        self.checker.check_restored(now, &self.rl, self.servers())?;
+        self.checker.check_restored(now, &self.slices, self.servers())?;
         self.drive_bots(now);
         let ids: Vec<ServerId> = self.nodes.keys().copied().collect();
         for id in &ids {
@@ -257,17 +299,21 @@ impl Simulator {
             }
             self.drain_events(*id);
         }
-        self.rl.tick(now);
+        for slice in &mut self.slices {
+            slice.tick(now);
+        }
+        self.pump_peers();
         if !self.calm {
             self.inject_faults(now);
         }
+        self.pump_peers();
         self.transmit(now)?;
         self.stats.ticks += 1;
         if self.cfg.verbose && self.tick % 30 == 29 {
             self.status_line(now);
         }
         let servers = self.nodes.values().filter_map(|n| n.server.as_ref().map(|(s, _)| s));
-        self.checker.check_step(now, &self.rl, servers)?;
+        self.checker.check_step(now, &self.slices, servers)?;
         self.tick += 1;
         Ok(())
     }
@@ -276,17 +322,17 @@ impl Simulator {
     fn status_line(&mut self, now: u64) {
         let acting = self.servers().filter(|s| s.is_acting(now)).count();
         let held: usize = self.servers().filter(|s| s.is_acting(now)).map(|s| s.held().len()).sum();
-        let (entities, orphans) = (self.rl.records().len(), self.rl.orphans().len());
-        let map = self.rl.map();
+        let entities: usize = self.slices.iter().map(|s| s.records().len()).sum();
+        let orphans: usize = self.slices.iter().map(|s| s.orphans().len()).sum();
+        let map = self.slices[0].map();
         let (regions, epoch) = (map.regions().len(), map.epoch);
-        let st = self.rl.stats;
+        let transfers = self.layer_total(|s| s.transfers_out);
+        let (handoffs, commits, stale) =
+            (self.layer_total(|s| s.handoffs), self.layer_total(|s| s.commits), self.layer_total(|s| s.stale_rejected));
         let in_flight = self.net.in_flight();
         self.event(format_args!(
-            "status: servers={acting}/{} entities={entities} held={held} orphans={orphans} regions={regions} map_epoch={epoch} handoffs={} commits={} stale_rejected={} packets_in_flight={in_flight}",
+            "status: servers={acting}/{} entities={entities} held={held} orphans={orphans} regions={regions} map_epoch={epoch} handoffs={handoffs} transfers={transfers} commits={commits} stale_rejected={stale} packets_in_flight={in_flight}",
             self.nodes.len(),
-            st.handoffs,
-            st.commits,
-            st.stale_rejected,
         ));
     }
 
@@ -318,12 +364,17 @@ impl Simulator {
                     let Endpoint::Server(sid) = from else { unreachable!("the layer talks only to servers") };
                     let link = self.rl_links.entry(sid).or_insert_with(|| Link::new(REPLICATION_SESSION));
                     link.handle_packet(&packet);
+                    let mut messages = Vec::new();
                     while let Some(bytes) = link.poll_deliver() {
+                        messages.push(bytes);
+                    }
+                    for bytes in messages {
                         match decode::<ToReplication>(&bytes) {
-                            Ok(msg) => self.rl.handle(now, msg),
+                            Ok(msg) => self.home(sid).handle(now, msg),
                             Err(_) => self.stats.decode_errors += 1,
                         }
                     }
+                    self.pump_peers();
                 }
                 Endpoint::Server(sid) => {
                     let Some((server, link)) = self.nodes.get_mut(&sid).and_then(|n| n.server.as_mut()) else {
@@ -408,7 +459,7 @@ impl Simulator {
                     self.stats.crashes += 1;
                     let reported = self.rng.random_bool(self.plan.crash_reported);
                     if reported {
-                        self.rl.handle_crash_report(id, server.incarnation());
+                        self.home(id).handle_crash_report(id, server.incarnation());
                     }
                     let how = if reported { "reported" } else { "silent" };
                     self.event(format_args!(
@@ -431,32 +482,33 @@ impl Simulator {
 
     /// A random split, merge or move, as a controller reacting to load would make.
     fn region_op(&mut self) {
-        let regions: Vec<_> = self.rl.map().regions().iter().map(|r| r.id).collect();
-        let live: Vec<ServerId> = self.rl.live_servers().collect();
+        let controller = &mut self.slices[0];
+        let regions: Vec<_> = controller.map().regions().iter().map(|r| r.id).collect();
+        let live: Vec<ServerId> = controller.live_everywhere().iter().copied().collect();
         let pick = self.rng.random_range(0..3);
         let region = regions[self.rng.random_range(0..regions.len())];
         let result = match pick {
             0 if regions.len() < SIM_REGION_COUNT_MAX => {
-                self.rl.split_region(region).map(|(a, b)| format!("split {region} into {a} and {b}"))
+                self.slices[0].split_region(region).map(|(a, b)| format!("split {region} into {a} and {b}"))
             }
             1 => {
-                let pairs = self.rl.map().mergeable_pairs();
+                let pairs = self.slices[0].map().mergeable_pairs();
                 if pairs.is_empty() {
                     return;
                 }
                 let (a, b) = pairs[self.rng.random_range(0..pairs.len())];
-                self.rl.merge_regions(a, b).map(|m| format!("merge {a} and {b} into {m}"))
+                self.slices[0].merge_regions(a, b).map(|m| format!("merge {a} and {b} into {m}"))
             }
             2 if !live.is_empty() => {
                 let to = live[self.rng.random_range(0..live.len())];
-                self.rl.move_region(region, to).map(|_| format!("move {region} to {to}"))
+                self.slices[0].move_region(region, to).map(|_| format!("move {region} to {to}"))
             }
             _ => return,
         };
         self.stats.region_ops += 1;
         match result {
             Ok(text) => {
-                let epoch = self.rl.map().epoch;
+                let epoch = self.slices[0].map().epoch;
                 self.event(format_args!("controller: {text} (map epoch {epoch})"))
             }
             Err(e) => self.event(format_args!("controller: refused: {e}")),
@@ -464,10 +516,12 @@ impl Simulator {
     }
 
     fn transmit(&mut self, now: u64) -> Result<(), String> {
-        while let Some(msg) = self.rl.poll_message() {
-            let server = msg.server;
-            let Some(link) = self.rl_links.get_mut(&server) else { continue };
-            link.send(encode(&msg)).map_err(|e| format!("link to {server}: {e}"))?;
+        for slice in &mut self.slices {
+            while let Some(msg) = slice.poll_message() {
+                let server = msg.server;
+                let Some(link) = self.rl_links.get_mut(&server) else { continue };
+                link.send(encode(&msg)).map_err(|e| format!("link to {server}: {e}"))?;
+            }
         }
         let sids: Vec<ServerId> = self.rl_links.keys().copied().collect();
         for sid in sids {
