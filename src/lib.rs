@@ -5,6 +5,7 @@
 //! that drives them under faults, [`runtime`] the part that runs them on real cores (shared
 //! memory rings so far). Only the runtime and the binary touch clocks, threads or files.
 
+pub mod bots;
 pub mod limits;
 pub mod protocol;
 pub mod runtime;

@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
+use std::time::Duration;
+
 use clap::{Parser, Subcommand};
+use shardmesh::runtime::MeshConfig;
 use shardmesh::sim::{SimConfig, SimOutcome, Simulator};
 use shardmesh::world::{ContainerKind, ContainerTree};
 
@@ -40,15 +43,40 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
-    /// The main job on the embedded default world. Until the live runtime lands, it runs the
-    /// mesh protocol in the simulator and prints what happened.
+    /// The main job: a live mesh on this machine's cores (one pinned shard per core, servers and a
+    /// replication slice on each, shared-memory rings between them) with bots playing; a status
+    /// line each second, then a summary and an audit of every entity.
     Demo {
+        /// Cores to run on (default: all).
+        #[arg(long)]
+        cores: Option<usize>,
+        /// Bots, each a player.
+        #[arg(long, default_value_t = 2000)]
+        players: usize,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Logical servers on each core.
+        #[arg(long, default_value_t = 2)]
+        servers_per_core: usize,
+        /// Tick rate.
+        #[arg(long, default_value_t = 30.0)]
+        hz: f64,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Bot activity; 1.0 is the simulator's stress level.
+        #[arg(long, default_value_t = 0.25)]
+        activity: f64,
+        /// Write the summary as JSON here.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
     },
     /// Load a TOML world file, check it and print its container tree.
     World { file: std::path::PathBuf },
 }
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     match Cli::parse().command {
@@ -67,7 +95,20 @@ fn main() -> ExitCode {
                 (seeds, None) => sweep(start, seeds.unwrap_or(100), threads, base),
             }
         }
-        Command::Demo { seed } => demo(seed),
+        Command::Demo { cores, players, duration, servers_per_core, hz, seed, activity, json } => {
+            let cores = cores.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let cfg = MeshConfig {
+                cores,
+                players,
+                duration: Duration::from_secs_f64(duration.max(0.1)),
+                tick: Duration::from_secs_f64(1.0 / hz.clamp(1.0, 1000.0)),
+                servers_per_core,
+                seed,
+                bot_activity: activity.clamp(1e-3, 1.0),
+                status: true,
+            };
+            demo(cfg, json)
+        }
         Command::World { file } => match std::fs::read_to_string(&file)
             .map_err(|e| e.to_string())
             .and_then(|t| ContainerTree::from_toml(&t).map_err(|e| e.to_string()))
@@ -157,29 +198,60 @@ fn sweep(start: u64, count: u64, threads: Option<usize>, config: impl Fn(u64) ->
     }
 }
 
-fn demo(seed: u64) -> ExitCode {
-    let tree = ContainerTree::default_world();
-    println!(
-        "world `{}`: {} containers ({} cities, {} rooms)",
-        tree.system().name,
-        tree.containers.len(),
-        tree.of_kind(ContainerKind::City).count(),
-        tree.of_kind(ContainerKind::Room).count()
+fn demo(cfg: MeshConfig, json: Option<std::path::PathBuf>) -> ExitCode {
+    eprintln!(
+        "shardmesh demo: {} players, {} cores x {} servers, {:.0} Hz, {:.1} s",
+        cfg.players,
+        cfg.cores,
+        cfg.servers_per_core,
+        1.0 / cfg.tick.as_secs_f64(),
+        cfg.duration.as_secs_f64(),
     );
-    println!("the live runtime is not built yet: running the mesh protocol in the simulator");
-    let began = Instant::now();
-    let outcome = Simulator::run(SimConfig::new(seed));
-    print!("{}", outcome.log);
+    let summary = match shardmesh::runtime::mesh::run(cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("demo failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for stall in summary.stall_reports.iter().take(5) {
+        eprintln!("stall: {stall}");
+    }
     println!(
-        "{} entities ({} items), {:.2} s wall for {} ticks of world time",
-        outcome.entities,
-        outcome.items,
-        began.elapsed().as_secs_f64(),
-        outcome.stats.ticks
+        "players={} servers={} cores={} duration_s={:.1} ticks={} tick_p50_ms={:.2} tick_p99_ms={:.2} tick_max_ms={:.2} over_budget={} handoffs={} transfers={} entities={}/{} items={}/{} lost={} duplicates={} restarts={}",
+        summary.players,
+        summary.servers,
+        summary.cores,
+        summary.duration_s,
+        summary.ticks,
+        summary.tick_p50_ms,
+        summary.tick_p99_ms,
+        summary.tick_max_ms,
+        summary.ticks_over_budget,
+        summary.handoffs,
+        summary.transfers,
+        summary.entities_end,
+        summary.entities_start,
+        summary.items_end,
+        summary.items_start,
+        summary.lost_entities,
+        summary.duplicate_entities,
+        summary.server_restarts,
     );
-    if outcome.failure.is_some() {
-        ExitCode::FAILURE
-    } else {
+    match &summary.audit_error {
+        None => println!("audit: every entity accounted for, held once, as committed"),
+        Some(e) => println!("audit FAILED: {e}"),
+    }
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&summary).expect("the summary serializes");
+        if let Err(e) = std::fs::write(&path, text) {
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if summary.audit_error.is_none() && summary.lost_entities == 0 && summary.duplicate_entities == 0 {
         ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }

@@ -504,3 +504,29 @@ fn a_crash_on_one_core_is_recovered_by_the_controller_on_another() {
     assert!(h.slices[0].map().regions_of(ServerId(1)).next().is_none());
     assert_eq!(h.slices[0].map(), h.slices[1].map(), "both slices have the controller's map");
 }
+
+/// Regression (found by the live demo with 3,000 players): on a full ship one passenger leaves
+/// and another boards in the same tick. The layer must see the leaving before the boarding, or
+/// it counts the ship over its capacity and refuses a legal move.
+#[test]
+fn a_full_ship_swapping_passengers_in_one_tick_stays_within_capacity() {
+    let ship = EntityId(1);
+    let mut entities = vec![(ship, at(EntityKind::Ship, 10.0))];
+    let capacity = EntityKind::Ship.capacity_for(EntityKind::Player) as u64;
+    for id in 2..2 + capacity {
+        let mut p = at(EntityKind::Player, 10.0);
+        p.parent = Some(ship);
+        entities.push((EntityId(id), p));
+    }
+    let newcomer = EntityId(2 + capacity);
+    entities.push((newcomer, at(EntityKind::Player, 10.0)));
+    let mut h = Harness::new(entities);
+    let leaving = EntityId(1 + capacity);
+    use shardmesh::protocol::{Action, Input};
+    h.servers[0].handle_input(Input { entity: leaving, action: Action::Disembark });
+    h.servers[0].handle_input(Input { entity: newcomer, action: Action::Board });
+    h.tick();
+    assert_eq!(h.rl.stats.protocol_errors, 0, "{:?}", h.rl.first_protocol_error);
+    assert_eq!(h.rl.records()[&newcomer].state.parent, Some(ship));
+    assert_eq!(h.rl.records()[&leaving].state.parent, None);
+}

@@ -525,12 +525,14 @@ impl Server {
     /// layer already knows the shape of, or a child dropped this tick would travel with it.
     fn flush_deltas(&mut self, tick: u64) {
         let mut entries: Vec<Delta> = Vec::new();
-        // Parents before children, so the layer never sees a child of an unknown parent.
-        let mut order: Vec<EntityId> = Vec::new();
-        for (id, held) in &self.entities {
-            if held.state.parent.is_none() {
-                order.extend(self.forest.subtree(*id));
-            }
+        // Every root first, then the children, parents before their own children: whatever left
+        // a parent this tick (and is a root now) is off its parent's list before anything joins
+        // it, so the layer never counts a parent over its capacity, nor sees an unknown parent.
+        let roots: Vec<EntityId> =
+            self.entities.iter().filter(|(_, h)| h.state.parent.is_none()).map(|(id, _)| *id).collect();
+        let mut order: Vec<EntityId> = roots.clone();
+        for root in roots {
+            order.extend(self.forest.subtree(root).into_iter().skip(1));
         }
         for id in order {
             let held = self.entities.get_mut(&id).expect("ordered entities are held");

@@ -1,6 +1,9 @@
 //! The runtime: the only part of shardmesh that touches threads, cores, clocks and shared
 //! memory. It drives the same protocol state machines the simulator drives.
 
+pub mod mesh;
 pub mod ring;
+pub mod shard;
 
+pub use mesh::{MeshConfig, MeshError, MeshSummary};
 pub use ring::{Consumer, Producer, Ring, RingError};

@@ -26,6 +26,14 @@ fn union(slices: &[Replication]) -> Result<BTreeMap<EntityId, &Record>, String> 
     Ok(all)
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Audit {
+    pub entities: usize,
+    pub items: usize,
+    pub lost: usize,
+    pub duplicates: usize,
+}
+
 pub struct Checker {
     /// Items and every other entity that is never destroyed, by identity.
     persistent: BTreeMap<EntityId, EntityKind>,
@@ -43,6 +51,30 @@ impl Checker {
 
     pub fn item_count(&self) -> usize {
         self.items
+    }
+
+    /// Counts for a report: entities and items recorded, the persistent ones no slice has, and
+    /// the ones recorded by two slices or held by two servers.
+    pub fn audit<'a>(&self, slices: &[Replication], servers: impl Iterator<Item = &'a Server>) -> Audit {
+        let mut recorded: BTreeMap<EntityId, usize> = BTreeMap::new();
+        for slice in slices {
+            for id in slice.records().keys() {
+                *recorded.entry(*id).or_default() += 1;
+            }
+        }
+        let mut held: BTreeMap<EntityId, usize> = BTreeMap::new();
+        for server in servers {
+            for id in server.held().keys() {
+                *held.entry(*id).or_default() += 1;
+            }
+        }
+        let items = slices.iter().flat_map(|s| s.records().values()).filter(|r| r.state.kind.is_item()).count();
+        Audit {
+            entities: recorded.len(),
+            items,
+            lost: self.persistent.keys().filter(|id| !recorded.contains_key(id)).count(),
+            duplicates: recorded.values().chain(held.values()).filter(|n| **n > 1).count(),
+        }
     }
 
     /// Safety checks after a step at `now_us`.

@@ -7,7 +7,6 @@
 //! `calm_ticks` with the network clean, crashed servers back and bots at rest (liveness: the
 //! world must settle with every entity where it belongs).
 
-pub mod bots;
 pub mod check;
 pub mod faults;
 pub mod network;
@@ -437,7 +436,13 @@ impl Simulator {
                         inputs.push(Input { entity: *id, action: Action::Move([0.0; 3]) });
                     }
                 } else {
-                    bots::inputs_for(&mut self.rng, *id, held.state.kind, &mut inputs);
+                    crate::bots::inputs_for(
+                        &mut self.rng,
+                        *id,
+                        held.state.kind,
+                        crate::bots::SIM_ACTIVITY,
+                        &mut inputs,
+                    );
                 }
             }
             self.stats.inputs += inputs.len() as u64;

@@ -1,6 +1,6 @@
-//! Headless bots for the simulator: each tick every player, NPC and ship held by an acting
-//! server may change course, fire, pick up, drop, stow, unstow, board or leave a ship. Inputs go
-//! to the server that holds the entity, as the gateway would route them.
+//! Headless bots, for the simulator and the live runtime alike: each tick every player, NPC and
+//! ship held by an acting server may change course, fire, pick up, drop, stow, unstow, board or
+//! leave a ship. Inputs go to the server that holds the entity, as the gateway would route them.
 
 use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
@@ -8,10 +8,14 @@ use rand_chacha::ChaCha8Rng;
 use crate::protocol::{Action, Input};
 use crate::world::{EntityId, EntityKind};
 
+/// How busy bots are: 1.0 is the simulator's stress level (an action every few ticks); the live
+/// demo uses less, closer to people playing.
+pub const SIM_ACTIVITY: f64 = 1.0;
+
 /// The inputs for one driven entity this tick, drawn from the run's random source.
-pub fn inputs_for(rng: &mut ChaCha8Rng, id: EntityId, kind: EntityKind, out: &mut Vec<Input>) {
+pub fn inputs_for(rng: &mut ChaCha8Rng, id: EntityId, kind: EntityKind, activity: f64, out: &mut Vec<Input>) {
     let mut push = |action| out.push(Input { entity: id, action });
-    let roll: f64 = rng.random();
+    let roll: f64 = rng.random::<f64>() / activity;
     let a = rng.random_range(0.0..std::f32::consts::TAU);
     let z = rng.random_range(-0.2..0.2);
     let dir = || [a.cos(), a.sin(), z];

@@ -1,0 +1,245 @@
+//! The live static mesh on this machine's cores: a generated world, one shard per core (a pinned
+//! glommio executor with its replication slice and its servers), a shared-memory ring for each
+//! ordered pair of cores, bots playing, a status line each second, and at the end an audit of
+//! every entity: nothing lost, nothing held twice, the same items as at the start.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::{LocalExecutorBuilder, Placement};
+use hdrhistogram::Histogram;
+
+use super::ring::Ring;
+use super::shard::{self, ShardGauges, ShardReport, ShardSetup};
+use crate::protocol::{Replication, Server, SliceId};
+use crate::sim::Checker;
+use crate::world::{populate, ContainerTree, Population, RegionMap, ServerId};
+
+/// Bytes of each core-to-core ring: a burst of transfers (the whole world placed at start) fits.
+pub const RING_BYTES: usize = 16 << 20;
+
+/// io_uring buffer memory per executor; the shards do no file or socket I/O yet, and the
+/// machine's locked-memory limit is shared by all executors.
+pub const IO_MEMORY_BYTES: usize = 512 << 10;
+
+#[derive(Clone, Debug)]
+pub struct MeshConfig {
+    pub cores: usize,
+    pub players: usize,
+    pub duration: Duration,
+    pub tick: Duration,
+    pub servers_per_core: usize,
+    pub seed: u64,
+    /// Bot activity, 1.0 being the simulator's stress level.
+    pub bot_activity: f64,
+    /// Print a status line every second.
+    pub status: bool,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MeshSummary {
+    pub players: usize,
+    pub servers: usize,
+    pub cores: usize,
+    pub duration_s: f64,
+    pub ticks: u64,
+    pub tick_p50_ms: f64,
+    pub tick_p99_ms: f64,
+    pub tick_max_ms: f64,
+    pub ticks_over_budget: u64,
+    pub handoffs: u64,
+    pub transfers: u64,
+    pub entities_start: usize,
+    pub entities_end: usize,
+    pub items_start: usize,
+    pub items_end: usize,
+    pub lost_entities: usize,
+    pub duplicate_entities: usize,
+    pub server_restarts: u64,
+    pub ring_errors: u64,
+    /// The first broken invariant the audit found, if any.
+    pub audit_error: Option<String>,
+    pub stall_reports: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    #[error("could not start the shard for core {core}: {source}")]
+    Executor { core: usize, source: glommio::GlommioError<()> },
+    #[error("the shard for core {0} panicked")]
+    ShardPanicked(usize),
+    #[error("ring: {0}")]
+    Ring(#[from] super::ring::RingError),
+    #[error("bad configuration: {0}")]
+    Config(String),
+}
+
+fn world_for(players: usize, seed: u64) -> ContainerTree {
+    // About 1,500 players to a 400 m planet keeps crowds without piling everyone on one spot.
+    let planets = players.div_ceil(1500).max(2);
+    ContainerTree::generate(seed, planets, 2, 2)
+}
+
+pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
+    if cfg.cores == 0 || cfg.cores > 256 || cfg.servers_per_core == 0 {
+        return Err(MeshError::Config(format!("{} cores with {} servers each", cfg.cores, cfg.servers_per_core)));
+    }
+    let cores = cfg.cores;
+    let tree = world_for(cfg.players, cfg.seed);
+    let counts = Population {
+        players: cfg.players,
+        npcs: cfg.players / 10,
+        items: cfg.players / 2,
+        ships: 1 + cfg.players / 50,
+    };
+    let entities = populate(&tree, cfg.seed, counts);
+    let entities_start = entities.len();
+    let map = RegionMap::kd_split(tree.bounds(), cores * cfg.servers_per_core * 2);
+    let mut initial = Some(entities);
+    let slices: Vec<Replication> = (0..cores)
+        .map(|i| {
+            Replication::new_slice(SliceId(i as u16), cores as u16, map.clone(), initial.take().unwrap_or_default())
+        })
+        .collect();
+    let mut checker = Checker::new(&slices);
+    let items_start = checker.item_count();
+
+    let mut producers: Vec<Vec<Option<super::ring::Producer>>> =
+        (0..cores).map(|_| (0..cores).map(|_| None).collect()).collect();
+    let mut consumers: Vec<Vec<Option<super::ring::Consumer>>> =
+        (0..cores).map(|_| (0..cores).map(|_| None).collect()).collect();
+    for a in 0..cores {
+        for b in 0..cores {
+            if a != b {
+                let (tx, rx) = Ring::anonymous(RING_BYTES)?.split();
+                producers[a][b] = Some(tx);
+                consumers[b][a] = Some(rx);
+            }
+        }
+    }
+    let cpus: Vec<usize> = core_affinity::get_core_ids().unwrap_or_default().iter().map(|c| c.id).collect();
+    let servers = cores * cfg.servers_per_core;
+    let start = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let incarnations = Arc::new(AtomicU32::new(1));
+    let gauges: Vec<Arc<ShardGauges>> = (0..cores).map(|_| Arc::new(ShardGauges::default())).collect();
+    let mut handles = Vec::new();
+    for (i, slice) in slices.into_iter().enumerate() {
+        let setup = ShardSetup {
+            index: i,
+            cores,
+            slice,
+            servers: (0..servers).filter(|s| s % cores == i).map(|s| ServerId(s as u32)).collect(),
+            producers: std::mem::take(&mut producers[i]),
+            consumers: std::mem::take(&mut consumers[i]),
+            tick: cfg.tick,
+            bot_activity: cfg.bot_activity,
+            seed: cfg.seed,
+            start,
+            stop: stop.clone(),
+            incarnations: incarnations.clone(),
+            gauges: gauges[i].clone(),
+        };
+        let placement = match cpus.get(i % cpus.len().max(1)) {
+            Some(cpu) => Placement::Fixed(*cpu),
+            None => Placement::Unbound,
+        };
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("shard-{i}"))
+            .io_memory(IO_MEMORY_BYTES)
+            .spawn(move || shard::run(setup))
+            .map_err(|e| MeshError::Executor { core: i, source: e })?;
+        handles.push(handle);
+    }
+
+    let mut last = (0u64, 0u64, Instant::now());
+    let end = start + cfg.duration;
+    while Instant::now() < end {
+        std::thread::sleep(Duration::from_secs(1).min(end.saturating_duration_since(Instant::now())));
+        if cfg.status {
+            let sum = |f: &dyn Fn(&ShardGauges) -> u64| gauges.iter().map(|g| f(g)).sum::<u64>();
+            let ticks = sum(&|g| g.ticks.load(Ordering::Relaxed));
+            let handoffs = sum(&|g| g.handoffs.load(Ordering::Relaxed));
+            let worst = gauges.iter().map(|g| g.worst_tick_us.swap(0, Ordering::Relaxed)).max().unwrap_or(0);
+            let secs = last.2.elapsed().as_secs_f64();
+            eprintln!(
+                "t={:>5.1}s players={} held={} servers={servers} cores={cores} ticks/s={:.1} worst_tick={:.2}ms handoffs/s={:.0} stalls={}",
+                start.elapsed().as_secs_f64(),
+                sum(&|g| g.players.load(Ordering::Relaxed)),
+                sum(&|g| g.held.load(Ordering::Relaxed)),
+                (ticks - last.0) as f64 / secs / cores as f64,
+                worst as f64 / 1e3,
+                (handoffs - last.1) as f64 / secs,
+                sum(&|g| g.stalls.load(Ordering::Relaxed)),
+            );
+            last = (ticks, handoffs, Instant::now());
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let duration_s = start.elapsed().as_secs_f64();
+    let mut reports: Vec<ShardReport> = Vec::new();
+    for (i, h) in handles.into_iter().enumerate() {
+        reports.push(h.join().map_err(|_| MeshError::ShardPanicked(i))?);
+    }
+    reports.sort_by_key(|r| r.index);
+    Ok(audit(&mut checker, reports, &cfg, servers, duration_s, start, entities_start, items_start))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn audit(
+    checker: &mut Checker,
+    reports: Vec<ShardReport>,
+    cfg: &MeshConfig,
+    servers: usize,
+    duration_s: f64,
+    start: Instant,
+    entities_start: usize,
+    items_start: usize,
+) -> MeshSummary {
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
+    let mut slices = Vec::new();
+    let mut all_servers: Vec<Server> = Vec::new();
+    let (mut stalls, mut restarts, mut ring_errors, mut in_flight) = (0, 0, 0, 0);
+    let mut stall_reports = Vec::new();
+    for r in reports {
+        hist.add(&r.tick_us).expect("same bounds");
+        stalls += r.stalls;
+        restarts += r.restarts;
+        ring_errors += r.ring_errors;
+        in_flight += r.in_flight;
+        stall_reports.extend(r.stall_reports);
+        slices.push(r.slice);
+        all_servers.extend(r.servers);
+    }
+    let now = start.elapsed().as_micros() as u64;
+    let audit = checker.audit(&slices, all_servers.iter());
+    let mut audit_error = checker.check_step(now, &slices, all_servers.iter()).err();
+    if in_flight > 0 && audit_error.is_none() {
+        audit_error = Some(format!("{in_flight} messages still queued between cores at the end"));
+    }
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1e3;
+    MeshSummary {
+        players: cfg.players,
+        servers,
+        cores: cfg.cores,
+        duration_s,
+        ticks: hist.len() / cfg.cores as u64,
+        tick_p50_ms: ms(0.5),
+        tick_p99_ms: ms(0.99),
+        tick_max_ms: hist.max() as f64 / 1e3,
+        ticks_over_budget: stalls,
+        handoffs: slices.iter().map(|s| s.stats.handoffs).sum(),
+        transfers: slices.iter().map(|s| s.stats.transfers_out).sum(),
+        entities_start,
+        entities_end: audit.entities,
+        items_start,
+        items_end: audit.items,
+        lost_entities: audit.lost,
+        duplicate_entities: audit.duplicates,
+        server_restarts: restarts,
+        ring_errors,
+        audit_error,
+        stall_reports,
+    }
+}

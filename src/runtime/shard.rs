@@ -1,0 +1,342 @@
+//! One shard: a glommio executor pinned to one core, running the core's replication slice and the
+//! logical servers that live on it, at a fixed tick rate. Servers and their slice share the
+//! thread, so their messages are plain moves; what crosses to another core (transfers, maps,
+//! server liveness) goes through the shared-memory rings as rkyv frames.
+//!
+//! Each tick: take what other cores sent, let the bots play, tick the servers, tick the slice,
+//! send what other cores need. A tick that runs past its budget is reported with the stage that
+//! took the time. A full ring holds messages back in a bounded queue; while it is over its bound
+//! the shard stops ticking its servers, so overload slows the world instead of growing memory.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::ring::{access_trusted, Consumer, Producer, RingError};
+use crate::protocol::messages::ArchivedSliceMsg;
+use crate::protocol::{Incarnation, Input, Replication, Server, ServerEvent, SliceId, SliceMsg};
+use crate::world::ServerId;
+
+/// Messages held back per destination while its ring is full; past this the shard stops
+/// ticking its servers until the ring drains.
+pub const PENDING_PER_PEER_MAX: usize = 65_536;
+
+/// Ring frames one tick takes from each peer before moving on (the rest wait a tick).
+pub const FRAMES_PER_PEER_PER_TICK_MAX: usize = 65_536;
+
+/// How long a stopping shard keeps moving messages between cores.
+pub const SETTLE: Duration = Duration::from_millis(150);
+
+/// The stages of a tick, for the stall report.
+pub const STAGES: [&str; 5] = ["receive", "bots", "servers", "slice", "send"];
+
+/// What the status line reads while the shard runs (relaxed atomics: a dashboard, not a protocol).
+#[derive(Default)]
+pub struct ShardGauges {
+    pub ticks: AtomicU64,
+    pub held: AtomicU64,
+    pub players: AtomicU64,
+    pub handoffs: AtomicU64,
+    pub transfers: AtomicU64,
+    pub stalls: AtomicU64,
+    /// The slowest tick since the status line last read it, in microseconds.
+    pub worst_tick_us: AtomicU64,
+}
+
+pub struct ShardSetup {
+    pub index: usize,
+    pub cores: usize,
+    pub slice: Replication,
+    pub servers: Vec<ServerId>,
+    /// `producers[c]` sends to core `c` (`None` for this core).
+    pub producers: Vec<Option<Producer>>,
+    pub consumers: Vec<Option<Consumer>>,
+    pub tick: Duration,
+    pub bot_activity: f64,
+    pub seed: u64,
+    pub start: Instant,
+    pub stop: Arc<AtomicBool>,
+    pub incarnations: Arc<AtomicU32>,
+    pub gauges: Arc<ShardGauges>,
+}
+
+/// What a shard hands back when it stops.
+pub struct ShardReport {
+    pub index: usize,
+    pub slice: Replication,
+    pub servers: Vec<Server>,
+    pub tick_us: Histogram<u64>,
+    pub stalls: u64,
+    pub stall_reports: Vec<String>,
+    /// Frames still unsent or unread when the shard stopped (in flight between cores).
+    pub in_flight: usize,
+    pub ring_errors: u64,
+    pub restarts: u64,
+}
+
+struct Shard {
+    index: usize,
+    slice: Replication,
+    servers: Vec<Server>,
+    producers: Vec<Option<Producer>>,
+    consumers: Vec<Option<Consumer>>,
+    pending: Vec<VecDeque<SliceMsg>>,
+    rng: ChaCha8Rng,
+    bot_activity: f64,
+    incarnations: Arc<AtomicU32>,
+    inputs: Vec<Input>,
+    ring_errors: u64,
+    restarts: u64,
+}
+
+impl Shard {
+    fn now_us(start: Instant) -> u64 {
+        start.elapsed().as_micros() as u64
+    }
+
+    /// Frames from other cores into the slice.
+    fn receive(&mut self) -> usize {
+        let mut received = Vec::new();
+        for (from, consumer) in self.consumers.iter_mut().enumerate() {
+            let Some(consumer) = consumer else { continue };
+            let result = consumer.read_batch(FRAMES_PER_PEER_PER_TICK_MAX, |payload| {
+                // SAFETY: the only producer of this ring is the shard runtime on core `from`,
+                // which writes nothing but `SliceMsg` archives with `Producer::try_push`.
+                let archived = unsafe { access_trusted::<ArchivedSliceMsg>(payload) };
+                match rkyv::deserialize::<SliceMsg, rkyv::rancor::Error>(archived) {
+                    Ok(msg) => received.push((from, msg)),
+                    Err(_) => received.push((usize::MAX, SliceMsg::ServerUp { server: ServerId(u32::MAX) })),
+                }
+            });
+            if result.is_err() {
+                self.ring_errors += 1;
+            }
+        }
+        let n = received.len();
+        for (from, msg) in received {
+            if from == usize::MAX {
+                self.ring_errors += 1;
+                continue;
+            }
+            self.slice.handle_peer(SliceId(from as u16), msg);
+        }
+        n
+    }
+
+    /// Messages between this core's servers and its slice, until none are left.
+    fn pump_local(&mut self, now: u64) {
+        loop {
+            let mut moved = false;
+            for server in &mut self.servers {
+                while let Some(msg) = server.poll_message() {
+                    self.slice.handle(now, msg);
+                    moved = true;
+                }
+            }
+            while let Some(msg) = self.slice.poll_message() {
+                if let Some(server) = self.servers.iter_mut().find(|s| s.id() == msg.server) {
+                    server.handle(now, msg);
+                }
+                moved = true;
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn drive_bots(&mut self, now: u64) {
+        for server in &mut self.servers {
+            if !server.is_acting(now) {
+                continue;
+            }
+            self.inputs.clear();
+            for (id, held) in server.held() {
+                if held.state.kind.is_driven() {
+                    crate::bots::inputs_for(&mut self.rng, *id, held.state.kind, self.bot_activity, &mut self.inputs);
+                }
+            }
+            for input in self.inputs.drain(..) {
+                server.handle_input(input);
+            }
+        }
+    }
+
+    fn restart_fenced(&mut self, now: u64) {
+        for server in &mut self.servers {
+            if let Some(ServerEvent::Fenced) = server.poll_event() {
+                let inc = self.incarnations.fetch_add(1, Ordering::Relaxed);
+                *server = Server::new(server.id(), Incarnation(inc), now);
+                self.restarts += 1;
+            }
+        }
+    }
+
+    /// The slice's messages for other cores into their rings; what does not fit waits.
+    fn send(&mut self) {
+        while let Some((to, msg)) = self.slice.poll_peer() {
+            self.pending[to.0 as usize].push_back(msg);
+        }
+        for (to, queue) in self.pending.iter_mut().enumerate() {
+            let Some(producer) = self.producers[to].as_mut() else { continue };
+            while let Some(msg) = queue.front() {
+                match producer.try_push(msg) {
+                    Ok(()) => {
+                        queue.pop_front();
+                    }
+                    Err(RingError::Full) => break,
+                    Err(_) => {
+                        // A message larger than the ring: a configuration error, counted.
+                        self.ring_errors += 1;
+                        queue.pop_front();
+                    }
+                }
+            }
+            producer.flush();
+        }
+    }
+
+    fn overloaded(&self) -> bool {
+        self.pending.iter().any(|q| q.len() > PENDING_PER_PEER_MAX)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.pending.iter().map(|q| q.len()).sum()
+    }
+}
+
+/// Runs a shard until `stop`, then lets in-flight messages settle and reports.
+pub async fn run(setup: ShardSetup) -> ShardReport {
+    let servers: Vec<Server> = setup
+        .servers
+        .iter()
+        .map(|id| Server::new(*id, Incarnation(setup.incarnations.fetch_add(1, Ordering::Relaxed)), 0))
+        .collect();
+    let mut shard = Shard {
+        index: setup.index,
+        slice: setup.slice,
+        servers,
+        producers: setup.producers,
+        consumers: setup.consumers,
+        pending: (0..setup.cores).map(|_| VecDeque::new()).collect(),
+        rng: ChaCha8Rng::seed_from_u64(setup.seed ^ (setup.index as u64) << 32),
+        bot_activity: setup.bot_activity,
+        incarnations: setup.incarnations,
+        inputs: Vec::new(),
+        ring_errors: 0,
+        restarts: 0,
+    };
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
+    let mut stalls = 0u64;
+    let mut stall_reports = Vec::new();
+    let budget_us = setup.tick.as_micros() as u64;
+    let mut next = setup.start;
+    while !setup.stop.load(Ordering::Relaxed) {
+        let now_instant = Instant::now();
+        if next > now_instant {
+            glommio::timer::sleep(next - now_instant).await;
+        }
+        next += setup.tick;
+        let began = Instant::now();
+        let now = Shard::now_us(setup.start);
+        let mut stage_us = [0u64; STAGES.len()];
+        let mut lap = Instant::now();
+        let mut mark = |i: usize| {
+            stage_us[i] = lap.elapsed().as_micros() as u64;
+            lap = Instant::now();
+        };
+        shard.receive();
+        shard.pump_local(now);
+        mark(0);
+        let overloaded = shard.overloaded();
+        if !overloaded {
+            shard.drive_bots(now);
+        }
+        mark(1);
+        if !overloaded {
+            for server in &mut shard.servers {
+                server.tick(now);
+            }
+        }
+        shard.pump_local(now);
+        shard.restart_fenced(now);
+        mark(2);
+        shard.slice.tick(now);
+        shard.pump_local(now);
+        mark(3);
+        shard.send();
+        mark(4);
+        let took_us = began.elapsed().as_micros() as u64;
+        hist.saturating_record(took_us.max(1));
+        let g = &setup.gauges;
+        g.ticks.fetch_add(1, Ordering::Relaxed);
+        g.worst_tick_us.fetch_max(took_us, Ordering::Relaxed);
+        let held: usize = shard.servers.iter().map(|s| s.held().len()).sum();
+        let players: usize = shard
+            .servers
+            .iter()
+            .map(|s| s.held().values().filter(|h| h.state.kind == crate::world::EntityKind::Player).count())
+            .sum();
+        g.held.store(held as u64, Ordering::Relaxed);
+        g.players.store(players as u64, Ordering::Relaxed);
+        g.handoffs.store(shard.slice.stats.handoffs, Ordering::Relaxed);
+        g.transfers.store(shard.slice.stats.transfers_out, Ordering::Relaxed);
+        if took_us > budget_us {
+            stalls += 1;
+            g.stalls.fetch_add(1, Ordering::Relaxed);
+            let (worst, worst_us) = stage_us
+                .iter()
+                .enumerate()
+                .max_by_key(|(_, us)| **us)
+                .map(|(i, us)| (STAGES[i], *us))
+                .unwrap_or(("", 0));
+            if stall_reports.len() < 20 {
+                stall_reports.push(format!(
+                    "core {} tick at {:.3} s took {:.1} ms, budget {:.1} ms; most in `{worst}` ({:.1} ms)",
+                    shard.index,
+                    now as f64 / 1e6,
+                    took_us as f64 / 1e3,
+                    budget_us as f64 / 1e3,
+                    worst_us as f64 / 1e3
+                ));
+            }
+        }
+        if Instant::now() > next + setup.tick {
+            // Far behind: skip the ticks that cannot be made up rather than run them back to back.
+            next = Instant::now();
+        }
+    }
+    // Settle: no more simulation, but keep moving messages for a while so that what was between
+    // cores when the world stopped (a transfer, a map) reaches its slice. A handoff chain settles
+    // in a few hops; the window is generous.
+    let settle_until = Instant::now() + SETTLE;
+    while Instant::now() < settle_until || shard.in_flight() > 0 {
+        let now = Shard::now_us(setup.start);
+        let received = shard.receive();
+        shard.pump_local(now);
+        shard.send();
+        if received == 0 {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        if Instant::now() > settle_until + SETTLE * 10 {
+            break;
+        }
+    }
+    let in_flight = shard.in_flight();
+    ShardReport {
+        index: shard.index,
+        slice: shard.slice,
+        servers: shard.servers,
+        tick_us: hist,
+        stalls,
+        stall_reports,
+        in_flight,
+        ring_errors: shard.ring_errors,
+        restarts: shard.restarts,
+    }
+}

@@ -1,0 +1,29 @@
+//! The live mesh for real: pinned glommio shards on two cores, shared-memory rings between
+//! them, bots crossing server and core borders for a few seconds; then the audit of every entity.
+
+use std::time::Duration;
+
+use shardmesh::runtime::mesh::{run, MeshConfig};
+
+#[test]
+fn two_cores_for_a_few_seconds_lose_and_duplicate_nothing() {
+    let cfg = MeshConfig {
+        cores: 2,
+        players: 600,
+        duration: Duration::from_secs(3),
+        tick: Duration::from_millis(33),
+        servers_per_core: 2,
+        seed: 11,
+        bot_activity: 0.5,
+        status: false,
+    };
+    let summary = run(cfg).expect("the mesh starts");
+    assert_eq!(summary.audit_error, None);
+    assert_eq!(summary.lost_entities, 0);
+    assert_eq!(summary.duplicate_entities, 0);
+    assert_eq!(summary.items_end, summary.items_start, "the same items as at the start");
+    assert!(summary.handoffs > 50, "bots crossed server borders: {} handoffs", summary.handoffs);
+    assert!(summary.transfers > 50, "and core borders: {} transfers between slices", summary.transfers);
+    assert!(summary.ticks >= 60, "{} ticks in 3 s at 30 Hz", summary.ticks);
+    assert_eq!(summary.ring_errors, 0);
+}
