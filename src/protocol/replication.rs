@@ -327,9 +327,16 @@ impl Replication {
     fn parent_allowed(&self, server: ServerId, child: EntityId, kind: EntityKind, parent: EntityId) -> bool {
         let Some(p) = self.records.get(&parent) else { return false };
         let siblings = self.forest.children(parent).filter(|c| *c != child).count();
-        p.authority == Some(server)
-            && p.state.kind.capacity_for(kind) > siblings
-            && !self.forest.subtree(child).contains(&parent)
+        // No cycle: `child` must not be `parent` or above it (a walk up, at most the graph's depth).
+        let mut above = Some(parent);
+        for _ in 0..=crate::limits::GRAPH_DEPTH_MAX {
+            match above {
+                Some(a) if a == child => return false,
+                Some(a) => above = self.records.get(&a).and_then(|r| r.state.parent),
+                None => break,
+            }
+        }
+        p.authority == Some(server) && p.state.kind.capacity_for(kind) > siblings && above.is_none()
     }
 
     fn commit(&mut self, owned: Owned) {

@@ -16,7 +16,10 @@ use glam::Vec3;
 
 use super::messages::{Delta, Epoch, Incarnation, Owned, ReplicationMsg, ServerMsg, ToReplication, ToServer};
 use crate::limits::{HIT_RADIUS_M, LEASE_DURATION_US, PROJECTILE_TTL_TICKS, REACH_M, TICK_DURATION_US};
-use crate::world::{EntityId, EntityKind, EntityState, Forest, RegionMap, ServerId};
+use crate::world::{EntityId, EntityKind, EntityState, Forest, Grid, RegionMap, ServerId};
+
+/// Grid cell edge: a few reaches wide, so a reach query touches at most 8 cells.
+const GRID_CELL_M: f32 = 16.0;
 
 /// What a bot or player asks its entity to do this tick.
 #[derive(Clone, Debug, PartialEq)]
@@ -122,6 +125,8 @@ pub struct Server {
     inputs: Vec<Input>,
     outbox: VecDeque<ToReplication>,
     events: VecDeque<ServerEvent>,
+    /// Where everything held is, rebuilt each tick for the game rules' "what is near".
+    grid: Grid,
     pub stats: ServerStats,
     /// Test-only planted bug: keep acting after the lease ran out.
     pub planted_ignore_lease: bool,
@@ -144,6 +149,7 @@ impl Server {
             inputs: Vec::new(),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
+            grid: Grid::new(GRID_CELL_M),
             stats: ServerStats::default(),
             planted_ignore_lease: false,
         };
@@ -264,6 +270,7 @@ impl Server {
             return;
         }
         self.stats.ticks += 1;
+        self.rebuild_grid();
         for input in std::mem::take(&mut self.inputs) {
             if self.apply(tick, &input) {
                 self.stats.inputs_applied += 1;
@@ -273,6 +280,7 @@ impl Server {
             }
         }
         self.integrate(tick);
+        self.rebuild_grid();
         self.resolve_hits(tick);
         let leaving = self.roots_outside_regions();
         self.flush_deltas(tick);
@@ -280,6 +288,13 @@ impl Server {
             self.hand_off(root);
         }
         self.send(ServerMsg::Heartbeat { sent_at_us: now_us });
+    }
+
+    fn rebuild_grid(&mut self) {
+        self.grid.clear();
+        for (id, held) in &self.entities {
+            self.grid.insert(*id, held.state.pos());
+        }
     }
 
     fn world(&self) -> crate::world::Aabb {
@@ -333,14 +348,11 @@ impl Server {
                 true
             }
             Action::PickUp => {
-                let reach = |s: &EntityState| s.pos().distance(actor.pos()) <= REACH_M;
-                let item = self
-                    .entities
-                    .iter()
-                    .find(|(id, h)| {
-                        **id != input.entity && h.state.kind.is_item() && h.state.parent.is_none() && reach(&h.state)
-                    })
-                    .map(|(id, _)| *id);
+                let (grid, entities) = (&self.grid, &self.entities);
+                let item = grid.nearest_by_id(actor.pos(), REACH_M, |id| {
+                    id != input.entity
+                        && entities.get(&id).is_some_and(|h| h.state.kind.is_item() && h.state.parent.is_none())
+                });
                 match item {
                     Some(item) => self.attach(tick, item, input.entity),
                     None => false,
@@ -379,13 +391,10 @@ impl Server {
                 if actor.parent.is_some() {
                     return false;
                 }
-                let ship = self
-                    .entities
-                    .iter()
-                    .find(|(_, h)| {
-                        h.state.kind == EntityKind::Ship && h.state.pos().distance(actor.pos()) <= 3.0 * REACH_M
-                    })
-                    .map(|(id, _)| *id);
+                let (grid, entities) = (&self.grid, &self.entities);
+                let ship = grid.nearest_by_id(actor.pos(), 3.0 * REACH_M, |id| {
+                    entities.get(&id).is_some_and(|h| h.state.kind == EntityKind::Ship)
+                });
                 match ship {
                     Some(ship) => self.attach(tick, input.entity, ship),
                     None => false,
@@ -431,6 +440,15 @@ impl Server {
     }
 
     fn place_subtree(&mut self, tick: u64, root: EntityId, position: [f32; 3]) {
+        if self.forest.child_count(root) == 0 {
+            let held = self.entities.get_mut(&root).expect("placed entities are held");
+            if held.state.position != position {
+                held.state.position = position;
+                held.state.changed_tick = tick;
+                held.dirty = true;
+            }
+            return;
+        }
         for id in self.forest.subtree(root) {
             let held = self.entities.get_mut(&id).expect("subtree entities are held");
             if held.state.position != position {
@@ -493,15 +511,20 @@ impl Server {
             .map(|(id, h)| (*id, h.state.pos() - h.state.vel() * dt, h.state.pos(), h.state.source))
             .collect();
         for (projectile, from, to, source) in projectiles {
-            let target = self
-                .entities
-                .iter()
-                .find(|(id, h)| {
-                    Some(**id) != source
-                        && matches!(h.state.kind, EntityKind::Player | EntityKind::Npc | EntityKind::Ship)
-                        && distance_to_segment(h.state.pos(), from, to) <= HIT_RADIUS_M
-                })
-                .map(|(id, _)| *id);
+            let pad = Vec3::splat(HIT_RADIUS_M);
+            let mut target: Option<EntityId> = None;
+            let entities = &self.entities;
+            self.grid.query(from.min(to) - pad, from.max(to) + pad, |id, at| {
+                let hit = Some(id) != source
+                    && target.is_none_or(|t| id < t)
+                    && distance_to_segment(at, from, to) <= HIT_RADIUS_M
+                    && entities.get(&id).is_some_and(|h| {
+                        matches!(h.state.kind, EntityKind::Player | EntityKind::Npc | EntityKind::Ship)
+                    });
+                if hit {
+                    target = Some(id);
+                }
+            });
             if let Some(target) = target {
                 let state = self.touch(target, tick);
                 // Damage; at zero health the entity is restored, never removed, so counts hold.
@@ -532,7 +555,9 @@ impl Server {
             self.entities.iter().filter(|(_, h)| h.state.parent.is_none()).map(|(id, _)| *id).collect();
         let mut order: Vec<EntityId> = roots.clone();
         for root in roots {
-            order.extend(self.forest.subtree(root).into_iter().skip(1));
+            if self.forest.child_count(root) > 0 {
+                order.extend(self.forest.subtree(root).into_iter().skip(1));
+            }
         }
         for id in order {
             let held = self.entities.get_mut(&id).expect("ordered entities are held");
