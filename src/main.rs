@@ -101,6 +101,7 @@ fn main() -> ExitCode {
                 cores,
                 players,
                 duration: Duration::from_secs_f64(duration.max(0.1)),
+                warmup: Duration::from_secs_f64((duration / 5.0).min(2.0)),
                 tick: Duration::from_secs_f64(1.0 / hz.clamp(1.0, 1000.0)),
                 servers_per_core,
                 seed,

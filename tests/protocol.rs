@@ -530,3 +530,21 @@ fn a_full_ship_swapping_passengers_in_one_tick_stays_within_capacity() {
     assert_eq!(h.rl.records()[&newcomer].state.parent, Some(ship));
     assert_eq!(h.rl.records()[&leaving].state.parent, None);
 }
+
+#[test]
+fn the_controller_moves_load_from_the_busiest_server_to_the_quietest() {
+    // 100 NPCs at x=5 and 100 at x=30, all in region A of s0; s1 and s2 hold nothing.
+    let entities = (0..200u64).map(|i| (EntityId(i + 1), at(EntityKind::Npc, if i < 100 { 5.0 } else { 30.0 }))).collect();
+    let mut h = Harness::new(entities);
+    assert_eq!(h.servers[0].held().len(), 200);
+    for _ in 0..4 * shardmesh::protocol::replication::BALANCE_PERIOD_TICKS {
+        h.tick();
+    }
+    // First A is split (a single region cannot move without moving the whole load), then one
+    // half goes to a quiet server.
+    let held: Vec<usize> = h.servers.iter().map(|s| s.held().len()).collect();
+    assert_eq!(held.iter().sum::<usize>(), 200);
+    assert_eq!(held.iter().filter(|n| **n == 100).count(), 2, "split evenly: {held:?}");
+    assert_eq!(h.rl.stats.protocol_errors, 0);
+    assert!(h.rl.check().is_empty(), "{:?}", h.rl.check());
+}

@@ -11,6 +11,7 @@ fn two_cores_for_a_few_seconds_lose_and_duplicate_nothing() {
         cores: 2,
         players: 600,
         duration: Duration::from_secs(3),
+        warmup: Duration::from_millis(500),
         tick: Duration::from_millis(33),
         servers_per_core: 2,
         seed: 11,
@@ -24,6 +25,6 @@ fn two_cores_for_a_few_seconds_lose_and_duplicate_nothing() {
     assert_eq!(summary.items_end, summary.items_start, "the same items as at the start");
     assert!(summary.handoffs > 50, "bots crossed server borders: {} handoffs", summary.handoffs);
     assert!(summary.transfers > 50, "and core borders: {} transfers between slices", summary.transfers);
-    assert!(summary.ticks >= 60, "{} ticks in 3 s at 30 Hz", summary.ticks);
+    assert!(summary.ticks >= 45, "{} ticks counted in 2.5 s at 30 Hz", summary.ticks);
     assert_eq!(summary.ring_errors, 0);
 }

@@ -5,7 +5,7 @@
 //! authority epoch it was made under, so the replication layer can tell a late message from a
 //! former owner and refuse it.
 
-use crate::world::{EntityId, EntityState, RegionMap, ServerId};
+use crate::world::{EntityId, EntityState, RegionId, RegionMap, ServerId};
 
 /// One life of a logical server: a restart is a new incarnation, never reused.
 #[derive(
@@ -117,6 +117,8 @@ pub enum SliceMsg {
     ServerUp { server: ServerId },
     /// To the controller: a server on the sender's core is dead; its regions need new owners.
     ServerDown { server: ServerId },
+    /// To the controller, once a second: how many entities the sender holds in each region.
+    Load { counts: Vec<(RegionId, u32)> },
 }
 
 #[cfg(test)]

@@ -77,6 +77,14 @@ pub fn home_slice(server: ServerId, slices: u16) -> SliceId {
     SliceId((server.0 % slices as u32) as u16)
 }
 
+/// Ticks between load reports and between the controller's balancing moves: once a second at
+/// 30 Hz, slow enough that a move's handoffs settle before the next is judged.
+pub const BALANCE_PERIOD_TICKS: u64 = 30;
+
+/// The controller moves load only when the busiest server holds this many entities more than
+/// the quietest (and 20% more): below it, a move costs more handoffs than it saves.
+pub const BALANCE_SLACK_ENTITIES: u32 = 64;
+
 /// Transfers forwarded more than this many times wait as orphans for the next map: two slices'
 /// maps disagree for a moment at most.
 const TRANSFER_HOPS_MAX: u8 = 4;
@@ -87,6 +95,9 @@ pub struct Replication {
     /// The controller's view of which servers are live on any core (slice 0 only).
     live_everywhere: BTreeSet<ServerId>,
     peer_outbox: VecDeque<(SliceId, SliceMsg)>,
+    /// Controller: the last load report of each slice (entities per region).
+    loads: Vec<BTreeMap<RegionId, u32>>,
+    ticks: u64,
     map: RegionMap,
     records: BTreeMap<EntityId, Record>,
     forest: Forest,
@@ -117,6 +128,8 @@ impl Replication {
             slices,
             live_everywhere: BTreeSet::new(),
             peer_outbox: VecDeque::new(),
+            loads: vec![BTreeMap::new(); slices as usize],
+            ticks: 0,
             map,
             records: BTreeMap::new(),
             forest: Forest::default(),
@@ -467,7 +480,7 @@ impl Replication {
     }
 
     /// A message from another slice.
-    pub fn handle_peer(&mut self, _from: SliceId, msg: SliceMsg) {
+    pub fn handle_peer(&mut self, from: SliceId, msg: SliceMsg) {
         match msg {
             SliceMsg::Transfer { hops, entities } => {
                 let Some(root) = entities.first().map(|c| c.id) else { return };
@@ -498,6 +511,11 @@ impl Replication {
             SliceMsg::Map(map) => self.apply_map(map),
             SliceMsg::ServerUp { server } => self.controller_server_up(server),
             SliceMsg::ServerDown { server } => self.controller_server_down(server),
+            SliceMsg::Load { counts } => {
+                if let Some(load) = self.loads.get_mut(from.0 as usize) {
+                    *load = counts.into_iter().collect();
+                }
+            }
         }
     }
 
@@ -638,10 +656,74 @@ impl Replication {
         for server in expired {
             self.declare_dead(server);
         }
+        self.ticks += 1;
+        if self.ticks % BALANCE_PERIOD_TICKS == 0 {
+            let counts = self.region_counts();
+            self.tell_controller(SliceMsg::Load { counts });
+        }
         if self.is_controller() {
             self.controller_tick();
         }
         self.place_orphans();
+    }
+
+    /// Entities this slice holds, per region.
+    fn region_counts(&self) -> Vec<(RegionId, u32)> {
+        let mut counts: BTreeMap<RegionId, u32> = BTreeMap::new();
+        for record in self.records.values() {
+            *counts.entry(self.map.region_at(record.state.pos()).id).or_default() += 1;
+        }
+        counts.into_iter().collect()
+    }
+
+    /// Controller: entities per region, from every slice's last report.
+    pub fn region_loads(&self) -> BTreeMap<RegionId, u32> {
+        let mut total: BTreeMap<RegionId, u32> = BTreeMap::new();
+        for load in &self.loads {
+            for (region, n) in load {
+                *total.entry(*region).or_default() += n;
+            }
+        }
+        total
+    }
+
+    /// Controller, once a period: if the busiest live server holds well more than the quietest,
+    /// give the quietest the busiest's region that best halves the gap; if every region of the
+    /// busiest is too big for that, split its biggest so the next period can move half.
+    fn balance(&mut self) {
+        let loads = self.region_loads();
+        let load_of =
+            |s: ServerId| -> u32 { self.map.regions_of(s).map(|r| loads.get(&r.id).copied().unwrap_or(0)).sum() };
+        let by_load: Vec<(u32, ServerId)> = self.live_everywhere.iter().map(|s| (load_of(*s), *s)).collect();
+        let (Some(&(high, busiest)), Some(&(low, quietest))) = (by_load.iter().max(), by_load.iter().min()) else {
+            return;
+        };
+        let gap = high - low;
+        if busiest == quietest || gap < BALANCE_SLACK_ENTITIES || gap * 5 < high {
+            return;
+        }
+        let mut regions: Vec<(u32, RegionId)> =
+            self.map.regions_of(busiest).map(|r| (loads.get(&r.id).copied().unwrap_or(0), r.id)).collect();
+        regions.sort();
+        // The biggest region that moves less than the gap: both sides end nearer the middle.
+        let movable = regions.iter().rev().find(|(n, _)| *n > 0 && *n < gap && regions.len() > 1);
+        match movable {
+            Some(&(_, region)) => {
+                self.map.assign(region, Some(quietest)).expect("region exists");
+                self.broadcast_map();
+            }
+            None => {
+                if let Some(&(_, biggest)) = regions.last() {
+                    if self.map.split(biggest).is_ok() {
+                        // The halves' loads are unknown until the next reports.
+                        for load in &mut self.loads {
+                            load.remove(&biggest);
+                        }
+                        self.broadcast_map();
+                    }
+                }
+            }
+        }
     }
 
     /// The controller's standing policy: every region has a live server, an idle server takes a
@@ -664,6 +746,9 @@ impl Replication {
         }
         if changed {
             self.broadcast_map();
+        }
+        if self.ticks % BALANCE_PERIOD_TICKS == 1 {
+            self.balance();
         }
     }
 

@@ -28,6 +28,9 @@ pub struct MeshConfig {
     pub cores: usize,
     pub players: usize,
     pub duration: Duration,
+    /// Ticks in the first part of the run are not counted in the tick-time figures: the whole
+    /// world is being placed then.
+    pub warmup: Duration,
     pub tick: Duration,
     pub servers_per_core: usize,
     pub seed: u64,
@@ -48,6 +51,9 @@ pub struct MeshSummary {
     pub tick_p99_ms: f64,
     pub tick_max_ms: f64,
     pub ticks_over_budget: u64,
+    /// Entities each core held at the end, and each core's tick p99: where the load sat.
+    pub held_per_core: Vec<usize>,
+    pub tick_p99_ms_per_core: Vec<f64>,
     pub handoffs: u64,
     pub transfers: u64,
     pub entities_start: usize,
@@ -134,6 +140,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
             producers: std::mem::take(&mut producers[i]),
             consumers: std::mem::take(&mut consumers[i]),
             tick: cfg.tick,
+            warmup: cfg.warmup,
             bot_activity: cfg.bot_activity,
             seed: cfg.seed,
             start,
@@ -202,8 +209,12 @@ fn audit(
     let mut all_servers: Vec<Server> = Vec::new();
     let (mut stalls, mut restarts, mut ring_errors, mut in_flight) = (0, 0, 0, 0);
     let mut stall_reports = Vec::new();
+    let mut held_per_core = Vec::new();
+    let mut tick_p99_ms_per_core = Vec::new();
     for r in reports {
         hist.add(&r.tick_us).expect("same bounds");
+        held_per_core.push(r.servers.iter().map(|s| s.held().len()).sum());
+        tick_p99_ms_per_core.push(r.tick_us.value_at_quantile(0.99) as f64 / 1e3);
         stalls += r.stalls;
         restarts += r.restarts;
         ring_errors += r.ring_errors;
@@ -229,6 +240,8 @@ fn audit(
         tick_p99_ms: ms(0.99),
         tick_max_ms: hist.max() as f64 / 1e3,
         ticks_over_budget: stalls,
+        held_per_core,
+        tick_p99_ms_per_core,
         handoffs: slices.iter().map(|s| s.stats.handoffs).sum(),
         transfers: slices.iter().map(|s| s.stats.transfers_out).sum(),
         entities_start,

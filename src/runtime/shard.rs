@@ -57,6 +57,7 @@ pub struct ShardSetup {
     pub producers: Vec<Option<Producer>>,
     pub consumers: Vec<Option<Consumer>>,
     pub tick: Duration,
+    pub warmup: Duration,
     pub bot_activity: f64,
     pub seed: u64,
     pub start: Instant,
@@ -272,7 +273,10 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
         shard.send();
         mark(4);
         let took_us = began.elapsed().as_micros() as u64;
-        hist.saturating_record(took_us.max(1));
+        let warm = now >= setup.warmup.as_micros() as u64;
+        if warm {
+            hist.saturating_record(took_us.max(1));
+        }
         let g = &setup.gauges;
         g.ticks.fetch_add(1, Ordering::Relaxed);
         g.worst_tick_us.fetch_max(took_us, Ordering::Relaxed);
@@ -286,7 +290,7 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
         g.players.store(players as u64, Ordering::Relaxed);
         g.handoffs.store(shard.slice.stats.handoffs, Ordering::Relaxed);
         g.transfers.store(shard.slice.stats.transfers_out, Ordering::Relaxed);
-        if took_us > budget_us {
+        if took_us > budget_us && warm {
             stalls += 1;
             g.stalls.fetch_add(1, Ordering::Relaxed);
             let (worst, worst_us) = stage_us
