@@ -57,3 +57,8 @@ pub const PACKET_BYTES_MAX: usize = 1 << 20;
 /// Entities one server may hold; beyond it adoptions are still taken (dropping one would lose
 /// it) but the overflow is counted so the controller can split the region.
 pub const SERVER_ENTITY_COUNT_SOFT_MAX: usize = 65_536;
+
+/// Subtrees one server hands off in one tick. When a region moves, thousands of entities leave
+/// at once; handing them off over a few ticks keeps both cores' ticks even (the old server keeps
+/// simulating what waits, since it still holds their authority).
+pub const HANDOFFS_PER_TICK_MAX: usize = 256;

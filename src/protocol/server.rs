@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, VecDeque};
 use glam::Vec3;
 
 use super::messages::{Delta, Epoch, Incarnation, Owned, ReplicationMsg, ServerMsg, ToReplication, ToServer};
-use crate::limits::{HIT_RADIUS_M, LEASE_DURATION_US, PROJECTILE_TTL_TICKS, REACH_M, TICK_DURATION_US};
+use crate::limits::{HANDOFFS_PER_TICK_MAX, HIT_RADIUS_M, LEASE_DURATION_US, PROJECTILE_TTL_TICKS, REACH_M, TICK_DURATION_US};
 use crate::world::{EntityId, EntityKind, EntityState, Forest, Grid, RegionMap, ServerId};
 
 /// Grid cell edge: a few reaches wide, so a reach query touches at most 8 cells.
@@ -282,7 +282,8 @@ impl Server {
         self.integrate(tick);
         self.rebuild_grid();
         self.resolve_hits(tick);
-        let leaving = self.roots_outside_regions();
+        let mut leaving = self.roots_outside_regions();
+        leaving.truncate(HANDOFFS_PER_TICK_MAX);
         self.flush_deltas(tick);
         for root in leaving {
             self.hand_off(root);

@@ -49,6 +49,7 @@ pub fn populate(tree: &ContainerTree, seed: u64, counts: Population) -> Vec<(Ent
         let p = pick(&mut rng, &planets);
         ships.push((spawn(&mut out, EntityKind::Ship, p, None), p));
     }
+    let mut carried = 0;
     for i in 0..counts.players {
         let aboard = (i % 5 == 1).then(|| ships.get(i % ships.len().max(1))).flatten();
         let player = match aboard {
@@ -58,18 +59,17 @@ pub fn populate(tree: &ContainerTree, seed: u64, counts: Population) -> Vec<(Ent
                 spawn(&mut out, EntityKind::Player, p, None)
             }
         };
-        let items_so_far = out.iter().filter(|(_, s)| s.kind.is_item()).count();
-        if i % 3 == 0 && items_so_far + 2 <= counts.items {
+        if i % 3 == 0 && carried + 2 <= counts.items {
             let at = out.last().map(|(_, s)| s.pos()).unwrap_or_default();
             let pack = spawn(&mut out, EntityKind::Item { capacity: 4 }, at, Some(player));
             spawn(&mut out, EntityKind::Item { capacity: 0 }, at, Some(pack));
+            carried += 2;
         }
     }
     for _ in 0..counts.npcs {
         let p = pick(&mut rng, &buildings);
         spawn(&mut out, EntityKind::Npc, p, None);
     }
-    let carried = out.iter().filter(|(_, s)| s.kind.is_item()).count();
     for i in carried..counts.items {
         let capacity = if i % 4 == 0 { 4 } else { 0 };
         let p = pick(&mut rng, &rooms);
