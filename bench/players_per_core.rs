@@ -24,6 +24,8 @@ fn trial(cores: usize, players: usize, secs: f64) -> (bool, f64, f64) {
         seed: 7,
         bot_activity: 0.25,
         status: false,
+        scenario: shardmesh::runtime::mesh::Scenario::Bots,
+        handoffs_per_tick_max: None,
     };
     let s = run(cfg).expect("the mesh starts");
     let clean = s.audit_error.is_none() && s.lost_entities == 0 && s.duplicate_entities == 0;

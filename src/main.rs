@@ -107,6 +107,8 @@ fn main() -> ExitCode {
                 seed,
                 bot_activity: activity.clamp(1e-3, 1.0),
                 status: true,
+                scenario: shardmesh::runtime::mesh::Scenario::Bots,
+                handoffs_per_tick_max: None,
             };
             demo(cfg, json)
         }

@@ -534,7 +534,8 @@ fn a_full_ship_swapping_passengers_in_one_tick_stays_within_capacity() {
 #[test]
 fn the_controller_moves_load_from_the_busiest_server_to_the_quietest() {
     // 100 NPCs at x=5 and 100 at x=30, all in region A of s0; s1 and s2 hold nothing.
-    let entities = (0..200u64).map(|i| (EntityId(i + 1), at(EntityKind::Npc, if i < 100 { 5.0 } else { 30.0 }))).collect();
+    let entities =
+        (0..200u64).map(|i| (EntityId(i + 1), at(EntityKind::Npc, if i < 100 { 5.0 } else { 30.0 }))).collect();
     let mut h = Harness::new(entities);
     assert_eq!(h.servers[0].held().len(), 200);
     for _ in 0..4 * shardmesh::protocol::replication::BALANCE_PERIOD_TICKS {

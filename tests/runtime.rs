@@ -17,6 +17,8 @@ fn two_cores_for_a_few_seconds_lose_and_duplicate_nothing() {
         seed: 11,
         bot_activity: 0.5,
         status: false,
+        scenario: shardmesh::runtime::mesh::Scenario::Bots,
+        handoffs_per_tick_max: None,
     };
     let summary = run(cfg).expect("the mesh starts");
     assert_eq!(summary.audit_error, None);

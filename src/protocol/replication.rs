@@ -108,6 +108,9 @@ pub struct Replication {
     outbox: VecDeque<ToServer>,
     pub stats: ReplicationStats,
     pub planted: PlantedBugs,
+    /// Whether the controller evens out load (on by default; a benchmark that lays out regions
+    /// by hand turns it off).
+    pub balancing: bool,
     /// What the first protocol error was, for the report.
     pub first_protocol_error: Option<String>,
 }
@@ -139,6 +142,7 @@ impl Replication {
             outbox: VecDeque::new(),
             stats: ReplicationStats::default(),
             planted: PlantedBugs::default(),
+            balancing: true,
             first_protocol_error: None,
         };
         for (id, state) in initial {
@@ -747,7 +751,7 @@ impl Replication {
         if changed {
             self.broadcast_map();
         }
-        if self.ticks % BALANCE_PERIOD_TICKS == 1 {
+        if self.balancing && self.ticks % BALANCE_PERIOD_TICKS == 1 {
             self.balance();
         }
     }

@@ -15,7 +15,9 @@ use std::collections::{BTreeMap, VecDeque};
 use glam::Vec3;
 
 use super::messages::{Delta, Epoch, Incarnation, Owned, ReplicationMsg, ServerMsg, ToReplication, ToServer};
-use crate::limits::{HANDOFFS_PER_TICK_MAX, HIT_RADIUS_M, LEASE_DURATION_US, PROJECTILE_TTL_TICKS, REACH_M, TICK_DURATION_US};
+use crate::limits::{
+    HANDOFFS_PER_TICK_MAX, HIT_RADIUS_M, LEASE_DURATION_US, PROJECTILE_TTL_TICKS, REACH_M, TICK_DURATION_US,
+};
 use crate::world::{EntityId, EntityKind, EntityState, Forest, Grid, RegionMap, ServerId};
 
 /// Grid cell edge: a few reaches wide, so a reach query touches at most 8 cells.
@@ -130,6 +132,8 @@ pub struct Server {
     pub stats: ServerStats,
     /// Test-only planted bug: keep acting after the lease ran out.
     pub planted_ignore_lease: bool,
+    /// Subtrees handed off per tick at most (`HANDOFFS_PER_TICK_MAX` unless a runtime sets it).
+    pub handoffs_per_tick_max: usize,
 }
 
 impl Server {
@@ -152,6 +156,7 @@ impl Server {
             grid: Grid::new(GRID_CELL_M),
             stats: ServerStats::default(),
             planted_ignore_lease: false,
+            handoffs_per_tick_max: HANDOFFS_PER_TICK_MAX,
         };
         server.send(ServerMsg::Register);
         server
@@ -283,7 +288,7 @@ impl Server {
         self.rebuild_grid();
         self.resolve_hits(tick);
         let mut leaving = self.roots_outside_regions();
-        leaving.truncate(HANDOFFS_PER_TICK_MAX);
+        leaving.truncate(self.handoffs_per_tick_max);
         self.flush_deltas(tick);
         for root in leaving {
             self.hand_off(root);

@@ -14,7 +14,9 @@ use super::ring::Ring;
 use super::shard::{self, ShardGauges, ShardReport, ShardSetup};
 use crate::protocol::{Replication, Server, SliceId};
 use crate::sim::Checker;
-use crate::world::{populate, ContainerTree, Population, RegionMap, ServerId};
+use crate::world::{
+    populate, Aabb, ContainerTree, EntityId, EntityKind, EntityState, Population, RegionId, RegionMap, ServerId,
+};
 
 /// Bytes of each core-to-core ring: a burst of transfers (the whole world placed at start) fits.
 pub const RING_BYTES: usize = 16 << 20;
@@ -38,6 +40,42 @@ pub struct MeshConfig {
     pub bot_activity: f64,
     /// Print a status line every second.
     pub status: bool,
+    pub scenario: Scenario,
+    /// Subtrees a server hands off per tick at most (`None`: the default limit).
+    pub handoffs_per_tick_max: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// A generated world of planets and cities, with bots that wander, pick up and fight.
+    Bots,
+    /// A corridor of 64 regions, 50 m each, owned in turn by servers on different cores, and
+    /// `players` NPCs flying along it at 1,500 m/s with no bots: every entity crosses into
+    /// another core's region every tick. The handoff benchmark.
+    BorderRun,
+}
+
+/// The corridor of `Scenario::BorderRun`: regions, their owners in turn, and the runners.
+fn border_run(runners: usize, servers: usize, seed: u64) -> (RegionMap, Vec<(EntityId, EntityState)>) {
+    use rand::{RngExt, SeedableRng};
+    let regions = 64;
+    let world = Aabb::new(glam::Vec3::ZERO, glam::Vec3::new(50.0 * regions as f32, 20.0, 20.0));
+    let mut map = RegionMap::kd_split(world, regions);
+    let mut by_x: Vec<(f32, RegionId)> = map.regions().iter().map(|r| (r.bounds.min[0], r.id)).collect();
+    by_x.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for (i, (_, id)) in by_x.into_iter().enumerate() {
+        map.assign(id, Some(ServerId((i % servers) as u32))).expect("region exists");
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let entities = (0..runners)
+        .map(|i| {
+            let x = rng.random_range(0.0..world.max[0]);
+            let mut state = EntityState::new(EntityKind::Npc, glam::Vec3::new(x, 10.0, 10.0));
+            state.velocity = [if i % 2 == 0 { 1500.0 } else { -1500.0 }, 0.0, 0.0];
+            (EntityId::new(0, i as u32), state)
+        })
+        .collect();
+    (map, entities)
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -92,20 +130,32 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
         return Err(MeshError::Config(format!("{} cores with {} servers each", cfg.cores, cfg.servers_per_core)));
     }
     let cores = cfg.cores;
-    let tree = world_for(cfg.players, cfg.seed);
-    let counts = Population {
-        players: cfg.players,
-        npcs: cfg.players / 10,
-        items: cfg.players / 2,
-        ships: 1 + cfg.players / 50,
+    let servers = cores * cfg.servers_per_core;
+    let (map, entities) = match cfg.scenario {
+        Scenario::Bots => {
+            let tree = world_for(cfg.players, cfg.seed);
+            let counts = Population {
+                players: cfg.players,
+                npcs: cfg.players / 10,
+                items: cfg.players / 2,
+                ships: 1 + cfg.players / 50,
+            };
+            (RegionMap::kd_split(tree.bounds(), servers * 2), populate(&tree, cfg.seed, counts))
+        }
+        Scenario::BorderRun => border_run(cfg.players, servers, cfg.seed),
     };
-    let entities = populate(&tree, cfg.seed, counts);
     let entities_start = entities.len();
-    let map = RegionMap::kd_split(tree.bounds(), cores * cfg.servers_per_core * 2);
     let mut initial = Some(entities);
     let slices: Vec<Replication> = (0..cores)
         .map(|i| {
-            Replication::new_slice(SliceId(i as u16), cores as u16, map.clone(), initial.take().unwrap_or_default())
+            let mut slice = Replication::new_slice(
+                SliceId(i as u16),
+                cores as u16,
+                map.clone(),
+                initial.take().unwrap_or_default(),
+            );
+            slice.balancing = cfg.scenario == Scenario::Bots;
+            slice
         })
         .collect();
     let mut checker = Checker::new(&slices);
@@ -125,7 +175,6 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
         }
     }
     let cpus: Vec<usize> = core_affinity::get_core_ids().unwrap_or_default().iter().map(|c| c.id).collect();
-    let servers = cores * cfg.servers_per_core;
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let incarnations = Arc::new(AtomicU32::new(1));
@@ -141,7 +190,8 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
             consumers: std::mem::take(&mut consumers[i]),
             tick: cfg.tick,
             warmup: cfg.warmup,
-            bot_activity: cfg.bot_activity,
+            bot_activity: if cfg.scenario == Scenario::Bots { cfg.bot_activity } else { 0.0 },
+            handoffs_per_tick_max: cfg.handoffs_per_tick_max,
             seed: cfg.seed,
             start,
             stop: stop.clone(),

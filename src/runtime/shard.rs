@@ -59,6 +59,7 @@ pub struct ShardSetup {
     pub tick: Duration,
     pub warmup: Duration,
     pub bot_activity: f64,
+    pub handoffs_per_tick_max: Option<usize>,
     pub seed: u64,
     pub start: Instant,
     pub stop: Arc<AtomicBool>,
@@ -89,6 +90,7 @@ struct Shard {
     pending: Vec<VecDeque<SliceMsg>>,
     rng: ChaCha8Rng,
     bot_activity: f64,
+    handoffs_per_tick_max: Option<usize>,
     incarnations: Arc<AtomicU32>,
     inputs: Vec<Input>,
     ring_errors: u64,
@@ -152,6 +154,9 @@ impl Shard {
     }
 
     fn drive_bots(&mut self, now: u64) {
+        if self.bot_activity <= 0.0 {
+            return;
+        }
         for server in &mut self.servers {
             if !server.is_acting(now) {
                 continue;
@@ -173,6 +178,9 @@ impl Shard {
             if let Some(ServerEvent::Fenced) = server.poll_event() {
                 let inc = self.incarnations.fetch_add(1, Ordering::Relaxed);
                 *server = Server::new(server.id(), Incarnation(inc), now);
+                if let Some(max) = self.handoffs_per_tick_max {
+                    server.handoffs_per_tick_max = max;
+                }
                 self.restarts += 1;
             }
         }
@@ -216,7 +224,13 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
     let servers: Vec<Server> = setup
         .servers
         .iter()
-        .map(|id| Server::new(*id, Incarnation(setup.incarnations.fetch_add(1, Ordering::Relaxed)), 0))
+        .map(|id| {
+            let mut server = Server::new(*id, Incarnation(setup.incarnations.fetch_add(1, Ordering::Relaxed)), 0);
+            if let Some(max) = setup.handoffs_per_tick_max {
+                server.handoffs_per_tick_max = max;
+            }
+            server
+        })
         .collect();
     let mut shard = Shard {
         index: setup.index,
@@ -227,6 +241,7 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
         pending: (0..setup.cores).map(|_| VecDeque::new()).collect(),
         rng: ChaCha8Rng::seed_from_u64(setup.seed ^ (setup.index as u64) << 32),
         bot_activity: setup.bot_activity,
+        handoffs_per_tick_max: setup.handoffs_per_tick_max,
         incarnations: setup.incarnations,
         inputs: Vec::new(),
         ring_errors: 0,
