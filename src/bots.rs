@@ -46,3 +46,129 @@ pub fn inputs_for(rng: &mut ChaCha8Rng, id: EntityId, kind: EntityKind, activity
         EntityKind::Item { .. } | EntityKind::Projectile => {}
     }
 }
+
+/// What a bot does with its time. Drawn from its id, so a bot keeps its habit for the whole run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Random walks, with the usual pickups, boarding and shots.
+    Wander,
+    /// Travels from city to city, a new destination every `COMMUTE_LEG_US`.
+    Commute,
+    /// Heads for the rally point and mills about there: a crowd.
+    Gather,
+    /// Wanders and shoots five times as often.
+    Fight,
+}
+
+/// How long a commuter stays bound for one city before choosing the next.
+pub const COMMUTE_LEG_US: u64 = 20_000_000;
+
+/// Where bots go: city centres to commute between and one rally point to gather at.
+#[derive(Clone, Debug, Default)]
+pub struct Places {
+    pub cities: Vec<glam::Vec3>,
+    pub rally: glam::Vec3,
+}
+
+fn mix(a: u64, b: u64) -> u64 {
+    // SplitMix64's finaliser: spreads ids so habits do not follow id order.
+    let mut z = a ^ b.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// 40% wander, 30% commute, 20% gather, 10% fight.
+pub fn behaviour_of(id: EntityId) -> Behaviour {
+    match mix(id.0, 1) % 10 {
+        0..=3 => Behaviour::Wander,
+        4..=6 => Behaviour::Commute,
+        7 | 8 => Behaviour::Gather,
+        _ => Behaviour::Fight,
+    }
+}
+
+/// Inputs for a player following its behaviour; NPCs and ships act as in `inputs_for`.
+#[allow(clippy::too_many_arguments)]
+pub fn inputs_with_behaviour(
+    rng: &mut ChaCha8Rng,
+    id: EntityId,
+    state: &crate::world::EntityState,
+    places: &Places,
+    now_us: u64,
+    activity: f64,
+    out: &mut Vec<Input>,
+) {
+    let behaviour = if state.kind == EntityKind::Player { behaviour_of(id) } else { Behaviour::Wander };
+    let destination = match behaviour {
+        Behaviour::Commute if !places.cities.is_empty() => {
+            let leg = now_us / COMMUTE_LEG_US;
+            Some(places.cities[(mix(id.0, leg) % places.cities.len() as u64) as usize])
+        }
+        Behaviour::Gather => Some(places.rally),
+        _ => None,
+    };
+    let before = out.len();
+    inputs_for(rng, id, state.kind, activity, out);
+    if behaviour == Behaviour::Fight && rng.random_bool((0.08 * activity).min(1.0)) {
+        let a = rng.random_range(0.0..std::f32::consts::TAU);
+        out.push(Input { entity: id, action: Action::Fire([a.cos(), a.sin(), 0.0]) });
+    }
+    let Some(destination) = destination else { return };
+    // Steer instead of wandering: drop random moves, head for the destination when off course.
+    let mut i = before;
+    while i < out.len() {
+        if matches!(out[i].action, Action::Move(_)) {
+            out.remove(i);
+        } else {
+            i += 1;
+        }
+    }
+    if state.parent.is_some() {
+        return;
+    }
+    let to = destination - state.pos();
+    let far = to.length() > 15.0;
+    let heading = state.vel().normalize_or_zero();
+    let want = if far { to.normalize_or_zero() } else { glam::Vec3::ZERO };
+    if heading.dot(want) < 0.95 || (!far && state.vel() != glam::Vec3::ZERO) {
+        out.push(Input { entity: id, action: Action::Move(want.to_array()) });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn habits_are_mixed_and_fixed_per_bot() {
+        let mut counts = [0usize; 4];
+        for i in 0..10_000 {
+            let b = behaviour_of(EntityId(i));
+            assert_eq!(b, behaviour_of(EntityId(i)));
+            counts[b as usize] += 1;
+        }
+        for (got, want) in counts.iter().zip([4000, 3000, 2000, 1000]) {
+            assert!((*got as i64 - want).abs() < 300, "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn gatherers_head_for_the_rally_point_and_stop_there() {
+        let id = (0..).map(EntityId).find(|id| behaviour_of(*id) == Behaviour::Gather).unwrap();
+        let places = Places { cities: vec![], rally: glam::Vec3::new(100.0, 0.0, 0.0) };
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let far = crate::world::EntityState::new(EntityKind::Player, glam::Vec3::ZERO);
+        let mut out = Vec::new();
+        inputs_with_behaviour(&mut rng, id, &far, &places, 0, 1.0, &mut out);
+        let moves: Vec<_> =
+            out.iter().filter_map(|i| if let Action::Move(d) = i.action { Some(d) } else { None }).collect();
+        assert_eq!(moves, vec![[1.0, 0.0, 0.0]]);
+        let mut there = crate::world::EntityState::new(EntityKind::Player, glam::Vec3::new(95.0, 0.0, 0.0));
+        there.velocity = [30.0, 0.0, 0.0];
+        out.clear();
+        inputs_with_behaviour(&mut rng, id, &there, &places, 0, 1.0, &mut out);
+        assert!(out.iter().any(|i| i.action == Action::Move([0.0; 3])), "stops on arrival: {out:?}");
+    }
+}

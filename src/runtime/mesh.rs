@@ -15,7 +15,8 @@ use super::shard::{self, ShardGauges, ShardReport, ShardSetup};
 use crate::protocol::{Replication, Server, SliceId};
 use crate::sim::Checker;
 use crate::world::{
-    populate, Aabb, ContainerTree, EntityId, EntityKind, EntityState, Population, RegionId, RegionMap, ServerId,
+    populate, Aabb, ContainerKind, ContainerTree, EntityId, EntityKind, EntityState, Population, RegionId, RegionMap,
+    ServerId,
 };
 
 /// Bytes of each core-to-core ring: a burst of transfers (the whole world placed at start) fits.
@@ -131,9 +132,12 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
     }
     let cores = cfg.cores;
     let servers = cores * cfg.servers_per_core;
+    let mut places = crate::bots::Places::default();
     let (map, entities) = match cfg.scenario {
         Scenario::Bots => {
             let tree = world_for(cfg.players, cfg.seed);
+            places.cities = tree.of_kind(ContainerKind::City).map(|c| c.bounds.center()).collect();
+            places.rally = places.cities.first().copied().unwrap_or_else(|| tree.bounds().center());
             let counts = Population {
                 players: cfg.players,
                 npcs: cfg.players / 10,
@@ -144,6 +148,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
         }
         Scenario::BorderRun => border_run(cfg.players, servers, cfg.seed),
     };
+    let places = Arc::new(places);
     let entities_start = entities.len();
     let mut initial = Some(entities);
     let slices: Vec<Replication> = (0..cores)
@@ -192,6 +197,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
             warmup: cfg.warmup,
             bot_activity: if cfg.scenario == Scenario::Bots { cfg.bot_activity } else { 0.0 },
             handoffs_per_tick_max: cfg.handoffs_per_tick_max,
+            places: places.clone(),
             seed: cfg.seed,
             start,
             stop: stop.clone(),
@@ -219,13 +225,17 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
             let ticks = sum(&|g| g.ticks.load(Ordering::Relaxed));
             let handoffs = sum(&|g| g.handoffs.load(Ordering::Relaxed));
             let worst = gauges.iter().map(|g| g.worst_tick_us.swap(0, Ordering::Relaxed)).max().unwrap_or(0);
+            let p50 = gauges.iter().map(|g| g.p50_us.load(Ordering::Relaxed)).max().unwrap_or(0);
+            let p99 = gauges.iter().map(|g| g.p99_us.load(Ordering::Relaxed)).max().unwrap_or(0);
             let secs = last.2.elapsed().as_secs_f64();
             eprintln!(
-                "t={:>5.1}s players={} held={} servers={servers} cores={cores} ticks/s={:.1} worst_tick={:.2}ms handoffs/s={:.0} stalls={}",
+                "t={:>5.1}s players={} held={} servers={servers} cores={cores} ticks/s={:.1} tick_p50={:.2}ms tick_p99={:.2}ms worst={:.2}ms handoffs/s={:.0} stalls={}",
                 start.elapsed().as_secs_f64(),
                 sum(&|g| g.players.load(Ordering::Relaxed)),
                 sum(&|g| g.held.load(Ordering::Relaxed)),
                 (ticks - last.0) as f64 / secs / cores as f64,
+                p50 as f64 / 1e3,
+                p99 as f64 / 1e3,
                 worst as f64 / 1e3,
                 (handoffs - last.1) as f64 / secs,
                 sum(&|g| g.stalls.load(Ordering::Relaxed)),

@@ -46,6 +46,9 @@ pub struct ShardGauges {
     pub stalls: AtomicU64,
     /// The slowest tick since the status line last read it, in microseconds.
     pub worst_tick_us: AtomicU64,
+    /// Tick time percentiles over the last second, in microseconds.
+    pub p50_us: AtomicU64,
+    pub p99_us: AtomicU64,
 }
 
 pub struct ShardSetup {
@@ -59,6 +62,7 @@ pub struct ShardSetup {
     pub tick: Duration,
     pub warmup: Duration,
     pub bot_activity: f64,
+    pub places: Arc<crate::bots::Places>,
     pub handoffs_per_tick_max: Option<usize>,
     pub seed: u64,
     pub start: Instant,
@@ -90,6 +94,7 @@ struct Shard {
     pending: Vec<VecDeque<SliceMsg>>,
     rng: ChaCha8Rng,
     bot_activity: f64,
+    places: Arc<crate::bots::Places>,
     handoffs_per_tick_max: Option<usize>,
     incarnations: Arc<AtomicU32>,
     inputs: Vec<Input>,
@@ -164,7 +169,15 @@ impl Shard {
             self.inputs.clear();
             for (id, held) in server.held() {
                 if held.state.kind.is_driven() {
-                    crate::bots::inputs_for(&mut self.rng, *id, held.state.kind, self.bot_activity, &mut self.inputs);
+                    crate::bots::inputs_with_behaviour(
+                        &mut self.rng,
+                        *id,
+                        &held.state,
+                        &self.places,
+                        now,
+                        self.bot_activity,
+                        &mut self.inputs,
+                    );
                 }
             }
             for input in self.inputs.drain(..) {
@@ -241,6 +254,7 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
         pending: (0..setup.cores).map(|_| VecDeque::new()).collect(),
         rng: ChaCha8Rng::seed_from_u64(setup.seed ^ (setup.index as u64) << 32),
         bot_activity: setup.bot_activity,
+        places: setup.places,
         handoffs_per_tick_max: setup.handoffs_per_tick_max,
         incarnations: setup.incarnations,
         inputs: Vec::new(),
@@ -248,6 +262,8 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
         restarts: 0,
     };
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
+    let mut window = hist.clone();
+    let mut window_began = Instant::now();
     let mut stalls = 0u64;
     let mut stall_reports = Vec::new();
     let budget_us = setup.tick.as_micros() as u64;
@@ -293,6 +309,13 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
             hist.saturating_record(took_us.max(1));
         }
         let g = &setup.gauges;
+        window.saturating_record(took_us.max(1));
+        if window_began.elapsed() >= Duration::from_secs(1) {
+            g.p50_us.store(window.value_at_quantile(0.5), Ordering::Relaxed);
+            g.p99_us.store(window.value_at_quantile(0.99), Ordering::Relaxed);
+            window.reset();
+            window_began = Instant::now();
+        }
         g.ticks.fetch_add(1, Ordering::Relaxed);
         g.worst_tick_us.fetch_max(took_us, Ordering::Relaxed);
         let held: usize = shard.servers.iter().map(|s| s.held().len()).sum();
