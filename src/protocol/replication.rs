@@ -82,7 +82,7 @@ pub fn home_slice(server: ServerId, slices: u16) -> SliceId {
 pub const BALANCE_PERIOD_TICKS: u64 = 30;
 
 /// The controller moves load only when the busiest server holds this many entities more than
-/// the quietest (and 20% more): below it, a move costs more handoffs than it saves.
+/// the quietest (and 10% more): below it, a move costs more handoffs than it saves.
 pub const BALANCE_SLACK_ENTITIES: u32 = 64;
 
 /// Transfers forwarded more than this many times wait as orphans for the next map: two slices'
@@ -703,7 +703,7 @@ impl Replication {
             return;
         };
         let gap = high - low;
-        if busiest == quietest || gap < BALANCE_SLACK_ENTITIES || gap * 5 < high {
+        if busiest == quietest || gap < BALANCE_SLACK_ENTITIES || gap * 10 < high {
             return;
         }
         let mut regions: Vec<(u32, RegionId)> =

@@ -131,6 +131,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
         return Err(MeshError::Config(format!("{} cores with {} servers each", cfg.cores, cfg.servers_per_core)));
     }
     let cores = cfg.cores;
+    super::alloc::keep_freed_memory();
     let servers = cores * cfg.servers_per_core;
     let mut places = crate::bots::Places::default();
     let (map, entities) = match cfg.scenario {

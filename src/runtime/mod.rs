@@ -1,6 +1,7 @@
 //! The runtime: the only part of shardmesh that touches threads, cores, clocks and shared
 //! memory. It drives the same protocol state machines the simulator drives.
 
+pub mod alloc;
 pub mod mesh;
 pub mod ring;
 pub mod shard;
