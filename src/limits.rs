@@ -62,3 +62,10 @@ pub const SERVER_ENTITY_COUNT_SOFT_MAX: usize = 65_536;
 /// at once; handing them off over a few ticks keeps both cores' ticks even (the old server keeps
 /// simulating what waits, since it still holds their authority).
 pub const HANDOFFS_PER_TICK_MAX: usize = 256;
+
+/// Entities this close to the edge of their region are shown to neighbouring servers as ghosts:
+/// more than a projectile travels in a tick (50 m), so a shot from across a border finds them.
+pub const GHOST_MARGIN_M: f32 = 60.0;
+
+/// Damage one projectile does.
+pub const PROJECTILE_DAMAGE: u16 = 10;

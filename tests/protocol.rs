@@ -549,3 +549,24 @@ fn the_controller_moves_load_from_the_busiest_server_to_the_quietest() {
     assert_eq!(h.rl.stats.protocol_errors, 0);
     assert!(h.rl.check().is_empty(), "{:?}", h.rl.check());
 }
+
+/// DESIGN: "a rocket fired on server A at a ship on server B still hits". The target is B's, so A
+/// sees it only as a ghost; the hit goes to B through the layer and B applies the damage.
+#[test]
+fn a_projectile_on_one_server_hits_an_entity_held_by_another_through_its_ghost() {
+    let (shooter, target) = (EntityId(1), EntityId(2));
+    let mut h = Harness::new(vec![(shooter, at(EntityKind::Player, 35.0)), (target, at(EntityKind::Npc, 45.0))]);
+    assert_eq!(h.holder(target), Some(ServerId(1)));
+    h.tick(); // ghosts exchanged: s0 now sees the NPC standing 5 m past the border
+    assert!(h.servers[0].ghosts().iter().any(|g| g.id == target && g.server == ServerId(1)));
+    assert!(!h.servers[0].ghosts().iter().any(|g| g.id == EntityId(999)));
+    use shardmesh::protocol::{Action, Input};
+    h.servers[0].handle_input(Input { entity: shooter, action: Action::Fire([1.0, 0.0, 0.0]) });
+    h.tick(); // the projectile sweeps 37.5..87.5 m and passes through the ghost
+    assert_eq!(h.servers[0].stats.remote_hits, 1);
+    h.tick(); // s1 applies the damage and commits it
+    assert_eq!(h.servers[1].stats.damage_received, 1);
+    assert_eq!(h.rl.records()[&target].state.health, 90);
+    assert_eq!(h.holder(target), Some(ServerId(1)), "a ghost is never simulated by the shooter's server");
+    assert!(h.servers.iter().all(|s| s.held().values().all(|e| e.state.kind != EntityKind::Projectile)));
+}

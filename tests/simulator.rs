@@ -47,6 +47,8 @@ fn five_hundred_seeds_with_every_fault_on_keep_every_invariant() {
     assert!(total(|o| o.stats.transfers) > 10_000, "subtrees moved between slices");
     assert!(total(|o| o.stats.fenced) > 0, "servers fenced after a lost lease");
     assert!(total(|o| o.stats.hits) > 0, "projectiles hit");
+    assert!(total(|o| o.stats.remote_hits) > 0, "projectiles hit entities of other servers");
+    assert!(total(|o| o.stats.damage_received) > 0, "and those servers applied the damage");
     let names = ["move", "fire", "pick up", "drop", "stow", "unstow", "board", "disembark"];
     for (i, name) in names.iter().enumerate() {
         let n: u64 = outcomes.iter().map(|o| o.stats.actions[i]).sum();

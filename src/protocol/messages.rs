@@ -71,6 +71,10 @@ pub enum ServerMsg {
     /// The server gives up a root entity and its subtree (parents first): it left the server's
     /// regions. Sent after the tick's deltas, on the same ordered link.
     Handoff { root: EntityId, entities: Vec<Owned> },
+    /// What this server holds near its regions' borders this tick, for its neighbours to see.
+    Ghosts { ghosts: Vec<Ghost> },
+    /// A projectile of this server hit a ghost: the target's authority applies the damage.
+    Hit { target: EntityId, damage: u16 },
 }
 
 /// Replication layer to server.
@@ -94,6 +98,20 @@ pub enum ReplicationMsg {
     Adopt { entities: Vec<Owned> },
     /// This incarnation has been declared dead: stop, drop everything, restart.
     Fenced,
+    /// Every other server's border entities as of the last tick: read-only, never simulated.
+    Ghosts(Vec<Ghost>),
+    /// Damage to an entity this server holds, from a projectile on another server.
+    Damage { target: EntityId, damage: u16 },
+}
+
+/// A read-only view of an entity near a border, as its server last saw it: enough to be seen
+/// and to be hit, never to be simulated.
+#[derive(Clone, Copy, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Ghost {
+    pub id: EntityId,
+    pub kind: crate::world::EntityKind,
+    pub position: [f32; 3],
+    pub server: ServerId,
 }
 
 /// A committed entity moving between slices with its history counter.
@@ -119,6 +137,10 @@ pub enum SliceMsg {
     ServerDown { server: ServerId },
     /// To the controller, once a second: how many entities the sender holds in each region.
     Load { counts: Vec<(RegionId, u32)> },
+    /// Every tick, to every other slice: the border entities of the sender's servers.
+    Ghosts(Vec<Ghost>),
+    /// A hit on an entity the sender does not hold, for the slice that does.
+    Hit { target: EntityId, damage: u16 },
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@ pub mod server;
 
 pub use link::{Link, LinkPacket};
 pub use messages::{
-    Committed, Delta, Epoch, Incarnation, Owned, ReplicationMsg, ServerMsg, SliceId, SliceMsg, ToReplication, ToServer,
+    Committed, Delta, Epoch, Ghost, Incarnation, Owned, ReplicationMsg, ServerMsg, SliceId, SliceMsg, ToReplication,
+    ToServer,
 };
 pub use replication::{PlantedBugs, Record, Replication, ReplicationStats};
 pub use server::{Action, Input, Server, ServerEvent, ServerStats};

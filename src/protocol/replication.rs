@@ -19,7 +19,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::messages::{
-    Committed, Delta, Epoch, Incarnation, Owned, ReplicationMsg, ServerMsg, SliceId, SliceMsg, ToReplication, ToServer,
+    Committed, Delta, Epoch, Ghost, Incarnation, Owned, ReplicationMsg, ServerMsg, SliceId, SliceMsg, ToReplication,
+    ToServer,
 };
 use crate::limits::LEASE_DURATION_US;
 use crate::world::{EntityId, EntityKind, EntityState, Forest, MapError, RegionId, RegionMap, ServerId};
@@ -97,6 +98,9 @@ pub struct Replication {
     peer_outbox: VecDeque<(SliceId, SliceMsg)>,
     /// Controller: the last load report of each slice (entities per region).
     loads: Vec<BTreeMap<RegionId, u32>>,
+    /// This tick's border ghosts of each live local server, and the last of each other slice.
+    ghosts_local: BTreeMap<ServerId, Vec<Ghost>>,
+    ghosts_remote: Vec<Vec<Ghost>>,
     ticks: u64,
     map: RegionMap,
     records: BTreeMap<EntityId, Record>,
@@ -132,6 +136,8 @@ impl Replication {
             live_everywhere: BTreeSet::new(),
             peer_outbox: VecDeque::new(),
             loads: vec![BTreeMap::new(); slices as usize],
+            ghosts_local: BTreeMap::new(),
+            ghosts_remote: vec![Vec::new(); slices as usize],
             ticks: 0,
             map,
             records: BTreeMap::new(),
@@ -247,6 +253,18 @@ impl Replication {
                 }
             }
             ServerMsg::Handoff { root, entities } => self.handoff(server, inc, root, entities),
+            ServerMsg::Ghosts { ghosts } => {
+                if self.is_live(server, inc) {
+                    self.ghosts_local.insert(server, ghosts);
+                }
+            }
+            ServerMsg::Hit { target, damage } => {
+                if self.is_live(server, inc) && !self.deliver_damage(target, damage) {
+                    for slice in (0..self.slices).map(SliceId).filter(|s| *s != self.slice) {
+                        self.peer_outbox.push_back((slice, SliceMsg::Hit { target, damage }));
+                    }
+                }
+            }
         }
         self.tell_fenced(server, inc);
     }
@@ -515,6 +533,14 @@ impl Replication {
             SliceMsg::Map(map) => self.apply_map(map),
             SliceMsg::ServerUp { server } => self.controller_server_up(server),
             SliceMsg::ServerDown { server } => self.controller_server_down(server),
+            SliceMsg::Ghosts(ghosts) => {
+                if let Some(slot) = self.ghosts_remote.get_mut(from.0 as usize) {
+                    *slot = ghosts;
+                }
+            }
+            SliceMsg::Hit { target, damage } => {
+                self.deliver_damage(target, damage);
+            }
             SliceMsg::Load { counts } => {
                 if let Some(load) = self.loads.get_mut(from.0 as usize) {
                     *load = counts.into_iter().collect();
@@ -669,6 +695,50 @@ impl Replication {
             self.controller_tick();
         }
         self.place_orphans();
+        self.share_ghosts();
+    }
+
+    /// Damage for an entity whose record is here goes to its authority; false if the record is
+    /// not here (another slice may hold it). A hit on an entity in flight is lost, as a shot at
+    /// someone stepping through a door might miss.
+    fn deliver_damage(&mut self, target: EntityId, damage: u16) -> bool {
+        let Some(record) = self.records.get(&target) else { return false };
+        if let Some(holder) = record.authority {
+            self.send(holder, ReplicationMsg::Damage { target, damage });
+        }
+        true
+    }
+
+    /// Every live local server sees every other server's border entities of the last tick; the
+    /// other slices get this core's.
+    fn share_ghosts(&mut self) {
+        self.ghosts_local.retain(|s, _| self.servers.get(s).is_some_and(|slot| slot.live));
+        let local: Vec<Ghost> = self.ghosts_local.values().flatten().copied().collect();
+        for slice in (0..self.slices).map(SliceId).filter(|s| *s != self.slice) {
+            self.peer_outbox.push_back((slice, SliceMsg::Ghosts(local.clone())));
+        }
+        let mut all = local;
+        for (i, remote) in self.ghosts_remote.iter().enumerate() {
+            if i != self.slice.0 as usize {
+                all.extend_from_slice(remote);
+            }
+        }
+        // Each server gets only the ghosts within the margin of its own regions.
+        let margin = glam::Vec3::splat(crate::limits::GHOST_MARGIN_M);
+        let live: Vec<ServerId> = self.live_servers().collect();
+        for server in live {
+            let reach: Vec<crate::world::Aabb> = self
+                .map
+                .regions_of(server)
+                .map(|r| crate::world::Aabb::new(r.bounds.min() - margin, r.bounds.max() + margin))
+                .collect();
+            let seen: Vec<Ghost> = all
+                .iter()
+                .filter(|g| g.server != server && reach.iter().any(|b| b.contains(glam::Vec3::from_array(g.position))))
+                .copied()
+                .collect();
+            self.send(server, ReplicationMsg::Ghosts(seen));
+        }
     }
 
     /// Entities this slice holds, per region.

@@ -14,9 +14,10 @@ use std::collections::{BTreeMap, VecDeque};
 
 use glam::Vec3;
 
-use super::messages::{Delta, Epoch, Incarnation, Owned, ReplicationMsg, ServerMsg, ToReplication, ToServer};
+use super::messages::{Delta, Epoch, Ghost, Incarnation, Owned, ReplicationMsg, ServerMsg, ToReplication, ToServer};
 use crate::limits::{
-    HANDOFFS_PER_TICK_MAX, HIT_RADIUS_M, LEASE_DURATION_US, PROJECTILE_TTL_TICKS, REACH_M, TICK_DURATION_US,
+    GHOST_MARGIN_M, HANDOFFS_PER_TICK_MAX, HIT_RADIUS_M, LEASE_DURATION_US, PROJECTILE_DAMAGE, PROJECTILE_TTL_TICKS,
+    REACH_M, TICK_DURATION_US,
 };
 use crate::world::{EntityId, EntityKind, EntityState, Forest, Grid, RegionMap, ServerId};
 
@@ -88,6 +89,10 @@ pub struct ServerStats {
     pub created: u64,
     pub destroyed: u64,
     pub hits: u64,
+    /// Projectiles of this server that hit another server's entity (through its ghost).
+    pub remote_hits: u64,
+    /// Damage applied to held entities on behalf of other servers' projectiles.
+    pub damage_received: u64,
     pub inputs_applied: u64,
     /// Applied inputs by action: move, fire, pick up, drop, stow, unstow, board, disembark.
     pub actions: [u64; 8],
@@ -129,6 +134,11 @@ pub struct Server {
     events: VecDeque<ServerEvent>,
     /// Where everything held is, rebuilt each tick for the game rules' "what is near".
     grid: Grid,
+    /// Other servers' border entities, read-only, and where they are.
+    ghosts: Vec<Ghost>,
+    ghost_grid: Grid,
+    /// Damage from other servers' projectiles, applied at the next tick.
+    damage: Vec<(EntityId, u16)>,
     pub stats: ServerStats,
     /// Test-only planted bug: keep acting after the lease ran out.
     pub planted_ignore_lease: bool,
@@ -154,6 +164,9 @@ impl Server {
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             grid: Grid::new(GRID_CELL_M),
+            ghosts: Vec::new(),
+            ghost_grid: Grid::new(GRID_CELL_M),
+            damage: Vec::new(),
             stats: ServerStats::default(),
             planted_ignore_lease: false,
             handoffs_per_tick_max: HANDOFFS_PER_TICK_MAX,
@@ -177,6 +190,11 @@ impl Server {
 
     pub fn held(&self) -> &BTreeMap<EntityId, Held> {
         &self.entities
+    }
+
+    /// Other servers' border entities as last received.
+    pub fn ghosts(&self) -> &[Ghost] {
+        &self.ghosts
     }
 
     pub fn forest(&self) -> &Forest {
@@ -248,6 +266,14 @@ impl Server {
                 }
             }
             ReplicationMsg::Fenced => self.fence(),
+            ReplicationMsg::Ghosts(ghosts) => {
+                self.ghost_grid.clear();
+                for g in ghosts.iter().filter(|g| g.server != self.id) {
+                    self.ghost_grid.insert(g.id, Vec3::from_array(g.position));
+                }
+                self.ghosts = ghosts;
+            }
+            ReplicationMsg::Damage { target, damage } => self.damage.push((target, damage)),
         }
     }
 
@@ -284,6 +310,13 @@ impl Server {
                 self.stats.inputs_refused += 1;
             }
         }
+        for (target, damage) in std::mem::take(&mut self.damage) {
+            if self.entities.contains_key(&target) {
+                let state = self.touch(target, tick);
+                state.health = state.health.checked_sub(damage).filter(|h| *h > 0).unwrap_or(100);
+                self.stats.damage_received += 1;
+            }
+        }
         self.integrate(tick);
         self.rebuild_grid();
         self.resolve_hits(tick);
@@ -293,6 +326,8 @@ impl Server {
         for root in leaving {
             self.hand_off(root);
         }
+        let ghosts = self.border_ghosts();
+        self.send(ServerMsg::Ghosts { ghosts });
         self.send(ServerMsg::Heartbeat { sent_at_us: now_us });
     }
 
@@ -531,14 +566,73 @@ impl Server {
                     target = Some(id);
                 }
             });
-            if let Some(target) = target {
+            // A ghost (another server's entity near the border) can be hit too; the nearest id
+            // wins, as among held entities.
+            let ghosts = &self.ghosts;
+            let mut ghost_target: Option<EntityId> = None;
+            self.ghost_grid.query(from.min(to) - pad, from.max(to) + pad, |id, at| {
+                let hit = Some(id) != source
+                    && target.is_none_or(|t| id < t)
+                    && ghost_target.is_none_or(|t| id < t)
+                    && distance_to_segment(at, from, to) <= HIT_RADIUS_M
+                    && !entities.contains_key(&id)
+                    && ghosts.iter().any(|g| {
+                        g.id == id && matches!(g.kind, EntityKind::Player | EntityKind::Npc | EntityKind::Ship)
+                    });
+                if hit {
+                    ghost_target = Some(id);
+                }
+            });
+            if let Some(ghost) = ghost_target {
+                self.destroy(projectile);
+                self.stats.hits += 1;
+                self.stats.remote_hits += 1;
+                self.send(ServerMsg::Hit { target: ghost, damage: PROJECTILE_DAMAGE });
+            } else if let Some(target) = target {
                 let state = self.touch(target, tick);
                 // Damage; at zero health the entity is restored, never removed, so counts hold.
-                state.health = state.health.checked_sub(10).filter(|h| *h > 0).unwrap_or(100);
+                state.health = state.health.checked_sub(PROJECTILE_DAMAGE).filter(|h| *h > 0).unwrap_or(100);
                 self.destroy(projectile);
                 self.stats.hits += 1;
             }
         }
+    }
+
+    /// Held players, NPCs and ships within `GHOST_MARGIN_M` of a region another server owns:
+    /// what neighbouring servers must see. Entities deep inside this server's area, or by the
+    /// world's edge, are nobody else's business.
+    fn border_ghosts(&self) -> Vec<Ghost> {
+        let map = self.map.as_ref().expect("active servers have a map");
+        let margin = Vec3::splat(GHOST_MARGIN_M);
+        // For each region of this server, the foreign regions within the margin of it.
+        let mut near: Vec<(crate::world::RegionId, Vec<crate::world::Aabb>)> = Vec::new();
+        for mine in map.regions_of(self.id) {
+            let reach = crate::world::Aabb::new(mine.bounds.min() - margin, mine.bounds.max() + margin);
+            let foreign: Vec<_> = map
+                .regions()
+                .iter()
+                .filter(|r| r.server != Some(self.id) && r.bounds.overlaps(&reach))
+                .map(|r| r.bounds)
+                .collect();
+            if !foreign.is_empty() {
+                near.push((mine.id, foreign));
+            }
+        }
+        if near.is_empty() {
+            return Vec::new();
+        }
+        self.entities
+            .iter()
+            .filter(|(_, h)| matches!(h.state.kind, EntityKind::Player | EntityKind::Npc | EntityKind::Ship))
+            .filter(|(_, h)| {
+                let p = h.state.pos();
+                let region = map.region_at(p).id;
+                near.iter()
+                    .find(|(r, _)| *r == region)
+                    .is_some_and(|(_, foreign)| foreign.iter().any(|b| distance_to_box(p, b) <= GHOST_MARGIN_M))
+            })
+            .map(|(id, h)| Ghost { id: *id, kind: h.state.kind, position: h.state.position, server: self.id })
+            .collect()
     }
 
     fn roots_outside_regions(&self) -> Vec<EntityId> {
@@ -601,4 +695,9 @@ pub fn distance_to_segment(p: Vec3, a: Vec3, b: Vec3) -> f32 {
     let ab = b - a;
     let t = if ab.length_squared() > 0.0 { ((p - a).dot(ab) / ab.length_squared()).clamp(0.0, 1.0) } else { 0.0 };
     p.distance(a + ab * t)
+}
+
+/// Distance from `p` to the box `b` (0 inside).
+pub fn distance_to_box(p: Vec3, b: &crate::world::Aabb) -> f32 {
+    p.distance(p.clamp(b.min(), b.max()))
 }

@@ -82,6 +82,9 @@ pub struct SimStats {
     pub packets: u64,
     /// Subtrees moved between replication slices (cores).
     pub transfers: u64,
+    /// Projectiles that hit another server's entity through its ghost, and damage so applied.
+    pub remote_hits: u64,
+    pub damage_received: u64,
     /// Applied bot actions, by kind (see `Action::index`).
     pub actions: [u64; 8],
 }
@@ -400,6 +403,8 @@ impl Simulator {
     /// Folds the counters of a server incarnation that has ended (or the run has) into the run's.
     fn add(stats: &mut SimStats, server: &crate::protocol::ServerStats) {
         stats.hits += server.hits;
+        stats.remote_hits += server.remote_hits;
+        stats.damage_received += server.damage_received;
         for (total, n) in stats.actions.iter_mut().zip(server.actions) {
             *total += n;
         }
