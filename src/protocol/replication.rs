@@ -714,8 +714,22 @@ impl Replication {
     fn share_ghosts(&mut self) {
         self.ghosts_local.retain(|s, _| self.servers.get(s).is_some_and(|slot| slot.live));
         let local: Vec<Ghost> = self.ghosts_local.values().flatten().copied().collect();
+        let margin = glam::Vec3::splat(crate::limits::GHOST_MARGIN_M);
         for slice in (0..self.slices).map(SliceId).filter(|s| *s != self.slice) {
-            self.peer_outbox.push_back((slice, SliceMsg::Ghosts(local.clone())));
+            // Only what stands near the regions of that core's servers crosses to it.
+            let reach: Vec<crate::world::Aabb> = self
+                .map
+                .regions()
+                .iter()
+                .filter(|r| r.server.is_some_and(|s| self.home_of(s) == slice))
+                .map(|r| crate::world::Aabb::new(r.bounds.min() - margin, r.bounds.max() + margin))
+                .collect();
+            let seen: Vec<Ghost> = local
+                .iter()
+                .filter(|g| reach.iter().any(|b| b.contains(glam::Vec3::from_array(g.position))))
+                .copied()
+                .collect();
+            self.peer_outbox.push_back((slice, SliceMsg::Ghosts(seen)));
         }
         let mut all = local;
         for (i, remote) in self.ghosts_remote.iter().enumerate() {

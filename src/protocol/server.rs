@@ -134,6 +134,10 @@ pub struct Server {
     events: VecDeque<ServerEvent>,
     /// Where everything held is, rebuilt each tick for the game rules' "what is near".
     grid: Grid,
+    /// Loose items and ships, apart from the crowd: a pickup or a boarding in a dense crowd
+    /// looks only at what it could take.
+    item_grid: Grid,
+    ship_grid: Grid,
     /// Other servers' border entities, read-only, and where they are.
     ghosts: Vec<Ghost>,
     ghost_grid: Grid,
@@ -164,6 +168,8 @@ impl Server {
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             grid: Grid::new(GRID_CELL_M),
+            item_grid: Grid::new(GRID_CELL_M),
+            ship_grid: Grid::new(GRID_CELL_M),
             ghosts: Vec::new(),
             ghost_grid: Grid::new(GRID_CELL_M),
             damage: Vec::new(),
@@ -301,7 +307,7 @@ impl Server {
             return;
         }
         self.stats.ticks += 1;
-        self.rebuild_grid();
+        self.rebuild_grids();
         for input in std::mem::take(&mut self.inputs) {
             if self.apply(tick, &input) {
                 self.stats.inputs_applied += 1;
@@ -331,10 +337,27 @@ impl Server {
         self.send(ServerMsg::Heartbeat { sent_at_us: now_us });
     }
 
+    /// The targets grid (players, NPCs, ships), rebuilt after movement for hits.
     fn rebuild_grid(&mut self) {
         self.grid.clear();
         for (id, held) in &self.entities {
-            self.grid.insert(*id, held.state.pos());
+            if matches!(held.state.kind, EntityKind::Player | EntityKind::Npc | EntityKind::Ship) {
+                self.grid.insert(*id, held.state.pos());
+            }
+        }
+    }
+
+    /// Every grid, before inputs: what can be hit, picked up, boarded.
+    fn rebuild_grids(&mut self) {
+        self.rebuild_grid();
+        self.item_grid.clear();
+        self.ship_grid.clear();
+        for (id, held) in &self.entities {
+            match held.state.kind {
+                EntityKind::Item { .. } if held.state.parent.is_none() => self.item_grid.insert(*id, held.state.pos()),
+                EntityKind::Ship => self.ship_grid.insert(*id, held.state.pos()),
+                _ => {}
+            }
         }
     }
 
@@ -389,7 +412,7 @@ impl Server {
                 true
             }
             Action::PickUp => {
-                let (grid, entities) = (&self.grid, &self.entities);
+                let (grid, entities) = (&self.item_grid, &self.entities);
                 let item = grid.nearest_by_id(actor.pos(), REACH_M, |id| {
                     id != input.entity
                         && entities.get(&id).is_some_and(|h| h.state.kind.is_item() && h.state.parent.is_none())
@@ -432,7 +455,7 @@ impl Server {
                 if actor.parent.is_some() {
                     return false;
                 }
-                let (grid, entities) = (&self.grid, &self.entities);
+                let (grid, entities) = (&self.ship_grid, &self.entities);
                 let ship = grid.nearest_by_id(actor.pos(), 3.0 * REACH_M, |id| {
                     entities.get(&id).is_some_and(|h| h.state.kind == EntityKind::Ship)
                 });
