@@ -72,7 +72,7 @@ fn search(cores: usize, secs: f64) -> usize {
 }
 
 fn main() {
-    let secs: f64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(6.0);
+    let secs: f64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(15.0);
     let available = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("players_per_core: tick budget {BUDGET_MS} ms (30 Hz), {secs} s trials, 2 servers per core, {available} cores here");
     let one = search(1, secs);
