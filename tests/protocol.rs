@@ -19,6 +19,54 @@ fn region_at(map: &RegionMap, x: f32) -> RegionId {
     map.region_at(Vec3::new(x, 10.0, 10.0)).id
 }
 
+/// Passes every message at once until none is left: servers to their core's slice, slices to
+/// each other, slices to servers (or into `held_back`, for a test that delays them).
+fn exchange(slices: &mut [Replication], servers: &mut [Server], now: u64, mut held_back: Option<&mut Vec<ToServer>>) {
+    let n = slices.len() as u32;
+    loop {
+        let mut moved = false;
+        for s in servers.iter_mut() {
+            while let Some(m) = s.poll_message() {
+                slices[(s.id().0 % n) as usize].handle(now, m);
+                moved = true;
+            }
+        }
+        for i in 0..slices.len() {
+            while let Some((to, m)) = slices[i].poll_peer() {
+                let from = slices[i].slice();
+                slices[to.0 as usize].handle_peer(from, m);
+                moved = true;
+            }
+            while let Some(m) = slices[i].poll_message() {
+                match held_back.as_deref_mut() {
+                    Some(queue) => queue.push(m),
+                    None => {
+                        if let Some(s) = servers.iter_mut().find(|s| s.id() == m.server) {
+                            s.handle(now, m);
+                        }
+                    }
+                }
+                moved = true;
+            }
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+/// One tick of every server, then of every slice, with the messages between passed at once.
+fn tick_all(slices: &mut [Replication], servers: &mut [Server], now: u64, mut held_back: Option<&mut Vec<ToServer>>) {
+    for s in servers.iter_mut() {
+        s.tick(now);
+    }
+    exchange(slices, servers, now, held_back.as_deref_mut());
+    for slice in slices.iter_mut() {
+        slice.tick(now);
+    }
+    exchange(slices, servers, now, held_back);
+}
+
 struct Harness {
     rl: Replication,
     servers: Vec<Server>,
@@ -53,36 +101,14 @@ impl Harness {
     }
 
     fn pump(&mut self) {
-        loop {
-            let mut moved = false;
-            for s in &mut self.servers {
-                while let Some(m) = s.poll_message() {
-                    self.rl.handle(self.now, m);
-                    moved = true;
-                }
-            }
-            while let Some(m) = self.rl.poll_message() {
-                if self.hold {
-                    self.held_back.push(m);
-                } else if let Some(s) = self.servers.iter_mut().find(|s| s.id() == m.server) {
-                    s.handle(self.now, m);
-                }
-                moved = true;
-            }
-            if !moved {
-                return;
-            }
-        }
+        let held_back = if self.hold { Some(&mut self.held_back) } else { None };
+        exchange(std::slice::from_mut(&mut self.rl), &mut self.servers, self.now, held_back);
     }
 
     fn tick(&mut self) {
         self.now += TICK_DURATION_US;
-        for s in &mut self.servers {
-            s.tick(self.now);
-        }
-        self.pump();
-        self.rl.tick(self.now);
-        self.pump();
+        let held_back = if self.hold { Some(&mut self.held_back) } else { None };
+        tick_all(std::slice::from_mut(&mut self.rl), &mut self.servers, self.now, held_back);
     }
 
     fn holder(&self, id: EntityId) -> Option<ServerId> {
@@ -412,42 +438,12 @@ impl Sliced {
     }
 
     fn pump(&mut self) {
-        loop {
-            let mut moved = false;
-            for s in &mut self.servers {
-                while let Some(m) = s.poll_message() {
-                    self.slices[(s.id().0 % 2) as usize].handle(self.now, m);
-                    moved = true;
-                }
-            }
-            for i in 0..self.slices.len() {
-                while let Some((to, m)) = self.slices[i].poll_peer() {
-                    let from = self.slices[i].slice();
-                    self.slices[to.0 as usize].handle_peer(from, m);
-                    moved = true;
-                }
-                while let Some(m) = self.slices[i].poll_message() {
-                    let s = self.servers.iter_mut().find(|s| s.id() == m.server).unwrap();
-                    s.handle(self.now, m);
-                    moved = true;
-                }
-            }
-            if !moved {
-                return;
-            }
-        }
+        exchange(&mut self.slices, &mut self.servers, self.now, None);
     }
 
     fn tick(&mut self) {
         self.now += TICK_DURATION_US;
-        for s in &mut self.servers {
-            s.tick(self.now);
-        }
-        self.pump();
-        for slice in &mut self.slices {
-            slice.tick(self.now);
-        }
-        self.pump();
+        tick_all(&mut self.slices, &mut self.servers, self.now, None);
     }
 
     fn slice_of(&self, id: EntityId) -> Vec<usize> {
