@@ -417,6 +417,30 @@ impl Replication {
     }
 
     fn upsert(&mut self, server: ServerId, inc: Incarnation, owned: Owned) {
+        // The common write, an entity that keeps its parent (anything moving, every tick), in
+        // one lookup: its place in the graph was checked when it got that parent, and a child
+        // shares its parent's authority, so only the writer's authority needs checking.
+        if !self.planted.skip_authority_check && owned.state.is_finite() {
+            match self.records.get_mut(&owned.id) {
+                None => {
+                    self.admit_new(server, inc, &owned);
+                    return;
+                }
+                Some(r) if r.state.parent == owned.state.parent => {
+                    let current = r.authority == Some(server) && r.epoch == owned.epoch;
+                    if !current || owned.state.changed_tick < r.state.changed_tick || owned.state.kind != r.state.kind {
+                        self.stats.stale_rejected += 1;
+                        return;
+                    }
+                    r.state = owned.state;
+                    r.committed_epoch = owned.epoch;
+                    r.commit_seq += 1;
+                    self.stats.commits += 1;
+                    return;
+                }
+                Some(_) => {}
+            }
+        }
         if !self.records.contains_key(&owned.id) {
             self.admit_new(server, inc, &owned);
             return;
