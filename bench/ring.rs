@@ -14,7 +14,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use shardmesh::protocol::{Incarnation, ServerMsg, ToReplication};
-use shardmesh::runtime::ring::{access_trusted, Ring, RingError};
+use shardmesh::runtime::ring::{access_trusted, Producer, Ring, RingError};
 use shardmesh::world::ServerId;
 
 const BATCH: usize = 32;
@@ -30,15 +30,20 @@ fn pin(core: usize) {
     }
 }
 
-/// Messages per second through the ring, payloads of `N` bytes.
-fn ring_throughput<const N: usize>(count: u64) -> f64 {
+/// Messages per second through the ring between the two pinned cores: the producer pushes
+/// message `i` with `push` (retrying while the ring is full, flushing every `BATCH`), the
+/// consumer hands every payload to `read`.
+fn ring_run(
+    count: u64,
+    push: impl Fn(&mut Producer, u64) -> Result<(), RingError> + Send + 'static,
+    mut read: impl FnMut(&[u8]),
+) -> f64 {
     let (mut tx, mut rx) = Ring::anonymous(1 << 20).unwrap().split();
     let began = Instant::now();
     let producer = std::thread::spawn(move || {
         pin(0);
-        let payload = [7u8; N];
         for i in 0..count {
-            while let Err(RingError::Full) = tx.try_push_bytes(&payload) {
+            while let Err(RingError::Full) = push(&mut tx, i) {
                 tx.flush();
                 std::hint::spin_loop();
             }
@@ -50,13 +55,19 @@ fn ring_throughput<const N: usize>(count: u64) -> f64 {
     });
     pin(1);
     let mut seen = 0u64;
-    let mut sum = 0u64;
     while seen < count {
-        seen += rx.read_batch(1024, |p| sum += p[N - 1] as u64).unwrap() as u64;
+        seen += rx.read_batch(1024, &mut read).unwrap() as u64;
     }
     producer.join().unwrap();
-    black_box(sum);
     count as f64 / began.elapsed().as_secs_f64()
+}
+
+/// Payloads of `N` bytes copied in and out.
+fn ring_throughput<const N: usize>(count: u64) -> f64 {
+    let mut sum = 0u64;
+    let rate = ring_run(count, |tx, _| tx.try_push_bytes(&[7u8; N]), |p| sum += p[N - 1] as u64);
+    black_box(sum);
+    rate
 }
 
 fn crossbeam_throughput<const N: usize>(count: u64) -> f64 {
@@ -81,41 +92,23 @@ fn crossbeam_throughput<const N: usize>(count: u64) -> f64 {
 
 /// A heartbeat serialized with rkyv into the ring and read in place (no decode).
 fn ring_rkyv_throughput(count: u64) -> (f64, usize) {
-    let (mut tx, mut rx) = Ring::anonymous(1 << 20).unwrap().split();
-    let began = Instant::now();
-    let producer = std::thread::spawn(move || {
-        pin(0);
-        for i in 0..count {
-            let msg = ToReplication {
-                server: ServerId(1),
-                incarnation: Incarnation(1),
-                body: ServerMsg::Heartbeat { sent_at_us: i },
-            };
-            while let Err(RingError::Full) = tx.try_push(&msg) {
-                tx.flush();
-                std::hint::spin_loop();
-            }
-            if i as usize % BATCH == BATCH - 1 {
-                tx.flush();
-            }
-        }
-        tx.flush();
+    let (mut sum, mut size) = (0u64, 0usize);
+    let push = |tx: &mut Producer, i: u64| {
+        let msg = ToReplication {
+            server: ServerId(1),
+            incarnation: Incarnation(1),
+            body: ServerMsg::Heartbeat { sent_at_us: i },
+        };
+        tx.try_push(&msg)
+    };
+    let rate = ring_run(count, push, |p| {
+        size = p.len();
+        // SAFETY: the producer above wrote only `ToReplication` archives.
+        let m = unsafe { access_trusted::<shardmesh::protocol::messages::ArchivedToReplication>(p) };
+        sum += m.incarnation.0.to_native() as u64;
     });
-    pin(1);
-    let (mut seen, mut sum, mut size) = (0u64, 0u64, 0usize);
-    while seen < count {
-        seen += rx
-            .read_batch(1024, |p| {
-                size = p.len();
-                // SAFETY: the producer above wrote only `ToReplication` archives.
-                let m = unsafe { access_trusted::<shardmesh::protocol::messages::ArchivedToReplication>(p) };
-                sum += m.incarnation.0.to_native() as u64;
-            })
-            .unwrap() as u64;
-    }
-    producer.join().unwrap();
     black_box(sum);
-    (count as f64 / began.elapsed().as_secs_f64(), size)
+    (rate, size)
 }
 
 /// One-way latency from round trips of one 64-byte message (half the round trip): p50, p99 ns.

@@ -307,7 +307,7 @@ impl Server {
             return;
         }
         self.stats.ticks += 1;
-        self.rebuild_grids();
+        self.rebuild_input_grids();
         for input in std::mem::take(&mut self.inputs) {
             if self.apply(tick, &input) {
                 self.stats.inputs_applied += 1;
@@ -347,9 +347,9 @@ impl Server {
         }
     }
 
-    /// Every grid, before inputs: what can be hit, picked up, boarded.
-    fn rebuild_grids(&mut self) {
-        self.rebuild_grid();
+    /// The grids the inputs use, before they are applied: what can be picked up or boarded.
+    /// (The targets grid is built after movement, where hits are resolved.)
+    fn rebuild_input_grids(&mut self) {
         self.item_grid.clear();
         self.ship_grid.clear();
         for (id, held) in &self.entities {
