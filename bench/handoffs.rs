@@ -27,6 +27,8 @@ fn main() {
             status: false,
             scenario: Scenario::BorderRun,
             handoffs_per_tick_max: Some(usize::MAX),
+            persist: None,
+            stop_signal: None,
         };
         let s = run(cfg).expect("the mesh starts");
         println!(

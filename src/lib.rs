@@ -7,6 +7,7 @@
 
 pub mod bots;
 pub mod limits;
+pub mod log;
 pub mod protocol;
 pub mod runtime;
 pub mod sim;

@@ -2,8 +2,8 @@
 //! main job on the embedded default world, `world` checks a world file.
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use std::time::Duration;
@@ -71,8 +71,63 @@ enum Command {
         #[arg(long)]
         json: Option<std::path::PathBuf>,
     },
+    /// Run a persistent world kept in a replication log in `--data DIR` (created on first start),
+    /// with bots if asked, until SIGINT or SIGTERM, which commit, sync and exit 0.
+    Serve {
+        /// The world's directory: its replication log and what it was generated from.
+        #[arg(long)]
+        data: std::path::PathBuf,
+        /// Bots: on first start, the world gets this many players, which bots drive.
+        #[arg(long, default_value_t = 0)]
+        bots: usize,
+        #[arg(long)]
+        cores: Option<usize>,
+        #[arg(long, default_value_t = 2)]
+        servers_per_core: usize,
+        #[arg(long, default_value_t = 30.0)]
+        hz: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 0.25)]
+        activity: f64,
+        /// When commits are synced: `tick` (every tick), a period such as `100ms`, or `off`
+        /// (only on shutdown; a killed process still loses nothing written, a power loss can).
+        #[arg(long, default_value = "tick")]
+        durability: shardmesh::log::Durability,
+        /// Seconds between checkpoints.
+        #[arg(long, default_value_t = 10.0)]
+        checkpoint_secs: f64,
+        /// Start even if the log is corrupt in the middle, cutting it at the first bad record
+        /// (what follows it is lost, and said so).
+        #[arg(long)]
+        salvage: bool,
+        /// Stop after this many seconds (default: run until a signal).
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Write the final summary as JSON here.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
+    /// Read a world's replication log.
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+    },
     /// Load a TOML world file, check it and print its container tree.
     World { file: std::path::PathBuf },
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Check every record and snapshot; print segments, records, entities, items,
+    /// last_committed_tick and errors. Exits non-zero on corruption.
+    Verify {
+        dir: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print every snapshot and record readably.
+    Inspect { dir: std::path::PathBuf },
 }
 
 #[global_allocator]
@@ -109,8 +164,101 @@ fn main() -> ExitCode {
                 status: true,
                 scenario: shardmesh::runtime::mesh::Scenario::Bots,
                 handoffs_per_tick_max: None,
+                persist: None,
+                stop_signal: None,
             };
             demo(cfg, json)
+        }
+        Command::Serve {
+            data,
+            bots,
+            cores,
+            servers_per_core,
+            hz,
+            seed,
+            activity,
+            durability,
+            checkpoint_secs,
+            salvage,
+            duration,
+            json,
+        } => {
+            let stop = Arc::new(AtomicBool::new(false));
+            for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                if let Err(e) = signal_hook::flag::register(signal, stop.clone()) {
+                    eprintln!("cannot handle signal {signal}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            let cores = cores.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let cfg = MeshConfig {
+                cores,
+                players: bots,
+                duration: duration.map_or(Duration::MAX, |d| Duration::from_secs_f64(d.max(0.1))),
+                warmup: Duration::from_secs(2),
+                tick: Duration::from_secs_f64(1.0 / hz.clamp(1.0, 1000.0)),
+                servers_per_core,
+                seed,
+                bot_activity: if bots == 0 { 0.0 } else { activity.clamp(1e-3, 1.0) },
+                status: true,
+                scenario: shardmesh::runtime::mesh::Scenario::Bots,
+                handoffs_per_tick_max: None,
+                persist: Some(shardmesh::runtime::mesh::PersistConfig {
+                    dir: data,
+                    durability,
+                    checkpoint_every: Duration::from_secs_f64(checkpoint_secs.max(0.05)),
+                    segment_bytes: shardmesh::log::SEGMENT_BYTES,
+                    salvage,
+                }),
+                stop_signal: Some(stop),
+            };
+            demo(cfg, json)
+        }
+        Command::Log { command: LogCommand::Verify { dir, json } } => {
+            let report = match shardmesh::log::Disk::open(&dir) {
+                Ok(disk) => shardmesh::log::verify(&disk),
+                Err(e) => shardmesh::log::Report { errors: vec![format!("{}: {e}", dir.display())], ..Default::default() },
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).expect("the report serializes"));
+            } else {
+                println!(
+                    "slices={} segments={} records={} snapshots={} round={} entities={} items={} duplicates={} last_committed_tick={} errors={}",
+                    report.slices,
+                    report.segments,
+                    report.records,
+                    report.snapshots,
+                    report.round,
+                    report.entities,
+                    report.items,
+                    report.duplicates,
+                    report.last_committed_tick,
+                    report.errors.len()
+                );
+                for t in &report.torn_tails {
+                    println!("torn tail (a crash mid-write; cut back on start): {t}");
+                }
+                for e in &report.errors {
+                    println!("error: {e}");
+                }
+            }
+            if report.errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Command::Log { command: LogCommand::Inspect { dir } } => {
+            let result = shardmesh::log::Disk::open(&dir)
+                .map_err(|e| e.to_string())
+                .and_then(|disk| shardmesh::log::inspect(&disk, &mut std::io::stdout().lock()).map_err(|e| e.to_string()));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::World { file } => match std::fs::read_to_string(&file)
             .map_err(|e| e.to_string())
@@ -241,6 +389,12 @@ fn demo(cfg: MeshConfig, json: Option<std::path::PathBuf>) -> ExitCode {
         summary.duplicate_entities,
         summary.server_restarts,
     );
+    if let (Some(tick), Some(round)) = (summary.committed_tick, summary.checkpoint_round) {
+        println!("committed_tick={tick} checkpoint={round}");
+    }
+    if let Some(e) = &summary.log_error {
+        println!("replication log FAILED: {e}");
+    }
     match &summary.audit_error {
         None => println!("audit: every entity accounted for, held once, as committed"),
         Some(e) => println!("audit FAILED: {e}"),
@@ -252,7 +406,8 @@ fn demo(cfg: MeshConfig, json: Option<std::path::PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    if summary.audit_error.is_none() && summary.lost_entities == 0 && summary.duplicate_entities == 0 {
+    let clean = summary.audit_error.is_none() && summary.log_error.is_none();
+    if clean && summary.lost_entities == 0 && summary.duplicate_entities == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -19,6 +19,8 @@ fn two_cores_for_a_few_seconds_lose_and_duplicate_nothing() {
         status: false,
         scenario: shardmesh::runtime::mesh::Scenario::Bots,
         handoffs_per_tick_max: None,
+        persist: None,
+        stop_signal: None,
     };
     let summary = run(cfg).expect("the mesh starts");
     assert_eq!(summary.audit_error, None);

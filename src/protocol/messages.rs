@@ -141,6 +141,11 @@ pub enum SliceMsg {
     Ghosts(Vec<Ghost>),
     /// A hit on an entity the sender does not hold, for the slice that does.
     Hit { target: EntityId, damage: u16 },
+    /// A checkpoint marker: the sender took its snapshot for `round` just before sending this,
+    /// so everything it sent earlier on this link belongs before the checkpoint.
+    Marker { round: u64 },
+    /// To the controller: this slice's part of checkpoint `round` is stored and complete.
+    Checkpointed { round: u64 },
 }
 
 #[cfg(test)]

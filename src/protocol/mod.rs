@@ -2,11 +2,13 @@
 //! layer. No clock, threads, sockets, files or global randomness: time and input come in as
 //! arguments, output goes out as values, so the simulator and the runtime drive the same code.
 
+pub mod journal;
 pub mod link;
 pub mod messages;
 pub mod replication;
 pub mod server;
 
+pub use journal::{JournalOp, SliceSnapshot};
 pub use link::{Link, LinkPacket};
 pub use messages::{
     Committed, Delta, Epoch, Ghost, Incarnation, Owned, ReplicationMsg, ServerMsg, SliceId, SliceMsg, ToReplication,

@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use super::journal::{Checkpointing, JournalOp, SliceSnapshot};
 use super::messages::{
     Committed, Delta, Epoch, Ghost, Incarnation, Owned, ReplicationMsg, ServerMsg, SliceId, SliceMsg, ToReplication,
     ToServer,
@@ -117,6 +118,9 @@ pub struct Replication {
     pub balancing: bool,
     /// What the first protocol error was, for the report.
     pub first_protocol_error: Option<String>,
+    /// Changes for the replication log, in order (`None`: no log).
+    journal: Option<Vec<JournalOp>>,
+    checkpoints: Checkpointing,
 }
 
 impl Replication {
@@ -128,6 +132,13 @@ impl Replication {
 
     /// Slice `slice` of `slices`. The starting entities go to slice 0, which places them.
     pub fn new_slice(slice: SliceId, slices: u16, map: RegionMap, initial: Vec<(EntityId, EntityState)>) -> Self {
+        let initial = initial.into_iter().map(|(id, state)| Committed { id, state, commit_seq: 1 }).collect();
+        Self::restore_slice(slice, slices, map, initial)
+    }
+
+    /// Slice `slice` of `slices`, holding `initial` (slice 0 only, parents first) with the commit
+    /// counters they had: a world read back from the replication log.
+    pub fn restore_slice(slice: SliceId, slices: u16, map: RegionMap, initial: Vec<Committed>) -> Self {
         assert!(slice.0 < slices && slices <= 256, "slice {slice} of {slices}");
         assert!(slice.0 == 0 || initial.is_empty(), "starting entities belong to slice 0");
         let mut rl = Self {
@@ -150,8 +161,10 @@ impl Replication {
             planted: PlantedBugs::default(),
             balancing: true,
             first_protocol_error: None,
+            journal: None,
+            checkpoints: Checkpointing::new(slices, 0),
         };
-        for (id, state) in initial {
+        for Committed { id, state, commit_seq } in initial {
             match state.parent {
                 Some(p) => {
                     assert!(rl.records.contains_key(&p), "initial entity {id} listed before its parent {p}");
@@ -161,7 +174,7 @@ impl Replication {
                     rl.orphans.insert(id);
                 }
             }
-            let record = Record { state, authority: None, epoch: Epoch(0), committed_epoch: Epoch(0), commit_seq: 1 };
+            let record = Record { state, authority: None, epoch: Epoch(0), committed_epoch: Epoch(0), commit_seq };
             assert!(rl.records.insert(id, record).is_none(), "entity {id} listed twice");
         }
         rl
@@ -169,6 +182,79 @@ impl Replication {
 
     pub fn map(&self) -> &RegionMap {
         &self.map
+    }
+
+    /// Turns the journal on: from now every change is recorded for the replication log, and
+    /// checkpoints continue from `round` (the one the log was last opened at).
+    pub fn enable_journal(&mut self, round: u64) {
+        self.journal = Some(Vec::new());
+        self.checkpoints = Checkpointing::new(self.slices, round);
+    }
+
+    /// The changes recorded since the last call, in order.
+    pub fn drain_journal(&mut self) -> Vec<JournalOp> {
+        self.journal.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    fn journal(&mut self, op: JournalOp) {
+        if let Some(j) = &mut self.journal {
+            j.push(op);
+        }
+    }
+
+    /// The newest checkpoint round this slice has completed.
+    pub fn checkpoint_done(&self) -> u64 {
+        self.checkpoints.done
+    }
+
+    /// Controller: starts checkpoint round `n + 1` if the journal is on and every slice has
+    /// completed round `n`; the round's number if it started.
+    pub fn begin_checkpoint(&mut self) -> Option<u64> {
+        let c = &self.checkpoints;
+        if !self.is_controller() || self.journal.is_none() || c.completed.iter().any(|r| *r < c.taken) {
+            return None;
+        }
+        let round = c.taken + 1;
+        self.take_snapshot(round);
+        Some(round)
+    }
+
+    /// The driver has stored this slice's snapshot for `round` durably.
+    pub fn snapshot_stored(&mut self, round: u64) {
+        self.checkpoints.stored = self.checkpoints.stored.max(round);
+        self.complete_checkpoint();
+    }
+
+    /// Snapshots every record for `round`, then sends the round's marker on every link, so the
+    /// snapshot holds exactly what this slice did before the marker.
+    fn take_snapshot(&mut self, round: u64) {
+        let mut entities = Vec::with_capacity(self.records.len());
+        for (id, r) in &self.records {
+            if r.state.parent.is_none() {
+                for e in self.forest.subtree(*id) {
+                    let r = &self.records[&e];
+                    entities.push(Committed { id: e, state: r.state.clone(), commit_seq: r.commit_seq });
+                }
+            }
+        }
+        let snapshot =
+            SliceSnapshot { round, slice: self.slice, slices: self.slices, map: self.map.clone(), entities };
+        self.journal(JournalOp::Snapshot(Box::new(snapshot)));
+        self.checkpoints.taken = round;
+        self.checkpoints.markers[self.slice.0 as usize] = round;
+        for slice in (0..self.slices).map(SliceId).filter(|s| *s != self.slice) {
+            self.peer_outbox.push_back((slice, SliceMsg::Marker { round }));
+        }
+        self.complete_checkpoint();
+    }
+
+    fn complete_checkpoint(&mut self) {
+        if self.journal.is_some() && self.checkpoints.ready_to_complete() {
+            let round = self.checkpoints.taken;
+            self.checkpoints.done = round;
+            self.journal(JournalOp::RoundDone(round));
+            self.tell_controller(SliceMsg::Checkpointed { round });
+        }
     }
 
     pub fn records(&self) -> &BTreeMap<EntityId, Record> {
@@ -354,6 +440,7 @@ impl Replication {
             commit_seq: 1,
         };
         self.records.insert(owned.id, record);
+        self.journal(JournalOp::Put(owned.id));
         self.stats.created += 1;
         true
     }
@@ -380,6 +467,7 @@ impl Replication {
         record.state = owned.state;
         record.committed_epoch = owned.epoch;
         record.commit_seq += 1;
+        self.journal(JournalOp::Put(owned.id));
         if old_parent != new_parent {
             if let Some(p) = old_parent {
                 self.forest.unlink(owned.id, p);
@@ -435,6 +523,9 @@ impl Replication {
                     r.state = owned.state;
                     r.committed_epoch = owned.epoch;
                     r.commit_seq += 1;
+                    if let Some(j) = &mut self.journal {
+                        j.push(JournalOp::Put(owned.id));
+                    }
                     self.stats.commits += 1;
                     return;
                 }
@@ -463,6 +554,7 @@ impl Replication {
         if let Some(p) = record.state.parent {
             self.forest.unlink(id, p);
         }
+        self.journal(JournalOp::Destroy { id, seq: record.commit_seq + 1 });
         self.orphans.remove(&id);
         self.stats.destroyed += 1;
     }
@@ -522,6 +614,9 @@ impl Replication {
         self.orphans.remove(&root);
         self.stats.transfers_out += 1;
         let to = self.home_of(target);
+        if self.journal.is_some() {
+            self.journal(JournalOp::Out { to, entities: entities.clone() });
+        }
         self.peer_outbox.push_back((to, SliceMsg::Transfer { hops: hops + 1, entities }));
     }
 
@@ -548,6 +643,9 @@ impl Replication {
                         committed_epoch: epoch,
                         commit_seq: c.commit_seq,
                     };
+                    if let Some(j) = &mut self.journal {
+                        j.push(JournalOp::Put(c.id));
+                    }
                     self.records.insert(c.id, record);
                 }
                 self.stats.transfers_in += 1;
@@ -568,6 +666,23 @@ impl Replication {
             SliceMsg::Load { counts } => {
                 if let Some(load) = self.loads.get_mut(from.0 as usize) {
                     *load = counts.into_iter().collect();
+                }
+            }
+            SliceMsg::Marker { round } => {
+                if self.journal.is_none() {
+                    return;
+                }
+                if round > self.checkpoints.taken {
+                    self.take_snapshot(round);
+                }
+                if let Some(m) = self.checkpoints.markers.get_mut(from.0 as usize) {
+                    *m = (*m).max(round);
+                }
+                self.complete_checkpoint();
+            }
+            SliceMsg::Checkpointed { round } => {
+                if let Some(c) = self.checkpoints.completed.get_mut(from.0 as usize) {
+                    *c = (*c).max(round);
                 }
             }
         }
@@ -610,6 +725,7 @@ impl Replication {
 
     fn publish_map(&mut self) {
         self.stats.map_changes += 1;
+        self.journal(JournalOp::Map);
         let live: Vec<ServerId> = self.live_servers().collect();
         for server in live {
             self.send(server, ReplicationMsg::Map(self.map.clone()));

@@ -12,7 +12,7 @@ use hdrhistogram::Histogram;
 
 use super::ring::Ring;
 use super::shard::{self, ShardGauges, ShardReport, ShardSetup};
-use crate::protocol::{Replication, Server, SliceId};
+use crate::protocol::{Committed, Replication, Server, SliceId};
 use crate::sim::Checker;
 use crate::world::{
     populate, Aabb, ContainerKind, ContainerTree, EntityId, EntityKind, EntityState, Population, RegionId, RegionMap,
@@ -44,6 +44,50 @@ pub struct MeshConfig {
     pub scenario: Scenario,
     /// Subtrees a server hands off per tick at most (`None`: the default limit).
     pub handoffs_per_tick_max: Option<usize>,
+    /// Keep the world in a replication log in this directory (`None`: the world lives only as
+    /// long as the run).
+    pub persist: Option<PersistConfig>,
+    /// Stop when this is set (by a signal handler), as well as at the end of `duration`.
+    pub stop_signal: Option<Arc<AtomicBool>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct PersistConfig {
+    pub dir: std::path::PathBuf,
+    pub durability: crate::log::Durability,
+    pub checkpoint_every: Duration,
+    pub segment_bytes: usize,
+    /// Cut a corrupt log at the first bad record instead of refusing to start.
+    pub salvage: bool,
+}
+
+/// What a persistent world was generated from, kept beside its log so that every start lays out
+/// the same containers (the bots' destinations) around the entities the log holds.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct WorldMeta {
+    seed: u64,
+    players: usize,
+}
+
+impl WorldMeta {
+    const FILE: &'static str = "world.json";
+
+    fn read_or_create(dir: &std::path::Path, seed: u64, players: usize) -> Result<Self, MeshError> {
+        let path = dir.join(Self::FILE);
+        let io = |e: std::io::Error| MeshError::Log(format!("{}: {e}", path.display()));
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| MeshError::Log(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(dir).map_err(io)?;
+                let meta = WorldMeta { seed, players };
+                let tmp = dir.join("world.json.tmp");
+                std::fs::write(&tmp, serde_json::to_vec(&meta).expect("serializes")).map_err(io)?;
+                std::fs::rename(&tmp, &path).map_err(io)?;
+                Ok(meta)
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,6 +147,12 @@ pub struct MeshSummary {
     pub duplicate_entities: usize,
     pub server_restarts: u64,
     pub ring_errors: u64,
+    /// With a replication log: the tick every slice had committed durably at the end, and the
+    /// last checkpoint round every slice completed.
+    pub committed_tick: Option<u64>,
+    pub checkpoint_round: Option<u64>,
+    /// Why the replication log stopped taking commits, if it did.
+    pub log_error: Option<String>,
     /// The first broken invariant the audit found, if any.
     pub audit_error: Option<String>,
     pub stall_reports: Vec<String>,
@@ -118,6 +168,8 @@ pub enum MeshError {
     Ring(#[from] super::ring::RingError),
     #[error("bad configuration: {0}")]
     Config(String),
+    #[error("replication log: {0}")]
+    Log(String),
 }
 
 fn world_for(players: usize, seed: u64) -> ContainerTree {
@@ -134,33 +186,55 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
     super::alloc::keep_freed_memory();
     let servers = cores * cfg.servers_per_core;
     let mut places = crate::bots::Places::default();
+    let meta = match &cfg.persist {
+        Some(p) if cfg.scenario == Scenario::Bots => WorldMeta::read_or_create(&p.dir, cfg.seed, cfg.players)?,
+        Some(_) => return Err(MeshError::Config("only the bots scenario keeps a persistent world".into())),
+        None => WorldMeta { seed: cfg.seed, players: cfg.players },
+    };
     let (map, entities) = match cfg.scenario {
         Scenario::Bots => {
-            let tree = world_for(cfg.players, cfg.seed);
+            let tree = world_for(meta.players, meta.seed);
             places.cities = tree.of_kind(ContainerKind::City).map(|c| c.bounds.center()).collect();
             places.rally = places.cities.first().copied().unwrap_or_else(|| tree.bounds().center());
-            let counts = Population {
-                players: cfg.players,
-                npcs: cfg.players / 10,
-                items: cfg.players / 2,
-                ships: 1 + cfg.players / 50,
+            let mut counts = Population {
+                players: meta.players,
+                npcs: meta.players / 10,
+                items: meta.players / 2,
+                ships: 1 + meta.players / 50,
             };
-            (RegionMap::kd_split(tree.bounds(), servers * 2), populate(&tree, cfg.seed, counts))
+            if cfg.persist.is_some() {
+                // A persistent world has things in it even before anyone plays.
+                counts.npcs = counts.npcs.max(20);
+                counts.items = counts.items.max(200);
+            }
+            (RegionMap::kd_split(tree.bounds(), servers * 2), populate(&tree, meta.seed, counts))
         }
         Scenario::BorderRun => border_run(cfg.players, servers, cfg.seed),
     };
     let places = Arc::new(places);
-    let entities_start = entities.len();
-    let mut initial = Some(entities);
+    let initial: Vec<Committed> =
+        entities.into_iter().map(|(id, state)| Committed { id, state, commit_seq: 1 }).collect();
+    let (map, initial, logs, round, incarnation_floor, clock_offset_us) = match &cfg.persist {
+        None => (map, initial, Vec::new(), 0, 1, 0),
+        Some(p) => {
+            let OpenedWorld(map, initial, logs, round, floor, offset) = open_log(p, cores, map, initial)?;
+            (map, initial, logs, round, floor, offset)
+        }
+    };
+    let entities_start = initial.len();
+    let mut initial = Some(initial);
     let slices: Vec<Replication> = (0..cores)
         .map(|i| {
-            let mut slice = Replication::new_slice(
+            let mut slice = Replication::restore_slice(
                 SliceId(i as u16),
                 cores as u16,
                 map.clone(),
                 initial.take().unwrap_or_default(),
             );
             slice.balancing = cfg.scenario == Scenario::Bots;
+            if cfg.persist.is_some() {
+                slice.enable_journal(round);
+            }
             slice
         })
         .collect();
@@ -183,7 +257,8 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
     let cpus: Vec<usize> = core_affinity::get_core_ids().unwrap_or_default().iter().map(|c| c.id).collect();
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
-    let incarnations = Arc::new(AtomicU32::new(1));
+    let incarnations = Arc::new(AtomicU32::new(incarnation_floor));
+    let mut logs = logs.into_iter().map(Some).collect::<Vec<_>>();
     let gauges: Vec<Arc<ShardGauges>> = (0..cores).map(|_| Arc::new(ShardGauges::default())).collect();
     let mut handles = Vec::new();
     for (i, slice) in slices.into_iter().enumerate() {
@@ -204,6 +279,11 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
             stop: stop.clone(),
             incarnations: incarnations.clone(),
             gauges: gauges[i].clone(),
+            clock_offset_us,
+            log: logs.get_mut(i).and_then(Option::take).map(|log| shard::ShardLog {
+                log,
+                checkpoint_every: cfg.persist.as_ref().map(|p| p.checkpoint_every).unwrap_or(Duration::MAX),
+            }),
         };
         let placement = match cpus.get(i % cpus.len().max(1)) {
             Some(cpu) => Placement::Fixed(*cpu),
@@ -218,9 +298,15 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
     }
 
     let mut last = (0u64, 0u64, Instant::now());
-    let end = start + cfg.duration;
-    while Instant::now() < end {
-        std::thread::sleep(Duration::from_secs(1).min(end.saturating_duration_since(Instant::now())));
+    let end = start.checked_add(cfg.duration).unwrap_or(start + Duration::from_secs(u32::MAX as u64));
+    let stop_asked = || cfg.stop_signal.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
+    let mut next_status = start + Duration::from_secs(1);
+    while Instant::now() < end && !stop_asked() && !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50).min(end.saturating_duration_since(Instant::now())));
+        if Instant::now() < next_status {
+            continue;
+        }
+        next_status += Duration::from_secs(1);
         if cfg.status {
             let sum = |f: &dyn Fn(&ShardGauges) -> u64| gauges.iter().map(|g| f(g)).sum::<u64>();
             let ticks = sum(&|g| g.ticks.load(Ordering::Relaxed));
@@ -229,8 +315,16 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
             let p50 = gauges.iter().map(|g| g.p50_us.load(Ordering::Relaxed)).max().unwrap_or(0);
             let p99 = gauges.iter().map(|g| g.p99_us.load(Ordering::Relaxed)).max().unwrap_or(0);
             let secs = last.2.elapsed().as_secs_f64();
+            let committed = match &cfg.persist {
+                Some(_) => format!(
+                    " committed_tick={} checkpoint={}",
+                    gauges.iter().map(|g| g.committed_tick.load(Ordering::Relaxed)).min().unwrap_or(0),
+                    gauges.iter().map(|g| g.checkpoint_round.load(Ordering::Relaxed)).min().unwrap_or(0),
+                ),
+                None => String::new(),
+            };
             eprintln!(
-                "t={:>5.1}s players={} held={} servers={servers} cores={cores} ticks/s={:.1} tick_p50={:.2}ms tick_p99={:.2}ms worst={:.2}ms handoffs/s={:.0} stalls={}",
+                "t={:>5.1}s players={} held={} servers={servers} cores={cores} ticks/s={:.1} tick_p50={:.2}ms tick_p99={:.2}ms worst={:.2}ms handoffs/s={:.0} stalls={}{committed}",
                 start.elapsed().as_secs_f64(),
                 sum(&|g| g.players.load(Ordering::Relaxed)),
                 sum(&|g| g.held.load(Ordering::Relaxed)),
@@ -251,7 +345,55 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
         reports.push(h.join().map_err(|_| MeshError::ShardPanicked(i))?);
     }
     reports.sort_by_key(|r| r.index);
-    Ok(audit(&mut checker, reports, &cfg, servers, duration_s, start, entities_start, items_start))
+    let persisted = cfg.persist.is_some().then(|| {
+        let committed = gauges.iter().map(|g| g.committed_tick.load(Ordering::Relaxed)).min().unwrap_or(0);
+        let round = reports.iter().map(|r| r.slice.checkpoint_done()).min().unwrap_or(0);
+        (committed, round)
+    });
+    let log_error = reports.iter().find_map(|r| r.log_error.clone());
+    let mut summary = audit(&mut checker, reports, &cfg, servers, duration_s, start, entities_start, items_start);
+    summary.committed_tick = persisted.map(|p| p.0);
+    summary.checkpoint_round = persisted.map(|p| p.1);
+    summary.log_error = log_error;
+    Ok(summary)
+}
+
+/// What a log directory opened for a run gives the mesh.
+struct OpenedWorld(RegionMap, Vec<Committed>, Vec<crate::log::SliceLog>, u64, u32, u64);
+
+/// Opens (or creates) the world's log: the world it holds, a writer per core, the checkpoint
+/// round it stands at, the first incarnation number to use, and the clock offset that continues
+/// the world's ticks.
+fn open_log(p: &PersistConfig, cores: usize, map: RegionMap, initial: Vec<Committed>) -> Result<OpenedWorld, MeshError> {
+    let disk = crate::log::Disk::open(&p.dir).map_err(|e| MeshError::Log(format!("{}: {e}", p.dir.display())))?;
+    let opts = crate::log::OpenOptions {
+        slices: cores as u16,
+        durability: p.durability,
+        segment_bytes: p.segment_bytes,
+        salvage: p.salvage,
+    };
+    let began = Instant::now();
+    let opened =
+        crate::log::open(Arc::new(disk), &opts, || (map, initial)).map_err(|e| MeshError::Log(e.to_string()))?;
+    let r = &opened.report;
+    eprintln!(
+        "world: {} in {:.0} ms: round {}, entities={} items={} duplicates={} last_committed_tick={}{}{}",
+        if opened.created { "created" } else { "recovered" },
+        began.elapsed().as_secs_f64() * 1e3,
+        opened.round,
+        r.entities,
+        r.items,
+        r.duplicates,
+        r.last_committed_tick,
+        if r.torn_tails.is_empty() { String::new() } else { format!(" torn_tails={:?}", r.torn_tails) },
+        if r.salvaged.is_empty() { String::new() } else { format!(" salvaged={:?}", r.salvaged) },
+    );
+    for e in &r.errors {
+        eprintln!("world: {e}");
+    }
+    let max_changed = opened.entities.iter().map(|c| c.state.changed_tick).max().unwrap_or(0);
+    let offset_us = opened.start_tick.max(max_changed + 1) * crate::limits::TICK_DURATION_US;
+    Ok(OpenedWorld(opened.map, opened.entities, opened.logs, opened.round, opened.incarnation_floor, offset_us))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -313,6 +455,9 @@ fn audit(
         duplicate_entities: audit.duplicates,
         server_restarts: restarts,
         ring_errors,
+        committed_tick: None,
+        checkpoint_round: None,
+        log_error: None,
         audit_error,
         stall_reports,
     }

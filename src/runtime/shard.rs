@@ -49,6 +49,17 @@ pub struct ShardGauges {
     /// Tick time percentiles over the last second, in microseconds.
     pub p50_us: AtomicU64,
     pub p99_us: AtomicU64,
+    /// The newest tick of this core's slice that its log holds durably (0: no log).
+    pub committed_tick: AtomicU64,
+    /// The newest checkpoint round this core's slice has completed.
+    pub checkpoint_round: AtomicU64,
+}
+
+/// What a shard with a replication log needs.
+pub struct ShardLog {
+    pub log: crate::log::SliceLog,
+    /// The controller's shard starts a checkpoint round this often.
+    pub checkpoint_every: Duration,
 }
 
 pub struct ShardSetup {
@@ -69,6 +80,9 @@ pub struct ShardSetup {
     pub stop: Arc<AtomicBool>,
     pub incarnations: Arc<AtomicU32>,
     pub gauges: Arc<ShardGauges>,
+    /// Added to the run's clock: a world read back from its log continues its ticks.
+    pub clock_offset_us: u64,
+    pub log: Option<ShardLog>,
 }
 
 /// What a shard hands back when it stops.
@@ -83,6 +97,8 @@ pub struct ShardReport {
     pub in_flight: usize,
     pub ring_errors: u64,
     pub restarts: u64,
+    /// Why the log stopped taking commits, if it did (the shard stops the mesh then).
+    pub log_error: Option<String>,
 }
 
 struct Shard {
@@ -100,11 +116,30 @@ struct Shard {
     inputs: Vec<Input>,
     ring_errors: u64,
     restarts: u64,
+    log: Option<crate::log::SliceLog>,
+    log_ops: Vec<crate::log::LogOp>,
+    log_error: Option<String>,
+    last_log_tick: u64,
 }
 
 impl Shard {
-    fn now_us(start: Instant) -> u64 {
-        start.elapsed().as_micros() as u64
+    /// The slice's changes since the last commit become this tick's group commit. It runs before
+    /// `send`: what leaves for another core is in this core's log before the other can log it.
+    fn commit(&mut self, now_us: u64) {
+        let Some(log) = self.log.as_mut() else { return };
+        if self.log_error.is_some() {
+            return;
+        }
+        let tick = (now_us / crate::limits::TICK_DURATION_US).max(self.last_log_tick + 1);
+        self.last_log_tick = tick;
+        let floor = self.incarnations.load(Ordering::Relaxed);
+        if let Err(e) = crate::log::commit_tick(&mut self.slice, log, tick, floor, &mut self.log_ops) {
+            self.log_error = Some(e.to_string());
+        }
+    }
+
+    fn now_us(start: Instant, offset_us: u64) -> u64 {
+        offset_us + start.elapsed().as_micros() as u64
     }
 
     /// Frames from other cores into the slice.
@@ -238,13 +273,20 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
         .servers
         .iter()
         .map(|id| {
-            let mut server = Server::new(*id, Incarnation(setup.incarnations.fetch_add(1, Ordering::Relaxed)), 0);
+            let inc = Incarnation(setup.incarnations.fetch_add(1, Ordering::Relaxed));
+            let mut server = Server::new(*id, inc, setup.clock_offset_us);
             if let Some(max) = setup.handoffs_per_tick_max {
                 server.handoffs_per_tick_max = max;
             }
             server
         })
         .collect();
+    let (log, checkpoint_every) = match setup.log {
+        Some(l) => (Some(l.log), Some(l.checkpoint_every)),
+        None => (None, None),
+    };
+    let offset_us = setup.clock_offset_us;
+    let mut last_checkpoint = Instant::now();
     let mut shard = Shard {
         index: setup.index,
         slice: setup.slice,
@@ -260,6 +302,10 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
         inputs: Vec::new(),
         ring_errors: 0,
         restarts: 0,
+        log,
+        log_ops: Vec::new(),
+        log_error: None,
+        last_log_tick: offset_us / crate::limits::TICK_DURATION_US,
     };
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
     let mut window = hist.clone();
@@ -275,7 +321,7 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
         }
         next += setup.tick;
         let began = Instant::now();
-        let now = Shard::now_us(setup.start);
+        let now = Shard::now_us(setup.start, offset_us);
         let mut stage_us = [0u64; STAGES.len()];
         let mut lap = Instant::now();
         let mut mark = |i: usize| {
@@ -299,12 +345,22 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
         shard.restart_fenced(now);
         mark(2);
         shard.slice.tick(now);
+        if checkpoint_every.is_some_and(|every| last_checkpoint.elapsed() >= every)
+            && shard.slice.begin_checkpoint().is_some()
+        {
+            last_checkpoint = Instant::now();
+        }
         shard.pump_local(now);
+        shard.commit(now);
         mark(3);
         shard.send();
         mark(4);
+        if let Some(e) = &shard.log_error {
+            eprintln!("core {}: the replication log failed, stopping: {e}", shard.index);
+            setup.stop.store(true, Ordering::Relaxed);
+        }
         let took_us = began.elapsed().as_micros() as u64;
-        let warm = now >= setup.warmup.as_micros() as u64;
+        let warm = setup.start.elapsed() >= setup.warmup;
         if warm {
             hist.saturating_record(took_us.max(1));
         }
@@ -328,6 +384,10 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
         g.players.store(players as u64, Ordering::Relaxed);
         g.handoffs.store(shard.slice.stats.handoffs, Ordering::Relaxed);
         g.transfers.store(shard.slice.stats.transfers_out, Ordering::Relaxed);
+        if let Some(log) = &shard.log {
+            g.committed_tick.store(log.state.durable_tick.load(Ordering::Acquire), Ordering::Relaxed);
+        }
+        g.checkpoint_round.store(shard.slice.checkpoint_done(), Ordering::Relaxed);
         if took_us > budget_us && warm {
             stalls += 1;
             g.stalls.fetch_add(1, Ordering::Relaxed);
@@ -358,9 +418,12 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
     // in a few hops; the window is generous.
     let settle_until = Instant::now() + SETTLE;
     while Instant::now() < settle_until || shard.in_flight() > 0 {
-        let now = Shard::now_us(setup.start);
+        let now = Shard::now_us(setup.start, offset_us);
         let received = shard.receive();
         shard.pump_local(now);
+        if received > 0 {
+            shard.commit(now);
+        }
         shard.send();
         if received == 0 {
             glommio::timer::sleep(Duration::from_millis(1)).await;
@@ -370,6 +433,12 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
         }
     }
     let in_flight = shard.in_flight();
+    shard.commit(Shard::now_us(setup.start, offset_us));
+    if let Some(log) = shard.log.take() {
+        if let Err(e) = log.close() {
+            shard.log_error.get_or_insert(e.to_string());
+        }
+    }
     ShardReport {
         index: shard.index,
         slice: shard.slice,
@@ -380,5 +449,6 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
         in_flight,
         ring_errors: shard.ring_errors,
         restarts: shard.restarts,
+        log_error: shard.log_error,
     }
 }

@@ -43,8 +43,13 @@ pub struct Checker {
 
 impl Checker {
     pub fn new(slices: &[Replication]) -> Self {
-        let persistent: BTreeMap<EntityId, EntityKind> =
-            slices.iter().flat_map(|s| s.records().iter()).map(|(id, r)| (*id, r.state.kind)).collect();
+        // Projectiles expire; a world read back from its log may start with some in flight.
+        let persistent: BTreeMap<EntityId, EntityKind> = slices
+            .iter()
+            .flat_map(|s| s.records().iter())
+            .filter(|(_, r)| r.state.kind != EntityKind::Projectile)
+            .map(|(id, r)| (*id, r.state.kind))
+            .collect();
         let items = persistent.values().filter(|k| k.is_item()).count();
         Self { persistent, items, commit_seq: BTreeMap::new() }
     }

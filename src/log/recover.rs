@@ -1,0 +1,467 @@
+//! Reading the log back: every slice's segments and snapshots are checked, the newest checkpoint
+//! round that every slice completed is chosen, each slice's log is replayed on its snapshot from
+//! where the snapshot stands, and the slices' views are merged into one world.
+//!
+//! Merging: an entity can appear in two slices' views only around a transfer (the sender logged
+//! it leaving, the receiver may have logged it arriving). Commit counters never go back, so the
+//! entry with the higher counter is the newer; at a tie a destruction beats a record, and a record
+//! beats a departure.
+//!
+//! A frame that fails its checks at the very end of a slice's last segment is a torn write (the
+//! process died while writing it): the log is cut back to the frame before. A bad frame with whole
+//! frames after it, or a segment missing from the sequence, is corruption: an error naming the
+//! file and offset, unless salvage is asked for, which cuts the log there and says what it lost.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rustc_hash::FxHashMap;
+
+use super::format::{self, Batch, Frame, LogOp, SnapshotFile, SEGMENT_HEADER_BYTES};
+use super::media::Media;
+use super::LogError;
+use crate::limits::GRAPH_DEPTH_MAX;
+use crate::protocol::Committed;
+use crate::world::{EntityId, EntityKind, EntityState, RegionMap};
+
+pub fn slice_dir(slice: u16) -> String {
+    format!("slice-{slice}")
+}
+
+pub fn segment_path(slice: u16, first_seq: u64) -> String {
+    format!("slice-{slice}/seg-{first_seq:016}.log")
+}
+
+pub fn snapshot_path(slice: u16, round: u64) -> String {
+    format!("slice-{slice}/snap-{round:012}.snap")
+}
+
+/// A change the next writer must make before it writes: cut a torn tail, drop what salvage cut.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Repair {
+    ZeroFrom { path: String, offset: usize },
+    Remove { path: String },
+}
+
+/// What reading the log found, for `log verify` and the start-up line.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Report {
+    pub slices: usize,
+    pub segments: usize,
+    pub records: u64,
+    pub snapshots: usize,
+    pub round: u64,
+    pub entities: usize,
+    pub items: usize,
+    pub duplicates: usize,
+    pub last_committed_tick: u64,
+    /// Where a slice's log was cut back to its last whole record (a crash mid-write).
+    pub torn_tails: Vec<String>,
+    /// What salvage cut away.
+    pub salvaged: Vec<String>,
+    /// Anything wrong: corruption, broken references. Empty for a healthy log.
+    pub errors: Vec<String>,
+}
+
+/// The world as the log holds it.
+#[derive(Clone, Debug, Default)]
+pub struct Recovered {
+    /// The checkpoint round replayed from (0: the log was empty).
+    pub round: u64,
+    /// Parents before children.
+    pub entities: Vec<Committed>,
+    pub map: Option<RegionMap>,
+    /// Every slice has committed every tick up to this one.
+    pub last_committed_tick: u64,
+    /// The newest tick any slice committed.
+    pub last_tick: u64,
+    pub incarnation_floor: u32,
+    /// The next sequence number of each slice directory found (by slice number).
+    pub next_seq: BTreeMap<u16, u64>,
+    /// Every file of the log, by slice, for the writer to clear away once it has checkpointed.
+    pub files: Vec<String>,
+    pub repairs: Vec<Repair>,
+    pub report: Report,
+}
+
+/// One slice's log as read.
+#[derive(Default)]
+struct SliceScan {
+    segments: usize,
+    /// Whole frames, decoded, in sequence order.
+    batches: Vec<(u64, Batch)>,
+    snapshots: BTreeMap<u64, Result<SnapshotFile, String>>,
+    next_seq: u64,
+}
+
+fn parse_numbered(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
+    name.strip_prefix(prefix)?.strip_suffix(suffix)?.parse().ok()
+}
+
+/// Whether any whole frame with a sequence number above `seq` lies in `bytes` after `offset`.
+fn whole_frame_after(bytes: &[u8], offset: usize, seq: u64) -> bool {
+    let mut at = format::align(offset + 1);
+    while at + format::FRAME_HEADER_BYTES <= bytes.len() {
+        if let Frame::Whole { seq: s, .. } = format::decode_frame(bytes, at) {
+            if s > seq {
+                return true;
+            }
+        }
+        at += format::FRAME_ALIGN;
+    }
+    false
+}
+
+fn scan_slice(
+    media: &dyn Media,
+    slice: u16,
+    salvage: bool,
+    out: &mut Recovered,
+) -> Result<SliceScan, LogError> {
+    let dir = slice_dir(slice);
+    let io = |path: &str| {
+        let path = path.to_string();
+        move |source| LogError::Io { path, source }
+    };
+    let mut scan = SliceScan::default();
+    let mut segments = Vec::new();
+    for name in media.list(&dir).map_err(io(&dir))? {
+        let path = format!("{dir}/{name}");
+        out.files.push(path.clone());
+        if let Some(first) = parse_numbered(&name, "seg-", ".log") {
+            segments.push((first, path));
+        } else if let Some(round) = parse_numbered(&name, "snap-", ".snap") {
+            let bytes = media.read(&path).map_err(io(&path))?;
+            let snap = format::decode_snapshot(&bytes).and_then(|s| {
+                if s.slice == slice && s.round == round {
+                    Ok(s)
+                } else {
+                    Err(format!("holds slice {} round {}, its name says otherwise", s.slice, s.round))
+                }
+            });
+            scan.snapshots.insert(round, snap.map_err(|e| format!("{path}: {e}")));
+        }
+    }
+    segments.sort();
+    scan.segments = segments.len();
+    let mut expected: Option<u64> = None;
+    let last_index = segments.len().saturating_sub(1);
+    'segments: for (index, (named_first, path)) in segments.iter().enumerate() {
+        let bytes = media.read(path).map_err(io(path))?;
+        let is_last = index == last_index;
+        let first = match format::decode_segment_header(&bytes) {
+            Ok((s, first)) if s == slice && first == *named_first => first,
+            Ok((s, first)) => {
+                let why = format!("header says slice {s} from record {first}, the name says otherwise");
+                cut_or_fail(out, salvage, path, 0, why, &segments[index..])?;
+                break 'segments;
+            }
+            Err(_) if is_last && bytes.iter().all(|b| *b == 0) => {
+                // Created, not yet written: a crash right after the file was made.
+                out.report.torn_tails.push(format!("{path}: empty segment"));
+                out.repairs.push(Repair::Remove { path: path.clone() });
+                break 'segments;
+            }
+            Err(why) => {
+                cut_or_fail(out, salvage, path, 0, why, &segments[index..])?;
+                break 'segments;
+            }
+        };
+        if let Some(e) = expected.filter(|e| *e != first) {
+            let why = format!("records {e}..{first} are missing (a segment is missing or was cut short)");
+            cut_or_fail(out, salvage, path, 0, why, &segments[index..])?;
+            break 'segments;
+        }
+        let mut seq = first;
+        let mut offset = SEGMENT_HEADER_BYTES;
+        loop {
+            match format::decode_frame(&bytes, offset) {
+                Frame::Whole { seq: s, payload, next } if s == seq => match format::decode_batch(payload) {
+                    Ok(batch) => {
+                        scan.batches.push((s, batch));
+                        out.report.records += 1;
+                        seq += 1;
+                        offset = next;
+                    }
+                    Err(why) => {
+                        cut_or_fail(out, salvage, path, offset, why, &segments[index + 1..])?;
+                        out.repairs.push(Repair::ZeroFrom { path: path.clone(), offset });
+                        expected = Some(seq);
+                        break 'segments;
+                    }
+                },
+                Frame::End => break,
+                other => {
+                    let why = match other {
+                        Frame::Bad(why) => why,
+                        _ => format!("record {seq} expected, found another"),
+                    };
+                    if is_last && !whole_frame_after(&bytes, offset, seq) {
+                        out.report.torn_tails.push(format!("{path} at offset {offset}: {why}"));
+                    } else {
+                        cut_or_fail(out, salvage, path, offset, why, &segments[index + 1..])?;
+                    }
+                    out.repairs.push(Repair::ZeroFrom { path: path.clone(), offset });
+                    expected = Some(seq);
+                    break 'segments;
+                }
+            }
+        }
+        expected = Some(seq);
+    }
+    scan.next_seq = expected.unwrap_or(0);
+    Ok(scan)
+}
+
+/// A corrupt record: an error, or with salvage the log cut at it and what follows dropped.
+fn cut_or_fail(
+    out: &mut Recovered,
+    salvage: bool,
+    path: &str,
+    offset: usize,
+    why: String,
+    later: &[(u64, String)],
+) -> Result<(), LogError> {
+    if !salvage {
+        return Err(LogError::Corrupt { path: path.to_string(), offset, why });
+    }
+    out.report.salvaged.push(format!("{path} at offset {offset}: {why}; cut there"));
+    for (_, p) in later.iter().filter(|(_, p)| p != path) {
+        out.report.salvaged.push(format!("{p}: dropped, it follows the cut"));
+        out.repairs.push(Repair::Remove { path: p.clone() });
+    }
+    if offset == 0 {
+        out.repairs.push(Repair::Remove { path: path.to_string() });
+    }
+    Ok(())
+}
+
+#[derive(Clone, Debug)]
+enum Entry {
+    Present(EntityState, u64),
+    Transit(EntityState, u64),
+    Gone(u64),
+}
+
+impl Entry {
+    /// Higher is newer: the commit counter, then destruction over record over departure.
+    fn rank(&self) -> (u64, u8) {
+        match self {
+            Entry::Gone(s) => (*s, 2),
+            Entry::Present(_, s) => (*s, 1),
+            Entry::Transit(_, s) => (*s, 0),
+        }
+    }
+}
+
+/// Reads the log in `media` back into a world. With `salvage`, corruption cuts the log instead of
+/// failing.
+pub fn recover(media: &dyn Media, salvage: bool) -> Result<Recovered, LogError> {
+    let mut out = Recovered::default();
+    let mut scans: BTreeMap<u16, SliceScan> = BTreeMap::new();
+    for name in media.list("").map_err(|source| LogError::Io { path: ".".into(), source })? {
+        if let Some(slice) = name.strip_prefix("slice-").and_then(|n| n.parse::<u16>().ok()) {
+            let scan = scan_slice(media, slice, salvage, &mut out)?;
+            out.next_seq.insert(slice, scan.next_seq);
+            out.report.segments += scan.segments;
+            out.report.snapshots += scan.snapshots.len();
+            scans.insert(slice, scan);
+        }
+    }
+    if scans.values().all(|s| s.batches.is_empty() && s.snapshots.is_empty()) {
+        return Ok(out);
+    }
+    let rounds: BTreeSet<u64> = scans.values().flat_map(|s| s.snapshots.keys().copied()).collect();
+    let mut why_not = Vec::new();
+    let chosen = rounds.iter().rev().find_map(|round| match complete(&scans, *round) {
+        Ok(slices) => Some((*round, slices)),
+        Err(why) => {
+            why_not.push(format!("round {round}: {why}"));
+            None
+        }
+    });
+    let Some((round, slices)) = chosen else {
+        return Err(LogError::NoCheckpoint(why_not.join("; ")));
+    };
+    out.round = round;
+    out.report.round = round;
+    out.report.slices = slices as usize;
+
+    let mut merged: FxHashMap<EntityId, Entry> = FxHashMap::default();
+    let mut present_in = FxHashMap::<EntityId, u32>::default();
+    let mut map: Option<RegionMap> = None;
+    let mut ticks = Vec::new();
+    for slice in 0..slices {
+        let scan = &scans[&slice];
+        let snap = scan.snapshots[&round].as_ref().expect("checked complete");
+        out.incarnation_floor = out.incarnation_floor.max(snap.incarnation_floor);
+        if map.as_ref().is_none_or(|m| snap.map.epoch > m.epoch) {
+            map = Some(snap.map.clone());
+        }
+        let mut view: FxHashMap<EntityId, Entry> = FxHashMap::default();
+        for c in &snap.entities {
+            view.insert(c.id, Entry::Present(c.state.clone(), c.commit_seq));
+        }
+        let mut tick = snap.tick;
+        for (_, batch) in scan.batches.iter().filter(|(seq, _)| *seq >= snap.covers_below) {
+            tick = tick.max(batch.tick);
+            for op in &batch.ops {
+                match op {
+                    LogOp::Put(c) => {
+                        view.insert(c.id, Entry::Present(c.state.clone(), c.commit_seq));
+                    }
+                    LogOp::Destroy { id, seq } => {
+                        view.insert(*id, Entry::Gone(*seq));
+                    }
+                    LogOp::Out { entities, .. } => {
+                        for c in entities {
+                            view.insert(c.id, Entry::Transit(c.state.clone(), c.commit_seq));
+                        }
+                    }
+                    LogOp::Map(m) => {
+                        if map.as_ref().is_none_or(|old| m.epoch > old.epoch) {
+                            map = Some(m.clone());
+                        }
+                    }
+                    LogOp::RoundDone { .. } => {}
+                }
+            }
+        }
+        ticks.push(tick);
+        for (id, entry) in view {
+            if matches!(entry, Entry::Present(..)) {
+                *present_in.entry(id).or_default() += 1;
+            }
+            match merged.get(&id) {
+                Some(old) if old.rank() >= entry.rank() => {}
+                _ => {
+                    merged.insert(id, entry);
+                }
+            }
+        }
+    }
+    out.report.duplicates = present_in.values().filter(|n| **n > 1).count();
+    for (id, n) in present_in.iter().filter(|(_, n)| **n > 1) {
+        if out.report.errors.len() < 20 {
+            out.report.errors.push(format!("{id} is held by {n} slices"));
+        }
+    }
+    out.map = map;
+    out.last_committed_tick = ticks.iter().copied().min().unwrap_or(0);
+    out.last_tick = ticks.iter().copied().max().unwrap_or(0);
+    out.report.last_committed_tick = out.last_committed_tick;
+
+    let mut live: BTreeMap<EntityId, (EntityState, u64)> = BTreeMap::new();
+    for (id, entry) in merged {
+        match entry {
+            Entry::Present(state, seq) | Entry::Transit(state, seq) => {
+                live.insert(id, (state, seq));
+            }
+            Entry::Gone(_) => {}
+        }
+    }
+    out.entities = parents_first(live, &mut out.report.errors);
+    out.report.entities = out.entities.len();
+    out.report.items = out.entities.iter().filter(|c| matches!(c.state.kind, EntityKind::Item { .. })).count();
+    let max_creator = out.entities.iter().map(|c| c.id.creator_incarnation()).max().unwrap_or(0);
+    out.incarnation_floor = out.incarnation_floor.max(max_creator.saturating_add(1));
+    Ok(out)
+}
+
+/// Whether every slice of `round` has its snapshot and logged the round done; the slice count.
+fn complete(scans: &BTreeMap<u16, SliceScan>, round: u64) -> Result<u16, String> {
+    let Some(Ok(first)) = scans.get(&0).and_then(|s| s.snapshots.get(&round)) else {
+        return Err("slice 0 has no readable snapshot".into());
+    };
+    for slice in 0..first.slices {
+        let scan = scans.get(&slice).ok_or_else(|| format!("slice {slice} has no directory"))?;
+        let snap = match scan.snapshots.get(&round) {
+            Some(Ok(s)) => s,
+            Some(Err(e)) => return Err(e.clone()),
+            None => return Err(format!("slice {slice} has no snapshot")),
+        };
+        if snap.slices != first.slices {
+            return Err(format!("slice {slice} says {} slices, slice 0 says {}", snap.slices, first.slices));
+        }
+        let done = scan.batches.iter().any(|(seq, b)| {
+            *seq >= snap.covers_below && b.ops.iter().any(|op| *op == LogOp::RoundDone { round })
+        });
+        if !done {
+            return Err(format!("slice {slice} did not log it complete"));
+        }
+        if scan.batches.first().is_none_or(|(seq, _)| *seq > snap.covers_below) {
+            return Err(format!("slice {slice}'s log starts after record {}", snap.covers_below));
+        }
+    }
+    Ok(first.slices)
+}
+
+/// Orders entities parents first. A child whose parent is missing (or a loop) becomes a root and
+/// is reported: the log never holds one unless it is damaged.
+fn parents_first(mut live: BTreeMap<EntityId, (EntityState, u64)>, errors: &mut Vec<String>) -> Vec<Committed> {
+    let mut depth: FxHashMap<EntityId, usize> = FxHashMap::default();
+    let ids: Vec<EntityId> = live.keys().copied().collect();
+    for id in &ids {
+        let mut d = 0;
+        let mut at = *id;
+        let mut broken = false;
+        while let Some(p) = live[&at].0.parent {
+            if !live.contains_key(&p) || d > GRAPH_DEPTH_MAX {
+                broken = true;
+                break;
+            }
+            d += 1;
+            at = p;
+        }
+        if broken {
+            let parent = live[id].0.parent;
+            if errors.len() < 20 {
+                errors.push(format!("{id}: its parent {parent:?} is not in the log; kept as a root"));
+            }
+            live.get_mut(id).expect("listed").0.parent = None;
+            d = 0;
+        }
+        depth.insert(*id, d);
+    }
+    // A child made a root above may have changed its descendants' depths; recount once.
+    for id in &ids {
+        let mut d = 0;
+        let mut at = *id;
+        while let Some(p) = live[&at].0.parent {
+            d += 1;
+            at = p;
+        }
+        depth.insert(*id, d);
+    }
+    let mut out: Vec<Committed> =
+        live.into_iter().map(|(id, (state, commit_seq))| Committed { id, state, commit_seq }).collect();
+    out.sort_by_key(|c| (depth[&c.id], c.id));
+    out
+}
+
+/// One slice's log as read, for `log inspect`: its frames and snapshots, damaged parts noted
+/// rather than fatal.
+pub struct SliceContents {
+    pub slice: u16,
+    pub batches: Vec<(u64, Batch)>,
+    pub snapshots: Vec<(u64, Result<SnapshotFile, String>)>,
+    pub notes: Vec<String>,
+}
+
+pub fn read_slices(media: &dyn Media) -> Result<Vec<SliceContents>, LogError> {
+    let mut out = Vec::new();
+    for name in media.list("").map_err(|source| LogError::Io { path: ".".into(), source })? {
+        if let Some(slice) = name.strip_prefix("slice-").and_then(|n| n.parse::<u16>().ok()) {
+            let mut rec = Recovered::default();
+            let scan = scan_slice(media, slice, true, &mut rec)?;
+            let mut notes = rec.report.torn_tails;
+            notes.extend(rec.report.salvaged);
+            out.push(SliceContents {
+                slice,
+                batches: scan.batches,
+                snapshots: scan.snapshots.into_iter().collect(),
+                notes,
+            });
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,387 @@
+//! Writing one slice's log: frames appended into a memory-mapped segment on the shard's thread,
+//! made durable by a flusher thread, so the tick never waits for the disk.
+//!
+//! Durability is `msync` of the written range on the slice's own flusher thread. The shard's
+//! writes are plain stores into the mapping (the page cache), which already survive the process
+//! being killed; `msync` is what makes them survive the machine going down. It runs on a thread
+//! of its own because it blocks for the device's write latency, which a 33 ms tick cannot absorb,
+//! and the shard's executor must not block. glommio's io_uring ring would take an `fdatasync`
+//! too, but the mapping needs `msync` to be the call that writes it, and a plain thread keeps the
+//! memory budget of the executors' io_uring rings (locked memory) for sockets.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use hdrhistogram::Histogram;
+
+use super::format::{self, Batch, SnapshotFile, SEGMENT_HEADER_BYTES};
+use super::media::{Media, Segment};
+use super::recover::{segment_path, snapshot_path};
+use super::LogError;
+
+/// When committed ticks are made durable, and what each mode can lose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Every tick's group commit is synced before the tick counts as durable. A power loss loses
+    /// only ticks whose sync had not finished (the last one or two).
+    EveryTick,
+    /// Synced every so often: a power loss loses up to that much.
+    Interval(Duration),
+    /// Never synced while running (the kernel writes back in its own time, within about 30 s);
+    /// a kill of the process loses nothing written, a power loss can lose everything since the
+    /// kernel last wrote back. Closing still syncs.
+    Off,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tick" => Ok(Durability::EveryTick),
+            "off" | "none" => Ok(Durability::Off),
+            ms => ms
+                .strip_suffix("ms")
+                .and_then(|n| n.parse::<u64>().ok())
+                .map(|n| Durability::Interval(Duration::from_millis(n)))
+                .ok_or_else(|| format!("durability `{s}`: one of tick, off, or a period like 100ms")),
+        }
+    }
+}
+
+/// Bytes of a new segment: large enough that a busy slice rolls over every few seconds, small
+/// enough that reclaiming one frees memory and disk soon.
+pub const SEGMENT_BYTES: usize = 64 << 20;
+
+/// What the flusher reports back; read by the shard and the status line.
+#[derive(Default)]
+pub struct FlushState {
+    /// The newest tick whose group commit is durable (per the mode).
+    pub durable_tick: AtomicU64,
+    /// The newest checkpoint round whose snapshot is stored.
+    pub stored_round: AtomicU64,
+    pub synced_bytes: AtomicU64,
+    /// The first I/O error the flusher met.
+    pub error: Mutex<Option<String>>,
+    /// Time from a tick's write to its durability, in microseconds.
+    pub commit_latency_us: Mutex<Option<Histogram<u64>>>,
+}
+
+enum FlushMsg {
+    Written { segment: Arc<dyn Segment>, end: usize, tick: u64, at: Instant },
+    Snapshot { path: String, snapshot: Box<SnapshotFile> },
+    Remove(Vec<String>),
+}
+
+/// One slice's log writer.
+pub struct SliceLog {
+    media: Arc<dyn Media>,
+    slice: u16,
+    segment_bytes: usize,
+    active: Arc<dyn Segment>,
+    offset: usize,
+    next_seq: u64,
+    /// First sequence number and path of each segment, oldest first.
+    segments: Vec<(u64, String)>,
+    /// Where each retained checkpoint round stands in this log.
+    rounds: BTreeMap<u64, u64>,
+    frame: Vec<u8>,
+    tx: Option<Sender<FlushMsg>>,
+    flusher: Option<JoinHandle<()>>,
+    pub state: Arc<FlushState>,
+    pub bytes_appended: u64,
+}
+
+impl SliceLog {
+    /// A log for `slice` continuing at `next_seq` in a new segment, whose round `round` stands at
+    /// `next_seq` (the snapshot for it is already stored).
+    pub fn create(
+        media: Arc<dyn Media>,
+        slice: u16,
+        next_seq: u64,
+        round: u64,
+        durability: Durability,
+        segment_bytes: usize,
+    ) -> Result<Self, LogError> {
+        let path = segment_path(slice, next_seq);
+        let active = new_segment(&*media, &path, slice, next_seq, segment_bytes)?;
+        let state = Arc::new(FlushState::default());
+        *state.commit_latency_us.lock().expect("not poisoned") =
+            Some(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"));
+        state.stored_round.store(round, Ordering::Relaxed);
+        let (tx, rx) = crossbeam_channel::bounded(1024);
+        let flusher = {
+            let (media, state) = (media.clone(), state.clone());
+            std::thread::Builder::new()
+                .name(format!("log-flush-{slice}"))
+                .spawn(move || flush_loop(rx, &*media, &state, durability))
+                .map_err(|source| LogError::Io { path: "flusher thread".into(), source })?
+        };
+        Ok(Self {
+            media,
+            slice,
+            segment_bytes,
+            active,
+            offset: SEGMENT_HEADER_BYTES,
+            next_seq,
+            segments: vec![(next_seq, path)],
+            rounds: [(round, next_seq)].into(),
+            frame: Vec::new(),
+            tx: Some(tx),
+            flusher: Some(flusher),
+            state,
+            bytes_appended: 0,
+        })
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Appends one group commit. It is in the page cache when this returns; `commit` hands it to
+    /// the flusher.
+    pub fn append(&mut self, batch: &Batch) -> Result<(), LogError> {
+        let payload = rkyv::to_bytes::<rkyv::rancor::Error>(batch).expect("log batches serialize");
+        self.append_payload(&payload)
+    }
+
+    fn append_payload(&mut self, payload: &[u8]) -> Result<(), LogError> {
+        self.frame.clear();
+        format::encode_frame(self.next_seq, payload, &mut self.frame);
+        if self.offset + self.frame.len() > self.active.len() {
+            self.roll(self.frame.len())?;
+        }
+        let path = &self.segments.last().expect("one segment at least").1;
+        self.active
+            .write(self.offset, &self.frame)
+            .map_err(|source| LogError::Io { path: path.clone(), source })?;
+        self.offset += self.frame.len();
+        self.next_seq += 1;
+        self.bytes_appended += self.frame.len() as u64;
+        Ok(())
+    }
+
+    /// The tick's appends are all in: let the flusher make them durable.
+    pub fn commit(&mut self, tick: u64) -> Result<(), LogError> {
+        self.check_flusher()?;
+        let msg = FlushMsg::Written { segment: self.active.clone(), end: self.offset, tick, at: Instant::now() };
+        self.send(msg)
+    }
+
+    fn send(&mut self, msg: FlushMsg) -> Result<(), LogError> {
+        let tx = self.tx.as_ref().expect("open");
+        // A full queue means the disk is behind: the tick waits here rather than queue without
+        // bound (1,024 ticks is half a minute of ticks behind).
+        tx.send(msg).map_err(|_| LogError::Io {
+            path: format!("slice-{} flusher", self.slice),
+            source: std::io::Error::other("the flusher thread stopped"),
+        })
+    }
+
+    fn check_flusher(&self) -> Result<(), LogError> {
+        match &*self.state.error.lock().expect("not poisoned") {
+            Some(e) => Err(LogError::Io { path: format!("slice-{}", self.slice), source: std::io::Error::other(e.clone()) }),
+            None => Ok(()),
+        }
+    }
+
+    fn roll(&mut self, frame_len: usize) -> Result<(), LogError> {
+        let path = segment_path(self.slice, self.next_seq);
+        let len = self.segment_bytes.max(SEGMENT_HEADER_BYTES + frame_len);
+        let segment = new_segment(&*self.media, &path, self.slice, self.next_seq, len)?;
+        // The old segment's last range still goes to the flusher, which syncs it before the new.
+        let old = std::mem::replace(&mut self.active, segment);
+        self.send(FlushMsg::Written { segment: old, end: self.offset, tick: 0, at: Instant::now() })?;
+        self.segments.push((self.next_seq, path));
+        self.offset = SEGMENT_HEADER_BYTES;
+        Ok(())
+    }
+
+    /// The slice snapshotted for `round`: everything appended so far is before it. The flusher
+    /// stores it; segments only older rounds need are reclaimed.
+    pub fn checkpoint(&mut self, snapshot: SnapshotFile) -> Result<(), LogError> {
+        let round = snapshot.round;
+        self.rounds.insert(round, self.next_seq);
+        let path = snapshot_path(self.slice, round);
+        let mut snapshot = Box::new(snapshot);
+        snapshot.covers_below = self.next_seq;
+        self.send(FlushMsg::Snapshot { path, snapshot })?;
+        // Round `round - 1` is complete everywhere (the controller starts a round only then), so
+        // recovery needs at most it and this one.
+        let keep_from = round.saturating_sub(1);
+        let old_rounds: Vec<u64> = self.rounds.range(..keep_from).map(|(r, _)| *r).collect();
+        let mut remove: Vec<String> = old_rounds.iter().map(|r| snapshot_path(self.slice, *r)).collect();
+        for r in old_rounds {
+            self.rounds.remove(&r);
+        }
+        let needed_from = self.rounds.values().copied().min().unwrap_or(self.next_seq);
+        while self.segments.len() > 1 && self.segments[1].0 <= needed_from {
+            remove.push(self.segments.remove(0).1);
+        }
+        if !remove.is_empty() {
+            self.send(FlushMsg::Remove(remove))?;
+        }
+        Ok(())
+    }
+
+    /// Syncs what is written on this thread, now (start-up, before anything else runs).
+    pub fn sync_now(&mut self) -> Result<(), LogError> {
+        let path = &self.segments.last().expect("one segment at least").1;
+        self.active.sync(0, self.offset).map_err(|source| LogError::Io { path: path.clone(), source })
+    }
+
+    /// Syncs everything and stops the flusher.
+    pub fn close(mut self) -> Result<(), LogError> {
+        self.shutdown();
+        self.check_flusher()
+    }
+
+    fn shutdown(&mut self) {
+        drop(self.tx.take());
+        if let Some(f) = self.flusher.take() {
+            let _ = f.join();
+        }
+    }
+
+    pub fn segments(&self) -> usize {
+        self.segments.len()
+    }
+}
+
+impl Drop for SliceLog {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn new_segment(
+    media: &dyn Media,
+    path: &str,
+    slice: u16,
+    first_seq: u64,
+    len: usize,
+) -> Result<Arc<dyn Segment>, LogError> {
+    let io = |source| LogError::Io { path: path.to_string(), source };
+    let segment = media.create_segment(path, len).map_err(io)?;
+    segment.write(0, &format::encode_segment_header(slice, first_seq)).map_err(io)?;
+    Ok(segment)
+}
+
+/// The flusher: syncs written ranges per the mode, stores snapshots, removes reclaimed files.
+fn flush_loop(rx: Receiver<FlushMsg>, media: &dyn Media, state: &FlushState, durability: Durability) {
+    struct Pending {
+        segment: Arc<dyn Segment>,
+        synced: usize,
+        end: usize,
+    }
+    let mut current: Option<Pending> = None;
+    let mut older: Vec<Pending> = Vec::new();
+    let mut latest_tick = 0u64;
+    let mut waiting: Vec<(u64, Instant)> = Vec::new();
+    let period = match durability {
+        Durability::Interval(d) => Some(d),
+        _ => None,
+    };
+    let mut next_sync = Instant::now() + period.unwrap_or_default();
+    let fail = |e: String| {
+        let mut err = state.error.lock().expect("not poisoned");
+        if err.is_none() {
+            *err = Some(e);
+        }
+    };
+    let sync_all = |current: &mut Option<Pending>, older: &mut Vec<Pending>| {
+        for p in older.iter_mut().chain(current.iter_mut()) {
+            if p.end > p.synced {
+                if let Err(e) = p.segment.sync(p.synced, p.end) {
+                    fail(format!("msync: {e}"));
+                }
+                state.synced_bytes.fetch_add((p.end - p.synced) as u64, Ordering::Relaxed);
+                p.synced = p.end;
+            }
+        }
+        older.clear();
+    };
+    let mut open = true;
+    while open {
+        let first = match period {
+            Some(_) => match rx.recv_timeout(next_sync.saturating_duration_since(Instant::now())) {
+                Ok(m) => Some(m),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    open = false;
+                    None
+                }
+            },
+            None => match rx.recv() {
+                Ok(m) => Some(m),
+                Err(_) => {
+                    open = false;
+                    None
+                }
+            },
+        };
+        // Take everything queued: one sync covers all the ticks written meanwhile (group commit).
+        for msg in first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+            match msg {
+                FlushMsg::Written { segment, end, tick, at } => {
+                    match &mut current {
+                        Some(p) if Arc::ptr_eq(&p.segment, &segment) => p.end = p.end.max(end),
+                        _ => {
+                            if let Some(old) = current.take() {
+                                older.push(old);
+                            }
+                            current = Some(Pending { segment, synced: 0, end });
+                        }
+                    }
+                    if tick > 0 {
+                        latest_tick = latest_tick.max(tick);
+                        waiting.push((tick, at));
+                    }
+                }
+                FlushMsg::Snapshot { path, snapshot } => {
+                    let bytes = format::encode_snapshot(&snapshot);
+                    match media.put_atomic(&path, &bytes) {
+                        Ok(()) => state.stored_round.fetch_max(snapshot.round, Ordering::Release),
+                        Err(e) => {
+                            fail(format!("{path}: {e}"));
+                            0
+                        }
+                    };
+                }
+                FlushMsg::Remove(paths) => {
+                    for p in paths {
+                        if let Err(e) = media.remove(&p) {
+                            fail(format!("{p}: {e}"));
+                        }
+                    }
+                }
+            }
+        }
+        let due = match durability {
+            Durability::EveryTick => true,
+            Durability::Interval(_) => Instant::now() >= next_sync || !open,
+            Durability::Off => !open,
+        };
+        if due {
+            sync_all(&mut current, &mut older);
+            if let Some(p) = period {
+                next_sync = Instant::now() + p;
+            }
+        }
+        if durability == Durability::Off && open {
+            older.clear();
+        }
+        if due || durability == Durability::Off {
+            let now = Instant::now();
+            if let Some(h) = state.commit_latency_us.lock().expect("not poisoned").as_mut() {
+                for (_, at) in waiting.drain(..) {
+                    h.saturating_record((now - at).as_micros().max(1) as u64);
+                }
+            }
+            state.durable_tick.fetch_max(latest_tick, Ordering::Release);
+        }
+    }
+}
