@@ -217,7 +217,9 @@ fn main() -> ExitCode {
         Command::Log { command: LogCommand::Verify { dir, json } } => {
             let report = match shardmesh::log::Disk::open(&dir) {
                 Ok(disk) => shardmesh::log::verify(&disk),
-                Err(e) => shardmesh::log::Report { errors: vec![format!("{}: {e}", dir.display())], ..Default::default() },
+                Err(e) => {
+                    shardmesh::log::Report { errors: vec![format!("{}: {e}", dir.display())], ..Default::default() }
+                }
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&report).expect("the report serializes"));
@@ -249,9 +251,9 @@ fn main() -> ExitCode {
             }
         }
         Command::Log { command: LogCommand::Inspect { dir } } => {
-            let result = shardmesh::log::Disk::open(&dir)
-                .map_err(|e| e.to_string())
-                .and_then(|disk| shardmesh::log::inspect(&disk, &mut std::io::stdout().lock()).map_err(|e| e.to_string()));
+            let result = shardmesh::log::Disk::open(&dir).map_err(|e| e.to_string()).and_then(|disk| {
+                shardmesh::log::inspect(&disk, &mut std::io::stdout().lock()).map_err(|e| e.to_string())
+            });
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

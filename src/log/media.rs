@@ -35,6 +35,9 @@ pub trait Segment: Send + Sync {
     /// Makes `from..to` durable.
     fn sync(&self, from: usize, to: usize) -> io::Result<()>;
     fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// A directory on disk.
@@ -189,10 +192,12 @@ impl Segment for DiskSegment {
     }
 }
 
+type Files = BTreeMap<String, Arc<Mutex<Vec<u8>>>>;
+
 /// Files in memory, for tests: a full disk past `capacity` bytes, and crash images.
 #[derive(Clone, Default)]
 pub struct CrashImage {
-    files: Arc<Mutex<BTreeMap<String, Arc<Mutex<Vec<u8>>>>>>,
+    files: Arc<Mutex<Files>>,
     capacity: Option<usize>,
 }
 
@@ -212,11 +217,11 @@ impl CrashImage {
         Self { files: Arc::new(Mutex::new(files)), capacity: None }
     }
 
-    fn used(files: &BTreeMap<String, Arc<Mutex<Vec<u8>>>>) -> usize {
+    fn used(files: &Files) -> usize {
         files.values().map(|f| f.lock().expect("not poisoned").len()).sum()
     }
 
-    fn full(&self, files: &BTreeMap<String, Arc<Mutex<Vec<u8>>>>, more: usize) -> io::Result<()> {
+    fn full(&self, files: &Files, more: usize) -> io::Result<()> {
         match self.capacity {
             Some(cap) if Self::used(files) + more > cap => Err(io::Error::from_raw_os_error(libc::ENOSPC)),
             _ => Ok(()),

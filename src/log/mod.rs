@@ -108,8 +108,7 @@ pub fn open(
     let mut keep = Vec::new();
     for slice in 0..opts.slices {
         let next_seq = rec.next_seq.get(&slice).copied().unwrap_or(0);
-        let mut log =
-            SliceLog::create(media.clone(), slice, next_seq, round, opts.durability, opts.segment_bytes)?;
+        let mut log = SliceLog::create(media.clone(), slice, next_seq, round, opts.durability, opts.segment_bytes)?;
         log.append(&Batch { tick: last_tick, ops: vec![LogOp::RoundDone { round }] })?;
         log.commit(last_tick)?;
         keep.push(recover::snapshot_path(slice, round));
@@ -129,16 +128,7 @@ pub fn open(
             media.remove(&name).map_err(io(name.clone()))?;
         }
     }
-    Ok(Opened {
-        created,
-        round,
-        entities,
-        map,
-        start_tick: last_tick + 1,
-        incarnation_floor: floor,
-        logs,
-        report,
-    })
+    Ok(Opened { created, round, entities, map, start_tick: last_tick + 1, incarnation_floor: floor, logs, report })
 }
 
 /// Ends a slice's tick: its journal becomes one group commit in its log, a snapshot it took is
@@ -230,7 +220,11 @@ pub fn inspect(media: &dyn Media, out: &mut dyn std::io::Write) -> Result<(), Lo
                     }
                     LogOp::Destroy { id, seq } => format!("destroy {id} commit {seq}"),
                     LogOp::Out { to, entities } => {
-                        format!("out to slice {to}: {} entities, root {:?}", entities.len(), entities.first().map(|c| c.id))
+                        format!(
+                            "out to slice {to}: {} entities, root {:?}",
+                            entities.len(),
+                            entities.first().map(|c| c.id)
+                        )
                     }
                     LogOp::Map(m) => format!("map epoch {}, {} regions", m.epoch, m.regions().len()),
                     LogOp::RoundDone { round } => format!("checkpoint round {round} complete"),

@@ -111,12 +111,7 @@ fn whole_frame_after(bytes: &[u8], offset: usize, seq: u64) -> bool {
     false
 }
 
-fn scan_slice(
-    media: &dyn Media,
-    slice: u16,
-    salvage: bool,
-    out: &mut Recovered,
-) -> Result<SliceScan, LogError> {
+fn scan_slice(media: &dyn Media, slice: u16, salvage: bool, out: &mut Recovered) -> Result<SliceScan, LogError> {
     let dir = slice_dir(slice);
     let io = |path: &str| {
         let path = path.to_string();
@@ -280,6 +275,14 @@ pub fn recover(media: &dyn Media, salvage: bool) -> Result<Recovered, LogError> 
         }
     });
     let Some((round, slices)) = chosen else {
+        if rounds.iter().all(|r| *r == 1) {
+            // The world's creation was cut short (its first checkpoint never completed, and a
+            // start removes nothing before its checkpoint completes): there is no world yet.
+            out.report.torn_tails.push("the world's creation was interrupted; it starts over".into());
+            out.repairs.extend(out.files.iter().map(|path| Repair::Remove { path: path.clone() }));
+            out.next_seq.clear();
+            return Ok(out);
+        }
         return Err(LogError::NoCheckpoint(why_not.join("; ")));
     };
     out.round = round;
@@ -382,9 +385,10 @@ fn complete(scans: &BTreeMap<u16, SliceScan>, round: u64) -> Result<u16, String>
         if snap.slices != first.slices {
             return Err(format!("slice {slice} says {} slices, slice 0 says {}", snap.slices, first.slices));
         }
-        let done = scan.batches.iter().any(|(seq, b)| {
-            *seq >= snap.covers_below && b.ops.iter().any(|op| *op == LogOp::RoundDone { round })
-        });
+        let done = scan
+            .batches
+            .iter()
+            .any(|(seq, b)| *seq >= snap.covers_below && b.ops.contains(&LogOp::RoundDone { round }));
         if !done {
             return Err(format!("slice {slice} did not log it complete"));
         }

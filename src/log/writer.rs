@@ -155,9 +155,7 @@ impl SliceLog {
             self.roll(self.frame.len())?;
         }
         let path = &self.segments.last().expect("one segment at least").1;
-        self.active
-            .write(self.offset, &self.frame)
-            .map_err(|source| LogError::Io { path: path.clone(), source })?;
+        self.active.write(self.offset, &self.frame).map_err(|source| LogError::Io { path: path.clone(), source })?;
         self.offset += self.frame.len();
         self.next_seq += 1;
         self.bytes_appended += self.frame.len() as u64;
@@ -183,7 +181,9 @@ impl SliceLog {
 
     fn check_flusher(&self) -> Result<(), LogError> {
         match &*self.state.error.lock().expect("not poisoned") {
-            Some(e) => Err(LogError::Io { path: format!("slice-{}", self.slice), source: std::io::Error::other(e.clone()) }),
+            Some(e) => {
+                Err(LogError::Io { path: format!("slice-{}", self.slice), source: std::io::Error::other(e.clone()) })
+            }
             None => Ok(()),
         }
     }

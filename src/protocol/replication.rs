@@ -237,8 +237,7 @@ impl Replication {
                 }
             }
         }
-        let snapshot =
-            SliceSnapshot { round, slice: self.slice, slices: self.slices, map: self.map.clone(), entities };
+        let snapshot = SliceSnapshot { round, slice: self.slice, slices: self.slices, map: self.map.clone(), entities };
         self.journal(JournalOp::Snapshot(Box::new(snapshot)));
         self.checkpoints.taken = round;
         self.checkpoints.markers[self.slice.0 as usize] = round;

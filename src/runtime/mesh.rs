@@ -364,7 +364,12 @@ struct OpenedWorld(RegionMap, Vec<Committed>, Vec<crate::log::SliceLog>, u64, u3
 /// Opens (or creates) the world's log: the world it holds, a writer per core, the checkpoint
 /// round it stands at, the first incarnation number to use, and the clock offset that continues
 /// the world's ticks.
-fn open_log(p: &PersistConfig, cores: usize, map: RegionMap, initial: Vec<Committed>) -> Result<OpenedWorld, MeshError> {
+fn open_log(
+    p: &PersistConfig,
+    cores: usize,
+    map: RegionMap,
+    initial: Vec<Committed>,
+) -> Result<OpenedWorld, MeshError> {
     let disk = crate::log::Disk::open(&p.dir).map_err(|e| MeshError::Log(format!("{}: {e}", p.dir.display())))?;
     let opts = crate::log::OpenOptions {
         slices: cores as u16,
