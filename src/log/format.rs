@@ -77,12 +77,19 @@ fn frame_crc(len: u32, seq: u64, payload: &[u8]) -> u32 {
     crc32c::crc32c_append(c, payload)
 }
 
+/// The header of the frame for `payload` at `seq`.
+pub fn frame_header(seq: u64, payload: &[u8]) -> [u8; FRAME_HEADER_BYTES] {
+    let len = u32::try_from(payload.len()).expect("a frame payload fits in u32");
+    let mut h = [0u8; FRAME_HEADER_BYTES];
+    h[0..4].copy_from_slice(&len.to_le_bytes());
+    h[4..8].copy_from_slice(&frame_crc(len, seq, payload).to_le_bytes());
+    h[8..16].copy_from_slice(&seq.to_le_bytes());
+    h
+}
+
 /// Appends a frame for `payload` at `seq` to `out`, padded to the frame alignment.
 pub fn encode_frame(seq: u64, payload: &[u8], out: &mut Vec<u8>) {
-    let len = u32::try_from(payload.len()).expect("a frame payload fits in u32");
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&frame_crc(len, seq, payload).to_le_bytes());
-    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&frame_header(seq, payload));
     out.extend_from_slice(payload);
     out.resize(out.len() + align(payload.len()) - payload.len(), 0);
 }
@@ -151,11 +158,25 @@ pub fn decode_frame(segment: &[u8], offset: usize) -> Frame<'_> {
     Frame::Whole { seq, payload, next: offset + FRAME_HEADER_BYTES + align(body) }
 }
 
+/// Validates and decodes archived bytes, in place when they are aligned (a mapped file's frames
+/// are), from an aligned copy when not.
+fn decode_archived<T>(bytes: &[u8]) -> Result<T, rkyv::rancor::Error>
+where
+    T: rkyv::Archive,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>>
+        + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rkyv::rancor::Error>>,
+{
+    if (bytes.as_ptr() as usize) % FRAME_ALIGN == 0 {
+        return rkyv::from_bytes::<T, rkyv::rancor::Error>(bytes);
+    }
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
+    aligned.extend_from_slice(bytes);
+    rkyv::from_bytes::<T, rkyv::rancor::Error>(&aligned)
+}
+
 /// Validates and decodes a frame payload.
 pub fn decode_batch(payload: &[u8]) -> Result<Batch, String> {
-    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
-    aligned.extend_from_slice(payload);
-    rkyv::from_bytes::<Batch, rkyv::rancor::Error>(&aligned).map_err(|e| format!("undecodable batch: {e}"))
+    decode_archived::<Batch>(payload).map_err(|e| format!("undecodable batch: {e}"))
 }
 
 pub fn encode_snapshot(snapshot: &SnapshotFile) -> Vec<u8> {
@@ -187,9 +208,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotFile, String> {
     if crc32c::crc32c(payload) != crc {
         return Err("snapshot checksum mismatch".into());
     }
-    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
-    aligned.extend_from_slice(payload);
-    rkyv::from_bytes::<SnapshotFile, rkyv::rancor::Error>(&aligned).map_err(|e| format!("undecodable snapshot: {e}"))
+    decode_archived::<SnapshotFile>(payload).map_err(|e| format!("undecodable snapshot: {e}"))
 }
 
 #[cfg(test)]

@@ -294,35 +294,36 @@ pub fn recover(media: &dyn Media, salvage: bool) -> Result<Recovered, LogError> 
     let mut map: Option<RegionMap> = None;
     let mut ticks = Vec::new();
     for slice in 0..slices {
-        let scan = &scans[&slice];
-        let snap = scan.snapshots[&round].as_ref().expect("checked complete");
+        let mut scan = scans.remove(&slice).expect("checked complete");
+        let snap = scan.snapshots.remove(&round).expect("checked complete").expect("checked readable");
         out.incarnation_floor = out.incarnation_floor.max(snap.incarnation_floor);
         if map.as_ref().is_none_or(|m| snap.map.epoch > m.epoch) {
-            map = Some(snap.map.clone());
+            map = Some(snap.map);
         }
         let mut view: FxHashMap<EntityId, Entry> = FxHashMap::default();
-        for c in &snap.entities {
-            view.insert(c.id, Entry::Present(c.state.clone(), c.commit_seq));
+        view.reserve(snap.entities.len());
+        for c in snap.entities {
+            view.insert(c.id, Entry::Present(c.state, c.commit_seq));
         }
         let mut tick = snap.tick;
-        for (_, batch) in scan.batches.iter().filter(|(seq, _)| *seq >= snap.covers_below) {
+        for (_, batch) in scan.batches.into_iter().filter(|(seq, _)| *seq >= snap.covers_below) {
             tick = tick.max(batch.tick);
-            for op in &batch.ops {
+            for op in batch.ops {
                 match op {
                     LogOp::Put(c) => {
-                        view.insert(c.id, Entry::Present(c.state.clone(), c.commit_seq));
+                        view.insert(c.id, Entry::Present(c.state, c.commit_seq));
                     }
                     LogOp::Destroy { id, seq } => {
-                        view.insert(*id, Entry::Gone(*seq));
+                        view.insert(id, Entry::Gone(seq));
                     }
                     LogOp::Out { entities, .. } => {
                         for c in entities {
-                            view.insert(c.id, Entry::Transit(c.state.clone(), c.commit_seq));
+                            view.insert(c.id, Entry::Transit(c.state, c.commit_seq));
                         }
                     }
                     LogOp::Map(m) => {
                         if map.as_ref().is_none_or(|old| m.epoch > old.epoch) {
-                            map = Some(m.clone());
+                            map = Some(m);
                         }
                     }
                     LogOp::RoundDone { .. } => {}
@@ -330,6 +331,10 @@ pub fn recover(media: &dyn Media, salvage: bool) -> Result<Recovered, LogError> 
             }
         }
         ticks.push(tick);
+        if merged.is_empty() && slices == 1 {
+            merged = view;
+            continue;
+        }
         for (id, entry) in view {
             if matches!(entry, Entry::Present(..)) {
                 *present_in.entry(id).or_default() += 1;
@@ -353,15 +358,15 @@ pub fn recover(media: &dyn Media, salvage: bool) -> Result<Recovered, LogError> 
     out.last_tick = ticks.iter().copied().max().unwrap_or(0);
     out.report.last_committed_tick = out.last_committed_tick;
 
-    let mut live: BTreeMap<EntityId, (EntityState, u64)> = BTreeMap::new();
-    for (id, entry) in merged {
-        match entry {
-            Entry::Present(state, seq) | Entry::Transit(state, seq) => {
-                live.insert(id, (state, seq));
+    let live: Vec<Committed> = merged
+        .into_iter()
+        .filter_map(|(id, entry)| match entry {
+            Entry::Present(state, commit_seq) | Entry::Transit(state, commit_seq) => {
+                Some(Committed { id, state, commit_seq })
             }
-            Entry::Gone(_) => {}
-        }
-    }
+            Entry::Gone(_) => None,
+        })
+        .collect();
     out.entities = parents_first(live, &mut out.report.errors);
     out.report.entities = out.entities.len();
     out.report.items = out.entities.iter().filter(|c| matches!(c.state.kind, EntityKind::Item { .. })).count();
@@ -399,47 +404,53 @@ fn complete(scans: &BTreeMap<u16, SliceScan>, round: u64) -> Result<u16, String>
     Ok(first.slices)
 }
 
-/// Orders entities parents first. A child whose parent is missing (or a loop) becomes a root and
-/// is reported: the log never holds one unless it is damaged.
-fn parents_first(mut live: BTreeMap<EntityId, (EntityState, u64)>, errors: &mut Vec<String>) -> Vec<Committed> {
-    let mut depth: FxHashMap<EntityId, usize> = FxHashMap::default();
-    let ids: Vec<EntityId> = live.keys().copied().collect();
-    for id in &ids {
-        let mut d = 0;
-        let mut at = *id;
-        let mut broken = false;
-        while let Some(p) = live[&at].0.parent {
-            if !live.contains_key(&p) || d > GRAPH_DEPTH_MAX {
-                broken = true;
+/// Orders entities parents first (by depth, then id). A child whose parent is missing (or a
+/// loop) becomes a root and is reported: the log never holds one unless it is damaged.
+fn parents_first(mut live: Vec<Committed>, errors: &mut Vec<String>) -> Vec<Committed> {
+    let index: FxHashMap<EntityId, usize> = live.iter().enumerate().map(|(i, c)| (c.id, i)).collect();
+    let mut depth = vec![usize::MAX; live.len()];
+    let mut broken = Vec::new();
+    for i in 0..live.len() {
+        let (mut d, mut at) = (0, i);
+        loop {
+            if depth[at] != usize::MAX {
+                d += depth[at];
                 break;
             }
-            d += 1;
-            at = p;
+            match live[at].state.parent {
+                None => break,
+                Some(p) => match index.get(&p) {
+                    Some(&pi) if d <= GRAPH_DEPTH_MAX => {
+                        d += 1;
+                        at = pi;
+                    }
+                    _ => {
+                        broken.push(at);
+                        break;
+                    }
+                },
+            }
         }
-        if broken {
-            let parent = live[id].0.parent;
+        if broken.last() != Some(&at) {
+            depth[i] = d;
+        }
+    }
+    if !broken.is_empty() {
+        broken.sort_unstable();
+        broken.dedup();
+        for &b in &broken {
             if errors.len() < 20 {
+                let (id, parent) = (live[b].id, live[b].state.parent);
                 errors.push(format!("{id}: its parent {parent:?} is not in the log; kept as a root"));
             }
-            live.get_mut(id).expect("listed").0.parent = None;
-            d = 0;
+            live[b].state.parent = None;
         }
-        depth.insert(*id, d);
+        return parents_first(live, errors);
     }
-    // A child made a root above may have changed its descendants' depths; recount once.
-    for id in &ids {
-        let mut d = 0;
-        let mut at = *id;
-        while let Some(p) = live[&at].0.parent {
-            d += 1;
-            at = p;
-        }
-        depth.insert(*id, d);
-    }
-    let mut out: Vec<Committed> =
-        live.into_iter().map(|(id, (state, commit_seq))| Committed { id, state, commit_seq }).collect();
-    out.sort_by_key(|c| (depth[&c.id], c.id));
-    out
+    let mut order: Vec<(usize, EntityId, usize)> = live.iter().enumerate().map(|(i, c)| (depth[i], c.id, i)).collect();
+    order.sort_unstable();
+    let mut slots: Vec<Option<Committed>> = live.into_iter().map(Some).collect();
+    order.into_iter().map(|(_, _, i)| slots[i].take().expect("each once")).collect()
 }
 
 /// One slice's log as read, for `log inspect`: its frames and snapshots, damaged parts noted

@@ -88,7 +88,8 @@ pub struct SliceLog {
     segments: Vec<(u64, String)>,
     /// Where each retained checkpoint round stands in this log.
     rounds: BTreeMap<u64, u64>,
-    frame: Vec<u8>,
+    /// The serializer's buffer, kept from tick to tick.
+    scratch: rkyv::util::AlignedVec,
     tx: Option<Sender<FlushMsg>>,
     flusher: Option<JoinHandle<()>>,
     pub state: Arc<FlushState>,
@@ -129,7 +130,7 @@ impl SliceLog {
             next_seq,
             segments: vec![(next_seq, path)],
             rounds: [(round, next_seq)].into(),
-            frame: Vec::new(),
+            scratch: rkyv::util::AlignedVec::new(),
             tx: Some(tx),
             flusher: Some(flusher),
             state,
@@ -144,21 +145,28 @@ impl SliceLog {
     /// Appends one group commit. It is in the page cache when this returns; `commit` hands it to
     /// the flusher.
     pub fn append(&mut self, batch: &Batch) -> Result<(), LogError> {
-        let payload = rkyv::to_bytes::<rkyv::rancor::Error>(batch).expect("log batches serialize");
-        self.append_payload(&payload)
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
+        let buf = rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(batch, buf).expect("log batches serialize");
+        let result = self.append_payload(&buf);
+        self.scratch = buf;
+        result
     }
 
+    /// Writes the frame straight into the mapping: header, then payload. The segment is zeros
+    /// past what was written, so the padding is already there.
     fn append_payload(&mut self, payload: &[u8]) -> Result<(), LogError> {
-        self.frame.clear();
-        format::encode_frame(self.next_seq, payload, &mut self.frame);
-        if self.offset + self.frame.len() > self.active.len() {
-            self.roll(self.frame.len())?;
+        let frame_len = format::FRAME_HEADER_BYTES + format::align(payload.len());
+        if self.offset + frame_len > self.active.len() {
+            self.roll(frame_len)?;
         }
         let path = &self.segments.last().expect("one segment at least").1;
-        self.active.write(self.offset, &self.frame).map_err(|source| LogError::Io { path: path.clone(), source })?;
-        self.offset += self.frame.len();
+        let io = |source| LogError::Io { path: path.clone(), source };
+        self.active.write(self.offset, &format::frame_header(self.next_seq, payload)).map_err(io)?;
+        self.active.write(self.offset + format::FRAME_HEADER_BYTES, payload).map_err(io)?;
+        self.offset += frame_len;
         self.next_seq += 1;
-        self.bytes_appended += self.frame.len() as u64;
+        self.bytes_appended += frame_len as u64;
         Ok(())
     }
 

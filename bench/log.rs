@@ -1,0 +1,165 @@
+//! The replication log, three figures:
+//!
+//! 1. Append throughput: a slice's group commits (1,000 entity writes a tick, serialized with
+//!    rkyv and framed) appended through the memory-mapped log, against a plain sequential
+//!    `write` of the same framed bytes to a file in the same directory, side by side, each ending
+//!    with a sync so both reach the disk.
+//! 2. Commit latency per durability mode: ticks at 30 Hz, from a tick's append until the flusher
+//!    says it is durable.
+//! 3. Recovery: a log holding a checkpoint of N entities and a tail of ticks, read back into a
+//!    world; entities per second.
+//!
+//! Run: cargo bench --bench log -- [DIR] (default: a directory under the system's temp dir;
+//! give one on the disk you care about).
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glam::Vec3;
+use shardmesh::log::{self as smlog, format, Batch, Disk, Durability, LogOp, OpenOptions, SliceLog};
+use shardmesh::protocol::Committed;
+use shardmesh::world::{Aabb, EntityId, EntityKind, EntityState, RegionMap};
+
+const PUTS_PER_TICK: u32 = 1_000;
+
+fn entity(i: u32, t: u64) -> Committed {
+    let mut state = EntityState::new(EntityKind::Player, Vec3::new(i as f32, t as f32 * 0.1, 3.0));
+    state.velocity = [1.0, 0.5, 0.0];
+    state.changed_tick = t;
+    Committed { id: EntityId::new(1, i), state, commit_seq: t }
+}
+
+fn tick_batch(t: u64) -> Batch {
+    Batch { tick: t, ops: (0..PUTS_PER_TICK).map(|i| LogOp::Put(entity(i, t))).collect() }
+}
+
+fn map() -> RegionMap {
+    RegionMap::kd_split(Aabb::new(Vec3::ZERO, Vec3::splat(4000.0)), 8)
+}
+
+fn open_fresh(dir: &std::path::Path, durability: Durability, world: u32) -> SliceLog {
+    let _ = std::fs::remove_dir_all(dir);
+    let media = Arc::new(Disk::open(dir).expect("bench directory"));
+    let opts = OpenOptions { slices: 1, durability, segment_bytes: smlog::SEGMENT_BYTES, salvage: false };
+    let opened = smlog::open(media, &opts, || (map(), (0..world).map(|i| entity(i, 1)).collect())).expect("opens");
+    opened.logs.into_iter().next().expect("one slice")
+}
+
+fn append_vs_write(root: &std::path::Path, ticks: u64) -> (f64, f64) {
+    // The log: serialize, frame, copy into the mapping; roll segments; sync at the end.
+    let dir = root.join("append");
+    let mut log = open_fresh(&dir, Durability::Off, 0);
+    let batches: Vec<Batch> = (1..=ticks).map(tick_batch).collect();
+    let before = log.bytes_appended;
+    let began = Instant::now();
+    for b in &batches {
+        log.append(b).expect("append");
+        log.commit(b.tick).expect("commit");
+    }
+    let bytes = log.bytes_appended - before;
+    log.close().expect("close syncs");
+    let log_s = began.elapsed().as_secs_f64();
+
+    // The same framed bytes, written with write(2) to one file, then fdatasync.
+    let mut framed = Vec::with_capacity(bytes as usize);
+    for (seq, b) in batches.iter().enumerate() {
+        let payload = rkyv::to_bytes::<rkyv::rancor::Error>(b).expect("serializes");
+        format::encode_frame(seq as u64, &payload, &mut framed);
+    }
+    assert_eq!(framed.len() as u64, bytes, "the same bytes");
+    let path = root.join("plain.bin");
+    let _ = std::fs::remove_file(&path);
+    let began = Instant::now();
+    let mut file = std::fs::File::create(&path).expect("plain file");
+    for chunk in framed.chunks(128 << 10) {
+        file.write_all(chunk).expect("write");
+    }
+    file.sync_data().expect("fdatasync");
+    let plain_s = began.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_dir_all(&dir);
+    let mb = bytes as f64 / 1e6;
+    (mb / log_s, mb / plain_s)
+}
+
+fn commit_latency(root: &std::path::Path, durability: Durability, secs: f64) -> (f64, f64, f64, u64) {
+    let dir = root.join("latency");
+    let mut log = open_fresh(&dir, durability, 0);
+    let tick = Duration::from_secs_f64(1.0 / 30.0);
+    let mut next = Instant::now();
+    let mut t = 0;
+    let until = Instant::now() + Duration::from_secs_f64(secs);
+    while Instant::now() < until {
+        t += 1;
+        log.append(&tick_batch(t)).expect("append");
+        log.commit(t).expect("commit");
+        next += tick;
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    let state = log.state.clone();
+    log.close().expect("close");
+    let h = state.commit_latency_us.lock().expect("not poisoned").clone().expect("histogram");
+    let _ = std::fs::remove_dir_all(&dir);
+    (h.value_at_quantile(0.5) as f64 / 1e3, h.value_at_quantile(0.99) as f64 / 1e3, h.max() as f64 / 1e3, h.len())
+}
+
+fn recovery(root: &std::path::Path, world: u32, tail_ticks: u64) -> (usize, f64, f64) {
+    let dir = root.join("recovery");
+    let mut log = open_fresh(&dir, Durability::Off, world);
+    for t in 2..2 + tail_ticks {
+        log.append(&tick_batch(t)).expect("append");
+        log.commit(t).expect("commit");
+    }
+    log.close().expect("close");
+    let media = Disk::open(&dir).expect("dir");
+    let began = Instant::now();
+    let rec = smlog::recover(&media, false).expect("recovers");
+    let s = began.elapsed().as_secs_f64();
+    assert_eq!(rec.entities.len(), world as usize);
+    assert!(rec.report.errors.is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+    (rec.entities.len(), s, rec.entities.len() as f64 / s)
+}
+
+fn main() {
+    let root = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("shardmesh-log-bench"));
+    std::fs::create_dir_all(&root).expect("bench directory");
+    let sample = rkyv::to_bytes::<rkyv::rancor::Error>(&tick_batch(1)).expect("serializes").len();
+    println!(
+        "log bench in {}: {PUTS_PER_TICK} entity writes a tick, {sample} bytes a tick ({} bytes a write)",
+        root.display(),
+        sample / PUTS_PER_TICK as usize
+    );
+
+    println!("append vs plain write of the same bytes (3 runs of 2,000 ticks, each ending in a sync):");
+    let mut ratios = Vec::new();
+    for run in 0..3 {
+        let (log_mbs, plain_mbs) = append_vs_write(&root, 2_000);
+        ratios.push(log_mbs / plain_mbs);
+        println!("  run {run}: log {log_mbs:.0} MB/s, plain write {plain_mbs:.0} MB/s, log/plain {:.2}", log_mbs / plain_mbs);
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!("  median log/plain: {:.2}", ratios[1]);
+
+    println!("commit latency at 30 Hz, 6 s per mode (append to durable):");
+    for (name, mode) in [
+        ("tick", Durability::EveryTick),
+        ("100ms", Durability::Interval(Duration::from_millis(100))),
+        ("off", Durability::Off),
+    ] {
+        let (p50, p99, max, n) = commit_latency(&root, mode, 6.0);
+        println!("  {name:<6} p50 {p50:>7.3} ms  p99 {p99:>7.3} ms  max {max:>7.3} ms  ({n} ticks)");
+    }
+
+    println!("recovery (checkpoint of N entities plus a tail of 300 ticks x {PUTS_PER_TICK} writes):");
+    for world in [100_000u32, 1_000_000] {
+        let (n, s, rate) = recovery(&root, world, 300);
+        println!("  {n} entities in {:.3} s: {:.2} M entities/s", s, rate / 1e6);
+    }
+    println!("reproduce: cargo bench --bench log -- {}", root.display());
+}
