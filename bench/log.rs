@@ -141,7 +141,10 @@ fn main() {
     for run in 0..3 {
         let (log_mbs, plain_mbs) = append_vs_write(&root, 2_000);
         ratios.push(log_mbs / plain_mbs);
-        println!("  run {run}: log {log_mbs:.0} MB/s, plain write {plain_mbs:.0} MB/s, log/plain {:.2}", log_mbs / plain_mbs);
+        println!(
+            "  run {run}: log {log_mbs:.0} MB/s, plain write {plain_mbs:.0} MB/s, log/plain {:.2}",
+            log_mbs / plain_mbs
+        );
     }
     ratios.sort_by(f64::total_cmp);
     println!("  median log/plain: {:.2}", ratios[1]);

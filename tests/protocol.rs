@@ -566,3 +566,71 @@ fn a_projectile_on_one_server_hits_an_entity_held_by_another_through_its_ghost()
     assert_eq!(h.holder(target), Some(ServerId(1)), "a ghost is never simulated by the shooter's server");
     assert!(h.servers.iter().all(|s| s.held().values().all(|e| e.state.kind != EntityKind::Projectile)));
 }
+
+/// The checkpoint protocol across a transfer in flight: slice 1 hands a ship to slice 0, and the
+/// controller (slice 0) starts a checkpoint before the transfer arrives. The ship is in neither
+/// snapshot; slice 1 logged it leaving before its snapshot, and slice 0 logs it arriving after
+/// its own, so recovery from this round finds it exactly once. A round completes only when its
+/// snapshot is stored and every peer's marker is in, and the next starts only after.
+#[test]
+fn a_checkpoint_cuts_consistently_across_a_transfer_in_flight() {
+    use shardmesh::protocol::{JournalOp, SliceId};
+    let ship = EntityId(1);
+    let mut h = Sliced::new(ship_with_crew(25.0, 300.0));
+    h.tick();
+    assert_eq!(h.slice_of(ship), vec![1]);
+    for s in &mut h.slices {
+        s.enable_journal(0);
+    }
+    let mut in_flight = false;
+    for _ in 0..60 {
+        h.now += TICK_DURATION_US;
+        for s in h.servers.iter_mut() {
+            s.tick(h.now);
+        }
+        for s in h.servers.iter_mut() {
+            while let Some(m) = s.poll_message() {
+                h.slices[(s.id().0 % 2) as usize].handle(h.now, m);
+            }
+        }
+        if h.slice_of(ship).is_empty() {
+            in_flight = true;
+            break;
+        }
+        h.pump();
+        for s in h.slices.iter_mut() {
+            s.tick(h.now);
+        }
+        h.pump();
+    }
+    assert!(in_flight, "the ship never left slice 1 for slice 0");
+    h.slices[0].drain_journal();
+    // The transfer is sent but not delivered; now the cut.
+    assert_eq!(h.slices[0].begin_checkpoint(), Some(1));
+    h.pump();
+    let j0 = h.slices[0].drain_journal();
+    let j1 = h.slices[1].drain_journal();
+    let snap_at = |j: &[JournalOp]| j.iter().position(|op| matches!(op, JournalOp::Snapshot(_))).expect("a snapshot");
+    let snapshot_has_ship = |j: &[JournalOp]| match &j[snap_at(j)] {
+        JournalOp::Snapshot(s) => s.entities.iter().any(|c| c.id == ship),
+        _ => unreachable!(),
+    };
+    assert!(!snapshot_has_ship(&j0) && !snapshot_has_ship(&j1), "in flight at the cut: in no snapshot");
+    let put_after = j0[snap_at(&j0)..].contains(&JournalOp::Put(ship));
+    assert!(put_after, "slice 0 logs the ship's arrival after its snapshot: {j0:?}");
+    let out_at =
+        j1.iter().position(|op| matches!(op, JournalOp::Out { to: SliceId(0), entities } if entities[0].id == ship));
+    assert!(out_at.is_some_and(|o| o < snap_at(&j1)), "slice 1 logs the ship leaving before its snapshot: {j1:?}");
+    assert!(!j0.iter().chain(&j1).any(|op| matches!(op, JournalOp::RoundDone(_))), "no snapshot is stored yet");
+    assert_eq!(h.slices[0].begin_checkpoint(), None, "round 1 is not complete");
+
+    h.slices[1].snapshot_stored(1);
+    h.pump();
+    assert_eq!(h.slices[1].drain_journal(), vec![JournalOp::RoundDone(1)]);
+    assert_eq!(h.slices[0].begin_checkpoint(), None, "slice 0's part is not complete");
+    h.slices[0].snapshot_stored(1);
+    assert!(h.slices[0].drain_journal().contains(&JournalOp::RoundDone(1)));
+    assert_eq!(h.slices[0].checkpoint_done(), 1);
+    assert_eq!(h.slices[0].begin_checkpoint(), Some(2));
+    assert_eq!(h.slice_of(ship), vec![0]);
+}
