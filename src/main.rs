@@ -371,7 +371,7 @@ fn demo(cfg: MeshConfig, json: Option<std::path::PathBuf>) -> ExitCode {
         eprintln!("stall: {stall}");
     }
     println!(
-        "players={} servers={} cores={} duration_s={:.1} ticks={} tick_p50_ms={:.2} tick_p99_ms={:.2} tick_max_ms={:.2} over_budget={} handoffs={} transfers={} entities={}/{} items={}/{} lost={} duplicates={} restarts={}",
+        "players={} servers={} cores={} duration_s={:.1} ticks={} tick_p50_ms={:.2} tick_p99_ms={:.2} tick_max_ms={:.2} over_budget={} handoffs={} transfers={} entities={}/{} at_rest={} items={}/{} lost={} duplicates={} restarts={}",
         summary.players,
         summary.servers,
         summary.cores,
@@ -385,6 +385,7 @@ fn demo(cfg: MeshConfig, json: Option<std::path::PathBuf>) -> ExitCode {
         summary.transfers,
         summary.entities_end,
         summary.entities_start,
+        summary.entities_at_rest,
         summary.items_end,
         summary.items_start,
         summary.lost_entities,

@@ -634,3 +634,156 @@ fn a_checkpoint_cuts_consistently_across_a_transfer_in_flight() {
     assert_eq!(h.slices[0].begin_checkpoint(), Some(2));
     assert_eq!(h.slice_of(ship), vec![0]);
 }
+
+/// Container streaming, end to end on two cores: a world of many rooms and one player. The
+/// servers hold only the items of the containers near the player; as the player walks to a far
+/// room, its items are loaded before the player can reach them, one is picked up, and when the
+/// player walks on they are unloaded again, every item still recorded exactly once.
+#[test]
+fn containers_load_as_a_player_comes_near_and_unload_once_no_player_is() {
+    use shardmesh::protocol::{Action, Input};
+    use shardmesh::world::stream::{STREAM_LOAD_RADIUS_M, STREAM_UNLOAD_RADIUS_M};
+    use shardmesh::world::{is_streamed, populate, ContainerTree, Population, StreamIndex};
+    use std::sync::Arc;
+
+    let tree = ContainerTree::generate(11, 3, 3, 4);
+    let index = Arc::new(StreamIndex::new(tree.clone()));
+    let mut entities = populate(&tree, 11, Population { players: 0, npcs: 0, items: 400, ships: 0 });
+    let items = entities.len();
+    let player = EntityId::new(0, 100_000);
+    // The player starts in the room of the first item.
+    let corner = entities[0].1.pos();
+    entities.push((player, EntityState::new(EntityKind::Player, corner)));
+
+    let map = RegionMap::kd_split(tree.bounds(), 2);
+    let mut slices: Vec<Replication> = (0..2)
+        .map(|i| {
+            let initial = if i == 0 { entities.clone() } else { Vec::new() };
+            Replication::new_slice(shardmesh::protocol::SliceId(i), 2, map.clone(), initial)
+                .with_streaming(index.clone())
+        })
+        .collect();
+    let mut servers: Vec<Server> =
+        (0..2).map(|s| Server::new(ServerId(s), Incarnation(1), 0).with_streaming(index.clone())).collect();
+    let mut now = 0;
+    let mut run = |slices: &mut Vec<Replication>, servers: &mut Vec<Server>, ticks: usize| {
+        for _ in 0..ticks {
+            now += TICK_DURATION_US;
+            tick_all(slices, servers, now, None);
+            for slice in slices.iter() {
+                assert!(slice.check().is_empty(), "{:?}", slice.check());
+            }
+        }
+    };
+    run(&mut slices, &mut servers, 10);
+
+    let where_is = |slices: &[Replication], id: EntityId| -> Vec3 {
+        slices.iter().find_map(|s| s.records().get(&id)).expect("recorded").state.pos()
+    };
+    let held_items = |servers: &[Server]| -> usize {
+        servers.iter().flat_map(|s| s.held().values()).filter(|h| h.state.kind.is_item()).count()
+    };
+    let audit = |slices: &[Replication], servers: &[Server]| {
+        let recorded: usize = slices.iter().map(|s| s.records().len()).sum();
+        assert_eq!(recorded, items + 1, "every entity recorded once");
+        let resting: usize = slices.iter().map(|s| s.dormant_entities()).sum();
+        let held: usize = servers.iter().map(|s| s.held().len()).sum();
+        assert_eq!(held + resting, items + 1, "each entity is held by one server or at rest");
+    };
+    // What a server holds is what lies in containers near the player, not the world.
+    let near_items = |slices: &[Replication], at: Vec3| -> usize {
+        slices
+            .iter()
+            .flat_map(|s| s.records().values())
+            .filter(|r| is_streamed(&r.state) && index.is_near(index.locate(r.state.pos()), at, STREAM_UNLOAD_RADIUS_M))
+            .count()
+    };
+    audit(&slices, &servers);
+    let start_held = held_items(&servers);
+    assert!(start_held <= near_items(&slices, corner), "{start_held} items held at the start");
+    assert!(start_held > 0 && start_held < items / 4, "{start_held} of {items} items held at the start");
+
+    // Walk to the room whose items are farthest from the corner.
+    let far_item = slices[0]
+        .records()
+        .iter()
+        .filter(|(_, r)| is_streamed(&r.state))
+        .max_by(|a, b| a.1.state.pos().distance(corner).total_cmp(&b.1.state.pos().distance(corner)))
+        .map(|(id, r)| (*id, r.state.pos()))
+        .expect("items exist");
+    assert!(servers.iter().all(|s| !s.held().contains_key(&far_item.0)), "the far room starts unloaded");
+    let mut arrived = false;
+    for _ in 0..3000 {
+        let here = where_is(&slices, player);
+        let to = far_item.1 - here;
+        let flat = Vec3::new(to.x, to.y, 0.0);
+        if flat.length() < 2.0 {
+            arrived = true;
+            break;
+        }
+        let holder = servers.iter_mut().find(|s| s.held().contains_key(&player)).expect("the player is held");
+        holder.handle_input(Input { entity: player, action: Action::Move(flat.normalize().to_array()) });
+        run(&mut slices, &mut servers, 1);
+        // Every item near enough to matter is loaded, on the server that owns its region.
+        let here = where_is(&slices, player);
+        for s in &slices {
+            for (id, r) in s.records().iter().filter(|(_, r)| is_streamed(&r.state)) {
+                if r.state.pos().distance(here) < STREAM_LOAD_RADIUS_M - 12.0 {
+                    let owner = s.map().owner_at(r.state.pos()).expect("owned");
+                    let server = servers.iter().find(|sv| sv.id() == owner).unwrap();
+                    assert!(server.held().contains_key(id), "{id} is {:.1} m from the player, unloaded", {
+                        r.state.pos().distance(here)
+                    });
+                }
+            }
+        }
+        audit(&slices, &servers);
+    }
+    assert!(arrived, "the player reached the far room");
+    let holder = servers.iter_mut().find(|s| s.held().contains_key(&player)).expect("the player is held");
+    holder.handle_input(Input { entity: player, action: Action::Move([0.0; 3]) });
+    holder.handle_input(Input { entity: player, action: Action::PickUp });
+    run(&mut slices, &mut servers, 2);
+    let carried: Vec<EntityId> = slices
+        .iter()
+        .flat_map(|s| s.records().iter())
+        .filter(|(_, r)| r.state.parent == Some(player))
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(carried.len(), 1, "the player picked up an item of the room it walked to");
+
+    // Walk back to the start: the far room unloads; what the player carries goes with it.
+    for _ in 0..3000 {
+        let here = where_is(&slices, player);
+        let to = corner - here;
+        if Vec3::new(to.x, to.y, 0.0).length() < 2.0 {
+            break;
+        }
+        let holder = servers.iter_mut().find(|s| s.held().contains_key(&player)).expect("the player is held");
+        holder.handle_input(Input {
+            entity: player,
+            action: Action::Move(Vec3::new(to.x, to.y, 0.0).normalize().to_array()),
+        });
+        run(&mut slices, &mut servers, 1);
+    }
+    run(&mut slices, &mut servers, 6);
+    audit(&slices, &servers);
+    let far_room = index.locate(far_item.1);
+    let far_room_items: Vec<EntityId> = slices
+        .iter()
+        .flat_map(|s| s.records().iter())
+        .filter(|(_, r)| is_streamed(&r.state) && index.locate(r.state.pos()) == far_room)
+        .map(|(id, _)| *id)
+        .collect();
+    assert!(!far_room_items.is_empty());
+    for id in &far_room_items {
+        assert!(servers.iter().all(|s| !s.held().contains_key(id)), "{id} of the far room is still loaded");
+    }
+    let end_held = held_items(&servers);
+    assert!(end_held <= near_items(&slices, corner) + 1, "{end_held} items held back at the start");
+    assert!(servers.iter().any(|s| s.held().contains_key(&carried[0])), "the carried item stayed loaded");
+    let (parked, woken): (u64, u64) =
+        slices.iter().map(|s| (s.stats.parked, s.stats.woken)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+
+    assert!(parked > 0 && woken > 0, "parked {parked}, woken {woken}");
+}

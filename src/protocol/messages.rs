@@ -5,7 +5,7 @@
 //! authority epoch it was made under, so the replication layer can tell a late message from a
 //! former owner and refuse it.
 
-use crate::world::{EntityId, EntityState, RegionId, RegionMap, ServerId};
+use crate::world::{ContainerId, EntityId, EntityState, RegionId, RegionMap, ServerId};
 
 /// One life of a logical server: a restart is a new incarnation, never reused.
 #[derive(
@@ -75,6 +75,13 @@ pub enum ServerMsg {
     Ghosts { ghosts: Vec<Ghost> },
     /// A projectile of this server hit a ghost: the target's authority applies the damage.
     Hit { target: EntityId, damage: u16 },
+    /// A player came near the container: the server wants its loose items (those in its
+    /// regions) back from the layer.
+    Load { container: ContainerId },
+    /// No player is near the container any more: the server has dropped these loose item roots
+    /// (each with its contents, under the epoch it held them by) and the layer keeps them.
+    /// Sent after the tick's deltas, so the layer has their last state.
+    Unload { container: ContainerId, roots: Vec<(EntityId, Epoch)> },
 }
 
 /// Replication layer to server.

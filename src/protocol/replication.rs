@@ -17,6 +17,7 @@
 //! regions tile the world.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use super::journal::{Checkpointing, JournalOp, SliceSnapshot};
 use super::messages::{
@@ -24,7 +25,10 @@ use super::messages::{
     ToServer,
 };
 use crate::limits::LEASE_DURATION_US;
-use crate::world::{EntityId, EntityKind, EntityState, Forest, MapError, RegionId, RegionMap, ServerId};
+use crate::world::{
+    is_streamed, ContainerId, EntityId, EntityKind, EntityState, Forest, MapError, RegionId, RegionMap, ServerId,
+    StreamIndex,
+};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Record {
@@ -72,6 +76,9 @@ pub struct ReplicationStats {
     /// Subtrees sent to and taken from other slices.
     pub transfers_out: u64,
     pub transfers_in: u64,
+    /// Item roots put to rest in an unloaded container, and woken when a server loaded it.
+    pub parked: u64,
+    pub woken: u64,
 }
 
 /// The slice (core) that server `server` lives on, of `slices`.
@@ -121,6 +128,11 @@ pub struct Replication {
     /// Changes for the replication log, in order (`None`: no log).
     journal: Option<Vec<JournalOp>>,
     checkpoints: Checkpointing,
+    /// Container streaming, when on: which containers each local server has loaded, and the
+    /// loose item roots at rest (no authority) in containers their region's server has not.
+    streaming: Option<Arc<StreamIndex>>,
+    loaded: BTreeMap<ServerId, BTreeSet<ContainerId>>,
+    dormant: BTreeMap<ContainerId, BTreeSet<EntityId>>,
 }
 
 impl Replication {
@@ -163,6 +175,9 @@ impl Replication {
             first_protocol_error: None,
             journal: None,
             checkpoints: Checkpointing::new(slices, 0),
+            streaming: None,
+            loaded: BTreeMap::new(),
+            dormant: BTreeMap::new(),
         };
         for Committed { id, state, commit_seq } in initial {
             match state.parent {
@@ -182,6 +197,29 @@ impl Replication {
 
     pub fn map(&self) -> &RegionMap {
         &self.map
+    }
+
+    /// Turns container streaming on (servers must stream with the same index): a loose item
+    /// goes to its region's server only while that server has its container loaded, and rests
+    /// here, with no authority, while it has not.
+    pub fn with_streaming(mut self, index: Arc<StreamIndex>) -> Self {
+        self.streaming = Some(index);
+        self
+    }
+
+    /// Loose item roots at rest, by container.
+    pub fn dormant(&self) -> &BTreeMap<ContainerId, BTreeSet<EntityId>> {
+        &self.dormant
+    }
+
+    /// Entities at rest: the dormant roots and their contents.
+    pub fn dormant_entities(&self) -> usize {
+        self.dormant.values().flatten().map(|root| self.forest.subtree(*root).len()).sum()
+    }
+
+    /// The containers `server` (on this core) has loaded.
+    pub fn loaded_by(&self, server: ServerId) -> Option<&BTreeSet<ContainerId>> {
+        self.loaded.get(&server)
     }
 
     /// Turns the journal on: from now every change is recorded for the replication log, and
@@ -350,6 +388,8 @@ impl Replication {
                     }
                 }
             }
+            ServerMsg::Load { container } => self.load_container(server, inc, container),
+            ServerMsg::Unload { container, roots } => self.unload_container(server, inc, container, roots),
         }
         self.tell_fenced(server, inc);
     }
@@ -374,6 +414,7 @@ impl Replication {
                 self.declare_dead(server);
             }
         }
+        self.loaded.remove(&server);
         let create_epoch = self.fresh_epoch();
         let slot = ServerSlot { incarnation: inc, create_epoch, last_heard_us: now_us, live: true, fenced_sent: false };
         self.servers.insert(server, slot);
@@ -722,6 +763,120 @@ impl Replication {
         self.publish_map();
     }
 
+    /// A server loads a container: the items at rest in it, in that server's regions, go to it.
+    fn load_container(&mut self, server: ServerId, inc: Incarnation, container: ContainerId) {
+        if !self.is_live(server, inc) {
+            self.stats.stale_rejected += 1;
+            return;
+        }
+        let Some(index) = self.streaming.clone() else {
+            self.protocol_error(|| format!("{server} streams containers, this layer does not"));
+            return;
+        };
+        if index.bounds(container).is_none() {
+            self.protocol_error(|| format!("{server} loaded container {container}, which does not exist"));
+            return;
+        }
+        self.loaded.entry(server).or_default().insert(container);
+        let Some(resting) = self.dormant.get(&container) else { return };
+        let waking: Vec<EntityId> = resting
+            .iter()
+            .copied()
+            .filter(|root| self.map.owner_at(self.records[root].state.pos()) == Some(server))
+            .collect();
+        for root in waking {
+            self.wake(root, container);
+            self.stats.woken += 1;
+            self.grant(root, Some(server));
+        }
+    }
+
+    /// A server unloaded a container and gave back the item roots it held in it.
+    fn unload_container(
+        &mut self,
+        server: ServerId,
+        inc: Incarnation,
+        container: ContainerId,
+        roots: Vec<(EntityId, Epoch)>,
+    ) {
+        if !self.is_live(server, inc) {
+            self.stats.stale_rejected += 1;
+            return;
+        }
+        if let Some(loaded) = self.loaded.get_mut(&server) {
+            loaded.remove(&container);
+        }
+        for (root, epoch) in roots {
+            if !self.authorized(server, root, epoch) {
+                self.stats.stale_rejected += 1;
+                continue;
+            }
+            if self.streaming.is_none() || !is_streamed(&self.records[&root].state) {
+                self.protocol_error(|| format!("{server} unloaded {root}, which is not a loose item"));
+                continue;
+            }
+            self.park(root);
+        }
+    }
+
+    /// Puts a loose item root (with its contents) to rest: no server has authority over it (a
+    /// fresh epoch makes any late write by its last holder stale) until one loads its container.
+    fn park(&mut self, root: EntityId) {
+        let index = self.streaming.clone().expect("parking needs streaming");
+        let epoch = self.fresh_epoch();
+        for id in self.forest.subtree(root) {
+            let record = self.records.get_mut(&id).expect("subtree entities exist");
+            record.authority = None;
+            record.epoch = epoch;
+            record.committed_epoch = epoch;
+        }
+        self.orphans.remove(&root);
+        let container = index.locate(self.records[&root].state.pos());
+        self.dormant.entry(container).or_default().insert(root);
+        self.stats.parked += 1;
+    }
+
+    fn wake(&mut self, root: EntityId, container: ContainerId) {
+        if let Some(resting) = self.dormant.get_mut(&container) {
+            resting.remove(&root);
+            if resting.is_empty() {
+                self.dormant.remove(&container);
+            }
+        }
+    }
+
+    /// The map changed: an item at rest whose region's server now lives on another core moves
+    /// to that core's slice (where that server's loads are heard), and one whose region's new
+    /// server has its container loaded goes to it. Containers whose regions all belong to local
+    /// servers that have not loaded them are passed over whole.
+    fn place_dormant(&mut self) {
+        let containers: Vec<ContainerId> = self.dormant.keys().copied().collect();
+        let index = match &self.streaming {
+            Some(index) => index.clone(),
+            None => return,
+        };
+        for container in containers {
+            let bounds = index.bounds(container).expect("dormant containers exist");
+            let unsettled = self.map.regions().iter().filter(|r| r.bounds.overlaps(&bounds)).any(|r| {
+                r.server.is_some_and(|s| {
+                    self.home_of(s) != self.slice || self.loaded.get(&s).is_some_and(|l| l.contains(&container))
+                })
+            });
+            if !unsettled {
+                continue;
+            }
+            let roots: Vec<EntityId> = self.dormant[&container].iter().copied().collect();
+            for root in roots {
+                let Some(owner) = self.map.owner_at(self.records[&root].state.pos()) else { continue };
+                let remote = self.home_of(owner) != self.slice;
+                if remote || self.loaded.get(&owner).is_some_and(|l| l.contains(&container)) {
+                    self.wake(root, container);
+                    self.place(root, 0);
+                }
+            }
+        }
+    }
+
     fn publish_map(&mut self) {
         self.stats.map_changes += 1;
         self.journal(JournalOp::Map);
@@ -730,6 +885,7 @@ impl Replication {
             self.send(server, ReplicationMsg::Map(self.map.clone()));
         }
         self.place_orphans();
+        self.place_dormant();
     }
 
     fn place_orphans(&mut self) {
@@ -749,6 +905,13 @@ impl Replication {
     /// Gives the subtree under `root` to `target` under a fresh epoch, from committed state.
     fn grant(&mut self, root: EntityId, target: Option<ServerId>) {
         let target = target.filter(|t| self.servers.get(t).is_some_and(|s| s.live) && self.home_of(*t) == self.slice);
+        if let (Some(t), Some(index)) = (target, &self.streaming) {
+            let state = &self.records[&root].state;
+            if is_streamed(state) && !self.loaded.get(&t).is_some_and(|l| l.contains(&index.locate(state.pos()))) {
+                self.park(root);
+                return;
+            }
+        }
         let epoch = self.fresh_epoch();
         let ids = self.forest.subtree(root);
         let mut entities = Vec::with_capacity(ids.len());
@@ -781,6 +944,7 @@ impl Replication {
         }
         slot.live = false;
         self.stats.servers_declared_dead += 1;
+        self.loaded.remove(&server);
         let roots: Vec<EntityId> = self
             .records
             .iter()
@@ -897,7 +1061,9 @@ impl Replication {
     /// Entities this slice holds, per region.
     fn region_counts(&self) -> Vec<(RegionId, u32)> {
         let mut counts: BTreeMap<RegionId, u32> = BTreeMap::new();
-        for record in self.records.values() {
+        // Items at rest cost a server nothing: with streaming, only what servers hold counts.
+        let streaming = self.streaming.is_some();
+        for record in self.records.values().filter(|r| !streaming || r.authority.is_some()) {
             *counts.entry(self.map.region_at(record.state.pos()).id).or_default() += 1;
         }
         counts.into_iter().collect()
@@ -1041,9 +1207,18 @@ impl Replication {
             if let Some(s) = r.authority.filter(|s| self.home_of(*s) != self.slice) {
                 errors.push(format!("{id}: held by {s}, which lives on {}, not on {}", self.home_of(s), self.slice));
             }
-            if r.authority.is_none() && r.state.parent.is_none() && !self.orphans.contains(id) {
-                errors.push(format!("{id}: has no authority and is not an orphan"));
+            let dormant = self.streaming.as_ref().is_some_and(|index| {
+                self.dormant.get(&index.locate(r.state.pos())).is_some_and(|roots| roots.contains(id))
+            });
+            if r.authority.is_none() && r.state.parent.is_none() && !self.orphans.contains(id) && !dormant {
+                errors.push(format!("{id}: has no authority and is neither an orphan nor at rest"));
             }
+            if dormant && (r.authority.is_some() || self.orphans.contains(id) || !is_streamed(&r.state)) {
+                errors.push(format!("{id}: at rest, but held by {:?} or an orphan or not a loose item", r.authority));
+            }
+        }
+        if let Some(id) = self.dormant.values().flatten().find(|id| !self.records.contains_key(id)) {
+            errors.push(format!("{id}: at rest here but not recorded here"));
         }
         for (p, c) in self.forest.edges() {
             if self.records.get(&c).and_then(|r| r.state.parent) != Some(p) {

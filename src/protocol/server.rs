@@ -10,7 +10,8 @@
 //! Invariants: a held child's parent is held too; a handed-off subtree is removed before the
 //! message leaves; deltas of a tick go out before its handoffs.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use glam::Vec3;
 
@@ -19,7 +20,10 @@ use crate::limits::{
     GHOST_MARGIN_M, HANDOFFS_PER_TICK_MAX, HIT_RADIUS_M, LEASE_DURATION_US, PROJECTILE_DAMAGE, PROJECTILE_TTL_TICKS,
     REACH_M, TICK_DURATION_US,
 };
-use crate::world::{EntityId, EntityKind, EntityState, Forest, Grid, RegionMap, ServerId};
+use crate::world::stream::{STREAM_LOAD_RADIUS_M, STREAM_PERIOD_TICKS, STREAM_UNLOAD_RADIUS_M};
+use crate::world::{
+    is_streamed, ContainerId, EntityId, EntityKind, EntityState, Forest, Grid, RegionMap, ServerId, StreamIndex,
+};
 
 /// Grid cell edge: a few reaches wide, so a reach query touches at most 8 cells.
 const GRID_CELL_M: f32 = 16.0;
@@ -99,6 +103,9 @@ pub struct ServerStats {
     /// Inputs refused: not held, out of reach, too fast, not allowed by the graph rules.
     pub inputs_refused: u64,
     pub deltas_sent: u64,
+    /// Containers this server asked the layer to load, and item roots it unloaded.
+    pub containers_loaded: u64,
+    pub roots_unloaded: u64,
     /// Messages for another incarnation or out of place; dropped.
     pub messages_ignored: u64,
 }
@@ -143,6 +150,11 @@ pub struct Server {
     ghost_grid: Grid,
     /// Damage from other servers' projectiles, applied at the next tick.
     damage: Vec<(EntityId, u16)>,
+    /// Container streaming, when on: the world's containers, and those this server has asked
+    /// the layer to load. Marks are scratch space for one streaming pass.
+    streaming: Option<Arc<StreamIndex>>,
+    loaded: BTreeSet<ContainerId>,
+    marks: Vec<u8>,
     pub stats: ServerStats,
     /// Test-only planted bug: keep acting after the lease ran out.
     pub planted_ignore_lease: bool,
@@ -173,12 +185,29 @@ impl Server {
             ghosts: Vec::new(),
             ghost_grid: Grid::new(GRID_CELL_M),
             damage: Vec::new(),
+            streaming: None,
+            loaded: BTreeSet::new(),
+            marks: Vec::new(),
             stats: ServerStats::default(),
             planted_ignore_lease: false,
             handoffs_per_tick_max: HANDOFFS_PER_TICK_MAX,
         };
         server.send(ServerMsg::Register);
         server
+    }
+
+    /// Turns container streaming on: loose items in containers no player is near are given
+    /// back to the layer, and loaded again when a player comes near. The layer must stream with
+    /// the same index.
+    pub fn with_streaming(mut self, index: Arc<StreamIndex>) -> Self {
+        self.marks = vec![0; index.tree().containers.len()];
+        self.streaming = Some(index);
+        self
+    }
+
+    /// The containers this server has loaded (with streaming on).
+    pub fn loaded(&self) -> &BTreeSet<ContainerId> {
+        &self.loaded
     }
 
     pub fn id(&self) -> ServerId {
@@ -331,6 +360,9 @@ impl Server {
         self.flush_deltas(tick);
         for root in leaving {
             self.hand_off(root);
+        }
+        if self.streaming.is_some() && tick % STREAM_PERIOD_TICKS == 0 {
+            self.stream();
         }
         let ghosts = self.border_ghosts();
         self.send(ServerMsg::Ghosts { ghosts });
@@ -699,6 +731,13 @@ impl Server {
     }
 
     fn hand_off(&mut self, root: EntityId) {
+        let entities = self.remove_subtree(root);
+        self.stats.handed_off += entities.len() as u64;
+        self.send(ServerMsg::Handoff { root, entities });
+    }
+
+    /// Drops `root` and everything in it, parents first.
+    fn remove_subtree(&mut self, root: EntityId) -> Vec<Owned> {
         let ids = self.forest.subtree(root);
         let mut entities = Vec::with_capacity(ids.len());
         for id in &ids {
@@ -708,8 +747,77 @@ impl Server {
             }
             entities.push(Owned { id: *id, epoch: held.epoch, state: held.state });
         }
-        self.stats.handed_off += ids.len() as u64;
-        self.send(ServerMsg::Handoff { root, entities });
+        entities
+    }
+
+    /// One streaming pass: load the containers in this server's regions that a player (held,
+    /// or a neighbour's seen as a ghost) has come near; unload the loaded ones no player is near
+    /// any more, giving their loose items back to the layer. A loose item held in a container
+    /// that is not loaded (adopted while an unload was on its way) goes back too.
+    fn stream(&mut self) {
+        const KEEP: u8 = 1;
+        const WANT: u8 = 2;
+        let index = self.streaming.clone().expect("streaming is on");
+        let players: Vec<Vec3> = self
+            .entities
+            .values()
+            .filter(|h| h.state.kind == EntityKind::Player)
+            .map(|h| h.state.pos())
+            .chain(self.ghosts.iter().filter(|g| g.kind == EntityKind::Player).map(|g| Vec3::from_array(g.position)))
+            .collect();
+        let mut touched: Vec<ContainerId> = Vec::new();
+        for p in players {
+            let marks = &mut self.marks;
+            index.near(p, STREAM_UNLOAD_RADIUS_M, |c| {
+                let mark = &mut marks[c as usize];
+                if *mark == 0 {
+                    touched.push(c);
+                }
+                *mark |= KEEP;
+                if *mark & WANT == 0 && index.is_near(c, p, STREAM_LOAD_RADIUS_M) {
+                    *mark |= WANT;
+                }
+            });
+        }
+        let map = self.map.as_ref().expect("active servers have a map");
+        let mine: Vec<crate::world::Aabb> = map.regions_of(self.id).map(|r| r.bounds).collect();
+        let mut loads = Vec::new();
+        for &c in &touched {
+            let in_my_regions = || index.bounds(c).is_some_and(|b| mine.iter().any(|r| r.overlaps(&b)));
+            if self.marks[c as usize] & WANT != 0 && !self.loaded.contains(&c) && in_my_regions() {
+                loads.push(c);
+            }
+        }
+        let dropped: Vec<ContainerId> =
+            self.loaded.iter().copied().filter(|c| self.marks[*c as usize] & KEEP == 0).collect();
+        for c in touched {
+            self.marks[c as usize] = 0;
+        }
+        for c in &dropped {
+            self.loaded.remove(c);
+        }
+        self.loaded.extend(loads.iter().copied());
+        let mut unloads: BTreeMap<ContainerId, Vec<(EntityId, Epoch)>> =
+            dropped.into_iter().map(|c| (c, Vec::new())).collect();
+        for (id, h) in &self.entities {
+            if is_streamed(&h.state) && map.owner_at(h.state.pos()) == Some(self.id) {
+                let c = index.locate(h.state.pos());
+                if !self.loaded.contains(&c) {
+                    unloads.entry(c).or_default().push((*id, h.epoch));
+                }
+            }
+        }
+        for (container, roots) in unloads {
+            for (root, _) in &roots {
+                self.stats.roots_unloaded += 1;
+                self.remove_subtree(*root);
+            }
+            self.send(ServerMsg::Unload { container, roots });
+        }
+        for container in loads {
+            self.stats.containers_loaded += 1;
+            self.send(ServerMsg::Load { container });
+        }
     }
 }
 

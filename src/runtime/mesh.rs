@@ -16,7 +16,7 @@ use crate::protocol::{Committed, Replication, Server, SliceId};
 use crate::sim::Checker;
 use crate::world::{
     populate, Aabb, ContainerKind, ContainerTree, EntityId, EntityKind, EntityState, Population, RegionId, RegionMap,
-    ServerId,
+    ServerId, StreamIndex,
 };
 
 /// Bytes of each core-to-core ring: a burst of transfers (the whole world placed at start) fits.
@@ -136,6 +136,9 @@ pub struct MeshSummary {
     pub ticks_over_budget: u64,
     /// Entities each core held at the end, and each core's tick p99: where the load sat.
     pub held_per_core: Vec<usize>,
+    /// Entities at rest at the end: in containers no player was near, held by no server (they
+    /// are in the replication layer and its log).
+    pub entities_at_rest: usize,
     pub tick_p99_ms_per_core: Vec<f64>,
     pub handoffs: u64,
     pub transfers: u64,
@@ -191,9 +194,11 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
         Some(_) => return Err(MeshError::Config("only the bots scenario keeps a persistent world".into())),
         None => WorldMeta { seed: cfg.seed, players: cfg.players },
     };
+    let mut streaming = None;
     let (map, entities) = match cfg.scenario {
         Scenario::Bots => {
             let tree = world_for(meta.players, meta.seed);
+            streaming = Some(Arc::new(StreamIndex::new(tree.clone())));
             places.cities = tree.of_kind(ContainerKind::City).map(|c| c.bounds.center()).collect();
             places.rally = places.cities.first().copied().unwrap_or_else(|| tree.bounds().center());
             let mut counts = Population {
@@ -232,6 +237,9 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
                 initial.take().unwrap_or_default(),
             );
             slice.balancing = cfg.scenario == Scenario::Bots;
+            if let Some(index) = &streaming {
+                slice = slice.with_streaming(index.clone());
+            }
             if cfg.persist.is_some() {
                 slice.enable_journal(round);
             }
@@ -280,6 +288,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
             incarnations: incarnations.clone(),
             gauges: gauges[i].clone(),
             clock_offset_us,
+            streaming: streaming.clone(),
             log: logs.get_mut(i).and_then(Option::take).map(|log| shard::ShardLog {
                 log,
                 checkpoint_every: cfg.persist.as_ref().map(|p| p.checkpoint_every).unwrap_or(Duration::MAX),
@@ -449,6 +458,7 @@ fn audit(
         tick_max_ms: hist.max() as f64 / 1e3,
         ticks_over_budget: stalls,
         held_per_core,
+        entities_at_rest: slices.iter().map(|s| s.dormant_entities()).sum(),
         tick_p99_ms_per_core,
         handoffs: slices.iter().map(|s| s.stats.handoffs).sum(),
         transfers: slices.iter().map(|s| s.stats.transfers_out).sum(),

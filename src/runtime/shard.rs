@@ -83,6 +83,8 @@ pub struct ShardSetup {
     /// Added to the run's clock: a world read back from its log continues its ticks.
     pub clock_offset_us: u64,
     pub log: Option<ShardLog>,
+    /// Container streaming for the servers (`None`: servers hold every entity of their regions).
+    pub streaming: Option<Arc<crate::world::StreamIndex>>,
 }
 
 /// What a shard hands back when it stops.
@@ -112,6 +114,7 @@ struct Shard {
     bot_activity: f64,
     places: Arc<crate::bots::Places>,
     handoffs_per_tick_max: Option<usize>,
+    streaming: Option<Arc<crate::world::StreamIndex>>,
     incarnations: Arc<AtomicU32>,
     inputs: Vec<Input>,
     ring_errors: u64,
@@ -225,7 +228,11 @@ impl Shard {
         for server in &mut self.servers {
             if let Some(ServerEvent::Fenced) = server.poll_event() {
                 let inc = self.incarnations.fetch_add(1, Ordering::Relaxed);
-                *server = Server::new(server.id(), Incarnation(inc), now);
+                let mut fresh = Server::new(server.id(), Incarnation(inc), now);
+                if let Some(index) = &self.streaming {
+                    fresh = fresh.with_streaming(index.clone());
+                }
+                *server = fresh;
                 if let Some(max) = self.handoffs_per_tick_max {
                     server.handoffs_per_tick_max = max;
                 }
@@ -275,6 +282,9 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
         .map(|id| {
             let inc = Incarnation(setup.incarnations.fetch_add(1, Ordering::Relaxed));
             let mut server = Server::new(*id, inc, setup.clock_offset_us);
+            if let Some(index) = &setup.streaming {
+                server = server.with_streaming(index.clone());
+            }
             if let Some(max) = setup.handoffs_per_tick_max {
                 server.handoffs_per_tick_max = max;
             }
@@ -298,6 +308,7 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
         bot_activity: setup.bot_activity,
         places: setup.places,
         handoffs_per_tick_max: setup.handoffs_per_tick_max,
+        streaming: setup.streaming.clone(),
         incarnations: setup.incarnations,
         inputs: Vec::new(),
         ring_errors: 0,

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::protocol::replication::Record;
 use crate::protocol::{Replication, Server};
+use crate::world::stream::STREAM_LOAD_RADIUS_M;
 use crate::world::{EntityId, EntityKind};
 
 /// Every slice's records in one view; an entity in two slices is a duplicate.
@@ -191,7 +192,35 @@ impl Checker {
         }
         let acting: BTreeMap<_, _> = servers.filter(|s| s.is_acting(now_us)).map(|s| (s.id(), s)).collect();
         let records = union(slices)?;
+        let players: Vec<glam::Vec3> =
+            records.values().filter(|r| r.state.kind == EntityKind::Player).map(|r| r.state.pos()).collect();
+        let mut resting = BTreeSet::new();
+        for slice in slices {
+            for root in slice.dormant().values().flatten() {
+                // Every player's bubble has reached the items near it by now.
+                let at = records[root].state.pos();
+                if let Some(p) = players.iter().find(|p| p.distance(at) <= STREAM_LOAD_RADIUS_M) {
+                    return Err(format!("{root} is still at rest {:.1} m from a player", p.distance(at)));
+                }
+                resting.extend(slice.forest().subtree(*root));
+            }
+        }
+        for server in acting.values() {
+            let home = &slices[crate::protocol::replication::home_slice(server.id(), slices.len() as u16).0 as usize];
+            let layer_view = home.loaded_by(server.id()).cloned().unwrap_or_default();
+            if &layer_view != server.loaded() {
+                return Err(format!(
+                    "{} has containers {:?} loaded, its slice thinks {:?}",
+                    server.id(),
+                    server.loaded(),
+                    layer_view
+                ));
+            }
+        }
         for (id, r) in &records {
+            if resting.contains(id) {
+                continue;
+            }
             let Some(owner) = r.authority else { return Err(format!("{id} has no authority")) };
             let Some(server) = acting.get(&owner) else {
                 return Err(format!("{id} belongs to {owner}, which is not running"));
@@ -207,8 +236,12 @@ impl Checker {
             }
         }
         let held_total: usize = acting.values().map(|s| s.held().len()).sum();
-        if held_total != records.len() {
-            return Err(format!("servers hold {held_total} entities, the layer has {}", records.len()));
+        if held_total + resting.len() != records.len() {
+            return Err(format!(
+                "servers hold {held_total} entities and {} are at rest, the layer has {}",
+                resting.len(),
+                records.len()
+            ));
         }
         Ok(())
     }

@@ -29,7 +29,7 @@ use crate::protocol::{
     Action, Incarnation, Input, Link, PlantedBugs, Replication, Server, ServerEvent, SliceId, SliceMsg, ToReplication,
     ToServer,
 };
-use crate::world::{populate, ContainerTree, Population, RegionMap, ServerId};
+use crate::world::{populate, ContainerTree, Population, RegionMap, ServerId, StreamIndex};
 
 /// The replication layer's link session; it never restarts in the simulator.
 const REPLICATION_SESSION: u32 = 1;
@@ -87,6 +87,9 @@ pub struct SimStats {
     pub damage_received: u64,
     /// Applied bot actions, by kind (see `Action::index`).
     pub actions: [u64; 8],
+    /// Item roots put to rest in unloaded containers, and woken when a server loaded them.
+    pub parked: u64,
+    pub woken: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -121,6 +124,8 @@ pub struct Simulator {
     net: Network,
     next_incarnation: u32,
     checker: Checker,
+    /// The world's containers, which servers and slices stream by.
+    streaming: std::sync::Arc<StreamIndex>,
     calm: bool,
     pub stats: SimStats,
     log: String,
@@ -129,7 +134,10 @@ pub struct Simulator {
 impl Simulator {
     pub fn new(cfg: SimConfig) -> Self {
         let plan = FaultPlan::draw(cfg.seed);
-        let tree = ContainerTree::generate(cfg.seed, 2, 2, 2);
+        // Four buildings to a city: some rooms are far from every player, so streaming has
+        // containers to unload and load back as bots roam.
+        let tree = ContainerTree::generate(cfg.seed, 2, 2, 4);
+        let streaming = std::sync::Arc::new(StreamIndex::new(tree.clone()));
         let counts = Population {
             players: plan.players,
             npcs: plan.players / 4,
@@ -142,7 +150,8 @@ impl Simulator {
         let mut initial = Some(entities);
         for i in 0..plan.slices {
             let mut slice =
-                Replication::new_slice(SliceId(i), plan.slices, map.clone(), initial.take().unwrap_or_default());
+                Replication::new_slice(SliceId(i), plan.slices, map.clone(), initial.take().unwrap_or_default())
+                    .with_streaming(streaming.clone());
             slice.planted = cfg.planted;
             slices.push(slice);
         }
@@ -158,6 +167,7 @@ impl Simulator {
             net: Network::default(),
             next_incarnation: 1,
             checker,
+            streaming,
             calm: false,
             stats: SimStats::default(),
             log: String::new(),
@@ -228,6 +238,8 @@ impl Simulator {
         let failure = sim.run_phases().err();
         sim.stats.handoffs = sim.layer_total(|s| s.handoffs);
         sim.stats.transfers = sim.layer_total(|s| s.transfers_out);
+        sim.stats.parked = sim.layer_total(|s| s.parked);
+        sim.stats.woken = sim.layer_total(|s| s.woken);
         sim.stats.packets = sim.net.stats.sent;
         let live: Vec<_> = sim.servers().map(|s| s.stats).collect();
         for s in live {
@@ -239,7 +251,7 @@ impl Simulator {
             let s = sim.stats;
             let _ = writeln!(
                 sim.log,
-                "ok seed={} ticks={} handoffs={} adopted={} crashes={} fenced={} restarts={} partitions={} region_ops={} hits={} commits={} stale_rejected={}",
+                "ok seed={} ticks={} handoffs={} adopted={} crashes={} fenced={} restarts={} partitions={} region_ops={} hits={} parked={} woken={} commits={} stale_rejected={}",
                 sim.cfg.seed,
                 s.ticks,
                 s.handoffs,
@@ -250,6 +262,8 @@ impl Simulator {
                 s.partitions,
                 s.region_ops,
                 s.hits,
+                s.parked,
+                s.woken,
                 sim.layer_total(|s| s.commits),
                 sim.layer_total(|s| s.stale_rejected)
             );
@@ -349,7 +363,7 @@ impl Simulator {
         for id in due {
             let inc = self.next_incarnation;
             self.next_incarnation += 1;
-            let mut server = Server::new(id, Incarnation(inc), now);
+            let mut server = Server::new(id, Incarnation(inc), now).with_streaming(self.streaming.clone());
             server.planted_ignore_lease = self.cfg.planted_server_ignores_lease;
             let node = self.nodes.get_mut(&id).expect("node exists");
             node.server = Some((server, Link::new(inc)));

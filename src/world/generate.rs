@@ -50,10 +50,18 @@ pub fn populate(tree: &ContainerTree, seed: u64, counts: Population) -> Vec<(Ent
         ships.push((spawn(&mut out, EntityKind::Ship, p, None), p));
     }
     let mut carried = 0;
+    let mut crew = vec![0usize; ships.len()];
     for i in 0..counts.players {
-        let aboard = (i % 5 == 1).then(|| ships.get(i % ships.len().max(1))).flatten();
-        let player = match aboard {
-            Some(&(ship, at)) => spawn(&mut out, EntityKind::Player, at, Some(ship)),
+        // Every fifth player starts aboard a ship, the ships taking turns, none over capacity.
+        let seat = (i % 5 == 1 && !ships.is_empty())
+            .then(|| (i / 5) % ships.len())
+            .filter(|s| crew[*s] < EntityKind::Ship.capacity_for(EntityKind::Player));
+        let player = match seat {
+            Some(s) => {
+                crew[s] += 1;
+                let (ship, at) = ships[s];
+                spawn(&mut out, EntityKind::Player, at, Some(ship))
+            }
             None => {
                 let p = pick(&mut rng, &cities);
                 spawn(&mut out, EntityKind::Player, p, None)
@@ -85,15 +93,17 @@ mod tests {
     #[test]
     fn population_is_seeded_and_well_formed() {
         let tree = ContainerTree::default_world();
-        let counts = Population { players: 20, npcs: 5, items: 30, ships: 3 };
+        // Five ships: a count that once put every passenger on the same ship.
+        let counts = Population { players: 200, npcs: 5, items: 140, ships: 5 };
         let a = populate(&tree, 1, counts);
         assert_eq!(a, populate(&tree, 1, counts));
-        assert_eq!(a.iter().filter(|(_, s)| s.kind.is_item()).count(), 30);
+        assert_eq!(a.iter().filter(|(_, s)| s.kind.is_item()).count(), 140);
         assert!(a.iter().any(|(_, s)| s.kind == EntityKind::Player && s.parent.is_some()));
         for (i, (_, s)) in a.iter().enumerate() {
             if let Some(p) = s.parent {
                 let parent = a[..i].iter().find(|(id, _)| *id == p).expect("parents come first");
-                assert!(parent.1.kind.capacity_for(s.kind) > 0);
+                let siblings = a.iter().filter(|(_, c)| c.parent == Some(p)).count();
+                assert!(parent.1.kind.capacity_for(s.kind) >= siblings, "{p} holds {siblings}, over its capacity");
                 assert_eq!(parent.1.position, s.position, "children sit at their parent");
             }
             assert!(tree.bounds().contains(s.pos()));

@@ -6,9 +6,11 @@ pub mod entity;
 pub mod generate;
 pub mod grid;
 pub mod region;
+pub mod stream;
 
 pub use container::{Aabb, Container, ContainerKind, ContainerTree, WorldError};
 pub use entity::{EntityId, EntityKind, EntityState, Forest};
 pub use generate::{populate, Population};
 pub use grid::Grid;
 pub use region::{MapError, Region, RegionId, RegionMap, ServerId};
+pub use stream::{is_streamed, ContainerId, StreamIndex};
