@@ -47,29 +47,14 @@ enum Command {
     /// replication slice on each, shared-memory rings between them) with bots playing; a status
     /// line each second, then a summary and an audit of every entity.
     Demo {
-        /// Cores to run on (default: all).
-        #[arg(long)]
-        cores: Option<usize>,
         /// Bots, each a player.
         #[arg(long, default_value_t = 2000)]
         players: usize,
         /// Seconds to run.
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
-        /// Logical servers on each core.
-        #[arg(long, default_value_t = 2)]
-        servers_per_core: usize,
-        /// Tick rate.
-        #[arg(long, default_value_t = 30.0)]
-        hz: f64,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Bot activity; 1.0 is the simulator's stress level.
-        #[arg(long, default_value_t = 0.25)]
-        activity: f64,
-        /// Write the summary as JSON here.
-        #[arg(long)]
-        json: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        mesh: MeshArgs,
     },
     /// Run a persistent world kept in a replication log in `--data DIR` (created on first start),
     /// with bots if asked, until SIGINT or SIGTERM, which commit, sync and exit 0.
@@ -80,16 +65,8 @@ enum Command {
         /// Bots: on first start, the world gets this many players, which bots drive.
         #[arg(long, default_value_t = 0)]
         bots: usize,
-        #[arg(long)]
-        cores: Option<usize>,
-        #[arg(long, default_value_t = 2)]
-        servers_per_core: usize,
-        #[arg(long, default_value_t = 30.0)]
-        hz: f64,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        #[arg(long, default_value_t = 0.25)]
-        activity: f64,
+        #[command(flatten)]
+        mesh: MeshArgs,
         /// When commits are synced: `tick` (every tick), a period such as `100ms`, or `off`
         /// (only on shutdown; a killed process still loses nothing written, a power loss can).
         #[arg(long, default_value = "tick")]
@@ -104,9 +81,6 @@ enum Command {
         /// Stop after this many seconds (default: run until a signal).
         #[arg(long)]
         duration: Option<f64>,
-        /// Write the final summary as JSON here.
-        #[arg(long)]
-        json: Option<std::path::PathBuf>,
     },
     /// Read a world's replication log.
     Log {
@@ -115,6 +89,49 @@ enum Command {
     },
     /// Load a TOML world file, check it and print its container tree.
     World { file: std::path::PathBuf },
+}
+
+/// What `demo` and `serve` share: where the mesh runs and how its bots play.
+#[derive(clap::Args)]
+struct MeshArgs {
+    /// Cores to run on (default: all).
+    #[arg(long)]
+    cores: Option<usize>,
+    /// Logical servers on each core.
+    #[arg(long, default_value_t = 2)]
+    servers_per_core: usize,
+    /// Tick rate.
+    #[arg(long, default_value_t = 30.0)]
+    hz: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Bot activity; 1.0 is the simulator's stress level.
+    #[arg(long, default_value_t = 0.25)]
+    activity: f64,
+    /// Write the final summary as JSON here.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+impl MeshArgs {
+    /// A bots run of `players` for `duration`, everything else as these arguments say.
+    fn config(&self, players: usize, duration: Duration, warmup: Duration) -> MeshConfig {
+        MeshConfig {
+            cores: self.cores.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            players,
+            duration,
+            warmup,
+            tick: Duration::from_secs_f64(1.0 / self.hz.clamp(1.0, 1000.0)),
+            servers_per_core: self.servers_per_core,
+            seed: self.seed,
+            bot_activity: if players == 0 { 0.0 } else { self.activity.clamp(1e-3, 1.0) },
+            status: true,
+            scenario: shardmesh::runtime::mesh::Scenario::Bots,
+            handoffs_per_tick_max: None,
+            persist: None,
+            stop_signal: None,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -150,39 +167,15 @@ fn main() -> ExitCode {
                 (seeds, None) => sweep(start, seeds.unwrap_or(100), threads, base),
             }
         }
-        Command::Demo { cores, players, duration, servers_per_core, hz, seed, activity, json } => {
-            let cores = cores.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-            let cfg = MeshConfig {
-                cores,
+        Command::Demo { players, duration, mesh } => {
+            let cfg = mesh.config(
                 players,
-                duration: Duration::from_secs_f64(duration.max(0.1)),
-                warmup: Duration::from_secs_f64((duration / 5.0).min(2.0)),
-                tick: Duration::from_secs_f64(1.0 / hz.clamp(1.0, 1000.0)),
-                servers_per_core,
-                seed,
-                bot_activity: activity.clamp(1e-3, 1.0),
-                status: true,
-                scenario: shardmesh::runtime::mesh::Scenario::Bots,
-                handoffs_per_tick_max: None,
-                persist: None,
-                stop_signal: None,
-            };
-            demo(cfg, json)
+                Duration::from_secs_f64(duration.max(0.1)),
+                Duration::from_secs_f64((duration / 5.0).min(2.0)),
+            );
+            demo(cfg, mesh.json)
         }
-        Command::Serve {
-            data,
-            bots,
-            cores,
-            servers_per_core,
-            hz,
-            seed,
-            activity,
-            durability,
-            checkpoint_secs,
-            salvage,
-            duration,
-            json,
-        } => {
+        Command::Serve { data, bots, mesh, durability, checkpoint_secs, salvage, duration } => {
             let stop = Arc::new(AtomicBool::new(false));
             for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
                 if let Err(e) = signal_hook::flag::register(signal, stop.clone()) {
@@ -190,19 +183,8 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             }
-            let cores = cores.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let duration = duration.map_or(Duration::MAX, |d| Duration::from_secs_f64(d.max(0.1)));
             let cfg = MeshConfig {
-                cores,
-                players: bots,
-                duration: duration.map_or(Duration::MAX, |d| Duration::from_secs_f64(d.max(0.1))),
-                warmup: Duration::from_secs(2),
-                tick: Duration::from_secs_f64(1.0 / hz.clamp(1.0, 1000.0)),
-                servers_per_core,
-                seed,
-                bot_activity: if bots == 0 { 0.0 } else { activity.clamp(1e-3, 1.0) },
-                status: true,
-                scenario: shardmesh::runtime::mesh::Scenario::Bots,
-                handoffs_per_tick_max: None,
                 persist: Some(shardmesh::runtime::mesh::PersistConfig {
                     dir: data,
                     durability,
@@ -211,8 +193,9 @@ fn main() -> ExitCode {
                     salvage,
                 }),
                 stop_signal: Some(stop),
+                ..mesh.config(bots, duration, Duration::from_secs(2))
             };
-            demo(cfg, json)
+            demo(cfg, mesh.json)
         }
         Command::Log { command: LogCommand::Verify { dir, json } } => {
             let report = match shardmesh::log::Disk::open(&dir) {
