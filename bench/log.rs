@@ -9,8 +9,8 @@
 //! 3. Recovery: a log holding a checkpoint of N entities and a tail of ticks, read back into a
 //!    world; entities per second.
 //!
-//! Run: cargo bench --bench log -- [DIR] (default: a directory under the system's temp dir;
-//! give one on the disk you care about).
+//! Run: cargo bench --bench log -- [DIR] [--only append|latency|recovery] (default: a directory
+//! under the system's temp dir; give one on the disk you care about).
 
 use std::io::Write;
 use std::sync::Arc;
@@ -123,12 +123,16 @@ fn recovery(root: &std::path::Path, world: u32, tail_ticks: u64) -> (usize, f64,
 }
 
 fn main() {
-    let root = std::env::args()
-        .skip(1)
-        .find(|a| !a.starts_with('-'))
-        .map(std::path::PathBuf::from)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
+    let root = args
+        .iter()
+        .enumerate()
+        .find(|(i, a)| !a.starts_with('-') && (*i == 0 || args[i - 1] != "--only"))
+        .map(|(_, a)| std::path::PathBuf::from(a))
         .unwrap_or_else(|| std::env::temp_dir().join("shardmesh-log-bench"));
     std::fs::create_dir_all(&root).expect("bench directory");
+    let part = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let sample = rkyv::to_bytes::<rkyv::rancor::Error>(&tick_batch(1)).expect("serializes").len();
     println!(
         "log bench in {}: {PUTS_PER_TICK} entity writes a tick, {sample} bytes a tick ({} bytes a write)",
@@ -136,10 +140,24 @@ fn main() {
         sample / PUTS_PER_TICK as usize
     );
 
-    println!("append vs plain write of the same bytes (3 runs of 2,000 ticks, each ending in a sync):");
+    if part("append") {
+        append_part(&root);
+    }
+    if part("latency") {
+        latency_part(&root);
+    }
+    if part("recovery") {
+        recovery_part(&root);
+    }
+    println!("reproduce: cargo bench --bench log -- {}", root.display());
+}
+
+fn append_part(root: &std::path::Path) {
+    const RUNS: usize = 5;
+    println!("append vs plain write of the same bytes ({RUNS} runs of 2,000 ticks, each ending in a sync):");
     let mut ratios = Vec::new();
-    for run in 0..3 {
-        let (log_mbs, plain_mbs) = append_vs_write(&root, 2_000);
+    for run in 0..RUNS {
+        let (log_mbs, plain_mbs) = append_vs_write(root, 2_000);
         ratios.push(log_mbs / plain_mbs);
         println!(
             "  run {run}: log {log_mbs:.0} MB/s, plain write {plain_mbs:.0} MB/s, log/plain {:.2}",
@@ -147,22 +165,25 @@ fn main() {
         );
     }
     ratios.sort_by(f64::total_cmp);
-    println!("  median log/plain: {:.2}", ratios[1]);
+    println!("  median log/plain: {:.2}", ratios[RUNS / 2]);
+}
 
+fn latency_part(root: &std::path::Path) {
     println!("commit latency at 30 Hz, 6 s per mode (append to durable):");
     for (name, mode) in [
         ("tick", Durability::EveryTick),
         ("100ms", Durability::Interval(Duration::from_millis(100))),
         ("off", Durability::Off),
     ] {
-        let (p50, p99, max, n) = commit_latency(&root, mode, 6.0);
+        let (p50, p99, max, n) = commit_latency(root, mode, 6.0);
         println!("  {name:<6} p50 {p50:>7.3} ms  p99 {p99:>7.3} ms  max {max:>7.3} ms  ({n} ticks)");
     }
+}
 
+fn recovery_part(root: &std::path::Path) {
     println!("recovery (checkpoint of N entities plus a tail of 300 ticks x {PUTS_PER_TICK} writes):");
     for world in [100_000u32, 1_000_000] {
-        let (n, s, rate) = recovery(&root, world, 300);
+        let (n, s, rate) = recovery(root, world, 300);
         println!("  {n} entities in {:.3} s: {:.2} M entities/s", s, rate / 1e6);
     }
-    println!("reproduce: cargo bench --bench log -- {}", root.display());
 }

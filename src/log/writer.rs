@@ -56,6 +56,10 @@ impl std::str::FromStr for Durability {
 /// enough that reclaiming one frees memory and disk soon.
 pub const SEGMENT_BYTES: usize = 64 << 20;
 
+/// How far ahead of the writer the flusher gets a segment's pages ready: a few hundred ticks of
+/// a busy slice, and little enough that the zeros it dirties early cost nothing to write back.
+pub const PREFAULT_AHEAD_BYTES: usize = 4 << 20;
+
 /// What the flusher reports back; read by the shard and the status line.
 #[derive(Default)]
 pub struct FlushState {
@@ -284,6 +288,8 @@ fn flush_loop(rx: Receiver<FlushMsg>, media: &dyn Media, state: &FlushState, dur
         segment: Arc<dyn Segment>,
         synced: usize,
         end: usize,
+        /// Pages before this are ready for the writer.
+        prefaulted: usize,
     }
     let mut current: Option<Pending> = None;
     let mut older: Vec<Pending> = Vec::new();
@@ -341,7 +347,7 @@ fn flush_loop(rx: Receiver<FlushMsg>, media: &dyn Media, state: &FlushState, dur
                             if let Some(old) = current.take() {
                                 older.push(old);
                             }
-                            current = Some(Pending { segment, synced: 0, end });
+                            current = Some(Pending { segment, synced: 0, end, prefaulted: 0 });
                         }
                     }
                     if tick > 0 {
@@ -390,6 +396,16 @@ fn flush_loop(rx: Receiver<FlushMsg>, media: &dyn Media, state: &FlushState, dur
                 }
             }
             state.durable_tick.fetch_max(latest_tick, Ordering::Release);
+        }
+        // Durability first, then the pages the writer will need next, off its thread. A failed
+        // prefault (an old kernel) only leaves the faults to the writer.
+        if let Some(p) = &mut current {
+            let want = (p.end + PREFAULT_AHEAD_BYTES).min(p.segment.len());
+            let from = p.prefaulted.max(p.end);
+            if want > from {
+                let _ = p.segment.prefault(from, want);
+                p.prefaulted = want;
+            }
         }
     }
 }
