@@ -289,3 +289,46 @@ fn media_lists_what_it_holds() {
     let names = media.list("slice-0").unwrap();
     assert!(names.iter().any(|n| n.starts_with("seg-")) && names.iter().any(|n| n.starts_with("snap-")), "{names:?}");
 }
+
+#[test]
+fn the_next_segment_is_prepared_ahead_and_a_crash_with_it_in_place_recovers_cleanly() {
+    let media = CrashImage::default();
+    let opened = smlog::open(Arc::new(media.clone()), &options(4096), || world(10)).unwrap();
+    let mut log = opened.logs.into_iter().next().unwrap();
+    let mut crashed_with_prepared = None;
+    for t in 1..=120u64 {
+        log.append(&Batch { tick: t, ops: vec![put((t % 10) as u32, 1000.0 + t as f32, 1 + t)] }).unwrap();
+        log.commit(t).unwrap();
+        // Give the flusher a moment, as the ticks between two commits would.
+        for _ in 0..20 {
+            if log.next_segment_ready() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        if crashed_with_prepared.is_none() && log.next_segment_ready() {
+            crashed_with_prepared = Some((t, media.image()));
+        }
+    }
+    assert!(log.rolls >= 3 && log.rolls_prepared >= 2, "{} rolls, {} prepared", log.rolls, log.rolls_prepared);
+    log.close().unwrap();
+    assert!(!media.image().keys().any(|k| k.ends_with(".tmp")), "closing removes the unused prepared segment");
+    let rec = smlog::recover(&media, false).unwrap();
+    assert_eq!(rec.last_committed_tick, 120);
+    assert_eq!(x_of(&rec.entities, 0), Some(1120.0));
+
+    // A crash with a prepared segment in place: it is not part of the log, and the next start
+    // clears it away.
+    let (t, image) = crashed_with_prepared.expect("a segment was prepared");
+    let stale: Vec<String> = image.keys().filter(|k| k.ends_with(".tmp")).cloned().collect();
+    assert_eq!(stale.len(), 1);
+    let rec = smlog::recover(&CrashImage::from_image(image.clone()), false).unwrap();
+    assert_eq!(rec.last_committed_tick, t);
+    assert!(rec.report.errors.is_empty(), "{:?}", rec.report);
+    let restarted = CrashImage::from_image(image);
+    let opened = smlog::open(Arc::new(restarted.clone()), &options(4096), || world(10)).unwrap();
+    for log in opened.logs {
+        log.close().unwrap();
+    }
+    assert!(restarted.image().keys().all(|k| !stale.contains(k)), "the stale prepared segment is gone");
+}

@@ -26,6 +26,10 @@ pub trait Media: Send + Sync {
     fn remove(&self, path: &str) -> io::Result<()>;
     /// Zeros a file from `offset` to its end: cuts a torn tail so nothing after it is read again.
     fn zero_from(&self, path: &str, offset: usize) -> io::Result<()>;
+    /// Renames a file; durable only once `sync_entry` of the new name returns.
+    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+    /// Makes the directory entry of `path` durable (the file's name, not its contents).
+    fn sync_entry(&self, path: &str) -> io::Result<()>;
 }
 
 /// A segment being written. One writer writes, each byte once, in increasing offsets; `sync` may
@@ -164,6 +168,14 @@ impl Media for Disk {
             file.sync_data()?;
         }
         Ok(())
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        std::fs::rename(self.path(from), self.path(to))
+    }
+
+    fn sync_entry(&self, path: &str) -> io::Result<()> {
+        self.sync_dir(path)
     }
 }
 
@@ -308,6 +320,17 @@ impl Media for CrashImage {
             let len = f.len();
             f[offset.min(len)..].fill(0);
         }
+        Ok(())
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let mut files = self.files.lock().expect("not poisoned");
+        let file = files.remove(from).ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, from.to_string()))?;
+        files.insert(to.to_string(), file);
+        Ok(())
+    }
+
+    fn sync_entry(&self, _path: &str) -> io::Result<()> {
         Ok(())
     }
 }
