@@ -631,6 +631,14 @@ fn a_checkpoint_cuts_consistently_across_a_transfer_in_flight() {
     h.slices[0].snapshot_stored(1);
     assert!(h.slices[0].drain_journal().contains(&JournalOp::RoundDone(1)));
     assert_eq!(h.slices[0].checkpoint_done(), 1);
+    // Round 2 would let the slices drop round 0's files: not before every slice's record that
+    // round 1 is complete is durable, or a power loss now could leave no whole round.
+    assert_eq!(h.slices[0].begin_checkpoint(), None, "round 1's completion is not durable yet");
+    h.slices[0].round_done_durable(1);
+    h.pump();
+    assert_eq!(h.slices[0].begin_checkpoint(), None, "slice 1's completion is not durable yet");
+    h.slices[1].round_done_durable(1);
+    h.pump();
     assert_eq!(h.slices[0].begin_checkpoint(), Some(2));
     assert_eq!(h.slice_of(ship), vec![0]);
 }

@@ -151,7 +151,10 @@ pub fn commit_tick(
             JournalOp::Destroy { id, seq } => ops.push(LogOp::Destroy { id, seq }),
             JournalOp::Out { to, entities } => ops.push(LogOp::Out { to: to.0, entities }),
             JournalOp::Map => ops.push(LogOp::Map(rl.map().clone())),
-            JournalOp::RoundDone(round) => ops.push(LogOp::RoundDone { round }),
+            JournalOp::RoundDone(round) => {
+                ops.push(LogOp::RoundDone { round });
+                log.round_done_at = Some((round, tick));
+            }
             JournalOp::Snapshot(s) => {
                 if !ops.is_empty() {
                     log.append(&Batch { tick, ops: std::mem::take(ops) })?;
@@ -173,6 +176,12 @@ pub fn commit_tick(
     log.append(&Batch { tick, ops: std::mem::take(ops) })?;
     log.commit(tick)?;
     rl.snapshot_stored(log.state.stored_round.load(Ordering::Acquire));
+    if let Some((round, at)) = log.round_done_at {
+        if log.state.durable_tick.load(Ordering::Acquire) >= at {
+            log.round_done_at = None;
+            rl.round_done_durable(round);
+        }
+    }
     Ok(())
 }
 

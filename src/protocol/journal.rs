@@ -10,8 +10,9 @@
 //! are ordered, so a transfer sent before a marker is received before it: an entity in flight at
 //! the cut is in no snapshot, and its arrival is in the receiver's log after its snapshot. A
 //! slice's part of a round is complete when its snapshot is stored and every peer's marker has
-//! come in; the controller starts the next round only when every slice has completed the last,
-//! so the round before the newest is always whole and its files can be the only ones kept.
+//! come in, and it tells the controller once its log's record of that is durable. The controller
+//! starts the next round only when every slice has, so the round before the newest is always
+//! whole on disk and its files can be the only older ones kept.
 //!
 //! The transfer in flight is why a slice logs `Out` rather than forgetting the entities: until
 //! the receiver's log shows them, the sender's log is the only place they are written.
@@ -56,8 +57,10 @@ pub(crate) struct Checkpointing {
     pub markers: Vec<u64>,
     /// The newest round whose snapshot the driver has stored.
     pub stored: u64,
-    /// The newest round this slice has completed.
+    /// The newest round this slice has completed, and the newest it has told the controller of
+    /// (once its completion was durable).
     pub done: u64,
+    pub reported: u64,
     /// Controller: the newest round each slice has completed.
     pub completed: Vec<u64>,
 }
@@ -69,6 +72,7 @@ impl Checkpointing {
             markers: vec![round; slices as usize],
             stored: round,
             done: round,
+            reported: round,
             completed: vec![round; slices as usize],
         }
     }

@@ -285,11 +285,21 @@ impl Replication {
         self.complete_checkpoint();
     }
 
+    /// This slice's part of the round is complete: the log records it. The controller hears of it
+    /// only once that record is durable (`round_done_durable`): the next round lets each slice
+    /// delete the files of the round before this one, which recovery needs until then.
     fn complete_checkpoint(&mut self) {
         if self.journal.is_some() && self.checkpoints.ready_to_complete() {
             let round = self.checkpoints.taken;
             self.checkpoints.done = round;
             self.journal(JournalOp::RoundDone(round));
+        }
+    }
+
+    /// The driver has made this slice's record that `round` is complete durable.
+    pub fn round_done_durable(&mut self, round: u64) {
+        if round > self.checkpoints.reported && round <= self.checkpoints.done {
+            self.checkpoints.reported = round;
             self.tell_controller(SliceMsg::Checkpointed { round });
         }
     }
