@@ -61,6 +61,9 @@ pub const SEGMENT_BYTES: usize = 64 << 20;
 /// stays behind it; the zeros it dirties early are written back at most once.
 pub const PREFAULT_AHEAD_BYTES: usize = 16 << 20;
 
+/// Pages the flusher prepares in one pass of its loop: about a millisecond of work.
+const PREFAULT_STEP_BYTES: usize = 2 << 20;
+
 /// What the flusher reports back; read by the shard and the status line.
 #[derive(Default)]
 pub struct FlushState {
@@ -477,8 +480,9 @@ fn flush_loop(
         // Durability first, then the pages the writer will need next, off its thread. A failed
         // prefault (an old kernel) only leaves the faults to the writer.
         if let Some(p) = &mut current {
-            let want = (p.end + PREFAULT_AHEAD_BYTES).min(p.segment.len());
+            // At most a step a pass, so a sync due next never waits long behind it.
             let from = p.prefaulted.max(p.end);
+            let want = (p.end + PREFAULT_AHEAD_BYTES).min(p.segment.len()).min(from + PREFAULT_STEP_BYTES);
             if want > from {
                 let _ = p.segment.prefault(from, want);
                 p.prefaulted = want;
@@ -492,7 +496,7 @@ fn flush_loop(
                 prepared_count += 1;
                 let path = prepared_path(slice, run, prepared_count);
                 if let Ok(segment) = media.create_segment(&path, segment_bytes) {
-                    let _ = segment.prefault(0, PREFAULT_AHEAD_BYTES.min(segment_bytes));
+                    let _ = segment.prefault(0, PREFAULT_STEP_BYTES.min(segment_bytes));
                     let mut slot = state.prepared.lock().expect("not poisoned");
                     match slot.as_ref() {
                         None => *slot = Some(Prepared { path, segment }),
