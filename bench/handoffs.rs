@@ -29,6 +29,7 @@ fn main() {
             handoffs_per_tick_max: Some(usize::MAX),
             persist: None,
             stop_signal: None,
+            gateway: None,
         };
         let s = run(cfg).expect("the mesh starts");
         println!(

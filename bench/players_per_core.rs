@@ -28,6 +28,7 @@ fn trial(cores: usize, players: usize, secs: f64) -> (bool, f64, f64) {
         handoffs_per_tick_max: None,
         persist: None,
         stop_signal: None,
+        gateway: None,
     };
     let s = run(cfg).expect("the mesh starts");
     let clean = s.audit_error.is_none() && s.lost_entities == 0 && s.duplicate_entities == 0;

@@ -8,6 +8,7 @@
 pub mod bots;
 pub mod limits;
 pub mod log;
+pub mod net;
 pub mod protocol;
 pub mod runtime;
 pub mod sim;

@@ -81,6 +81,50 @@ enum Command {
         /// Stop after this many seconds (default: run until a signal).
         #[arg(long)]
         duration: Option<f64>,
+        /// Accept clients over UDP (netcode) on this address, e.g. 127.0.0.1:7777. Client `k`
+        /// (the id in its connect token) drives the world's `k`th player; in-process bots drive
+        /// the players no client holds.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// The private key that signs connect tokens (created on first start if missing;
+        /// default: gateway.key in the data directory).
+        #[arg(long)]
+        key_file: Option<std::path::PathBuf>,
+        /// Accept clients with no connect token. For development only: anyone can take any seat.
+        #[arg(long)]
+        insecure_dev: bool,
+        /// Netcode endpoints per core (one port, SO_REUSEPORT); each holds 1,024 clients.
+        #[arg(long, default_value_t = 4)]
+        endpoints_per_core: usize,
+    },
+    /// Load-generating clients: many bots per thread, each a real netcode client over UDP,
+    /// connecting to `serve --listen`; prints progress, then a report.
+    Bots {
+        /// The gateway's address.
+        #[arg(long)]
+        connect: std::net::SocketAddr,
+        /// The gateway's private key file, to sign the bots' connect tokens.
+        #[arg(long)]
+        key_file: std::path::PathBuf,
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        /// The seat of the first bot (bots take seats first..first+count).
+        #[arg(long, default_value_t = 0)]
+        first_seat: u64,
+        /// wander, commute, swarm, fight or churn.
+        #[arg(long, default_value = "wander")]
+        behaviour: shardmesh::net::bots::Behaviour,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Threads to run the bots on (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Write the report as JSON here.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
     },
     /// Read a world's replication log.
     Log {
@@ -130,6 +174,7 @@ impl MeshArgs {
             handoffs_per_tick_max: None,
             persist: None,
             stop_signal: None,
+            gateway: None,
         }
     }
 }
@@ -175,7 +220,41 @@ fn main() -> ExitCode {
             );
             demo(cfg, mesh.json)
         }
-        Command::Serve { data, bots, mesh, durability, checkpoint_secs, salvage, duration } => {
+        Command::Serve {
+            data,
+            bots,
+            mesh,
+            durability,
+            checkpoint_secs,
+            salvage,
+            duration,
+            listen,
+            key_file,
+            insecure_dev,
+            endpoints_per_core,
+        } => {
+            let gateway = match listen {
+                None => None,
+                Some(listen) => {
+                    if let Err(e) = std::fs::create_dir_all(&data) {
+                        eprintln!("{}: {e}", data.display());
+                        return ExitCode::FAILURE;
+                    }
+                    let path = key_file.unwrap_or_else(|| data.join("gateway.key"));
+                    match shardmesh::net::key::load_or_create(&path) {
+                        Ok(key) => Some(shardmesh::runtime::mesh::GatewayConfig {
+                            listen,
+                            key,
+                            insecure: insecure_dev,
+                            endpoints_per_core,
+                        }),
+                        Err(e) => {
+                            eprintln!("{e}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                }
+            };
             let stop = Arc::new(AtomicBool::new(false));
             for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
                 if let Err(e) = signal_hook::flag::register(signal, stop.clone()) {
@@ -193,9 +272,69 @@ fn main() -> ExitCode {
                     salvage,
                 }),
                 stop_signal: Some(stop),
+                gateway,
                 ..mesh.config(bots, duration, Duration::from_secs(2))
             };
             demo(cfg, mesh.json)
+        }
+        Command::Bots { connect, key_file, count, first_seat, behaviour, duration, threads, seed, json } => {
+            let key = match std::fs::metadata(&key_file) {
+                Ok(_) => shardmesh::net::key::load_or_create(&key_file),
+                Err(e) => {
+                    eprintln!("{}: {e}", key_file.display());
+                    return ExitCode::FAILURE;
+                }
+            };
+            let key = match key {
+                Ok(k) => k,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let cfg = shardmesh::net::bots::BotsConfig {
+                connect,
+                key,
+                count,
+                first_seat,
+                behaviour,
+                duration: Duration::from_secs_f64(duration.max(0.1)),
+                threads: threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                seed,
+                progress: true,
+            };
+            match shardmesh::net::bots::run(&cfg) {
+                Ok(report) => {
+                    println!(
+                        "bots={} connected={} connect_ms_p50={:.1} latency_p50_ms={:.1} latency_p99_ms={:.1} updates_per_s={:.1} bytes_per_client_s={:.0} glitches={} (teleports={} vanished={} duplicates={}) dropped={} reconnects={}",
+                        report.count,
+                        report.connected,
+                        report.connect_ms_p50,
+                        report.latency_p50_ms,
+                        report.latency_p99_ms,
+                        report.updates_per_s,
+                        report.bytes_per_client_s,
+                        report.glitches,
+                        report.teleports,
+                        report.vanished,
+                        report.duplicates,
+                        report.dropped,
+                        report.reconnects
+                    );
+                    if let Some(path) = json {
+                        let text = serde_json::to_string_pretty(&report).expect("the report serializes");
+                        if let Err(e) = std::fs::write(&path, text) {
+                            eprintln!("{}: {e}", path.display());
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("bots failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Log { command: LogCommand::Verify { dir, json } } => {
             let report = match shardmesh::log::Disk::open(&dir) {

@@ -21,6 +21,7 @@ fn two_cores_for_a_few_seconds_lose_and_duplicate_nothing() {
         handoffs_per_tick_max: None,
         persist: None,
         stop_signal: None,
+        gateway: None,
     };
     let summary = run(cfg).expect("the mesh starts");
     assert_eq!(summary.audit_error, None);

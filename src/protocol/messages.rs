@@ -109,6 +109,9 @@ pub enum ReplicationMsg {
     Ghosts(Vec<Ghost>),
     /// Damage to an entity this server holds, from a projectile on another server.
     Damage { target: EntityId, damage: u16 },
+    /// A client's input for the entity it drives, which this server holds; `seq` is the
+    /// client's number for it.
+    Input { entity: EntityId, seq: u32, action: crate::protocol::Action },
 }
 
 /// A read-only view of an entity near a border, as its server last saw it: enough to be seen
@@ -153,6 +156,9 @@ pub enum SliceMsg {
     Marker { round: u64 },
     /// To the controller: this slice's part of checkpoint `round` is stored and complete.
     Checkpointed { round: u64 },
+    /// A client's input that reached a gateway on the sender's core, for the slice whose core
+    /// holds the client's entity.
+    Input { entity: EntityId, seq: u32, action: crate::protocol::Action },
 }
 
 #[cfg(test)]

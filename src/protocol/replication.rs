@@ -79,6 +79,10 @@ pub struct ReplicationStats {
     /// Item roots put to rest in an unloaded container, and woken when a server loaded it.
     pub parked: u64,
     pub woken: u64,
+    /// Client inputs passed to the entity's server, and those whose entity was nowhere here
+    /// (in flight between cores, or not a client's at all).
+    pub inputs_routed: u64,
+    pub inputs_lost: u64,
 }
 
 /// The slice (core) that server `server` lives on, of `slices`.
@@ -730,12 +734,37 @@ impl Replication {
                 }
                 self.complete_checkpoint();
             }
+            SliceMsg::Input { entity, seq, action } => {
+                // Every other slice hears it; only the one that holds the entity acts.
+                if self.records.contains_key(&entity) && !self.deliver_input(entity, seq, &action) {
+                    self.stats.inputs_lost += 1;
+                }
+            }
             SliceMsg::Checkpointed { round } => {
                 if let Some(c) = self.checkpoints.completed.get_mut(from.0 as usize) {
                     *c = (*c).max(round);
                 }
             }
         }
+    }
+
+    /// A client's input from a gateway on this core: to the server that holds the entity, here
+    /// or through the slice of its core.
+    pub fn route_input(&mut self, entity: EntityId, seq: u32, action: crate::protocol::Action) {
+        if self.deliver_input(entity, seq, &action) {
+            return;
+        }
+        for slice in (0..self.slices).map(SliceId).filter(|s| *s != self.slice) {
+            self.peer_outbox.push_back((slice, SliceMsg::Input { entity, seq, action: action.clone() }));
+        }
+    }
+
+    /// False if no server on this core holds the entity.
+    fn deliver_input(&mut self, entity: EntityId, seq: u32, action: &crate::protocol::Action) -> bool {
+        let Some(holder) = self.records.get(&entity).and_then(|r| r.authority) else { return false };
+        self.stats.inputs_routed += 1;
+        self.send(holder, ReplicationMsg::Input { entity, seq, action: action.clone() });
+        true
     }
 
     fn tell_controller(&mut self, msg: SliceMsg) {

@@ -28,6 +28,10 @@ use crate::world::{
 /// Grid cell edge: a few reaches wide, so a reach query touches at most 8 cells.
 const GRID_CELL_M: f32 = 16.0;
 
+/// Client inputs applied to one entity in one tick at most (a move, a shot, a pickup and one
+/// more); the rest are refused and counted.
+pub const CLIENT_INPUTS_PER_TICK_MAX: u32 = 4;
+
 /// What a bot or player asks its entity to do this tick.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Input {
@@ -35,7 +39,7 @@ pub struct Input {
     pub action: Action,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum Action {
     /// Walk or fly in this direction at the kind's speed (zero stops).
     Move([f32; 3]),
@@ -82,6 +86,12 @@ pub struct Held {
     pub epoch: Epoch,
     /// When authority arrived (for checks and handoff latency).
     pub adopted_at_us: u64,
+    /// The newest client input applied to it (0: none), for the client's acknowledgement.
+    pub input_seq: u32,
+    /// The tick its state had been moved to when this server adopted it: a server on a core
+    /// that ticks a little behind may adopt, within one tick, what its last holder already
+    /// moved in that tick, and must not move it twice.
+    moved_until_tick: u64,
     dirty: bool,
 }
 
@@ -102,6 +112,9 @@ pub struct ServerStats {
     pub actions: [u64; 8],
     /// Inputs refused: not held, out of reach, too fast, not allowed by the graph rules.
     pub inputs_refused: u64,
+    /// Client inputs refused for coming too often (more than `CLIENT_INPUTS_PER_TICK_MAX` for
+    /// one entity in a tick) or out of order.
+    pub inputs_rate_limited: u64,
     pub deltas_sent: u64,
     /// Containers this server asked the layer to load, and item roots it unloaded.
     pub containers_loaded: u64,
@@ -136,7 +149,8 @@ pub struct Server {
     entities: BTreeMap<EntityId, Held>,
     forest: Forest,
     destroyed: Vec<(EntityId, Epoch)>,
-    inputs: Vec<Input>,
+    /// Inputs for the next tick, each with its client sequence number (0: not a client's).
+    inputs: Vec<(Input, u32)>,
     outbox: VecDeque<ToReplication>,
     events: VecDeque<ServerEvent>,
     /// Where everything held is, rebuilt each tick for the game rules' "what is near".
@@ -150,6 +164,9 @@ pub struct Server {
     ghost_grid: Grid,
     /// Damage from other servers' projectiles, applied at the next tick.
     damage: Vec<(EntityId, u16)>,
+    /// What this tick's handoffs gave up, as it was when it left: until another server adopts
+    /// it, this is where it is.
+    leaving: Vec<(EntityId, EntityState)>,
     /// Container streaming, when on: the world's containers, and those this server has asked
     /// the layer to load. Marks are scratch space for one streaming pass.
     streaming: Option<Arc<StreamIndex>>,
@@ -185,6 +202,7 @@ impl Server {
             ghosts: Vec::new(),
             ghost_grid: Grid::new(GRID_CELL_M),
             damage: Vec::new(),
+            leaving: Vec::new(),
             streaming: None,
             loaded: BTreeSet::new(),
             marks: Vec::new(),
@@ -225,6 +243,11 @@ impl Server {
 
     pub fn held(&self) -> &BTreeMap<EntityId, Held> {
         &self.entities
+    }
+
+    /// The entities this server handed off in its last tick, as they left.
+    pub fn leaving(&self) -> &[(EntityId, EntityState)] {
+        &self.leaving
     }
 
     /// Other servers' border entities as last received.
@@ -295,7 +318,14 @@ impl Server {
                     if let Some(p) = owned.state.parent {
                         self.forest.link(owned.id, p);
                     }
-                    let held = Held { state: owned.state, epoch: owned.epoch, adopted_at_us: now_us, dirty: false };
+                    let held = Held {
+                        moved_until_tick: owned.state.changed_tick,
+                        state: owned.state,
+                        epoch: owned.epoch,
+                        adopted_at_us: now_us,
+                        input_seq: 0,
+                        dirty: false,
+                    };
                     self.entities.insert(owned.id, held);
                     self.stats.adopted += 1;
                 }
@@ -309,12 +339,19 @@ impl Server {
                 self.ghosts = ghosts;
             }
             ReplicationMsg::Damage { target, damage } => self.damage.push((target, damage)),
+            ReplicationMsg::Input { entity, seq, action } => self.handle_client_input(Input { entity, action }, seq),
         }
     }
 
     /// Queues an input for the next tick; it is validated when applied.
     pub fn handle_input(&mut self, input: Input) {
-        self.inputs.push(input);
+        self.inputs.push((input, 0));
+    }
+
+    /// A client's input for its entity, numbered by the client: applied like any input, and its
+    /// number acknowledged once applied.
+    pub fn handle_client_input(&mut self, input: Input, seq: u32) {
+        self.inputs.push((input, seq.max(1)));
     }
 
     fn fence(&mut self) {
@@ -336,11 +373,26 @@ impl Server {
             return;
         }
         self.stats.ticks += 1;
+        self.leaving.clear();
         self.rebuild_input_grids();
-        for input in std::mem::take(&mut self.inputs) {
+        let mut client_inputs: BTreeMap<EntityId, u32> = BTreeMap::new();
+        for (input, seq) in std::mem::take(&mut self.inputs) {
+            if seq > 0 {
+                // A client's: a few a tick at most, each newer than the last applied.
+                let count = client_inputs.entry(input.entity).or_default();
+                *count += 1;
+                let stale = self.entities.get(&input.entity).is_some_and(|h| h.input_seq >= seq);
+                if *count > CLIENT_INPUTS_PER_TICK_MAX || stale {
+                    self.stats.inputs_rate_limited += 1;
+                    continue;
+                }
+            }
             if self.apply(tick, &input) {
                 self.stats.inputs_applied += 1;
                 self.stats.actions[input.action.index()] += 1;
+                if let Some(held) = self.entities.get_mut(&input.entity).filter(|_| seq > 0) {
+                    held.input_seq = seq;
+                }
             } else {
                 self.stats.inputs_refused += 1;
             }
@@ -438,7 +490,14 @@ impl Server {
                 state.ttl_ticks = PROJECTILE_TTL_TICKS;
                 state.source = Some(input.entity);
                 state.changed_tick = tick;
-                let held = Held { state, epoch: self.create_epoch, adopted_at_us: 0, dirty: true };
+                let held = Held {
+                    state,
+                    epoch: self.create_epoch,
+                    adopted_at_us: 0,
+                    input_seq: 0,
+                    moved_until_tick: 0,
+                    dirty: true,
+                };
                 self.entities.insert(id, held);
                 self.stats.created += 1;
                 true
@@ -564,6 +623,7 @@ impl Server {
             .entities
             .iter()
             .filter(|(_, h)| h.state.parent.is_none() && (h.state.vel() != Vec3::ZERO || h.state.ttl_ticks > 0))
+            .filter(|(_, h)| h.moved_until_tick < tick)
             .map(|(id, _)| *id)
             .collect();
         for id in roots {
@@ -733,6 +793,7 @@ impl Server {
     fn hand_off(&mut self, root: EntityId) {
         let entities = self.remove_subtree(root);
         self.stats.handed_off += entities.len() as u64;
+        self.leaving.extend(entities.iter().map(|o| (o.id, o.state.clone())));
         self.send(ServerMsg::Handoff { root, entities });
     }
 

@@ -49,6 +49,18 @@ pub struct MeshConfig {
     pub persist: Option<PersistConfig>,
     /// Stop when this is set (by a signal handler), as well as at the end of `duration`.
     pub stop_signal: Option<Arc<AtomicBool>>,
+    /// Accept clients over UDP (`None`: bots only).
+    pub gateway: Option<GatewayConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    pub listen: std::net::SocketAddr,
+    pub key: crate::net::key::Key,
+    /// Accept clients without a connect token: development only.
+    pub insecure: bool,
+    /// Netcode endpoints (sockets on the one port) per core; each holds up to 1,024 clients.
+    pub endpoints_per_core: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -158,6 +170,9 @@ pub struct MeshSummary {
     pub log_error: Option<String>,
     /// The first broken invariant the audit found, if any.
     pub audit_error: Option<String>,
+    /// With a gateway: where it listened, and what it counted.
+    pub listen: Option<String>,
+    pub gateway: Option<crate::net::GatewayStats>,
     pub stall_reports: Vec<String>,
 }
 
@@ -227,6 +242,14 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
         }
     };
     let entities_start = initial.len();
+    let mut gateways = match &cfg.gateway {
+        None => Vec::new(),
+        Some(g) => open_gateways(g, cores, &initial)?,
+    };
+    let listen = gateways.first().map(|(addr, _)| addr.to_string());
+    if let Some(addr) = &listen {
+        eprintln!("listening for clients on {addr} (udp, netcode)");
+    }
     let mut initial = Some(initial);
     let slices: Vec<Replication> = (0..cores)
         .map(|i| {
@@ -289,6 +312,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
             gauges: gauges[i].clone(),
             clock_offset_us,
             streaming: streaming.clone(),
+            gateway: if gateways.is_empty() { None } else { Some(gateways.remove(0).1) },
             log: logs.get_mut(i).and_then(Option::take).map(|log| shard::ShardLog {
                 log,
                 checkpoint_every: cfg.persist.as_ref().map(|p| p.checkpoint_every).unwrap_or(Duration::MAX),
@@ -364,7 +388,33 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
     summary.committed_tick = persisted.map(|p| p.0);
     summary.checkpoint_round = persisted.map(|p| p.1);
     summary.log_error = log_error;
+    summary.listen = listen;
     Ok(summary)
+}
+
+/// One gateway per core on the configured address (SO_REUSEPORT), sharing the seats: the
+/// world's players in id order.
+fn open_gateways(
+    g: &GatewayConfig,
+    cores: usize,
+    initial: &[Committed],
+) -> Result<Vec<(std::net::SocketAddr, shard::ShardGateway)>, MeshError> {
+    let per_core = g.endpoints_per_core.max(1);
+    let io = |e: std::io::Error| MeshError::Config(format!("gateway on {}: {e}", g.listen));
+    let mut sockets = crate::net::gateway::bind_endpoints(g.listen, cores * per_core).map_err(io)?;
+    let public = sockets[0].local_addr().map_err(io)?;
+    let mut players: Vec<EntityId> =
+        initial.iter().filter(|c| c.state.kind == EntityKind::Player).map(|c| c.id).collect();
+    players.sort();
+    let seats = Arc::new(crate::net::Seats::new(players));
+    let views = Arc::new(crate::net::Views::new(cores));
+    let mut out = Vec::new();
+    for _ in 0..cores {
+        let mine: Vec<std::net::UdpSocket> = sockets.drain(..per_core).collect();
+        let gateway = crate::net::Gateway::new(mine, public, g.key, g.insecure, seats.clone()).map_err(io)?;
+        out.push((public, shard::ShardGateway { gateway, seats: seats.clone(), views: views.clone() }));
+    }
+    Ok(out)
 }
 
 /// What a log directory opened for a run gives the mesh.
@@ -428,7 +478,11 @@ fn audit(
     let mut stall_reports = Vec::new();
     let mut held_per_core = Vec::new();
     let mut tick_p99_ms_per_core = Vec::new();
+    let mut gateway: Option<crate::net::GatewayStats> = None;
     for r in reports {
+        if let Some(g) = &r.gateway {
+            gateway.get_or_insert_with(Default::default).add(g);
+        }
         hist.add(&r.tick_us).expect("same bounds");
         held_per_core.push(r.servers.iter().map(|s| s.held().len()).sum());
         tick_p99_ms_per_core.push(r.tick_us.value_at_quantile(0.99) as f64 / 1e3);
@@ -474,6 +528,8 @@ fn audit(
         checkpoint_round: None,
         log_error: None,
         audit_error,
+        listen: None,
+        gateway,
         stall_reports,
     }
 }

@@ -33,7 +33,10 @@ pub const FRAMES_PER_PEER_PER_TICK_MAX: usize = 65_536;
 pub const SETTLE: Duration = Duration::from_millis(150);
 
 /// The stages of a tick, for the stall report.
-pub const STAGES: [&str; 5] = ["receive", "bots", "servers", "slice", "send"];
+/// How long a gateway waits for the other cores' view of its tick before it sends what it has.
+const VIEW_WAIT_MAX: Duration = Duration::from_millis(15);
+
+pub const STAGES: [&str; 6] = ["receive", "inputs", "servers", "slice", "send", "clients"];
 
 /// What the status line reads while the shard runs (relaxed atomics: a dashboard, not a protocol).
 #[derive(Default)]
@@ -53,6 +56,16 @@ pub struct ShardGauges {
     pub committed_tick: AtomicU64,
     /// The newest checkpoint round this core's slice has completed.
     pub checkpoint_round: AtomicU64,
+    /// Clients connected to this core's gateway.
+    pub clients: AtomicU64,
+}
+
+/// What a shard with a gateway needs: its endpoints, the seats every core shares, and every
+/// core's view of its entities.
+pub struct ShardGateway {
+    pub gateway: crate::net::Gateway,
+    pub seats: Arc<crate::net::Seats>,
+    pub views: Arc<crate::net::Views>,
 }
 
 /// What a shard with a replication log needs.
@@ -85,6 +98,7 @@ pub struct ShardSetup {
     pub log: Option<ShardLog>,
     /// Container streaming for the servers (`None`: servers hold every entity of their regions).
     pub streaming: Option<Arc<crate::world::StreamIndex>>,
+    pub gateway: Option<ShardGateway>,
 }
 
 /// What a shard hands back when it stops.
@@ -101,6 +115,7 @@ pub struct ShardReport {
     pub restarts: u64,
     /// Why the log stopped taking commits, if it did (the shard stops the mesh then).
     pub log_error: Option<String>,
+    pub gateway: Option<crate::net::GatewayStats>,
 }
 
 struct Shard {
@@ -123,6 +138,7 @@ struct Shard {
     log_ops: Vec<crate::log::LogOp>,
     log_error: Option<String>,
     last_log_tick: u64,
+    gateway: Option<ShardGateway>,
 }
 
 impl Shard {
@@ -196,17 +212,59 @@ impl Shard {
         }
     }
 
+    /// Clients' inputs from this core's gateway, to the servers that hold their players.
+    fn client_inputs(&mut self, now: u64) {
+        let Some(gw) = self.gateway.as_mut() else { return };
+        for (entity, seq, action) in gw.gateway.poll() {
+            self.slice.route_input(entity, seq, action);
+        }
+        self.pump_local(now);
+    }
+
+    /// This core's entities for every gateway, as of its tick `tick`.
+    fn publish_view(&mut self, tick: u64) {
+        let Some(gw) = self.gateway.as_mut() else { return };
+        let mut view = Vec::new();
+        for server in &self.servers {
+            for (id, held) in server.held() {
+                view.push(crate::net::ViewEntity {
+                    id: *id,
+                    kind: held.state.kind,
+                    position: held.state.position,
+                    velocity: held.state.velocity,
+                    carried: held.state.parent.is_some(),
+                    input_seq: held.input_seq,
+                    leaving: false,
+                });
+            }
+            for (id, state) in server.leaving() {
+                view.push(crate::net::ViewEntity {
+                    id: *id,
+                    kind: state.kind,
+                    position: state.position,
+                    velocity: state.velocity,
+                    carried: state.parent.is_some(),
+                    input_seq: 0,
+                    leaving: true,
+                });
+            }
+        }
+        gw.views.publish(self.index, tick, view);
+    }
+
     fn drive_bots(&mut self, now: u64) {
         if self.bot_activity <= 0.0 {
             return;
         }
+        // A copy: other cores' gateways take seats meanwhile, and must not wait for this loop.
+        let taken = self.gateway.as_ref().map(|gw| gw.seats.taken().clone());
         for server in &mut self.servers {
             if !server.is_acting(now) {
                 continue;
             }
             self.inputs.clear();
             for (id, held) in server.held() {
-                if held.state.kind.is_driven() {
+                if held.state.kind.is_driven() && !taken.as_ref().is_some_and(|t| t.contains(id)) {
                     crate::bots::inputs_with_behaviour(
                         &mut self.rng,
                         *id,
@@ -317,6 +375,7 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
         log_ops: Vec::new(),
         log_error: None,
         last_log_tick: offset_us / crate::limits::TICK_DURATION_US,
+        gateway: setup.gateway,
     };
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
     let mut window = hist.clone();
@@ -325,7 +384,11 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
     let mut stall_reports = Vec::new();
     let budget_us = setup.tick.as_micros() as u64;
     let mut next = setup.start;
+    // The tick this iteration is scheduled for: the same on every core, whatever the wall clock
+    // says when a late core catches up (the gateways match the cores' views by it).
+    let mut scheduled_tick = offset_us / crate::limits::TICK_DURATION_US;
     while !setup.stop.load(Ordering::Relaxed) {
+        scheduled_tick += 1;
         let now_instant = Instant::now();
         if next > now_instant {
             glommio::timer::sleep(next - now_instant).await;
@@ -343,6 +406,7 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
         shard.pump_local(now);
         mark(0);
         let overloaded = shard.overloaded();
+        shard.client_inputs(now);
         if !overloaded {
             shard.drive_bots(now);
         }
@@ -366,6 +430,20 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
         mark(3);
         shard.send();
         mark(4);
+        if shard.gateway.is_some() {
+            // Every client's update is of one tick across all cores, so an entity that moves
+            // from one core to another moves smoothly: wait (briefly) for the other cores' view
+            // of this tick.
+            shard.publish_view(scheduled_tick);
+            let gw = shard.gateway.as_mut().expect("checked");
+            let tick = scheduled_tick;
+            let waited = Instant::now();
+            while !gw.views.all_reached(tick) && waited.elapsed() < VIEW_WAIT_MAX {
+                glommio::timer::sleep(Duration::from_micros(200)).await;
+            }
+            gw.gateway.send_updates(tick, &gw.views);
+        }
+        mark(5);
         if let Some(e) = &shard.log_error {
             eprintln!("core {}: the replication log failed, stopping: {e}", shard.index);
             setup.stop.store(true, Ordering::Relaxed);
@@ -399,6 +477,9 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
             g.committed_tick.store(log.state.durable_tick.load(Ordering::Acquire), Ordering::Relaxed);
         }
         g.checkpoint_round.store(shard.slice.checkpoint_done(), Ordering::Relaxed);
+        if let Some(gw) = &shard.gateway {
+            g.clients.store(gw.gateway.stats.connected, Ordering::Relaxed);
+        }
         if took_us > budget_us && warm {
             stalls += 1;
             g.stalls.fetch_add(1, Ordering::Relaxed);
@@ -444,6 +525,9 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
         }
     }
     let in_flight = shard.in_flight();
+    if let Some(gw) = shard.gateway.as_mut() {
+        gw.gateway.disconnect_all();
+    }
     shard.commit(Shard::now_us(setup.start, offset_us));
     if let Some(log) = shard.log.take() {
         if let Err(e) = log.close() {
@@ -461,5 +545,6 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
         ring_errors: shard.ring_errors,
         restarts: shard.restarts,
         log_error: shard.log_error,
+        gateway: shard.gateway.map(|gw| gw.gateway.stats),
     }
 }

@@ -1,0 +1,509 @@
+//! Load-generating clients: many bots per thread, each a real netcode client on its own UDP
+//! socket, connecting with a token signed by the gateway's key, sending an input every tick and
+//! reading its bubble.
+//!
+//! Per bot it measures the time to connect, input-to-visible latency (from sending an input
+//! until an update shows its server applied it), updates and bytes a second, and glitches:
+//! a teleport (an entity moved further between two updates than its speed allows), an entity
+//! that vanished from well inside the bubble and came back, and an entity shown twice in one
+//! update.
+
+use std::collections::VecDeque;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use glam::Vec3;
+use hdrhistogram::Histogram;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use renet::RenetClient;
+use renet_netcode::{ClientAuthentication, ConnectToken, NetcodeClientTransport};
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use super::gateway::{connection_config, unix_now, BUBBLE_RADIUS_M, PROTOCOL_ID, SEEN_PER_UPDATE_MAX};
+use super::key::Key;
+use super::wire::{self, ClientMsg, Seen, Update, INPUT_CHANNEL, UPDATE_CHANNEL};
+use crate::limits::TICK_DURATION_US;
+use crate::protocol::server::speed_of;
+use crate::protocol::Action;
+use crate::world::{EntityId, EntityKind};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Walk in a random direction, changing every few seconds.
+    Wander,
+    /// Walk to a point a few hundred metres away, then to another.
+    Commute,
+    /// Every bot walks to one rally point.
+    Swarm,
+    /// Wander and shoot at the nearest other player in view.
+    Fight,
+    /// Play a few seconds, disconnect, reconnect, again.
+    Churn,
+}
+
+impl std::str::FromStr for Behaviour {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "wander" => Ok(Behaviour::Wander),
+            "commute" => Ok(Behaviour::Commute),
+            "swarm" => Ok(Behaviour::Swarm),
+            "fight" => Ok(Behaviour::Fight),
+            "churn" => Ok(Behaviour::Churn),
+            _ => Err(format!("behaviour `{s}`: one of wander, commute, swarm, fight, churn")),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct BotsConfig {
+    pub connect: SocketAddr,
+    pub key: Key,
+    pub count: usize,
+    /// Seats `first_seat..first_seat + count` (seat `k` drives the world's `k`th player).
+    pub first_seat: u64,
+    pub behaviour: Behaviour,
+    pub duration: Duration,
+    pub threads: usize,
+    pub seed: u64,
+    /// Print a progress line each second.
+    pub progress: bool,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct BotsReport {
+    pub count: usize,
+    /// Bots that connected (at least once).
+    pub connected: usize,
+    pub duration_s: f64,
+    pub connect_ms_p50: f64,
+    pub connect_ms_p99: f64,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    pub latency_samples: u64,
+    /// Updates each connected bot received a second, on average.
+    pub updates_per_s: f64,
+    /// Update bytes each connected bot received a second (message payloads).
+    pub bytes_per_client_s: f64,
+    pub glitches: u64,
+    pub teleports: u64,
+    pub vanished: u64,
+    pub duplicates: u64,
+    /// Connections lost without the bot asking (timeouts, refusals).
+    pub dropped: u64,
+    pub reconnects: u64,
+}
+
+#[derive(Default)]
+struct Totals {
+    connect_us: Option<Histogram<u64>>,
+    latency_us: Option<Histogram<u64>>,
+    connected: usize,
+    updates: u64,
+    bytes: u64,
+    connected_s: f64,
+    teleports: u64,
+    vanished: u64,
+    duplicates: u64,
+    dropped: u64,
+    reconnects: u64,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds")
+}
+
+struct Bot {
+    seat: u64,
+    client: RenetClient,
+    transport: Option<NetcodeClientTransport>,
+    attempt_began: Instant,
+    connected_at: Option<Instant>,
+    ever_connected: bool,
+    connected_for: Duration,
+    seq: u32,
+    sent: VecDeque<(u32, Instant)>,
+    me: Option<Vec3>,
+    /// The player is aboard a ship (it cannot walk until it disembarks).
+    aboard: bool,
+    home: Option<Vec3>,
+    target: Option<Vec3>,
+    heading: Vec3,
+    next_turn: u64,
+    ticks: u64,
+    /// Churn: when to leave, and when to come back.
+    leave_at: Option<Instant>,
+    back_at: Option<Instant>,
+    rng: ChaCha8Rng,
+    last_tick: u64,
+    view: FxHashMap<EntityId, (Seen, u64)>,
+    gone: FxHashMap<EntityId, u64>,
+    updates: u64,
+    bytes: u64,
+    teleports: u64,
+    vanished: u64,
+    duplicates: u64,
+    dropped: u64,
+    reconnects: u64,
+    connect_us: Vec<u64>,
+    latency_us: Histogram<u64>,
+}
+
+impl Bot {
+    fn new(seat: u64, cfg: &BotsConfig) -> std::io::Result<Self> {
+        let mut bot = Self {
+            seat,
+            client: RenetClient::new(connection_config()),
+            transport: None,
+            attempt_began: Instant::now(),
+            connected_at: None,
+            ever_connected: false,
+            connected_for: Duration::ZERO,
+            seq: 0,
+            sent: VecDeque::new(),
+            me: None,
+            aboard: false,
+            home: None,
+            target: None,
+            heading: Vec3::X,
+            next_turn: 0,
+            ticks: 0,
+            leave_at: None,
+            back_at: None,
+            rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ seat.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            last_tick: 0,
+            view: FxHashMap::default(),
+            gone: FxHashMap::default(),
+            updates: 0,
+            bytes: 0,
+            teleports: 0,
+            vanished: 0,
+            duplicates: 0,
+            dropped: 0,
+            reconnects: 0,
+            connect_us: Vec::new(),
+            latency_us: histogram(),
+        };
+        bot.connect(cfg)?;
+        Ok(bot)
+    }
+
+    fn connect(&mut self, cfg: &BotsConfig) -> std::io::Result<()> {
+        let now = unix_now();
+        let token = ConnectToken::generate(now, PROTOCOL_ID, 300, self.seat, 15, vec![cfg.connect], None, &cfg.key)
+            .map_err(|e| std::io::Error::other(format!("connect token: {e}")))?;
+        let bind: SocketAddr = if cfg.connect.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("valid");
+        let socket = UdpSocket::bind(bind)?;
+        let transport = NetcodeClientTransport::new(now, ClientAuthentication::Secure { connect_token: token }, socket)
+            .map_err(|e| std::io::Error::other(format!("netcode client: {e}")))?;
+        self.client = RenetClient::new(connection_config());
+        self.transport = Some(transport);
+        self.attempt_began = Instant::now();
+        self.connected_at = None;
+        self.view.clear();
+        self.gone.clear();
+        self.sent.clear();
+        self.last_tick = 0;
+        Ok(())
+    }
+
+    fn step(&mut self, cfg: &BotsConfig, dt: Duration, rally: &Mutex<Option<Vec3>>) {
+        let now = Instant::now();
+        if let Some(back) = self.back_at {
+            if now >= back {
+                self.back_at = None;
+                self.reconnects += 1;
+                if self.connect(cfg).is_err() {
+                    self.dropped += 1;
+                }
+            }
+            return;
+        }
+        let Some(transport) = self.transport.as_mut() else { return };
+        self.client.update(dt);
+        if transport.update(dt, &mut self.client).is_err() || self.client.is_disconnected() {
+            if let Some(at) = self.connected_at.take() {
+                self.connected_for += at.elapsed();
+            }
+            self.dropped += 1;
+            self.transport = None;
+            // Try again shortly, as a player's client would.
+            self.back_at = Some(now + Duration::from_millis(500));
+            return;
+        }
+        if !self.client.is_connected() {
+            if let Some(t) = self.transport.as_mut() {
+                let _ = t.send_packets(&mut self.client);
+            }
+            return;
+        }
+        if self.connected_at.is_none() {
+            self.connected_at = Some(now);
+            self.ever_connected = true;
+            self.connect_us.push(self.attempt_began.elapsed().as_micros() as u64);
+            if cfg.behaviour == Behaviour::Churn {
+                self.leave_at = Some(now + Duration::from_millis(self.rng.random_range(3000..8000)));
+            }
+        }
+        while let Some(bytes) = self.client.receive_message(UPDATE_CHANNEL) {
+            self.bytes += bytes.len() as u64;
+            if let Ok(update) = wire::decode::<Update>(&bytes) {
+                self.take_update(now, &update);
+            }
+        }
+        if let Some(action) = self.decide(cfg.behaviour, rally) {
+            self.send(now, action);
+        }
+        if cfg.behaviour == Behaviour::Fight && self.ticks % 20 == 7 {
+            if let Some(dir) = self.nearest_other_player() {
+                self.send(now, Action::Fire(dir.to_array()));
+            }
+        }
+        self.ticks += 1;
+        if let Some(t) = self.transport.as_mut() {
+            let _ = t.send_packets(&mut self.client);
+        }
+        if self.leave_at.is_some_and(|at| now >= at) {
+            self.leave_at = None;
+            if let Some(mut t) = self.transport.take() {
+                t.disconnect();
+            }
+            if let Some(at) = self.connected_at.take() {
+                self.connected_for += at.elapsed();
+            }
+            self.back_at = Some(now + Duration::from_millis(1000));
+        }
+    }
+
+    fn send(&mut self, now: Instant, action: Action) {
+        self.seq += 1;
+        let bytes = wire::encode(&ClientMsg::Input { seq: self.seq, action });
+        self.client.send_message(INPUT_CHANNEL, bytes);
+        self.sent.push_back((self.seq, now));
+        while self.sent.len() > 256 {
+            self.sent.pop_front();
+        }
+    }
+
+    fn take_update(&mut self, now: Instant, update: &Update) {
+        if update.tick <= self.last_tick {
+            return;
+        }
+        self.updates += 1;
+        // The input the update shows applied is measured; older ones its server refused (a move
+        // while aboard, a pickup with nothing in reach) had no effect to see.
+        while self.sent.front().is_some_and(|(seq, _)| *seq <= update.input_ack) {
+            let (seq, at) = self.sent.pop_front().expect("checked");
+            if seq == update.input_ack {
+                self.latency_us.saturating_record(now.duration_since(at).as_micros().max(1) as u64);
+            }
+        }
+        let mut ids = FxHashSet::default();
+        for s in &update.seen {
+            if !ids.insert(s.id) {
+                self.duplicates += 1;
+            }
+        }
+        if let Some(me) = update.seen.iter().find(|s| s.id == update.player) {
+            self.me = Some(me.position_m());
+            self.aboard = me.carried;
+            self.home.get_or_insert(me.position_m());
+        }
+        let dt = TICK_DURATION_US as f32 / 1e6;
+        if self.last_tick > 0 {
+            for s in &update.seen {
+                if let Some((prev, prev_tick)) = self.view.get(&s.id) {
+                    let ticks = update.tick.saturating_sub(*prev_tick).max(1) as f32;
+                    let allowed = speed_of(s.kind) * dt * ticks + 0.5;
+                    if !prev.carried && !s.carried && prev.position_m().distance(s.position_m()) > allowed {
+                        self.teleports += 1;
+                    }
+                }
+                if self.gone.remove(&s.id).is_some() {
+                    self.vanished += 1;
+                }
+            }
+            // What left the view from well inside it (not a projectile, which ends) is watched:
+            // coming back soon is a vanish.
+            let horizon = match update.seen.len() >= SEEN_PER_UPDATE_MAX {
+                true => update.seen.last().map(|s| self.me.map_or(0.0, |m| m.distance(s.position_m()))).unwrap_or(0.0),
+                false => BUBBLE_RADIUS_M,
+            };
+            if let Some(me) = self.me {
+                for (id, (prev, _)) in &self.view {
+                    let inside = prev.position_m().distance(me) < horizon - 8.0;
+                    if inside && prev.kind != EntityKind::Projectile && !ids.contains(id) {
+                        self.gone.insert(*id, update.tick);
+                    }
+                }
+            }
+            self.gone.retain(|_, at| update.tick < *at + 60);
+        }
+        self.view = update.seen.iter().map(|s| (s.id, (*s, update.tick))).collect();
+        self.last_tick = update.tick;
+    }
+
+    fn nearest_other_player(&self) -> Option<Vec3> {
+        let me = self.me?;
+        self.view
+            .values()
+            .filter(|(s, _)| s.kind == EntityKind::Player && s.position_m() != me)
+            .map(|(s, _)| s.position_m() - me)
+            .filter(|d| d.length() > 1.0)
+            .min_by(|a, b| a.length().total_cmp(&b.length()))
+            .map(|d| d.normalize())
+    }
+
+    fn decide(&mut self, behaviour: Behaviour, rally: &Mutex<Option<Vec3>>) -> Option<Action> {
+        let me = self.me?;
+        if self.aboard {
+            return Some(Action::Disembark);
+        }
+        let toward = |target: Vec3| {
+            let d = target - me;
+            let flat = Vec3::new(d.x, d.y, 0.0);
+            if flat.length() < 3.0 {
+                Vec3::ZERO
+            } else {
+                flat.normalize()
+            }
+        };
+        let dir = match behaviour {
+            Behaviour::Wander | Behaviour::Fight | Behaviour::Churn => {
+                if self.ticks >= self.next_turn {
+                    let a = self.rng.random_range(0.0..std::f32::consts::TAU);
+                    self.heading = Vec3::new(a.cos(), a.sin(), 0.0);
+                    self.next_turn = self.ticks + self.rng.random_range(60..150);
+                }
+                self.heading
+            }
+            Behaviour::Commute => {
+                let home = self.home.unwrap_or(me);
+                let target = *self.target.get_or_insert_with(|| {
+                    let a = self.rng.random_range(0.0..std::f32::consts::TAU);
+                    home + Vec3::new(a.cos(), a.sin(), 0.0) * 250.0
+                });
+                let dir = toward(target);
+                if dir == Vec3::ZERO {
+                    // Arrived: head back home, then out somewhere new.
+                    self.target = if target == home { None } else { Some(home) };
+                }
+                dir
+            }
+            Behaviour::Swarm => {
+                let point = *rally.lock().expect("not poisoned").get_or_insert(me);
+                toward(point)
+            }
+        };
+        Some(Action::Move(dir.to_array()))
+    }
+}
+
+/// Runs `cfg.count` bots for `cfg.duration` and reports what they measured.
+pub fn run(cfg: &BotsConfig) -> std::io::Result<BotsReport> {
+    let threads = cfg.threads.clamp(1, cfg.count.max(1));
+    let totals = Arc::new(Mutex::new(Totals {
+        connect_us: Some(histogram()),
+        latency_us: Some(histogram()),
+        ..Totals::default()
+    }));
+    let rally = Arc::new(Mutex::new(None));
+    let live = Arc::new(AtomicU64::new(0));
+    let began = Instant::now();
+    let mut handles = Vec::new();
+    for t in 0..threads {
+        let seats: Vec<u64> = (0..cfg.count as u64).filter(|i| (*i as usize) % threads == t).collect();
+        let (cfg, totals, rally, live) = (cfg.clone(), totals.clone(), rally.clone(), live.clone());
+        handles.push(std::thread::spawn(move || -> std::io::Result<()> {
+            let mut bots = Vec::with_capacity(seats.len());
+            for seat in seats {
+                bots.push(Bot::new(cfg.first_seat + seat, &cfg)?);
+            }
+            let tick = Duration::from_micros(TICK_DURATION_US);
+            let mut next = Instant::now();
+            let mut last = Instant::now();
+            let end = began + cfg.duration;
+            let mut connected_before = 0u64;
+            while Instant::now() < end {
+                let dt = last.elapsed();
+                last = Instant::now();
+                for bot in &mut bots {
+                    bot.step(&cfg, dt, &rally);
+                }
+                let connected = bots.iter().filter(|b| b.connected_at.is_some()).count() as u64;
+                live.fetch_add(connected.wrapping_sub(connected_before), Ordering::Relaxed);
+                connected_before = connected;
+                next += tick;
+                if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            let mut t = totals.lock().expect("not poisoned");
+            for mut bot in bots {
+                if let Some(at) = bot.connected_at.take() {
+                    bot.connected_for += at.elapsed();
+                }
+                if let Some(mut transport) = bot.transport.take() {
+                    transport.disconnect();
+                }
+                t.connected += bot.ever_connected as usize;
+                for us in &bot.connect_us {
+                    t.connect_us.as_mut().expect("set").saturating_record((*us).max(1));
+                }
+                t.latency_us.as_mut().expect("set").add(&bot.latency_us).expect("same bounds");
+                t.updates += bot.updates;
+                t.bytes += bot.bytes;
+                t.connected_s += bot.connected_for.as_secs_f64();
+                t.teleports += bot.teleports;
+                t.vanished += bot.vanished;
+                t.duplicates += bot.duplicates;
+                t.dropped += bot.dropped;
+                t.reconnects += bot.reconnects;
+            }
+            Ok(())
+        }));
+    }
+    if cfg.progress {
+        let mut next = began + Duration::from_secs(1);
+        while handles.iter().any(|h| !h.is_finished()) {
+            std::thread::sleep(Duration::from_millis(50));
+            if Instant::now() >= next {
+                next += Duration::from_secs(1);
+                eprintln!(
+                    "t={:>5.1}s bots={} connected={}",
+                    began.elapsed().as_secs_f64(),
+                    cfg.count,
+                    live.load(Ordering::Relaxed) as i64
+                );
+            }
+        }
+    }
+    for h in handles {
+        h.join().map_err(|_| std::io::Error::other("a bot thread panicked"))??;
+    }
+    let t = totals.lock().expect("not poisoned");
+    let (connect, latency) = (t.connect_us.as_ref().expect("set"), t.latency_us.as_ref().expect("set"));
+    let ms = |h: &Histogram<u64>, q: f64| if h.is_empty() { 0.0 } else { h.value_at_quantile(q) as f64 / 1e3 };
+    let per_s = |n: u64| if t.connected_s > 0.0 { n as f64 / t.connected_s } else { 0.0 };
+    Ok(BotsReport {
+        count: cfg.count,
+        connected: t.connected,
+        duration_s: began.elapsed().as_secs_f64(),
+        connect_ms_p50: ms(connect, 0.5),
+        connect_ms_p99: ms(connect, 0.99),
+        latency_p50_ms: ms(latency, 0.5),
+        latency_p99_ms: ms(latency, 0.99),
+        latency_samples: latency.len(),
+        updates_per_s: per_s(t.updates),
+        bytes_per_client_s: per_s(t.bytes),
+        glitches: t.teleports + t.vanished + t.duplicates,
+        teleports: t.teleports,
+        vanished: t.vanished,
+        duplicates: t.duplicates,
+        dropped: t.dropped,
+        reconnects: t.reconnects,
+    })
+}

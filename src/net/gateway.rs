@@ -1,0 +1,454 @@
+//! The gateway: where clients connect, on the replication layer's side of the mesh, so a server
+//! crash or a handoff disconnects nobody.
+//!
+//! Clients speak netcode (renetcode: connect tokens signed with the private key, encrypted and
+//! authenticated packets, replay protection) under renet's channels. Each core runs its own
+//! gateway endpoints: UDP sockets bound to one address with SO_REUSEPORT, so the kernel shares
+//! clients out across cores by their address and each client stays with one core.
+//!
+//! A client's token names its seat: seat `k` drives the `k`th player of the world. Its inputs go
+//! to the replication slice of the gateway's core, which passes them to whichever server holds
+//! the player (here or on another core). Once a tick the gateway sends each client its bubble:
+//! the entities within `BUBBLE_RADIUS_M` of its player, read from every core's view of the tick,
+//! nearest first, at most `SEEN_PER_UPDATE_MAX`, positions quantized. An entity that vanishes
+//! from every view while it is handed between servers (or cores) is shown where it was heading
+//! for up to `HANDOFF_HOLD_TICKS`, so the client sees no gap.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use glam::Vec3;
+use renet::{ChannelConfig, ClientId, ConnectionConfig, RenetServer, SendType, ServerEvent};
+use renet_netcode::{NetcodeServerTransport, ServerAuthentication, ServerConfig};
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use super::key::Key;
+use super::wire::{self, ClientMsg, Seen, Update, INPUT_CHANNEL, MESSAGE_BYTES_MAX, UPDATE_CHANNEL};
+use crate::protocol::Action;
+use crate::world::{EntityId, EntityKind, Grid};
+
+/// Identifies shardmesh's netcode traffic (and its version): a token for another protocol is
+/// refused.
+pub const PROTOCOL_ID: u64 = 0x5348_4d45_5348_0001;
+
+/// A client sees what is this near its player. Less than the container streaming radius, so
+/// everything in a bubble is loaded on its server.
+pub const BUBBLE_RADIUS_M: f32 = 40.0;
+
+/// Entities in one update at most, nearest first: about 1.5 KB.
+pub const SEEN_PER_UPDATE_MAX: usize = 48;
+
+/// How long an entity that left every core's view is still shown, moving as it was: a handoff
+/// between cores takes a tick or two.
+pub const HANDOFF_HOLD_TICKS: u64 = 6;
+
+/// Clients one netcode endpoint holds (renetcode's own limit).
+pub const CLIENTS_PER_ENDPOINT_MAX: usize = 1024;
+
+/// Messages read from one client in one tick at most; the rest of a flood is dropped unread.
+const MESSAGES_PER_CLIENT_PER_TICK_MAX: usize = 8;
+
+/// Client inputs and server updates, both unreliable: each is overtaken by the next.
+pub fn connection_config() -> ConnectionConfig {
+    let channel = |channel_id, bytes| ChannelConfig {
+        channel_id,
+        max_memory_usage_bytes: bytes,
+        send_type: SendType::Unreliable,
+    };
+    ConnectionConfig {
+        available_bytes_per_tick: 64 << 10,
+        server_channels_config: vec![channel(UPDATE_CHANNEL, 256 << 10)],
+        client_channels_config: vec![channel(INPUT_CHANNEL, 16 << 10)],
+    }
+}
+
+/// Time since the Unix epoch, which connect tokens are stamped with.
+pub fn unix_now() -> Duration {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default()
+}
+
+/// Binds `count` UDP sockets to `addr` with SO_REUSEPORT (one port: the first socket's, when
+/// `addr` asks for any port).
+pub fn bind_endpoints(addr: SocketAddr, count: usize) -> std::io::Result<Vec<UdpSocket>> {
+    let mut sockets: Vec<UdpSocket> = Vec::with_capacity(count);
+    let mut addr = addr;
+    for _ in 0..count.max(1) {
+        let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, None)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        let socket: UdpSocket = socket.into();
+        addr = socket.local_addr()?;
+        sockets.push(socket);
+    }
+    Ok(sockets)
+}
+
+/// Which player entity each seat drives, and which seats a client holds now (the in-process bots
+/// leave those players alone). Shared by every core.
+#[derive(Default)]
+pub struct Seats {
+    players: Vec<EntityId>,
+    taken: RwLock<FxHashSet<EntityId>>,
+}
+
+impl Seats {
+    pub fn new(players: Vec<EntityId>) -> Self {
+        Self { players, taken: RwLock::default() }
+    }
+    pub fn player(&self, seat: u64) -> Option<EntityId> {
+        self.players.get(usize::try_from(seat).ok()?).copied()
+    }
+    pub fn len(&self) -> usize {
+        self.players.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.players.is_empty()
+    }
+    /// The players clients drive now.
+    pub fn taken(&self) -> std::sync::RwLockReadGuard<'_, FxHashSet<EntityId>> {
+        self.taken.read().expect("not poisoned")
+    }
+    fn take(&self, player: EntityId) -> bool {
+        self.taken.write().expect("not poisoned").insert(player)
+    }
+    fn free(&self, player: EntityId) {
+        self.taken.write().expect("not poisoned").remove(&player);
+    }
+}
+
+/// One entity as a core's servers hold it at the end of a tick.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ViewEntity {
+    pub id: EntityId,
+    pub kind: EntityKind,
+    pub position: [f32; 3],
+    pub velocity: [f32; 3],
+    pub carried: bool,
+    pub input_seq: u32,
+    /// Handed off this tick: where it is until another server adopts it.
+    pub leaving: bool,
+}
+
+/// Every core's view of its entities, as of its last tick: each core replaces its own, and every
+/// gateway reads them all.
+pub struct Views {
+    /// Each core's newest view and the one before, with the tick each is of.
+    slots: Vec<Mutex<[View; 2]>>,
+}
+
+type View = Arc<(u64, Vec<ViewEntity>)>;
+
+impl Views {
+    pub fn new(cores: usize) -> Self {
+        let empty = || Arc::new((0, Vec::new()));
+        Self { slots: (0..cores).map(|_| Mutex::new([empty(), empty()])).collect() }
+    }
+    /// Core `core`'s entities as of the end of its tick `tick`.
+    pub fn publish(&self, core: usize, tick: u64, view: Vec<ViewEntity>) {
+        let mut slot = self.slots[core].lock().expect("not poisoned");
+        slot[1] = std::mem::replace(&mut slot[0], Arc::new((tick, view)));
+    }
+    /// Whether every core has published its view of `tick` (or a later one).
+    pub fn all_reached(&self, tick: u64) -> bool {
+        self.slots.iter().all(|s| s.lock().expect("not poisoned")[0].0 >= tick)
+    }
+    /// Each core's view of `tick` if it has one, else its newest before it.
+    fn at(&self, tick: u64) -> Vec<View> {
+        self.slots
+            .iter()
+            .map(|s| {
+                let slot = s.lock().expect("not poisoned");
+                if slot[0].0 <= tick {
+                    slot[0].clone()
+                } else {
+                    slot[1].clone()
+                }
+            })
+            .collect()
+    }
+}
+
+/// What the gateway counted: clients, and every kind of bad input it dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GatewayStats {
+    pub connected: u64,
+    pub connects: u64,
+    pub disconnects: u64,
+    pub inputs: u64,
+    pub updates: u64,
+    pub update_bytes: u64,
+    /// Messages that did not decode, or were too large.
+    pub malformed: u64,
+    pub oversized: u64,
+    /// A client's inputs beyond what one tick reads.
+    pub flooded: u64,
+    /// Inputs numbered no higher than one already taken (a replay or a reorder).
+    pub replayed: u64,
+    /// Tokens for a seat with no player, or a seat another client holds.
+    pub bad_seats: u64,
+    /// Errors from the transport (bad packets it refused, socket errors).
+    pub transport_errors: u64,
+}
+
+impl GatewayStats {
+    pub fn add(&mut self, other: &GatewayStats) {
+        self.connected += other.connected;
+        self.connects += other.connects;
+        self.disconnects += other.disconnects;
+        self.inputs += other.inputs;
+        self.updates += other.updates;
+        self.update_bytes += other.update_bytes;
+        self.malformed += other.malformed;
+        self.oversized += other.oversized;
+        self.flooded += other.flooded;
+        self.replayed += other.replayed;
+        self.bad_seats += other.bad_seats;
+        self.transport_errors += other.transport_errors;
+    }
+}
+
+struct Endpoint {
+    server: RenetServer,
+    transport: NetcodeServerTransport,
+}
+
+struct Client {
+    endpoint: usize,
+    player: EntityId,
+    last_seq: u32,
+    /// What the last update showed, with the tick each entity was last in a core's view.
+    shown: FxHashMap<EntityId, (ViewEntity, u64)>,
+}
+
+pub struct Gateway {
+    endpoints: Vec<Endpoint>,
+    clients: HashMap<ClientId, Client>,
+    seats: Arc<Seats>,
+    last_poll: Instant,
+    grid: Grid,
+    merged: Vec<ViewEntity>,
+    index: FxHashMap<EntityId, usize>,
+    pub stats: GatewayStats,
+}
+
+impl Gateway {
+    /// A gateway on `sockets` (bound to `public`), taking tokens signed with `key`; `insecure`
+    /// accepts clients with no token at all, for development only.
+    pub fn new(
+        sockets: Vec<UdpSocket>,
+        public: SocketAddr,
+        key: Key,
+        insecure: bool,
+        seats: Arc<Seats>,
+    ) -> std::io::Result<Self> {
+        let mut endpoints = Vec::new();
+        for socket in sockets {
+            let config = ServerConfig {
+                current_time: unix_now(),
+                max_clients: CLIENTS_PER_ENDPOINT_MAX,
+                protocol_id: PROTOCOL_ID,
+                public_addresses: vec![public],
+                authentication: if insecure {
+                    ServerAuthentication::Unsecure
+                } else {
+                    ServerAuthentication::Secure { private_key: key }
+                },
+            };
+            let transport = NetcodeServerTransport::new(config, socket)?;
+            endpoints.push(Endpoint { server: RenetServer::new(connection_config()), transport });
+        }
+        Ok(Self {
+            endpoints,
+            clients: HashMap::new(),
+            seats,
+            last_poll: Instant::now(),
+            grid: Grid::new(16.0),
+            merged: Vec::new(),
+            index: FxHashMap::default(),
+            stats: GatewayStats::default(),
+        })
+    }
+
+    /// Takes in what arrived: connections, disconnections, and the clients' inputs, checked,
+    /// as (player, input number, action).
+    pub fn poll(&mut self) -> Vec<(EntityId, u32, Action)> {
+        let elapsed = self.last_poll.elapsed();
+        self.last_poll = Instant::now();
+        let mut inputs = Vec::new();
+        for (e, endpoint) in self.endpoints.iter_mut().enumerate() {
+            endpoint.server.update(elapsed);
+            if endpoint.transport.update(elapsed, &mut endpoint.server).is_err() {
+                self.stats.transport_errors += 1;
+            }
+            while let Some(event) = endpoint.server.get_event() {
+                match event {
+                    ServerEvent::ClientConnected { client_id } => match self.seats.player(client_id) {
+                        Some(player) if self.seats.take(player) => {
+                            self.stats.connects += 1;
+                            self.clients.insert(
+                                client_id,
+                                Client { endpoint: e, player, last_seq: 0, shown: FxHashMap::default() },
+                            );
+                        }
+                        _ => {
+                            self.stats.bad_seats += 1;
+                            endpoint.server.disconnect(client_id);
+                        }
+                    },
+                    ServerEvent::ClientDisconnected { client_id, .. } => {
+                        if let Some(client) = self.clients.remove(&client_id) {
+                            self.seats.free(client.player);
+                            self.stats.disconnects += 1;
+                        }
+                    }
+                }
+            }
+            for client_id in endpoint.server.clients_id() {
+                let Some(client) = self.clients.get_mut(&client_id) else { continue };
+                let mut read = 0;
+                while let Some(bytes) = endpoint.server.receive_message(client_id, INPUT_CHANNEL) {
+                    read += 1;
+                    if read > MESSAGES_PER_CLIENT_PER_TICK_MAX {
+                        self.stats.flooded += 1;
+                        continue;
+                    }
+                    if bytes.len() > MESSAGE_BYTES_MAX {
+                        self.stats.oversized += 1;
+                        continue;
+                    }
+                    match wire::decode::<ClientMsg>(&bytes) {
+                        Ok(ClientMsg::Input { seq, action }) => {
+                            if seq <= client.last_seq {
+                                self.stats.replayed += 1;
+                                continue;
+                            }
+                            if !action_is_finite(&action) {
+                                self.stats.malformed += 1;
+                                continue;
+                            }
+                            client.last_seq = seq;
+                            self.stats.inputs += 1;
+                            inputs.push((client.player, seq, action));
+                        }
+                        Err(_) => self.stats.malformed += 1,
+                    }
+                }
+            }
+        }
+        self.stats.connected = self.clients.len() as u64;
+        inputs
+    }
+
+    /// Sends every client its bubble as of `tick`, from every core's view.
+    pub fn send_updates(&mut self, tick: u64, views: &Views) {
+        if self.clients.is_empty() {
+            for endpoint in &mut self.endpoints {
+                endpoint.transport.send_packets(&mut endpoint.server);
+            }
+            return;
+        }
+        // One world from every core's view: an entity in two (caught mid-handoff) counts once.
+        self.merged.clear();
+        self.index.clear();
+        self.grid.clear();
+        let dt = crate::limits::TICK_DURATION_US as f32 / 1e6;
+        let all = views.at(tick);
+        // What a server holds first, then what was handed off and is not held anywhere yet.
+        for leaving in [false, true] {
+            for view in &all {
+                // Every view is of this tick unless a core ran late; a late one is moved on.
+                let (view_tick, entities) = (&view.0, &view.1);
+                let ahead = (tick.saturating_sub(*view_tick)).min(2) as f32;
+                for e in entities.iter().filter(|e| e.leaving == leaving) {
+                    if self.index.contains_key(&e.id) {
+                        continue;
+                    }
+                    let mut e = *e;
+                    if ahead != 0.0 && !e.carried && !e.leaving {
+                        let moved = Vec3::from_array(e.velocity) * dt * ahead;
+                        e.position = (Vec3::from_array(e.position) + moved).to_array();
+                    }
+                    self.index.insert(e.id, self.merged.len());
+                    self.grid.insert(e.id, Vec3::from_array(e.position));
+                    self.merged.push(e);
+                }
+            }
+        }
+        let pad = Vec3::splat(BUBBLE_RADIUS_M);
+        for (client_id, client) in self.clients.iter_mut() {
+            let Some(me) = self.index.get(&client.player).map(|i| self.merged[*i]) else {
+                // The player is between cores this tick: the next update catches up.
+                continue;
+            };
+            let at = Vec3::from_array(me.position);
+            let mut near: Vec<(f32, ViewEntity)> = Vec::new();
+            let (merged, index) = (&self.merged, &self.index);
+            self.grid.query(at - pad, at + pad, |id, p| {
+                let d = p.distance(at);
+                if d <= BUBBLE_RADIUS_M {
+                    if let Some(i) = index.get(&id) {
+                        near.push((d, merged[*i]));
+                    }
+                }
+            });
+            // Held through a handoff: shown where it was heading, for a few ticks.
+            let seen_now: FxHashSet<EntityId> = near.iter().map(|(_, e)| e.id).collect();
+            for (id, (last, last_tick)) in &client.shown {
+                if seen_now.contains(id) || self.index.contains_key(id) || tick > last_tick + HANDOFF_HOLD_TICKS {
+                    continue;
+                }
+                // In flight it is not simulated: shown where it left (the views carry the state a
+                // handoff gave up).
+                let held = *last;
+                let d = Vec3::from_array(held.position).distance(at);
+                if d <= BUBBLE_RADIUS_M {
+                    near.push((d, held));
+                }
+            }
+            near.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.id.cmp(&b.1.id)));
+            near.truncate(SEEN_PER_UPDATE_MAX);
+            let mut shown = FxHashMap::default();
+            let mut seen = Vec::with_capacity(near.len());
+            for (_, e) in &near {
+                let last_tick = if seen_now.contains(&e.id) {
+                    tick
+                } else {
+                    client.shown.get(&e.id).map(|(_, t)| *t).unwrap_or(tick)
+                };
+                shown.insert(e.id, (*e, last_tick));
+                let (position, velocity) = Seen::quantize(e.position, e.velocity);
+                seen.push(Seen { id: e.id, kind: e.kind, position, velocity, carried: e.carried });
+            }
+            client.shown = shown;
+            let update = Update { tick, player: client.player, input_ack: me.input_seq, seen };
+            let bytes = wire::encode(&update);
+            self.stats.updates += 1;
+            self.stats.update_bytes += bytes.len() as u64;
+            self.endpoints[client.endpoint].server.send_message(*client_id, UPDATE_CHANNEL, bytes);
+        }
+        for endpoint in &mut self.endpoints {
+            endpoint.transport.send_packets(&mut endpoint.server);
+        }
+    }
+
+    /// Tells every client the gateway is going away.
+    pub fn disconnect_all(&mut self) {
+        for endpoint in &mut self.endpoints {
+            endpoint.transport.disconnect_all(&mut endpoint.server);
+        }
+        for client in self.clients.values() {
+            self.seats.free(client.player);
+        }
+        self.clients.clear();
+    }
+}
+
+fn action_is_finite(action: &Action) -> bool {
+    match action {
+        Action::Move(v) | Action::Fire(v) => v.iter().all(|x| x.is_finite()),
+        _ => true,
+    }
+}

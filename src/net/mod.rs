@@ -1,0 +1,10 @@
+//! Clients over real sockets: the gateway the mesh's cores run (`gateway`), what travels on the
+//! wire (`wire`), the private key that signs connect tokens (`key`), and the load-generating
+//! bots that connect as clients do (`bots`).
+
+pub mod bots;
+pub mod gateway;
+pub mod key;
+pub mod wire;
+
+pub use gateway::{Gateway, GatewayStats, Seats, ViewEntity, Views};
