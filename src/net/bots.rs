@@ -95,6 +95,9 @@ pub struct BotsReport {
     /// Connections lost without the bot asking (timeouts, refusals).
     pub dropped: u64,
     pub reconnects: u64,
+    /// The farthest any bot got from where it started, in metres (regions are a few hundred
+    /// metres wide: a bot that went further crossed a border).
+    pub max_travel_m: f64,
 }
 
 #[derive(Default)]
@@ -110,6 +113,7 @@ struct Totals {
     duplicates: u64,
     dropped: u64,
     reconnects: u64,
+    max_travel_m: f64,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -130,6 +134,7 @@ struct Bot {
     /// The player is aboard a ship (it cannot walk until it disembarks).
     aboard: bool,
     home: Option<Vec3>,
+    travel_m: f32,
     target: Option<Vec3>,
     heading: Vec3,
     next_turn: u64,
@@ -167,6 +172,7 @@ impl Bot {
             me: None,
             aboard: false,
             home: None,
+            travel_m: 0.0,
             target: None,
             heading: Vec3::X,
             next_turn: 0,
@@ -310,7 +316,8 @@ impl Bot {
         if let Some(me) = update.seen.iter().find(|s| s.id == update.player) {
             self.me = Some(me.position_m());
             self.aboard = me.carried;
-            self.home.get_or_insert(me.position_m());
+            let home = *self.home.get_or_insert(me.position_m());
+            self.travel_m = self.travel_m.max(home.distance(me.position_m()));
         }
         let dt = TICK_DURATION_US as f32 / 1e6;
         if self.last_tick > 0 {
@@ -462,6 +469,7 @@ pub fn run(cfg: &BotsConfig) -> std::io::Result<BotsReport> {
                 t.duplicates += bot.duplicates;
                 t.dropped += bot.dropped;
                 t.reconnects += bot.reconnects;
+                t.max_travel_m = t.max_travel_m.max(bot.travel_m as f64);
             }
             Ok(())
         }));
@@ -505,5 +513,6 @@ pub fn run(cfg: &BotsConfig) -> std::io::Result<BotsReport> {
         duplicates: t.duplicates,
         dropped: t.dropped,
         reconnects: t.reconnects,
+        max_travel_m: t.max_travel_m,
     })
 }

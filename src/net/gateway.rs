@@ -21,11 +21,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use glam::Vec3;
 use renet::{ChannelConfig, ClientId, ConnectionConfig, RenetServer, SendType, ServerEvent};
-use renet_netcode::{NetcodeServerTransport, ServerAuthentication, ServerConfig};
+use renetcode::{NetcodeServer, ServerAuthentication, ServerConfig, ServerResult, NETCODE_MAX_PACKET_BYTES};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::key::Key;
-use super::wire::{self, ClientMsg, Seen, Update, INPUT_CHANNEL, MESSAGE_BYTES_MAX, UPDATE_CHANNEL};
+use super::wire::{self, ClientMsg, Seen, Update, INPUT_BYTES_MAX, INPUT_CHANNEL, UPDATE_CHANNEL};
 use crate::protocol::Action;
 use crate::world::{EntityId, EntityKind, Grid};
 
@@ -40,15 +40,23 @@ pub const BUBBLE_RADIUS_M: f32 = 40.0;
 /// Entities in one update at most, nearest first: about 1.5 KB.
 pub const SEEN_PER_UPDATE_MAX: usize = 48;
 
-/// How long an entity that left every core's view is still shown, moving as it was: a handoff
-/// between cores takes a tick or two.
-pub const HANDOFF_HOLD_TICKS: u64 = 6;
+/// How long an entity handed off and not yet adopted is still shown where it left: a handoff
+/// between cores takes a tick or two, longer while the whole world is being placed at start.
+/// (An entity that leaves every view otherwise, destroyed or unloaded, is gone at once.)
+pub const HANDOFF_HOLD_TICKS: u64 = 60;
 
 /// Clients one netcode endpoint holds (renetcode's own limit).
 pub const CLIENTS_PER_ENDPOINT_MAX: usize = 1024;
 
 /// Messages read from one client in one tick at most; the rest of a flood is dropped unread.
 const MESSAGES_PER_CLIENT_PER_TICK_MAX: usize = 8;
+
+/// Datagrams taken from one address in one tick at most (a client sends two or three): the rest
+/// of a flood is dropped before any decryption is spent on it.
+const PACKETS_PER_ADDRESS_PER_TICK_MAX: u32 = 32;
+
+/// Datagrams read from one endpoint's socket in one tick at most, so a flood cannot hold a core.
+const PACKETS_PER_ENDPOINT_PER_TICK_MAX: usize = 16_384;
 
 /// Client inputs and server updates, both unreliable: each is overtaken by the next.
 pub fn connection_config() -> ConnectionConfig {
@@ -135,37 +143,55 @@ pub struct ViewEntity {
 /// Every core's view of its entities, as of its last tick: each core replaces its own, and every
 /// gateway reads them all.
 pub struct Views {
-    /// Each core's newest view and the one before, with the tick each is of.
-    slots: Vec<Mutex<[View; 2]>>,
+    /// Each core's newest views, newest first, with the tick each is of.
+    slots: Vec<Mutex<[View; VIEWS_KEPT]>>,
 }
 
 type View = Arc<(u64, Vec<ViewEntity>)>;
 
+/// Views each core keeps: a core may run this many ticks ahead of the slowest before a gateway
+/// reading the slowest's tick finds the fast one's view of it gone.
+const VIEWS_KEPT: usize = 8;
+
 impl Views {
     pub fn new(cores: usize) -> Self {
         let empty = || Arc::new((0, Vec::new()));
-        Self { slots: (0..cores).map(|_| Mutex::new([empty(), empty()])).collect() }
+        Self { slots: (0..cores).map(|_| Mutex::new(std::array::from_fn(|_| empty()))).collect() }
     }
     /// Core `core`'s entities as of the end of its tick `tick`.
     pub fn publish(&self, core: usize, tick: u64, view: Vec<ViewEntity>) {
         let mut slot = self.slots[core].lock().expect("not poisoned");
-        slot[1] = std::mem::replace(&mut slot[0], Arc::new((tick, view)));
+        slot.rotate_right(1);
+        slot[0] = Arc::new((tick, view));
     }
     /// Whether every core has published its view of `tick` (or a later one).
     pub fn all_reached(&self, tick: u64) -> bool {
         self.slots.iter().all(|s| s.lock().expect("not poisoned")[0].0 >= tick)
     }
-    /// Each core's view of `tick` if it has one, else its newest before it.
+    /// The newest tick every core has a view of, up to `tick`.
+    fn common_tick(&self, tick: u64) -> u64 {
+        self.slots.iter().map(|s| s.lock().expect("not poisoned")[0].0).min().unwrap_or(0).min(tick)
+    }
+    /// What every core handed off in its views of the ticks after `after` and before `before`:
+    /// a gateway that skipped those ticks still learns where those entities left from.
+    fn leaving_between(&self, after: u64, before: u64) -> Vec<ViewEntity> {
+        let mut out = Vec::new();
+        for s in &self.slots {
+            let slot = s.lock().expect("not poisoned");
+            for view in slot.iter().filter(|v| v.0 > after && v.0 < before) {
+                out.extend(view.1.iter().filter(|e| e.leaving).copied());
+            }
+        }
+        out
+    }
+
+    /// Each core's view of `tick` (or, if it has run too far ahead to keep it, its oldest).
     fn at(&self, tick: u64) -> Vec<View> {
         self.slots
             .iter()
             .map(|s| {
                 let slot = s.lock().expect("not poisoned");
-                if slot[0].0 <= tick {
-                    slot[0].clone()
-                } else {
-                    slot[1].clone()
-                }
+                slot.iter().find(|v| v.0 <= tick).unwrap_or(&slot[VIEWS_KEPT - 1]).clone()
             })
             .collect()
     }
@@ -189,7 +215,19 @@ pub struct GatewayStats {
     pub replayed: u64,
     /// Tokens for a seat with no player, or a seat another client holds.
     pub bad_seats: u64,
-    /// Errors from the transport (bad packets it refused, socket errors).
+    /// Connection requests refused: a token expired, signed with another key, for another
+    /// protocol or address, or unreadable.
+    pub bad_tokens: u64,
+    /// Datagrams refused: too short, of no netcode type, failing authentication, replayed, or
+    /// from an address with no connection.
+    pub bad_packets: u64,
+    /// Datagrams larger than netcode allows.
+    pub oversized_packets: u64,
+    /// Datagrams past one address's share of a tick.
+    pub flooded_packets: u64,
+    /// Moves asking for more than full speed.
+    pub speed_hacks: u64,
+    /// Socket errors.
     pub transport_errors: u64,
 }
 
@@ -206,13 +244,142 @@ impl GatewayStats {
         self.flooded += other.flooded;
         self.replayed += other.replayed;
         self.bad_seats += other.bad_seats;
+        self.bad_tokens += other.bad_tokens;
+        self.bad_packets += other.bad_packets;
+        self.oversized_packets += other.oversized_packets;
+        self.flooded_packets += other.flooded_packets;
+        self.speed_hacks += other.speed_hacks;
         self.transport_errors += other.transport_errors;
     }
 }
 
+/// One socket with its netcode server and renet connections. (renet_netcode's transport does the
+/// same loop, but drops what it refuses without a word; this one counts it.)
 struct Endpoint {
+    socket: UdpSocket,
+    netcode: NetcodeServer,
     server: RenetServer,
-    transport: NetcodeServerTransport,
+    /// Connected clients by address.
+    addrs: FxHashMap<SocketAddr, ClientId>,
+    /// Datagrams from each address this tick.
+    per_addr: FxHashMap<SocketAddr, u32>,
+}
+
+/// What a netcode server's answer asks for: a datagram out, a payload for renet, a connection.
+fn apply(
+    result: ServerResult,
+    socket: &UdpSocket,
+    server: &mut RenetServer,
+    addrs: &mut FxHashMap<SocketAddr, ClientId>,
+    stats: &mut GatewayStats,
+) -> bool {
+    let send = |payload: &[u8], addr: SocketAddr, stats: &mut GatewayStats| {
+        if socket.send_to(payload, addr).is_err() {
+            stats.transport_errors += 1;
+        }
+    };
+    match result {
+        ServerResult::None => return false,
+        ServerResult::PacketToSend { addr, payload } => send(payload, addr, stats),
+        ServerResult::Payload { client_id, payload } => {
+            if server.process_packet_from(payload, client_id).is_err() {
+                stats.bad_packets += 1;
+            }
+        }
+        ServerResult::ClientConnected { client_id, addr, payload, .. } => {
+            server.add_connection(client_id);
+            addrs.insert(addr, client_id);
+            send(payload, addr, stats);
+        }
+        ServerResult::ClientDisconnected { client_id, addr, payload } => {
+            server.remove_connection(client_id);
+            addrs.remove(&addr);
+            if let Some(payload) = payload {
+                send(payload, addr, stats);
+            }
+        }
+    }
+    true
+}
+
+impl Endpoint {
+    /// Reads what arrived, counting what netcode refuses.
+    fn receive(&mut self, elapsed: Duration, stats: &mut GatewayStats) {
+        self.netcode.update(elapsed);
+        self.per_addr.clear();
+        let mut buffer = [0u8; 2 * NETCODE_MAX_PACKET_BYTES];
+        for _ in 0..PACKETS_PER_ENDPOINT_PER_TICK_MAX {
+            let (len, addr) = match self.socket.recv_from(&mut buffer) {
+                Ok(r) => r,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => break,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => continue,
+                Err(_) => {
+                    stats.transport_errors += 1;
+                    break;
+                }
+            };
+            let count = self.per_addr.entry(addr).or_default();
+            *count += 1;
+            if *count > PACKETS_PER_ADDRESS_PER_TICK_MAX {
+                stats.flooded_packets += 1;
+                continue;
+            }
+            if len > NETCODE_MAX_PACKET_BYTES {
+                stats.oversized_packets += 1;
+                continue;
+            }
+            // The low four bits of a netcode packet's first byte are its type.
+            let kind = buffer[0] & 0x0f;
+            let known = self.addrs.contains_key(&addr);
+            let result = self.netcode.process_packet(addr, &mut buffer[..len]);
+            let acted = apply(result, &self.socket, &mut self.server, &mut self.addrs, stats);
+            if !acted {
+                match kind {
+                    // A connection request that earned no challenge.
+                    0 if !known => stats.bad_tokens += 1,
+                    // A keep-alive from a client needs no answer.
+                    4 if known => {}
+                    _ => stats.bad_packets += 1,
+                }
+            }
+        }
+        for client_id in self.netcode.clients_id() {
+            let result = self.netcode.update_client(client_id);
+            apply(result, &self.socket, &mut self.server, &mut self.addrs, stats);
+        }
+        for client_id in self.server.disconnections_id() {
+            let result = self.netcode.disconnect(client_id);
+            apply(result, &self.socket, &mut self.server, &mut self.addrs, stats);
+        }
+    }
+
+    fn send(&mut self, stats: &mut GatewayStats) {
+        for client_id in self.server.clients_id() {
+            let Ok(packets) = self.server.get_packets_to_send(client_id) else { continue };
+            for packet in packets {
+                match self.netcode.generate_payload_packet(client_id, &packet) {
+                    Ok((addr, payload)) => {
+                        if self.socket.send_to(payload, addr).is_err() {
+                            stats.transport_errors += 1;
+                            break;
+                        }
+                    }
+                    Err(_) => {
+                        stats.transport_errors += 1;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn disconnect_all(&mut self, stats: &mut GatewayStats) {
+        for client_id in self.netcode.clients_id() {
+            let result = self.netcode.disconnect(client_id);
+            apply(result, &self.socket, &mut self.server, &mut self.addrs, stats);
+        }
+    }
 }
 
 struct Client {
@@ -229,6 +396,8 @@ pub struct Gateway {
     seats: Arc<Seats>,
     last_poll: Instant,
     grid: Grid,
+    /// The tick of the last updates sent: each tick's go out once.
+    last_sent_tick: u64,
     merged: Vec<ViewEntity>,
     index: FxHashMap<EntityId, usize>,
     pub stats: GatewayStats,
@@ -257,8 +426,14 @@ impl Gateway {
                     ServerAuthentication::Secure { private_key: key }
                 },
             };
-            let transport = NetcodeServerTransport::new(config, socket)?;
-            endpoints.push(Endpoint { server: RenetServer::new(connection_config()), transport });
+            socket.set_nonblocking(true)?;
+            endpoints.push(Endpoint {
+                socket,
+                netcode: NetcodeServer::new(config),
+                server: RenetServer::new(connection_config()),
+                addrs: FxHashMap::default(),
+                per_addr: FxHashMap::default(),
+            });
         }
         Ok(Self {
             endpoints,
@@ -266,6 +441,7 @@ impl Gateway {
             seats,
             last_poll: Instant::now(),
             grid: Grid::new(16.0),
+            last_sent_tick: 0,
             merged: Vec::new(),
             index: FxHashMap::default(),
             stats: GatewayStats::default(),
@@ -280,9 +456,7 @@ impl Gateway {
         let mut inputs = Vec::new();
         for (e, endpoint) in self.endpoints.iter_mut().enumerate() {
             endpoint.server.update(elapsed);
-            if endpoint.transport.update(elapsed, &mut endpoint.server).is_err() {
-                self.stats.transport_errors += 1;
-            }
+            endpoint.receive(elapsed, &mut self.stats);
             while let Some(event) = endpoint.server.get_event() {
                 match event {
                     ServerEvent::ClientConnected { client_id } => match self.seats.player(client_id) {
@@ -315,7 +489,7 @@ impl Gateway {
                         self.stats.flooded += 1;
                         continue;
                     }
-                    if bytes.len() > MESSAGE_BYTES_MAX {
+                    if bytes.len() > INPUT_BYTES_MAX {
                         self.stats.oversized += 1;
                         continue;
                     }
@@ -328,6 +502,14 @@ impl Gateway {
                             if !action_is_finite(&action) {
                                 self.stats.malformed += 1;
                                 continue;
+                            }
+                            if let Action::Move(v) = action {
+                                // More than full speed: the server would clamp it, the gateway
+                                // refuses it and counts the client's attempt.
+                                if Vec3::from_array(v).length() > 1.0 + 1e-3 {
+                                    self.stats.speed_hacks += 1;
+                                    continue;
+                                }
                             }
                             client.last_seq = seq;
                             self.stats.inputs += 1;
@@ -342,11 +524,21 @@ impl Gateway {
         inputs
     }
 
-    /// Sends every client its bubble as of `tick`, from every core's view.
+    /// Sends every client its bubble as of `tick`, from every core's view of it; if a core has
+    /// not got that far, as of the newest tick every core has (and nothing if that was sent).
     pub fn send_updates(&mut self, tick: u64, views: &Views) {
+        let tick = views.common_tick(tick);
+        if tick <= self.last_sent_tick {
+            for endpoint in &mut self.endpoints {
+                endpoint.send(&mut self.stats);
+            }
+            return;
+        }
+        let skipped_from = self.last_sent_tick;
+        self.last_sent_tick = tick;
         if self.clients.is_empty() {
             for endpoint in &mut self.endpoints {
-                endpoint.transport.send_packets(&mut endpoint.server);
+                endpoint.send(&mut self.stats);
             }
             return;
         }
@@ -354,28 +546,19 @@ impl Gateway {
         self.merged.clear();
         self.index.clear();
         self.grid.clear();
-        let dt = crate::limits::TICK_DURATION_US as f32 / 1e6;
         let all = views.at(tick);
-        // What a server holds first, then what was handed off and is not held anywhere yet.
-        for leaving in [false, true] {
-            for view in &all {
-                // Every view is of this tick unless a core ran late; a late one is moved on.
-                let (view_tick, entities) = (&view.0, &view.1);
-                let ahead = (tick.saturating_sub(*view_tick)).min(2) as f32;
-                for e in entities.iter().filter(|e| e.leaving == leaving) {
-                    if self.index.contains_key(&e.id) {
-                        continue;
-                    }
-                    let mut e = *e;
-                    if ahead != 0.0 && !e.carried && !e.leaving {
-                        let moved = Vec3::from_array(e.velocity) * dt * ahead;
-                        e.position = (Vec3::from_array(e.position) + moved).to_array();
-                    }
-                    self.index.insert(e.id, self.merged.len());
-                    self.grid.insert(e.id, Vec3::from_array(e.position));
-                    self.merged.push(e);
-                }
+        // What a server holds first, then what was handed off and is not held anywhere yet (in
+        // this tick's views, or in those of ticks this gateway skipped).
+        let held = all.iter().flat_map(|v| v.1.iter().filter(|e| !e.leaving).copied());
+        let left = all.iter().flat_map(|v| v.1.iter().filter(|e| e.leaving).copied());
+        let skipped = if skipped_from > 0 { views.leaving_between(skipped_from, tick) } else { Vec::new() };
+        for e in held.chain(left).chain(skipped) {
+            if self.index.contains_key(&e.id) {
+                continue;
             }
+            self.index.insert(e.id, self.merged.len());
+            self.grid.insert(e.id, Vec3::from_array(e.position));
+            self.merged.push(e);
         }
         let pad = Vec3::splat(BUBBLE_RADIUS_M);
         for (client_id, client) in self.clients.iter_mut() {
@@ -394,10 +577,12 @@ impl Gateway {
                     }
                 }
             });
-            // Held through a handoff: shown where it was heading, for a few ticks.
+            // Held through a handoff: what was last shown leaving its server stays where it left
+            // until a server adopts it.
             let seen_now: FxHashSet<EntityId> = near.iter().map(|(_, e)| e.id).collect();
             for (id, (last, last_tick)) in &client.shown {
-                if seen_now.contains(id) || self.index.contains_key(id) || tick > last_tick + HANDOFF_HOLD_TICKS {
+                let in_flight = last.leaving && tick <= last_tick + HANDOFF_HOLD_TICKS;
+                if seen_now.contains(id) || self.index.contains_key(id) || !in_flight {
                     continue;
                 }
                 // In flight it is not simulated: shown where it left (the views carry the state a
@@ -430,14 +615,14 @@ impl Gateway {
             self.endpoints[client.endpoint].server.send_message(*client_id, UPDATE_CHANNEL, bytes);
         }
         for endpoint in &mut self.endpoints {
-            endpoint.transport.send_packets(&mut endpoint.server);
+            endpoint.send(&mut self.stats);
         }
     }
 
     /// Tells every client the gateway is going away.
     pub fn disconnect_all(&mut self) {
         for endpoint in &mut self.endpoints {
-            endpoint.transport.disconnect_all(&mut endpoint.server);
+            endpoint.disconnect_all(&mut self.stats);
         }
         for client in self.clients.values() {
             self.seats.free(client.player);

@@ -16,6 +16,9 @@ pub const UPDATE_CHANNEL: u8 = 1;
 /// dozen bytes.
 pub const MESSAGE_BYTES_MAX: usize = 16 << 10;
 
+/// An input message is refused unread past this size (the largest is under 40 bytes).
+pub const INPUT_BYTES_MAX: usize = 256;
+
 /// Client to gateway.
 #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum ClientMsg {

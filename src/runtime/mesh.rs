@@ -247,9 +247,6 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
         Some(g) => open_gateways(g, cores, &initial)?,
     };
     let listen = gateways.first().map(|(addr, _)| addr.to_string());
-    if let Some(addr) = &listen {
-        eprintln!("listening for clients on {addr} (udp, netcode)");
-    }
     let mut initial = Some(initial);
     let slices: Vec<Replication> = (0..cores)
         .map(|i| {
@@ -334,8 +331,13 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
     let end = start.checked_add(cfg.duration).unwrap_or(start + Duration::from_secs(u32::MAX as u64));
     let stop_asked = || cfg.stop_signal.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
     let mut next_status = start + Duration::from_secs(1);
+    let mut announced = listen.is_none();
     while Instant::now() < end && !stop_asked() && !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50).min(end.saturating_duration_since(Instant::now())));
+        if !announced && start.elapsed() >= cfg.warmup {
+            announced = true;
+            eprintln!("listening for clients on {} (udp, netcode)", listen.as_deref().unwrap_or(""));
+        }
         if Instant::now() < next_status {
             continue;
         }

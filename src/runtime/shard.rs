@@ -395,7 +395,9 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
         }
         next += setup.tick;
         let began = Instant::now();
-        let now = Shard::now_us(setup.start, offset_us);
+        // The protocol's clock is the schedule's, not the wall's: a core that runs a tick late
+        // still runs it as that tick, so every core agrees which tick a move was made in.
+        let now = scheduled_tick * crate::limits::TICK_DURATION_US;
         let mut stage_us = [0u64; STAGES.len()];
         let mut lap = Instant::now();
         let mut mark = |i: usize| {
@@ -406,7 +408,12 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
         shard.pump_local(now);
         mark(0);
         let overloaded = shard.overloaded();
-        shard.client_inputs(now);
+        // Clients are let in once the world is placed (the warm-up), as a game lets players in
+        // once its world is loaded; until then their connection requests wait.
+        let accepting = setup.start.elapsed() >= setup.warmup;
+        if accepting {
+            shard.client_inputs(now);
+        }
         if !overloaded {
             shard.drive_bots(now);
         }
@@ -430,7 +437,7 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
         mark(3);
         shard.send();
         mark(4);
-        if shard.gateway.is_some() {
+        if shard.gateway.is_some() && accepting {
             // Every client's update is of one tick across all cores, so an entity that moves
             // from one core to another moves smoothly: wait (briefly) for the other cores' view
             // of this tick.
