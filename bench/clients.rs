@@ -60,8 +60,8 @@ fn trial(count: usize, secs: u64) -> Trial {
         .status()
         .expect("bots run");
     assert!(status.success(), "bots failed");
-    let server_status = server.wait().expect("serve ends");
-    assert!(server_status.success(), "serve failed");
+    // A server that ends with a failed audit says so in its summary, which the trial reports.
+    let _ = server.wait().expect("serve ends");
     let read = |name: &str| -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(dir.join(name)).expect("a report")).expect("JSON")
     };
@@ -93,13 +93,14 @@ fn main() {
             held = count;
         }
         println!(
-            "  bots={count:<5} connected={connected:<5} latency p50={:>6.1} ms p99={:>6.1} ms updates/s={:>5.1} bytes/client/s={:>7.0} glitches={} server tick p99={:>6.2} ms -> {}",
+            "  bots={count:<5} connected={connected:<5} latency p50={:>6.1} ms p99={:>6.1} ms updates/s={:>5.1} bytes/client/s={:>7.0} glitches={} server tick p99={:>6.2} ms audit={} -> {}",
             f(r, "latency_p50_ms"),
             f(r, "latency_p99_ms"),
             f(r, "updates_per_s"),
             f(r, "bytes_per_client_s"),
             r["glitches"],
             f(s, "tick_p99_ms"),
+            s["audit_error"].as_str().unwrap_or("clean"),
             if ok { "held" } else { "not held" }
         );
     }

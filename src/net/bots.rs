@@ -30,6 +30,9 @@ use crate::protocol::server::speed_of;
 use crate::protocol::Action;
 use crate::world::{EntityId, EntityKind};
 
+/// Steps of a bot's loop per server tick: it reads what arrived twice a tick.
+const STEPS_PER_TICK: u64 = 2;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Behaviour {
     /// Walk in a random direction, changing every few seconds.
@@ -139,6 +142,7 @@ struct Bot {
     heading: Vec3,
     next_turn: u64,
     ticks: u64,
+    steps: u64,
     /// Churn: when to leave, and when to come back.
     leave_at: Option<Instant>,
     back_at: Option<Instant>,
@@ -177,6 +181,7 @@ impl Bot {
             heading: Vec3::X,
             next_turn: 0,
             ticks: 0,
+            steps: 0,
             leave_at: None,
             back_at: None,
             rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ seat.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
@@ -260,15 +265,20 @@ impl Bot {
                 self.take_update(now, &update);
             }
         }
-        if let Some(action) = self.decide(cfg.behaviour, rally) {
-            self.send(now, action);
-        }
-        if cfg.behaviour == Behaviour::Fight && self.ticks % 20 == 7 {
-            if let Some(dir) = self.nearest_other_player() {
-                self.send(now, Action::Fire(dir.to_array()));
+        // Updates are read every step, as a client rendering at 60 frames a second would; inputs go
+        // out every other step, at the server's 30 Hz.
+        self.steps += 1;
+        if self.steps % STEPS_PER_TICK == 0 {
+            if let Some(action) = self.decide(cfg.behaviour, rally) {
+                self.send(now, action);
             }
+            if cfg.behaviour == Behaviour::Fight && self.ticks % 20 == 7 {
+                if let Some(dir) = self.nearest_other_player() {
+                    self.send(now, Action::Fire(dir.to_array()));
+                }
+            }
+            self.ticks += 1;
         }
-        self.ticks += 1;
         if let Some(t) = self.transport.as_mut() {
             let _ = t.send_packets(&mut self.client);
         }
@@ -429,7 +439,7 @@ pub fn run(cfg: &BotsConfig) -> std::io::Result<BotsReport> {
             for seat in seats {
                 bots.push(Bot::new(cfg.first_seat + seat, &cfg)?);
             }
-            let tick = Duration::from_micros(TICK_DURATION_US);
+            let tick = Duration::from_micros(TICK_DURATION_US / STEPS_PER_TICK);
             let mut next = Instant::now();
             let mut last = Instant::now();
             let end = began + cfg.duration;
