@@ -440,7 +440,8 @@ impl Gateway {
             clients: HashMap::new(),
             seats,
             last_poll: Instant::now(),
-            grid: Grid::new(16.0),
+            // Cells as wide as the bubble: a bubble query touches 27 of them.
+            grid: Grid::new(BUBBLE_RADIUS_M),
             last_sent_tick: 0,
             merged: Vec::new(),
             index: FxHashMap::default(),
