@@ -149,7 +149,8 @@ struct Bot {
     rng: ChaCha8Rng,
     last_tick: u64,
     view: FxHashMap<EntityId, (Seen, u64)>,
-    gone: FxHashMap<EntityId, u64>,
+    /// What left the view from well inside it: when, where, and whether it was carried then.
+    gone: FxHashMap<EntityId, (u64, Vec3, bool)>,
     updates: u64,
     bytes: u64,
     teleports: u64,
@@ -339,8 +340,15 @@ impl Bot {
                         self.teleports += 1;
                     }
                 }
-                if self.gone.remove(&s.id).is_some() {
-                    self.vanished += 1;
+                // Back as it was, and where it could have got by itself: a vanish. Back picked up,
+                // put down, aboard or ashore, or carried somewhere meanwhile: it jumped to (or
+                // with) what carries it, which can take it out of view for a while.
+                if let Some((at, left_from, carried)) = self.gone.remove(&s.id) {
+                    let ticks = update.tick.saturating_sub(at).max(1) as f32 + 1.0;
+                    let by_itself = left_from.distance(s.position_m()) <= speed_of(s.kind) * dt * ticks + 1.0;
+                    if carried == s.carried && (carried || by_itself) {
+                        self.vanished += 1;
+                    }
                 }
             }
             // What left the view from well inside it (not a projectile, which ends) is watched:
@@ -350,14 +358,21 @@ impl Bot {
                 false => BUBBLE_RADIUS_M,
             };
             if let Some(me) = self.me {
-                for (id, (prev, _)) in &self.view {
-                    let inside = prev.position_m().distance(me) < horizon - 8.0;
+                for (id, (prev, prev_tick)) in &self.view {
+                    // Well inside: where it was, plus as far as it can have gone since (its speed
+                    // over the ticks between the two updates), is still inside the bubble. A
+                    // ship at the edge may leave in one tick; a player walking in the middle not.
+                    let ticks = update.tick.saturating_sub(*prev_tick).max(1) as f32;
+                    // Something carried moves with what carries it: a ship at most.
+                    let speed = if prev.carried { speed_of(EntityKind::Ship) } else { speed_of(prev.kind) };
+                    let reach = speed * dt * ticks + 1.0;
+                    let inside = prev.position_m().distance(me) + reach < horizon;
                     if inside && prev.kind != EntityKind::Projectile && !ids.contains(id) {
-                        self.gone.insert(*id, update.tick);
+                        self.gone.insert(*id, (update.tick, prev.position_m(), prev.carried));
                     }
                 }
             }
-            self.gone.retain(|_, at| update.tick < *at + 60);
+            self.gone.retain(|_, (at, _, _)| update.tick < *at + 60);
         }
         self.view = update.seen.iter().map(|s| (s.id, (*s, update.tick))).collect();
         self.last_tick = update.tick;
