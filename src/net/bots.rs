@@ -541,3 +541,78 @@ pub fn run(cfg: &BotsConfig) -> std::io::Result<BotsReport> {
         max_travel_m: t.max_travel_m,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bot() -> Bot {
+        let cfg = BotsConfig {
+            connect: "127.0.0.1:9".parse().unwrap(),
+            key: [1; 32],
+            count: 1,
+            first_seat: 0,
+            behaviour: Behaviour::Wander,
+            duration: Duration::from_secs(1),
+            threads: 1,
+            seed: 1,
+            progress: false,
+        };
+        Bot::new(0, &cfg).expect("a client needs no server to be made")
+    }
+
+    fn seen(id: u64, kind: EntityKind, at: [f32; 3], carried: bool) -> Seen {
+        let (position, velocity) = Seen::quantize(at, [0.0; 3]);
+        Seen { id: EntityId(id), kind, position, velocity, carried }
+    }
+
+    fn update(tick: u64, seen: Vec<Seen>) -> Update {
+        Update { tick, player: EntityId(1), input_ack: 0, seen }
+    }
+
+    const ME: u64 = 1;
+
+    #[test]
+    fn the_glitch_detector_sees_a_teleport_a_vanish_and_a_duplicate() {
+        let mut b = bot();
+        let now = Instant::now();
+        let me = |x: f32| seen(ME, EntityKind::Player, [x, 0.0, 0.0], false);
+        let other = |x: f32| seen(2, EntityKind::Player, [x, 10.0, 0.0], false);
+        // Walking at full speed (1 m a tick) is no teleport; ten metres in a tick is.
+        b.take_update(now, &update(1, vec![me(0.0), other(5.0)]));
+        b.take_update(now, &update(2, vec![me(0.0), other(6.0)]));
+        assert_eq!(b.teleports, 0);
+        b.take_update(now, &update(3, vec![me(0.0), other(16.0)]));
+        assert_eq!(b.teleports, 1);
+        // Gone from 16 m away, where it could not have walked out of a 40 m bubble, and back.
+        b.take_update(now, &update(4, vec![me(0.0)]));
+        b.take_update(now, &update(5, vec![me(0.0)]));
+        b.take_update(now, &update(6, vec![me(0.0), other(17.0)]));
+        assert_eq!(b.vanished, 1);
+        // Shown twice in one update.
+        b.take_update(now, &update(7, vec![me(0.0), other(17.0), other(17.0)]));
+        assert_eq!(b.duplicates, 1);
+    }
+
+    #[test]
+    fn what_carries_an_entity_away_is_no_glitch() {
+        let mut b = bot();
+        let now = Instant::now();
+        let me = seen(ME, EntityKind::Player, [0.0; 3], false);
+        let item = |at: [f32; 3], carried| seen(3, EntityKind::Item { capacity: 0 }, at, carried);
+        // An item on the floor, picked up and carried off out of view, put down again elsewhere.
+        b.take_update(now, &update(1, vec![me, item([20.0, 0.0, 0.0], false)]));
+        b.take_update(now, &update(2, vec![me]));
+        b.take_update(now, &update(30, vec![me, item([-25.0, 0.0, 0.0], false)]));
+        // A passenger next to the bubble's edge, carried out of it by a ship in one tick.
+        let passenger = |x: f32| seen(4, EntityKind::Player, [x, 0.0, 0.0], true);
+        b.take_update(now, &update(31, vec![me, passenger(36.0)]));
+        b.take_update(now, &update(32, vec![me]));
+        b.take_update(now, &update(33, vec![me, passenger(38.0)]));
+        // Boarding: a jump to the ship, carried from then on.
+        let boarder = |x: f32, carried| seen(5, EntityKind::Player, [x, 5.0, 0.0], carried);
+        b.take_update(now, &update(34, vec![me, boarder(10.0, false)]));
+        b.take_update(now, &update(35, vec![me, boarder(25.0, true)]));
+        assert_eq!((b.teleports, b.vanished, b.duplicates), (0, 0, 0));
+    }
+}
