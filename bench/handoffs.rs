@@ -16,20 +16,14 @@ fn main() {
     println!("handoffs: 2 cores, 1 server each, ticks back to back, {secs} s per run");
     for runners in [1_000usize, 4_000, 16_000, 64_000] {
         let cfg = MeshConfig {
-            cores: 2,
-            players: runners,
-            duration: Duration::from_secs_f64(secs),
             warmup: Duration::from_secs_f64(secs / 4.0),
             tick: Duration::from_micros(1),
             servers_per_core: 1,
             seed: 3,
             bot_activity: 0.0,
-            status: false,
             scenario: Scenario::BorderRun,
             handoffs_per_tick_max: Some(usize::MAX),
-            persist: None,
-            stop_signal: None,
-            gateway: None,
+            ..MeshConfig::bots(2, runners, Duration::from_secs_f64(secs))
         };
         let s = run(cfg).expect("the mesh starts");
         println!(

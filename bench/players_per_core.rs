@@ -15,20 +15,9 @@ const BUDGET_MS: f64 = 33.0;
 
 fn trial(cores: usize, players: usize, secs: f64) -> (bool, f64, f64) {
     let cfg = MeshConfig {
-        cores,
-        players,
-        duration: Duration::from_secs_f64(secs),
         warmup: Duration::from_secs_f64(secs / 5.0),
-        tick: Duration::from_micros(33_333),
-        servers_per_core: 2,
         seed: 7,
-        bot_activity: 0.25,
-        status: false,
-        scenario: shardmesh::runtime::mesh::Scenario::Bots,
-        handoffs_per_tick_max: None,
-        persist: None,
-        stop_signal: None,
-        gateway: None,
+        ..MeshConfig::bots(cores, players, Duration::from_secs_f64(secs))
     };
     let s = run(cfg).expect("the mesh starts");
     let clean = s.audit_error.is_none() && s.lost_entities == 0 && s.duplicate_entities == 0;

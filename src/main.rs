@@ -160,21 +160,15 @@ struct MeshArgs {
 impl MeshArgs {
     /// A bots run of `players` for `duration`, everything else as these arguments say.
     fn config(&self, players: usize, duration: Duration, warmup: Duration) -> MeshConfig {
+        let cores = self.cores.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         MeshConfig {
-            cores: self.cores.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-            players,
-            duration,
             warmup,
             tick: Duration::from_secs_f64(1.0 / self.hz.clamp(1.0, 1000.0)),
             servers_per_core: self.servers_per_core,
             seed: self.seed,
             bot_activity: if players == 0 { 0.0 } else { self.activity.clamp(1e-3, 1.0) },
             status: true,
-            scenario: shardmesh::runtime::mesh::Scenario::Bots,
-            handoffs_per_tick_max: None,
-            persist: None,
-            stop_signal: None,
-            gateway: None,
+            ..MeshConfig::bots(cores, players, duration)
         }
     }
 }

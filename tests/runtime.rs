@@ -8,20 +8,10 @@ use shardmesh::runtime::mesh::{run, MeshConfig};
 #[test]
 fn two_cores_for_a_few_seconds_lose_and_duplicate_nothing() {
     let cfg = MeshConfig {
-        cores: 2,
-        players: 600,
-        duration: Duration::from_secs(3),
         warmup: Duration::from_millis(500),
-        tick: Duration::from_millis(33),
-        servers_per_core: 2,
         seed: 11,
         bot_activity: 0.5,
-        status: false,
-        scenario: shardmesh::runtime::mesh::Scenario::Bots,
-        handoffs_per_tick_max: None,
-        persist: None,
-        stop_signal: None,
-        gateway: None,
+        ..MeshConfig::bots(2, 600, Duration::from_secs(3))
     };
     let summary = run(cfg).expect("the mesh starts");
     assert_eq!(summary.audit_error, None);

@@ -53,6 +53,29 @@ pub struct MeshConfig {
     pub gateway: Option<GatewayConfig>,
 }
 
+impl MeshConfig {
+    /// A run of `players` bots on `cores` cores for `duration` at 30 Hz, two servers a core, the
+    /// demo's bot activity, no status line, log or gateway: what callers change from.
+    pub fn bots(cores: usize, players: usize, duration: Duration) -> Self {
+        Self {
+            cores,
+            players,
+            duration,
+            warmup: (duration / 5).min(Duration::from_secs(2)),
+            tick: Duration::from_micros(crate::limits::TICK_DURATION_US),
+            servers_per_core: 2,
+            seed: 1,
+            bot_activity: 0.25,
+            status: false,
+            scenario: Scenario::Bots,
+            handoffs_per_tick_max: None,
+            persist: None,
+            stop_signal: None,
+            gateway: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
     pub listen: std::net::SocketAddr,
