@@ -96,6 +96,10 @@ enum Command {
         /// Netcode endpoints per core (one port, SO_REUSEPORT); each holds 1,024 clients.
         #[arg(long, default_value_t = 4)]
         endpoints_per_core: usize,
+        /// Bytes of updates a second each client is sent at most: what does not fit waits, the
+        /// nearest, largest and longest-waiting first.
+        #[arg(long, default_value_t = shardmesh::net::CLIENT_BYTES_PER_S_DEFAULT)]
+        client_budget: u32,
     },
     /// Load-generating clients: many bots per thread, each a real netcode client over UDP,
     /// connecting to `serve --listen`; prints progress, then a report.
@@ -226,6 +230,7 @@ fn main() -> ExitCode {
             key_file,
             insecure_dev,
             endpoints_per_core,
+            client_budget,
         } => {
             let gateway = match listen {
                 None => None,
@@ -241,6 +246,7 @@ fn main() -> ExitCode {
                             key,
                             insecure: insecure_dev,
                             endpoints_per_core,
+                            client_bytes_per_s: client_budget,
                         }),
                         Err(e) => {
                             eprintln!("{e}");

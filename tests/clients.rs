@@ -100,6 +100,7 @@ fn assert_clean_server(summary: &serde_json::Value) {
 fn assert_undisturbed(report: &serde_json::Value, count: u64) {
     assert_eq!(report["connected"], count, "{report}");
     assert_eq!(report["glitches"], 0, "{report}");
+    assert_eq!(report["undecodable"], 0, "{report}");
     assert_eq!(report["dropped"], 0, "{report}");
     assert!(report["updates_per_s"].as_f64().unwrap() > 25.0, "{report}");
     assert!(report["latency_samples"].as_u64().unwrap() > 0, "{report}");
@@ -124,6 +125,12 @@ fn bots_over_udp_cross_borders_without_a_glitch_and_the_audit_stays_clean() {
     let gateway = &summary["gateway"];
     assert_eq!(gateway["connects"], 40, "{summary}");
     assert!(gateway["inputs"].as_u64().unwrap() > 40 * 100, "{summary}");
+    // Updates are differences from what each client acknowledged, within its byte budget.
+    let (updates, deltas) = (gateway["updates"].as_u64().unwrap(), gateway["delta_updates"].as_u64().unwrap());
+    assert!(deltas * 10 > updates * 9, "{summary}");
+    let per_update = gateway["update_bytes"].as_u64().unwrap() / updates;
+    let budget = shardmesh::net::CLIENT_BYTES_PER_S_DEFAULT as u64 * shardmesh::limits::TICK_DURATION_US / 1_000_000;
+    assert!(per_update <= budget, "{per_update} bytes an update, over {budget}: {summary}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -6,7 +6,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shardmesh::net::wire::{self, ClientMsg, Update};
+use shardmesh::net::wire::{self, ClientMsg, Known, Seen, Snapshot, Update};
+use shardmesh::world::{EntityId, EntityKind};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(ClientMsg::Input { seq, action }) = wire::decode::<ClientMsg>(data) {
@@ -15,8 +16,28 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(again, Ok(ClientMsg::Input { seq, action }));
     }
     if let Ok(update) = wire::decode::<Update>(data) {
-        for seen in &update.seen {
-            let _ = seen.position_m();
+        // Applied to nothing, and to a baseline of a few entities: an error or a snapshot.
+        let seen = |id| Seen {
+            id: EntityId(id),
+            kind: EntityKind::Player,
+            position: [i32::MAX, 0, i32::MIN],
+            velocity: [i16::MAX, i16::MIN, 0],
+            carried: false,
+            age: 0,
+        };
+        let base = Snapshot {
+            tick: update.baseline,
+            player: EntityId(1),
+            input_ack: 0,
+            horizon_dm: 400,
+            known: (1..4).map(|id| Known { seen: seen(id), as_of: update.baseline.saturating_sub(id) }).collect(),
+        };
+        for base in [None, Some(&base)] {
+            if let Ok(snapshot) = Snapshot::apply(base, &update) {
+                for k in &snapshot.known {
+                    let _ = k.position_m_at(update.tick.saturating_add(40));
+                }
+            }
         }
     }
 });

@@ -4,9 +4,10 @@
 //!
 //! Per bot it measures the time to connect, input-to-visible latency (from sending an input
 //! until an update shows its server applied it), updates and bytes a second, and glitches:
-//! a teleport (an entity moved further between two updates than its speed allows), an entity
-//! that vanished from well inside the bubble and came back, and an entity shown twice in one
-//! update.
+//! a teleport (an entity moved further between two of its states than its speed allows), an
+//! entity that vanished from well inside the bubble and came back, and an entity shown twice in
+//! one update. Updates are differences from one the bot acknowledged: it keeps what it knew after
+//! each of the last `SNAPSHOTS_KEPT`, and acknowledges the newest it took in.
 
 use std::collections::VecDeque;
 use std::net::{SocketAddr, UdpSocket};
@@ -20,11 +21,11 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use renet::RenetClient;
 use renet_netcode::{ClientAuthentication, ConnectToken, NetcodeClientTransport};
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 
-use super::gateway::{connection_config, unix_now, BUBBLE_RADIUS_M, PROTOCOL_ID, SEEN_PER_UPDATE_MAX};
+use super::gateway::{connection_config, unix_now, PROTOCOL_ID};
 use super::key::Key;
-use super::wire::{self, ClientMsg, Seen, Update, INPUT_CHANNEL, UPDATE_CHANNEL};
+use super::wire::{self, ClientMsg, Known, Snapshot, Update, WireError, INPUT_CHANNEL, UPDATE_CHANNEL};
 use crate::limits::TICK_DURATION_US;
 use crate::protocol::server::speed_of;
 use crate::protocol::Action;
@@ -32,6 +33,10 @@ use crate::world::{EntityId, EntityKind};
 
 /// Steps of a bot's loop per server tick: it reads what arrived twice a tick.
 const STEPS_PER_TICK: u64 = 2;
+
+/// What a bot knew after each of its last updates, kept as baselines for the next (the gateway
+/// uses half as many).
+const SNAPSHOTS_KEPT: usize = 32;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Behaviour {
@@ -95,6 +100,9 @@ pub struct BotsReport {
     pub teleports: u64,
     pub vanished: u64,
     pub duplicates: u64,
+    /// Updates that did not fit what the bot knew (a baseline it does not hold, places that do
+    /// not exist): each is an update lost.
+    pub undecodable: u64,
     /// Connections lost without the bot asking (timeouts, refusals).
     pub dropped: u64,
     pub reconnects: u64,
@@ -114,6 +122,7 @@ struct Totals {
     teleports: u64,
     vanished: u64,
     duplicates: u64,
+    undecodable: u64,
     dropped: u64,
     reconnects: u64,
     max_travel_m: f64,
@@ -148,14 +157,18 @@ struct Bot {
     back_at: Option<Instant>,
     rng: ChaCha8Rng,
     last_tick: u64,
-    view: FxHashMap<EntityId, (Seen, u64)>,
-    /// What left the view from well inside it: when, where, and whether it was carried then.
-    gone: FxHashMap<EntityId, (u64, Vec3, bool)>,
+    snapshots: VecDeque<Snapshot>,
+    /// Each entity in view, as the bot knows it.
+    view: FxHashMap<EntityId, Known>,
+    /// What left the view from well inside it: when it left, its last state, and whether it was
+    /// carried then.
+    gone: FxHashMap<EntityId, (u64, Known)>,
     updates: u64,
     bytes: u64,
     teleports: u64,
     vanished: u64,
     duplicates: u64,
+    undecodable: u64,
     dropped: u64,
     reconnects: u64,
     connect_us: Vec<u64>,
@@ -187,6 +200,7 @@ impl Bot {
             back_at: None,
             rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ seat.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
             last_tick: 0,
+            snapshots: VecDeque::with_capacity(SNAPSHOTS_KEPT),
             view: FxHashMap::default(),
             gone: FxHashMap::default(),
             updates: 0,
@@ -194,6 +208,7 @@ impl Bot {
             teleports: 0,
             vanished: 0,
             duplicates: 0,
+            undecodable: 0,
             dropped: 0,
             reconnects: 0,
             connect_us: Vec::new(),
@@ -218,6 +233,7 @@ impl Bot {
         self.view.clear();
         self.gone.clear();
         self.sent.clear();
+        self.snapshots.clear();
         self.last_tick = 0;
         Ok(())
     }
@@ -260,11 +276,16 @@ impl Bot {
                 self.leave_at = Some(now + Duration::from_millis(self.rng.random_range(3000..8000)));
             }
         }
+        let mut ack = None;
         while let Some(bytes) = self.client.receive_message(UPDATE_CHANNEL) {
             self.bytes += bytes.len() as u64;
-            if let Ok(update) = wire::decode::<Update>(&bytes) {
-                self.take_update(now, &update);
+            match wire::decode::<Update>(&bytes) {
+                Ok(update) => ack = self.take_update(now, &update).or(ack),
+                Err(_) => self.undecodable += 1,
             }
+        }
+        if let Some(tick) = ack {
+            self.client.send_message(INPUT_CHANNEL, wire::encode(&ClientMsg::Ack { tick }));
         }
         // Updates are read every step, as a client rendering at 60 frames a second would; inputs go
         // out every other step, at the server's 30 Hz.
@@ -305,85 +326,106 @@ impl Bot {
         }
     }
 
-    fn take_update(&mut self, now: Instant, update: &Update) {
+    /// Takes in an update; the tick to acknowledge if it was new and fitted what the bot knew.
+    fn take_update(&mut self, now: Instant, update: &Update) -> Option<u64> {
         if update.tick <= self.last_tick {
-            return;
+            return None;
         }
+        let base = self.snapshots.iter().rev().find(|s| s.tick == update.baseline);
+        let snapshot = match Snapshot::apply(base, update) {
+            Ok(s) => s,
+            Err(WireError::Duplicate(_)) => {
+                self.duplicates += 1;
+                return None;
+            }
+            Err(_) => {
+                self.undecodable += 1;
+                return None;
+            }
+        };
+        self.take_snapshot(now, &snapshot);
+        if self.snapshots.len() == SNAPSHOTS_KEPT {
+            self.snapshots.pop_front();
+        }
+        self.snapshots.push_back(snapshot);
+        Some(update.tick)
+    }
+
+    fn take_snapshot(&mut self, now: Instant, snapshot: &Snapshot) {
+        let tick = snapshot.tick;
         self.updates += 1;
         // The input the update shows applied is measured; older ones its server refused (a move
         // while aboard, a pickup with nothing in reach) had no effect to see.
-        while self.sent.front().is_some_and(|(seq, _)| *seq <= update.input_ack) {
+        while self.sent.front().is_some_and(|(seq, _)| *seq <= snapshot.input_ack) {
             let (seq, at) = self.sent.pop_front().expect("checked");
-            if seq == update.input_ack {
+            if seq == snapshot.input_ack {
                 self.latency_us.saturating_record(now.duration_since(at).as_micros().max(1) as u64);
             }
         }
-        let mut ids = FxHashSet::default();
-        for s in &update.seen {
-            if !ids.insert(s.id) {
-                self.duplicates += 1;
-            }
-        }
-        if let Some(me) = update.seen.iter().find(|s| s.id == update.player) {
-            self.me = Some(me.position_m());
-            self.aboard = me.carried;
-            let home = *self.home.get_or_insert(me.position_m());
-            self.travel_m = self.travel_m.max(home.distance(me.position_m()));
+        if let Some(me) = snapshot.get(snapshot.player) {
+            let at = me.position_m_at(tick);
+            self.me = Some(at);
+            self.aboard = me.seen.carried;
+            let home = *self.home.get_or_insert(at);
+            self.travel_m = self.travel_m.max(home.distance(at));
         }
         let dt = TICK_DURATION_US as f32 / 1e6;
+        // How far an entity can have got from a state of its, `ticks` later: what carries it
+        // moves it at a ship's speed at most.
+        let reach = |k: &Known, ticks: u64| {
+            let speed = if k.seen.carried { speed_of(EntityKind::Ship) } else { speed_of(k.seen.kind) };
+            speed * dt * ticks as f32 + 1.0
+        };
         if self.last_tick > 0 {
-            for s in &update.seen {
-                if let Some((prev, prev_tick)) = self.view.get(&s.id) {
-                    let ticks = update.tick.saturating_sub(*prev_tick).max(1) as f32;
-                    let allowed = speed_of(s.kind) * dt * ticks + 0.5;
-                    if !prev.carried && !s.carried && prev.position_m().distance(s.position_m()) > allowed {
-                        self.teleports += 1;
+            for k in &snapshot.known {
+                // A new state: no further from the last one than its speed allows.
+                if let Some(prev) = self.view.get(&k.seen.id) {
+                    if k.as_of > prev.as_of && !prev.seen.carried && !k.seen.carried {
+                        let allowed = speed_of(k.seen.kind) * dt * (k.as_of - prev.as_of) as f32 + 0.5;
+                        if prev.seen.position_m().distance(k.seen.position_m()) > allowed {
+                            self.teleports += 1;
+                        }
                     }
                 }
                 // Back as it was, and where it could have got by itself: a vanish. Back picked up,
                 // put down, aboard or ashore, or carried somewhere meanwhile: it jumped to (or
                 // with) what carries it, which can take it out of view for a while.
-                if let Some((at, left_from, carried)) = self.gone.remove(&s.id) {
-                    let ticks = update.tick.saturating_sub(at).max(1) as f32 + 1.0;
-                    let by_itself = left_from.distance(s.position_m()) <= speed_of(s.kind) * dt * ticks + 1.0;
-                    if carried == s.carried && (carried || by_itself) {
+                if let Some((_, last)) = self.gone.remove(&k.seen.id) {
+                    let ticks = k.as_of.saturating_sub(last.as_of) + 1;
+                    let by_itself = last.seen.position_m().distance(k.seen.position_m())
+                        <= speed_of(k.seen.kind) * dt * ticks as f32 + 1.0;
+                    if last.seen.carried == k.seen.carried && (last.seen.carried || by_itself) {
                         self.vanished += 1;
                     }
                 }
             }
             // What left the view from well inside it (not a projectile, which ends) is watched:
-            // coming back soon is a vanish.
-            let horizon = match update.seen.len() >= SEEN_PER_UPDATE_MAX {
-                true => update.seen.last().map(|s| self.me.map_or(0.0, |m| m.distance(s.position_m()))).unwrap_or(0.0),
-                false => BUBBLE_RADIUS_M,
-            };
+            // coming back soon is a vanish. Well inside: where it was, plus as far as it can have
+            // gone since, is still inside the horizon the update gives (the bubble, or its
+            // nearest part when crowded). A ship at the edge may leave in one tick; a player
+            // walking in the middle not.
             if let Some(me) = self.me {
-                for (id, (prev, prev_tick)) in &self.view {
-                    // Well inside: where it was, plus as far as it can have gone since (its speed
-                    // over the ticks between the two updates), is still inside the bubble. A
-                    // ship at the edge may leave in one tick; a player walking in the middle not.
-                    let ticks = update.tick.saturating_sub(*prev_tick).max(1) as f32;
-                    // Something carried moves with what carries it: a ship at most.
-                    let speed = if prev.carried { speed_of(EntityKind::Ship) } else { speed_of(prev.kind) };
-                    let reach = speed * dt * ticks + 1.0;
-                    let inside = prev.position_m().distance(me) + reach < horizon;
-                    if inside && prev.kind != EntityKind::Projectile && !ids.contains(id) {
-                        self.gone.insert(*id, (update.tick, prev.position_m(), prev.carried));
+                let horizon = snapshot.horizon_dm as f32 / 10.0;
+                for (id, prev) in &self.view {
+                    let inside =
+                        prev.seen.position_m().distance(me) + reach(prev, tick - prev.as_of.min(tick)) < horizon;
+                    if inside && prev.seen.kind != EntityKind::Projectile && snapshot.get(*id).is_none() {
+                        self.gone.insert(*id, (tick, *prev));
                     }
                 }
             }
-            self.gone.retain(|_, (at, _, _)| update.tick < *at + 60);
+            self.gone.retain(|_, (at, _)| tick < *at + 60);
         }
-        self.view = update.seen.iter().map(|s| (s.id, (*s, update.tick))).collect();
-        self.last_tick = update.tick;
+        self.view = snapshot.known.iter().map(|k| (k.seen.id, *k)).collect();
+        self.last_tick = tick;
     }
 
     fn nearest_other_player(&self) -> Option<Vec3> {
         let me = self.me?;
         self.view
             .values()
-            .filter(|(s, _)| s.kind == EntityKind::Player && s.position_m() != me)
-            .map(|(s, _)| s.position_m() - me)
+            .filter(|k| k.seen.kind == EntityKind::Player)
+            .map(|k| k.position_m_at(self.last_tick) - me)
             .filter(|d| d.length() > 1.0)
             .min_by(|a, b| a.length().total_cmp(&b.length()))
             .map(|d| d.normalize())
@@ -492,6 +534,7 @@ pub fn run(cfg: &BotsConfig) -> std::io::Result<BotsReport> {
                 t.teleports += bot.teleports;
                 t.vanished += bot.vanished;
                 t.duplicates += bot.duplicates;
+                t.undecodable += bot.undecodable;
                 t.dropped += bot.dropped;
                 t.reconnects += bot.reconnects;
                 t.max_travel_m = t.max_travel_m.max(bot.travel_m as f64);
@@ -536,6 +579,7 @@ pub fn run(cfg: &BotsConfig) -> std::io::Result<BotsReport> {
         teleports: t.teleports,
         vanished: t.vanished,
         duplicates: t.duplicates,
+        undecodable: t.undecodable,
         dropped: t.dropped,
         reconnects: t.reconnects,
         max_travel_m: t.max_travel_m,
@@ -545,6 +589,7 @@ pub fn run(cfg: &BotsConfig) -> std::io::Result<BotsReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::wire::Seen;
 
     fn bot() -> Bot {
         let cfg = BotsConfig {
@@ -563,11 +608,13 @@ mod tests {
 
     fn seen(id: u64, kind: EntityKind, at: [f32; 3], carried: bool) -> Seen {
         let (position, velocity) = Seen::quantize(at, [0.0; 3]);
-        Seen { id: EntityId(id), kind, position, velocity, carried }
+        Seen { id: EntityId(id), kind, position, velocity, carried, age: 0 }
     }
 
+    /// A whole update (no baseline): everything in it is new as of its tick.
     fn update(tick: u64, seen: Vec<Seen>) -> Update {
-        Update { tick, player: EntityId(1), input_ack: 0, seen }
+        let (gone, moved) = (vec![], vec![]);
+        Update { tick, baseline: 0, player: EntityId(1), input_ack: 0, horizon_dm: 400, gone, moved, entered: seen }
     }
 
     const ME: u64 = 1;

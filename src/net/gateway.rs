@@ -10,11 +10,17 @@
 //! to the replication slice of the gateway's core, which passes them to whichever server holds
 //! the player (here or on another core). Once a tick the gateway sends each client its bubble:
 //! the entities within `BUBBLE_RADIUS_M` of its player, read from every core's view of the tick,
-//! nearest first, at most `SEEN_PER_UPDATE_MAX`, positions quantized. An entity that vanishes
-//! from every view while it is handed between servers (or cores) is shown where it was heading
-//! for up to `HANDOFF_HOLD_TICKS`, so the client sees no gap.
+//! the nearest `SEEN_PER_UPDATE_MAX`, positions quantized. An entity that vanishes from every view
+//! while it is handed between servers (or cores) is shown where it was heading for up to
+//! `HANDOFF_HOLD_TICKS`, so the client sees no gap.
+//!
+//! An update is a difference from the last one the client acknowledged (`wire::Snapshot`): what
+//! goes on as the client predicts from that one costs nothing. What has strayed is sent under a
+//! byte budget per client: each entity's priority grows every tick it waits, by a weight for its
+//! size and nearness, and the highest go first. What does not fit stays as the client last had
+//! it, and an entity new to the bubble waits its turn to enter.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -25,7 +31,11 @@ use renetcode::{NetcodeServer, ServerAuthentication, ServerConfig, ServerResult,
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::key::Key;
-use super::wire::{self, ClientMsg, Seen, Update, INPUT_BYTES_MAX, INPUT_CHANNEL, UPDATE_CHANNEL};
+use super::wire::{
+    self, ArchivedMoved, ArchivedSeen, ArchivedUpdate, ClientMsg, Known, Seen, Snapshot, INPUT_BYTES_MAX,
+    INPUT_CHANNEL, UPDATE_CHANNEL,
+};
+use crate::limits::TICK_DURATION_US;
 use crate::protocol::Action;
 use crate::world::{EntityId, EntityKind, Grid};
 
@@ -44,6 +54,17 @@ pub const SEEN_PER_UPDATE_MAX: usize = 48;
 /// between cores takes a tick or two, longer while the whole world is being placed at start.
 /// (An entity that leaves every view otherwise, destroyed or unloaded, is gone at once.)
 pub const HANDOFF_HOLD_TICKS: u64 = 60;
+
+/// Update bytes a second a client is sent by default: about 530 a tick, room for every entity of
+/// a busy bubble that strayed from its prediction, or for ten that enter it at once.
+pub const CLIENT_BYTES_PER_S_DEFAULT: u32 = 16_000;
+
+/// Updates the gateway keeps per client, as baselines for later ones: half a second.
+const SENT_KEPT: usize = 16;
+
+/// A client's prediction of an entity is good enough while it is this close (on each axis), with
+/// the same velocity: about the error velocity quantization makes in a second.
+const PREDICTION_TOLERANCE_CM: i32 = 10;
 
 /// Clients one netcode endpoint holds (renetcode's own limit).
 pub const CLIENTS_PER_ENDPOINT_MAX: usize = 1024;
@@ -205,6 +226,8 @@ pub struct GatewayStats {
     pub disconnects: u64,
     pub inputs: u64,
     pub updates: u64,
+    /// Updates sent as differences from one the client acknowledged.
+    pub delta_updates: u64,
     pub update_bytes: u64,
     /// Messages that did not decode, or were too large.
     pub malformed: u64,
@@ -238,6 +261,7 @@ impl GatewayStats {
         self.disconnects += other.disconnects;
         self.inputs += other.inputs;
         self.updates += other.updates;
+        self.delta_updates += other.delta_updates;
         self.update_bytes += other.update_bytes;
         self.malformed += other.malformed;
         self.oversized += other.oversized;
@@ -388,6 +412,26 @@ struct Client {
     last_seq: u32,
     /// What the last update showed, with the tick each entity was last in a core's view.
     shown: FxHashMap<EntityId, (ViewEntity, u64)>,
+    /// The updates sent lately, as the client holds each once it takes it in, oldest first.
+    sent: VecDeque<Snapshot>,
+    /// The newest update the client acknowledged.
+    acked: u64,
+    /// Each entity's claim to be sent: it grows by the entity's weight every tick it waits.
+    priority: FxHashMap<EntityId, f32>,
+}
+
+impl Client {
+    fn new(endpoint: usize, player: EntityId) -> Self {
+        Self {
+            endpoint,
+            player,
+            last_seq: 0,
+            shown: FxHashMap::default(),
+            sent: VecDeque::with_capacity(SENT_KEPT),
+            acked: 0,
+            priority: FxHashMap::default(),
+        }
+    }
 }
 
 pub struct Gateway {
@@ -400,17 +444,21 @@ pub struct Gateway {
     last_sent_tick: u64,
     merged: Vec<ViewEntity>,
     index: FxHashMap<EntityId, usize>,
+    /// Update bytes one client is sent in one tick at most (its own entity always goes).
+    update_bytes_max: usize,
     pub stats: GatewayStats,
 }
 
 impl Gateway {
     /// A gateway on `sockets` (bound to `public`), taking tokens signed with `key`; `insecure`
-    /// accepts clients with no token at all, for development only.
+    /// accepts clients with no token at all, for development only. Each client is sent
+    /// `client_bytes_per_s` of updates at most.
     pub fn new(
         sockets: Vec<UdpSocket>,
         public: SocketAddr,
         key: Key,
         insecure: bool,
+        client_bytes_per_s: u32,
         seats: Arc<Seats>,
     ) -> std::io::Result<Self> {
         let mut endpoints = Vec::new();
@@ -445,6 +493,7 @@ impl Gateway {
             last_sent_tick: 0,
             merged: Vec::new(),
             index: FxHashMap::default(),
+            update_bytes_max: (client_bytes_per_s as u64 * TICK_DURATION_US / 1_000_000) as usize,
             stats: GatewayStats::default(),
         })
     }
@@ -463,10 +512,7 @@ impl Gateway {
                     ServerEvent::ClientConnected { client_id } => match self.seats.player(client_id) {
                         Some(player) if self.seats.take(player) => {
                             self.stats.connects += 1;
-                            self.clients.insert(
-                                client_id,
-                                Client { endpoint: e, player, last_seq: 0, shown: FxHashMap::default() },
-                            );
+                            self.clients.insert(client_id, Client::new(e, player));
                         }
                         _ => {
                             self.stats.bad_seats += 1;
@@ -515,6 +561,14 @@ impl Gateway {
                             client.last_seq = seq;
                             self.stats.inputs += 1;
                             inputs.push((client.player, seq, action));
+                        }
+                        Ok(ClientMsg::Ack { tick }) => {
+                            if client.sent.back().is_none_or(|s| tick > s.tick) {
+                                // An update never sent.
+                                self.stats.malformed += 1;
+                            } else if tick > client.acked {
+                                client.acked = tick;
+                            }
                         }
                         Err(_) => self.stats.malformed += 1,
                     }
@@ -595,23 +649,38 @@ impl Gateway {
                 }
             }
             near.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.id.cmp(&b.1.id)));
+            // Crowded: what is shown is everything nearer than the first left out.
+            let horizon_m = near.get(SEEN_PER_UPDATE_MAX).map_or(BUBBLE_RADIUS_M, |(d, _)| *d);
             near.truncate(SEEN_PER_UPDATE_MAX);
+            let next = next_snapshot(
+                &client.sent,
+                client.acked,
+                &mut client.priority,
+                client.player,
+                (tick, me.input_seq, (horizon_m * 10.0) as u16),
+                &near,
+                self.update_bytes_max,
+            );
+            // What the client is shown, with the tick each was last in a core's view.
             let mut shown = FxHashMap::default();
-            let mut seen = Vec::with_capacity(near.len());
             for (_, e) in &near {
-                let last_tick = if seen_now.contains(&e.id) {
-                    tick
-                } else {
-                    client.shown.get(&e.id).map(|(_, t)| *t).unwrap_or(tick)
-                };
-                shown.insert(e.id, (*e, last_tick));
-                let (position, velocity) = Seen::quantize(e.position, e.velocity);
-                seen.push(Seen { id: e.id, kind: e.kind, position, velocity, carried: e.carried });
+                if next.get(e.id).is_some() {
+                    let last_tick = match seen_now.contains(&e.id) {
+                        true => tick,
+                        false => client.shown.get(&e.id).map_or(tick, |(_, t)| *t),
+                    };
+                    shown.insert(e.id, (*e, last_tick));
+                }
             }
             client.shown = shown;
-            let update = Update { tick, player: client.player, input_ack: me.input_seq, seen };
+            let update = next.delta_from(baseline(&client.sent, client.acked));
             let bytes = wire::encode(&update);
+            if client.sent.len() == SENT_KEPT {
+                client.sent.pop_front();
+            }
+            client.sent.push_back(next);
             self.stats.updates += 1;
+            self.stats.delta_updates += (update.baseline > 0) as u64;
             self.stats.update_bytes += bytes.len() as u64;
             self.endpoints[client.endpoint].server.send_message(*client_id, UPDATE_CHANNEL, bytes);
         }
@@ -632,9 +701,201 @@ impl Gateway {
     }
 }
 
+/// Bytes an update takes before its entities, and each entity in it: gone, moved, entered.
+const UPDATE_BYTES: usize = std::mem::size_of::<ArchivedUpdate>();
+const GONE_BYTES: usize = 1;
+const MOVED_BYTES: usize = std::mem::size_of::<ArchivedMoved>();
+const ENTERED_BYTES: usize = std::mem::size_of::<ArchivedSeen>();
+
+/// The update the client acknowledged, if it is still kept.
+fn baseline(sent: &VecDeque<Snapshot>, acked: u64) -> Option<&Snapshot> {
+    sent.iter().rev().find(|s| acked > 0 && s.tick == acked)
+}
+
+/// How much sending an entity matters each tick it waits: larger and nearer first, and even the
+/// smallest at the edge of the bubble gets its turn.
+fn weight(kind: EntityKind, distance_m: f32) -> f32 {
+    let size = match kind {
+        EntityKind::Ship => 4.0,
+        EntityKind::Projectile => 2.0,
+        EntityKind::Player | EntityKind::Npc => 1.0,
+        EntityKind::Item { capacity } if capacity > 0 => 0.75,
+        EntityKind::Item { .. } => 0.5,
+    };
+    let nearness = 1.0 - (distance_m / BUBBLE_RADIUS_M).clamp(0.0, 1.0);
+    size * (0.1 + nearness * nearness)
+}
+
+/// Bytes an entity costs in an update: `state` what the client is to hold, `base` what its
+/// baseline has.
+fn cost(state: Option<&Known>, base: Option<&Known>) -> usize {
+    match (state, base) {
+        (None, None) => 0,
+        (None, Some(_)) => GONE_BYTES,
+        (Some(s), Some(b)) if s == b => 0,
+        (Some(_), Some(_)) => MOVED_BYTES,
+        (Some(_), None) => ENTERED_BYTES,
+    }
+}
+
+/// Whether a client holding `k` sees `fresh`'s state well enough at `tick`.
+fn predicts(k: &Known, fresh: &Known, tick: u64) -> bool {
+    let at = k.position_at(tick);
+    k.seen.velocity == fresh.seen.velocity
+        && k.seen.carried == fresh.seen.carried
+        && (0..3).all(|i| (at[i] as i64 - fresh.seen.position[i] as i64).abs() <= PREDICTION_TOLERANCE_CM as i64)
+}
+
+/// What a client is to hold after this tick's update, `near` being its bubble now (each entity
+/// with its distance). It starts from what the last update gave it; an entity whose state there
+/// has strayed from the truth gets the truth (or the baseline's, if that predicts it well), by
+/// priority, while the update stays within `bytes_max` against the baseline. The client's own
+/// entity always goes.
+fn next_snapshot(
+    sent: &VecDeque<Snapshot>,
+    acked: u64,
+    priority: &mut FxHashMap<EntityId, f32>,
+    player: EntityId,
+    (tick, input_ack, horizon_dm): (u64, u32, u16),
+    near: &[(f32, ViewEntity)],
+    bytes_max: usize,
+) -> Snapshot {
+    struct Candidate {
+        fresh: Known,
+        current: Option<Known>,
+        base: Option<Known>,
+        priority: f32,
+    }
+    let base = baseline(sent, acked);
+    let last = sent.back();
+    let in_view: FxHashSet<EntityId> = near.iter().map(|(_, e)| e.id).collect();
+    let mut bytes = UPDATE_BYTES;
+    if let Some(b) = base {
+        bytes += GONE_BYTES * b.known.iter().filter(|k| !in_view.contains(&k.seen.id)).count();
+    }
+    let mut candidates = Vec::with_capacity(near.len());
+    for (d, e) in near {
+        let (position, velocity) = Seen::quantize(e.position, e.velocity);
+        let seen = Seen { id: e.id, kind: e.kind, position, velocity, carried: e.carried, age: 0 };
+        let fresh = Known { seen, as_of: tick };
+        let current = last.and_then(|l| l.get(e.id)).copied();
+        let base = base.and_then(|b| b.get(e.id)).copied();
+        bytes += cost(current.as_ref(), base.as_ref());
+        let p = priority.entry(e.id).or_insert(0.0);
+        *p += weight(e.kind, *d);
+        let priority = if e.id == player { f32::INFINITY } else { *p };
+        candidates.push(Candidate { fresh, current, base, priority });
+    }
+    candidates.sort_by(|a, b| b.priority.total_cmp(&a.priority));
+    for c in &mut candidates {
+        let preferred = match (c.base, c.current) {
+            (Some(b), _) if predicts(&b, &c.fresh, tick) => b,
+            (_, Some(k)) if predicts(&k, &c.fresh, tick) => k,
+            _ => c.fresh,
+        };
+        let (old, new) = (cost(c.current.as_ref(), c.base.as_ref()), cost(Some(&preferred), c.base.as_ref()));
+        if c.current == Some(preferred) || new <= old || bytes + new - old <= bytes_max || c.priority.is_infinite() {
+            bytes = bytes + new - old;
+            c.current = Some(preferred);
+            priority.insert(c.fresh.seen.id, 0.0);
+        }
+    }
+    priority.retain(|id, _| in_view.contains(id));
+    let mut known: Vec<Known> = candidates.iter().filter_map(|c| c.current).collect();
+    known.sort_unstable_by_key(|k| k.seen.id);
+    let mut next = Snapshot { tick, player, input_ack, horizon_dm, known };
+    next.settle(base);
+    next
+}
+
 fn action_is_finite(action: &Action) -> bool {
     match action {
         Action::Move(v) | Action::Fire(v) => v.iter().all(|x| x.is_finite()),
         _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entity(id: u64, kind: EntityKind, x: f32, vx: f32) -> ViewEntity {
+        let (position, velocity) = ([x, 0.0, 0.0], [vx, 0.0, 0.0]);
+        ViewEntity { id: EntityId(id), kind, position, velocity, carried: false, input_seq: 0, leaving: false }
+    }
+
+    /// One tick of a client that acknowledges every update at once: the update's bytes, and what
+    /// the client holds after it.
+    fn tick(
+        sent: &mut VecDeque<Snapshot>,
+        priority: &mut FxHashMap<EntityId, f32>,
+        tick: u64,
+        near: &[(f32, ViewEntity)],
+        bytes_max: usize,
+    ) -> (usize, Snapshot) {
+        let acked = sent.back().map_or(0, |s| s.tick);
+        let next = next_snapshot(sent, acked, priority, EntityId(1), (tick, 0, 400), near, bytes_max);
+        let update = next.delta_from(baseline(sent, acked));
+        let bytes = wire::encode(&update);
+        let base = baseline(sent, acked).cloned();
+        assert_eq!(Snapshot::apply(base.as_ref(), &wire::decode(&bytes).unwrap()), Ok(next.clone()));
+        sent.push_back(next.clone());
+        (bytes.len(), next)
+    }
+
+    #[test]
+    fn a_crowd_enters_by_priority_within_the_budget_and_then_costs_nothing() {
+        let me = entity(1, EntityKind::Player, 0.0, 0.0);
+        // Twenty items at rest, from 1 m to 20 m, and a ship at the far end.
+        let mut near: Vec<(f32, ViewEntity)> = vec![(0.0, me)];
+        near.extend(
+            (0..20).map(|i| (1.0 + i as f32, entity(10 + i, EntityKind::Item { capacity: 0 }, 1.0 + i as f32, 0.0))),
+        );
+        near.push((20.0, entity(99, EntityKind::Ship, 20.0, 0.0)));
+        let bytes_max = 2 * UPDATE_BYTES + 3 * ENTERED_BYTES;
+        let (mut sent, mut priority) = (VecDeque::new(), FxHashMap::default());
+        let mut entered_order = Vec::new();
+        for t in 1..=12 {
+            let (bytes, next) = tick(&mut sent, &mut priority, t, &near, bytes_max);
+            assert!(bytes <= bytes_max, "tick {t}: {bytes} bytes");
+            // The client's own entity always; nothing once shown leaves while in view.
+            assert!(next.get(EntityId(1)).is_some());
+            if let Some(before) = sent.iter().rev().nth(1) {
+                assert!(before.known.iter().all(|k| next.get(k.seen.id).is_some()));
+            }
+            for k in &next.known {
+                if !entered_order.contains(&k.seen.id) {
+                    entered_order.push(k.seen.id);
+                }
+            }
+        }
+        assert_eq!(entered_order.len(), 22, "everything entered: {entered_order:?}");
+        // The ship, four times an item's size at the far end, is among the first in; the items
+        // enter nearest first.
+        let place = |id| entered_order.iter().position(|e| *e == EntityId(id)).unwrap();
+        assert!(place(99) <= 4, "{entered_order:?}");
+        assert!((10..29).all(|i| place(i) < place(i + 1)), "{entered_order:?}");
+        // Nothing moves: an update is its header alone.
+        let (bytes, _) = tick(&mut sent, &mut priority, 13, &near, bytes_max);
+        assert!(bytes <= UPDATE_BYTES + 8, "{bytes}");
+    }
+
+    #[test]
+    fn what_moves_as_predicted_is_not_sent_and_a_turn_is() {
+        let me = entity(1, EntityKind::Player, 0.0, 0.0);
+        let walker = |x, vx| (x, entity(2, EntityKind::Player, x, vx));
+        let (mut sent, mut priority) = (VecDeque::new(), FxHashMap::default());
+        let budget = 4096;
+        tick(&mut sent, &mut priority, 1, &[(0.0, me), walker(10.0, 3.0)], budget);
+        // Walking on at 3 m/s, a tenth of a metre a tick: as predicted.
+        for t in 2..=20 {
+            let x = 10.0 + 0.1 * (t - 1) as f32;
+            let (_, next) = tick(&mut sent, &mut priority, t, &[(0.0, me), walker(x, 3.0)], budget);
+            assert_eq!(next.get(EntityId(2)).unwrap().as_of, 1, "tick {t}: not sent again");
+        }
+        // It turns back: sent at once.
+        let (_, next) = tick(&mut sent, &mut priority, 21, &[(0.0, me), walker(11.9, -3.0)], budget);
+        let k = next.get(EntityId(2)).unwrap();
+        assert_eq!((k.as_of, k.seen.velocity), (21, [-30, 0, 0]));
     }
 }

@@ -7,4 +7,4 @@ pub mod gateway;
 pub mod key;
 pub mod wire;
 
-pub use gateway::{Gateway, GatewayStats, Seats, ViewEntity, Views};
+pub use gateway::{Gateway, GatewayStats, Seats, ViewEntity, Views, CLIENT_BYTES_PER_S_DEFAULT};

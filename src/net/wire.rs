@@ -4,6 +4,7 @@
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
+use crate::limits::TICK_DURATION_US;
 use crate::protocol::Action;
 use crate::world::{EntityId, EntityKind};
 
@@ -25,10 +26,12 @@ pub enum ClientMsg {
     /// An input for the client's own entity; `seq` counts up from 1, and updates acknowledge
     /// the newest one its server applied.
     Input { seq: u32, action: Action },
+    /// The newest update the client took in: the gateway sends later ones as differences from it.
+    Ack { tick: u64 },
 }
 
 /// One entity in a client's bubble, quantized.
-#[derive(Clone, Copy, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Seen {
     pub id: EntityId,
     pub kind: EntityKind,
@@ -38,6 +41,8 @@ pub struct Seen {
     pub velocity: [i16; 3],
     /// Carried by another entity (it moves with its parent, and jumps when it boards).
     pub carried: bool,
+    /// Ticks before the update's tick that this state is of (0 in a `Known`, which says when).
+    pub age: u8,
 }
 
 impl Seen {
@@ -51,14 +56,225 @@ impl Seen {
     }
 }
 
-/// Gateway to client, once a tick: the entities in the client's bubble, nearest first.
+/// Gateway to client, once a tick: what changed in the client's bubble since the update the
+/// client last acknowledged (its baseline), or the whole bubble when there is none.
+///
+/// The client knows each entity as a state and the tick that state is of, and moves it on at its
+/// velocity between states (`Known::position_at`, computed the same way on both sides, in
+/// integers). An entity that goes on as the baseline predicts is not sent at all; one that strayed
+/// is sent as a difference from where the baseline puts it.
 #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Update {
     pub tick: u64,
+    /// The tick of the update this one is a difference from; 0 for none.
+    pub baseline: u64,
     /// The client's own entity, and the newest of its inputs that its server applied.
     pub player: EntityId,
     pub input_ack: u32,
-    pub seen: Vec<Seen>,
+    /// Decimetres from the player within which the client is shown every entity (or will be, as
+    /// its turn to enter comes): the bubble's radius, or less where the bubble is crowded.
+    pub horizon_dm: u16,
+    /// Entities of the baseline no longer shown, by their place in it (ordered by id).
+    pub gone: Vec<u8>,
+    /// Entities of the baseline with a new state, by their place in it.
+    pub moved: Vec<Moved>,
+    /// Entities the baseline does not have, whole.
+    pub entered: Vec<Seen>,
+}
+
+/// A new state for an entity of the baseline.
+#[derive(Clone, Copy, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Moved {
+    /// The entity's place in the baseline, which is ordered by id.
+    pub index: u8,
+    pub carried: bool,
+    /// Ticks before the update's tick that the state is of.
+    pub age: u8,
+    /// Centimetres from where the baseline puts it at that tick.
+    pub offset: [i16; 3],
+    /// Decimetres a second.
+    pub velocity: [i16; 3],
+}
+
+/// Entities one update describes at most (a place in the baseline is one byte).
+pub const KNOWN_MAX: usize = 255;
+
+/// A client extrapolates an entity this far past its last state at most (one second).
+pub const EXTRAPOLATE_TICKS_MAX: u64 = 30;
+
+/// One entity as a client knows it: a state, and the tick it is of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Known {
+    pub seen: Seen,
+    pub as_of: u64,
+}
+
+impl Known {
+    /// Where the entity is at `tick`, in centimetres: moved on from its state at its velocity,
+    /// for at most `EXTRAPOLATE_TICKS_MAX`.
+    pub fn position_at(&self, tick: u64) -> [i32; 3] {
+        let ticks = tick.saturating_sub(self.as_of).min(EXTRAPOLATE_TICKS_MAX) as i64;
+        let us = ticks * TICK_DURATION_US as i64;
+        // Decimetres a second times microseconds, in centimetres: divided by 100,000, rounded.
+        std::array::from_fn(|i| {
+            let moved = (self.seen.velocity[i] as i64 * us + 50_000).div_euclid(100_000);
+            let cm = self.seen.position[i] as i64 + moved;
+            cm.clamp(i32::MIN as i64, i32::MAX as i64) as i32
+        })
+    }
+    pub fn position_m_at(&self, tick: u64) -> glam::Vec3 {
+        glam::Vec3::from_array(self.position_at(tick).map(|v| v as f32 / 100.0))
+    }
+}
+
+/// What a client knows after an update: the update's tick, its own entity and input
+/// acknowledgement, and every entity in its bubble, ordered by id.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    pub tick: u64,
+    pub player: EntityId,
+    pub input_ack: u32,
+    pub horizon_dm: u16,
+    pub known: Vec<Known>,
+}
+
+impl Snapshot {
+    pub fn empty() -> Self {
+        Self { tick: 0, player: EntityId(0), input_ack: 0, horizon_dm: 0, known: Vec::new() }
+    }
+
+    pub fn get(&self, id: EntityId) -> Option<&Known> {
+        self.known.binary_search_by_key(&id, |k| k.seen.id).ok().map(|i| &self.known[i])
+    }
+
+    /// Restates, as of this snapshot's tick, every entity whose state is too old for an update
+    /// to name its tick (and differs from `base`'s, so it must be sent).
+    pub fn settle(&mut self, base: Option<&Snapshot>) {
+        for k in &mut self.known {
+            let old = self.tick.saturating_sub(k.as_of) > u8::MAX as u64;
+            if old && base.and_then(|b| b.get(k.seen.id)) != Some(k) {
+                k.seen.position = k.position_at(self.tick);
+                k.as_of = self.tick;
+            }
+        }
+    }
+
+    /// The update that takes a client from `base` (nothing, if `None`) to `self`, once settled
+    /// against it. An entity with the same state in both is left out; one whose new state is
+    /// too far from the baseline's prediction for a `Moved` is sent as gone and entered again.
+    pub fn delta_from(&self, base: Option<&Snapshot>) -> Update {
+        debug_assert!(self.known.len() <= KNOWN_MAX && self.known.windows(2).all(|w| w[0].seen.id < w[1].seen.id));
+        let empty = Snapshot::empty();
+        let b = base.unwrap_or(&empty);
+        let mut update = Update {
+            tick: self.tick,
+            baseline: base.map_or(0, |b| b.tick),
+            player: self.player,
+            input_ack: self.input_ack,
+            horizon_dm: self.horizon_dm,
+            gone: Vec::new(),
+            moved: Vec::new(),
+            entered: Vec::new(),
+        };
+        let age = |k: &Known| self.tick.saturating_sub(k.as_of).min(u8::MAX as u64) as u8;
+        let (mut i, mut j) = (0, 0);
+        while i < b.known.len() || j < self.known.len() {
+            match (b.known.get(i), self.known.get(j)) {
+                (Some(o), Some(n)) if o.seen.id == n.seen.id => {
+                    if o != n {
+                        match moved(i, o, n, self.tick) {
+                            Some(m) => update.moved.push(m),
+                            None => {
+                                update.gone.push(i as u8);
+                                update.entered.push(Seen { age: age(n), ..n.seen });
+                            }
+                        }
+                    }
+                    i += 1;
+                    j += 1;
+                }
+                (Some(o), Some(n)) if o.seen.id < n.seen.id => {
+                    update.gone.push(i as u8);
+                    i += 1;
+                }
+                (Some(_), None) => {
+                    update.gone.push(i as u8);
+                    i += 1;
+                }
+                (_, Some(n)) => {
+                    update.entered.push(Seen { age: age(n), ..n.seen });
+                    j += 1;
+                }
+                (None, None) => unreachable!("the loop runs while either has more"),
+            }
+        }
+        update
+    }
+
+    /// What a client that holds `base` (the update's baseline, or `None` when it names none)
+    /// knows after `update`. Checked: an update that does not fit its baseline is an error.
+    pub fn apply(base: Option<&Snapshot>, update: &Update) -> Result<Snapshot, WireError> {
+        let empty = Snapshot::empty();
+        let b = match (update.baseline, base) {
+            (0, _) => &empty,
+            (tick, Some(b)) if b.tick == tick && tick < update.tick => b,
+            (tick, _) => return Err(WireError::Baseline(tick)),
+        };
+        let as_of = |age: u8| update.tick.checked_sub(age as u64).ok_or(WireError::Malformed);
+        // Each place of the baseline: kept, gone, or moved; touched at most once.
+        let mut fate: Vec<Option<Known>> = b.known.iter().copied().map(Some).collect();
+        let mut touched = vec![false; b.known.len()];
+        let mut touch = |index: u8| -> Result<usize, WireError> {
+            let i = index as usize;
+            match touched.get_mut(i) {
+                Some(t) if !*t => {
+                    *t = true;
+                    Ok(i)
+                }
+                _ => Err(WireError::Malformed),
+            }
+        };
+        for &index in &update.gone {
+            let i = touch(index)?;
+            fate[i] = None;
+        }
+        for m in &update.moved {
+            let i = touch(m.index)?;
+            let o = b.known[i];
+            let as_of = as_of(m.age)?;
+            let at = o.position_at(as_of);
+            let position = std::array::from_fn(|k| at[k].saturating_add(m.offset[k] as i32));
+            let seen = Seen { position, velocity: m.velocity, carried: m.carried, ..o.seen };
+            fate[i] = Some(Known { seen, as_of });
+        }
+        let mut known: Vec<Known> = fate.into_iter().flatten().collect();
+        for s in &update.entered {
+            known.push(Known { seen: Seen { age: 0, ..*s }, as_of: as_of(s.age)? });
+        }
+        known.sort_unstable_by_key(|k| k.seen.id);
+        if let Some(w) = known.windows(2).find(|w| w[0].seen.id == w[1].seen.id) {
+            return Err(WireError::Duplicate(w[0].seen.id));
+        }
+        if known.len() > KNOWN_MAX {
+            return Err(WireError::Malformed);
+        }
+        let (tick, player, input_ack, horizon_dm) = (update.tick, update.player, update.input_ack, update.horizon_dm);
+        Ok(Snapshot { tick, player, input_ack, horizon_dm, known })
+    }
+}
+
+/// `new` as a difference from `old` (at place `index` of the baseline), if it fits.
+fn moved(index: usize, old: &Known, new: &Known, tick: u64) -> Option<Moved> {
+    let age = u8::try_from(tick.checked_sub(new.as_of)?).ok()?;
+    if old.seen.kind != new.seen.kind {
+        return None;
+    }
+    let at = old.position_at(new.as_of);
+    let mut offset = [0i16; 3];
+    for k in 0..3 {
+        offset[k] = i16::try_from(new.seen.position[k] as i64 - at[k] as i64).ok()?;
+    }
+    Some(Moved { index: index as u8, carried: new.seen.carried, age, offset, velocity: new.seen.velocity })
 }
 
 pub fn encode<T>(value: &T) -> Vec<u8>
@@ -76,6 +292,10 @@ pub enum WireError {
     TooLarge(usize),
     #[error("malformed message")]
     Malformed,
+    #[error("an update against baseline {0}, which the client does not hold")]
+    Baseline(u64),
+    #[error("entity {0:?} twice in one update")]
+    Duplicate(EntityId),
 }
 
 /// Decodes untrusted bytes: checked, never a panic.
@@ -96,21 +316,40 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn known(id: u64, position: [i32; 3], velocity: [i16; 3], as_of: u64) -> Known {
+        let seen = Seen { id: EntityId(id), kind: EntityKind::Player, position, velocity, carried: false, age: 0 };
+        Known { seen, as_of }
+    }
 
     #[test]
     fn messages_round_trip_and_garbage_is_an_error() {
         let input = ClientMsg::Input { seq: 7, action: Action::Move([1.0, 0.0, 0.0]) };
         assert_eq!(decode::<ClientMsg>(&encode(&input)), Ok(input.clone()));
+        let ack = ClientMsg::Ack { tick: 12 };
+        assert_eq!(decode::<ClientMsg>(&encode(&ack)), Ok(ack));
         let (position, velocity) = Seen::quantize([1.234, -5.0, 99.99], [30.0, -1500.0, 0.0]);
         let update = Update {
             tick: 9,
+            baseline: 0,
             player: EntityId(3),
             input_ack: 7,
-            seen: vec![Seen { id: EntityId(3), kind: EntityKind::Player, position, velocity, carried: false }],
+            horizon_dm: 400,
+            gone: vec![],
+            moved: vec![],
+            entered: vec![Seen {
+                id: EntityId(3),
+                kind: EntityKind::Player,
+                position,
+                velocity,
+                carried: false,
+                age: 0,
+            }],
         };
         let back = decode::<Update>(&encode(&update)).unwrap();
         assert_eq!(back, update);
-        assert!((back.seen[0].position_m() - glam::Vec3::new(1.23, -5.0, 99.99)).length() < 0.01);
+        assert!((back.entered[0].position_m() - glam::Vec3::new(1.23, -5.0, 99.99)).length() < 0.01);
         let bytes = encode(&input);
         assert_eq!(decode::<ClientMsg>(&bytes[..bytes.len() - 1]), Err(WireError::Malformed));
         assert_eq!(decode::<ClientMsg>(&[]), Err(WireError::Malformed));
@@ -122,6 +361,74 @@ mod tests {
             let mut bad = bytes.clone();
             bad[i] ^= 0xff;
             let _ = decode::<ClientMsg>(&bad);
+        }
+    }
+
+    #[test]
+    fn what_goes_on_as_predicted_is_not_sent() {
+        // Walking at 3 m/s along x, as of tick 10.
+        let walker = known(1, [0, 0, 0], [30, 0, 0], 10);
+        let base = Snapshot { tick: 10, player: EntityId(1), input_ack: 0, horizon_dm: 400, known: vec![walker] };
+        assert_eq!(walker.position_at(13), [30, 0, 0]);
+        // Three ticks on, still walking the same way: nothing to send.
+        let mut next = Snapshot { tick: 13, ..base.clone() };
+        next.settle(Some(&base));
+        let update = next.delta_from(Some(&base));
+        assert!(update.moved.is_empty() && update.gone.is_empty() && update.entered.is_empty());
+        // It stopped 10 cm short of the prediction: 10 cm back from where it is predicted.
+        let mut next = Snapshot { tick: 13, known: vec![known(1, [20, 0, 0], [0, 0, 0], 13)], ..base.clone() };
+        next.settle(Some(&base));
+        let update = next.delta_from(Some(&base));
+        assert_eq!(
+            update.moved,
+            vec![Moved { index: 0, carried: false, age: 0, offset: [-10, 0, 0], velocity: [0; 3] }]
+        );
+        assert_eq!(Snapshot::apply(Some(&base), &update), Ok(next));
+        // Against a baseline the client does not hold: an error, not a guess.
+        assert_eq!(Snapshot::apply(None, &update), Err(WireError::Baseline(10)));
+        let other = Snapshot { tick: 11, ..base.clone() };
+        assert_eq!(Snapshot::apply(Some(&other), &update), Err(WireError::Baseline(10)));
+        // A place named twice, or past the end of the baseline: malformed.
+        let twice = Update { gone: vec![0], ..update.clone() };
+        assert_eq!(Snapshot::apply(Some(&base), &twice), Err(WireError::Malformed));
+        let past = Update { gone: vec![1], moved: vec![], ..update.clone() };
+        assert_eq!(Snapshot::apply(Some(&base), &past), Err(WireError::Malformed));
+    }
+
+    fn snapshot(tick: u64) -> impl Strategy<Value = Snapshot> {
+        let entity = (0u64..40, proptest::array::uniform3(-40_000i32..40_000), proptest::array::uniform3(-300i16..300));
+        proptest::collection::vec((entity, 0..=tick), 0..60).prop_map(move |entities| {
+            let mut known: Vec<Known> =
+                entities.into_iter().map(|((id, p, v), as_of)| known(id, p, v, as_of)).collect();
+            known.sort_by_key(|k| k.seen.id);
+            known.dedup_by_key(|k| k.seen.id);
+            Snapshot { tick, player: EntityId(0), input_ack: 0, horizon_dm: 400, known }
+        })
+    }
+
+    proptest! {
+        /// Whatever the baseline and the next state, the client rebuilds exactly what the gateway
+        /// holds for it, through the bytes.
+        #[test]
+        fn a_delta_rebuilds_the_snapshot(base in snapshot(20), next in snapshot(400), from_base in any::<bool>()) {
+            let mut next = next;
+            if from_base {
+                // Some entities exactly as the baseline has them.
+                for k in &mut next.known {
+                    if let Some(b) = base.get(k.seen.id) {
+                        if k.seen.id.0 % 2 == 0 {
+                            *k = *b;
+                        }
+                    }
+                }
+            }
+            next.settle(Some(&base));
+            let update = decode::<Update>(&encode(&next.delta_from(Some(&base)))).unwrap();
+            prop_assert_eq!(Snapshot::apply(Some(&base), &update), Ok(next.clone()));
+            next.settle(None);
+            let whole = next.delta_from(None);
+            prop_assert_eq!(whole.entered.len(), next.known.len());
+            prop_assert_eq!(Snapshot::apply(None, &whole), Ok(next));
         }
     }
 }

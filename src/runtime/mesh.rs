@@ -84,6 +84,8 @@ pub struct GatewayConfig {
     pub insecure: bool,
     /// Netcode endpoints (sockets on the one port) per core; each holds up to 1,024 clients.
     pub endpoints_per_core: usize,
+    /// Update bytes a second each client is sent at most.
+    pub client_bytes_per_s: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -436,7 +438,8 @@ fn open_gateways(
     let mut out = Vec::new();
     for _ in 0..cores {
         let mine: Vec<std::net::UdpSocket> = sockets.drain(..per_core).collect();
-        let gateway = crate::net::Gateway::new(mine, public, g.key, g.insecure, seats.clone()).map_err(io)?;
+        let gateway = crate::net::Gateway::new(mine, public, g.key, g.insecure, g.client_bytes_per_s, seats.clone())
+            .map_err(io)?;
         out.push((public, shard::ShardGateway { gateway, seats: seats.clone(), views: views.clone() }));
     }
     Ok(out)
