@@ -158,6 +158,8 @@ struct Bot {
     rng: ChaCha8Rng,
     last_tick: u64,
     snapshots: VecDeque<Snapshot>,
+    /// The newest update taken in and not yet acknowledged.
+    ack: Option<u64>,
     /// Each entity in view, as the bot knows it.
     view: FxHashMap<EntityId, Known>,
     /// What left the view from well inside it: when it left, its last state, and whether it was
@@ -201,6 +203,7 @@ impl Bot {
             rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ seat.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
             last_tick: 0,
             snapshots: VecDeque::with_capacity(SNAPSHOTS_KEPT),
+            ack: None,
             view: FxHashMap::default(),
             gone: FxHashMap::default(),
             updates: 0,
@@ -234,6 +237,7 @@ impl Bot {
         self.gone.clear();
         self.sent.clear();
         self.snapshots.clear();
+        self.ack = None;
         self.last_tick = 0;
         Ok(())
     }
@@ -276,21 +280,21 @@ impl Bot {
                 self.leave_at = Some(now + Duration::from_millis(self.rng.random_range(3000..8000)));
             }
         }
-        let mut ack = None;
         while let Some(bytes) = self.client.receive_message(UPDATE_CHANNEL) {
             self.bytes += bytes.len() as u64;
             match wire::decode::<Update>(&bytes) {
-                Ok(update) => ack = self.take_update(now, &update).or(ack),
+                Ok(update) => self.ack = self.take_update(now, &update).or(self.ack),
                 Err(_) => self.undecodable += 1,
             }
-        }
-        if let Some(tick) = ack {
-            self.client.send_message(INPUT_CHANNEL, wire::encode(&ClientMsg::Ack { tick }));
         }
         // Updates are read every step, as a client rendering at 60 frames a second would; inputs go
         // out every other step, at the server's 30 Hz.
         self.steps += 1;
         if self.steps % STEPS_PER_TICK == 0 {
+            // The acknowledgement goes with the input, in one packet.
+            if let Some(tick) = self.ack.take() {
+                self.client.send_message(INPUT_CHANNEL, wire::encode(&ClientMsg::Ack { tick }));
+            }
             if let Some(action) = self.decide(cfg.behaviour, rally) {
                 self.send(now, action);
             }

@@ -171,8 +171,9 @@ pub struct Views {
 type View = Arc<(u64, Vec<ViewEntity>)>;
 
 /// Views each core keeps: a core may run this many ticks ahead of the slowest before a gateway
-/// reading the slowest's tick finds the fast one's view of it gone.
-const VIEWS_KEPT: usize = 8;
+/// reading the slowest's tick finds the fast one's view of it gone. A second: a core stalled for
+/// a few hundred milliseconds (a loaded machine deschedules it) has been seen 8 ticks behind.
+const VIEWS_KEPT: usize = 32;
 
 impl Views {
     pub fn new(cores: usize) -> Self {
@@ -195,12 +196,13 @@ impl Views {
     }
     /// What every core handed off in its views of the ticks after `after` and before `before`:
     /// a gateway that skipped those ticks still learns where those entities left from.
-    fn leaving_between(&self, after: u64, before: u64) -> Vec<ViewEntity> {
+    /// Each with the tick of its view.
+    fn leaving_between(&self, after: u64, before: u64) -> Vec<(ViewEntity, u64)> {
         let mut out = Vec::new();
         for s in &self.slots {
             let slot = s.lock().expect("not poisoned");
             for view in slot.iter().filter(|v| v.0 > after && v.0 < before) {
-                out.extend(view.1.iter().filter(|e| e.leaving).copied());
+                out.extend(view.1.iter().filter(|e| e.leaving).map(|e| (*e, view.0)));
             }
         }
         out
@@ -252,6 +254,9 @@ pub struct GatewayStats {
     pub speed_hacks: u64,
     /// Socket errors.
     pub transport_errors: u64,
+    /// Cores' views newer than the tick sent, the core having run more than the views kept ahead
+    /// of the slowest: their entities are shown as of the tick sent.
+    pub late_views: u64,
 }
 
 impl GatewayStats {
@@ -274,6 +279,7 @@ impl GatewayStats {
         self.flooded_packets += other.flooded_packets;
         self.speed_hacks += other.speed_hacks;
         self.transport_errors += other.transport_errors;
+        self.late_views += other.late_views;
     }
 }
 
@@ -410,14 +416,24 @@ struct Client {
     endpoint: usize,
     player: EntityId,
     last_seq: u32,
-    /// What the last update showed, with the tick each entity was last in a core's view.
-    shown: FxHashMap<EntityId, (ViewEntity, u64)>,
+    /// What the last update showed, with the tick each entity was last in a core's view, by id.
+    shown: Vec<(ViewEntity, u64)>,
     /// The updates sent lately, as the client holds each once it takes it in, oldest first.
     sent: VecDeque<Snapshot>,
     /// The newest update the client acknowledged.
     acked: u64,
-    /// Each entity's claim to be sent: it grows by the entity's weight every tick it waits.
-    priority: FxHashMap<EntityId, f32>,
+    /// Each entity's claim to be sent, by id: it grows by the entity's weight every tick it
+    /// waits.
+    priority: Vec<(EntityId, f32)>,
+}
+
+/// An entity in a client's bubble this tick: its distance, its state, and the tick of the view that
+/// state is from (earlier than now for one held through a handoff, whose state is where it left).
+#[derive(Clone, Copy, Debug)]
+struct Near {
+    d: f32,
+    e: ViewEntity,
+    last_tick: u64,
 }
 
 impl Client {
@@ -426,10 +442,10 @@ impl Client {
             endpoint,
             player,
             last_seq: 0,
-            shown: FxHashMap::default(),
+            shown: Vec::new(),
             sent: VecDeque::with_capacity(SENT_KEPT),
             acked: 0,
-            priority: FxHashMap::default(),
+            priority: Vec::new(),
         }
     }
 }
@@ -439,10 +455,14 @@ pub struct Gateway {
     clients: HashMap<ClientId, Client>,
     seats: Arc<Seats>,
     last_poll: Instant,
-    grid: Grid,
+    /// Places in `merged`, by position.
+    grid: Grid<u32>,
+    /// A client's bubble, kept between clients for its memory.
+    near: Vec<Near>,
     /// The tick of the last updates sent: each tick's go out once.
     last_sent_tick: u64,
-    merged: Vec<ViewEntity>,
+    /// Every entity in the views of the tick being sent, with the tick of the view it is from.
+    merged: Vec<(ViewEntity, u64)>,
     index: FxHashMap<EntityId, usize>,
     /// Update bytes one client is sent in one tick at most (its own entity always goes).
     update_bytes_max: usize,
@@ -490,6 +510,7 @@ impl Gateway {
             last_poll: Instant::now(),
             // Cells as wide as the bubble: a bubble query touches 27 of them.
             grid: Grid::new(BUBBLE_RADIUS_M),
+            near: Vec::new(),
             last_sent_tick: 0,
             merged: Vec::new(),
             index: FxHashMap::default(),
@@ -602,55 +623,54 @@ impl Gateway {
         self.index.clear();
         self.grid.clear();
         let all = views.at(tick);
+        self.stats.late_views += all.iter().filter(|v| v.0 > tick).count() as u64;
         // What a server holds first, then what was handed off and is not held anywhere yet (in
-        // this tick's views, or in those of ticks this gateway skipped).
-        let held = all.iter().flat_map(|v| v.1.iter().filter(|e| !e.leaving).copied());
-        let left = all.iter().flat_map(|v| v.1.iter().filter(|e| e.leaving).copied());
+        // this tick's views, or in those of ticks this gateway skipped). A core that ran too far
+        // ahead of `tick` has only a later view: its states count as of `tick`.
+        let held = all.iter().flat_map(|v| v.1.iter().filter(|e| !e.leaving).map(|e| (*e, v.0.min(tick))));
+        let left = all.iter().flat_map(|v| v.1.iter().filter(|e| e.leaving).map(|e| (*e, v.0.min(tick))));
         let skipped = if skipped_from > 0 { views.leaving_between(skipped_from, tick) } else { Vec::new() };
-        for e in held.chain(left).chain(skipped) {
+        for (e, view_tick) in held.chain(left).chain(skipped) {
             if self.index.contains_key(&e.id) {
                 continue;
             }
             self.index.insert(e.id, self.merged.len());
-            self.grid.insert(e.id, Vec3::from_array(e.position));
-            self.merged.push(e);
+            self.grid.insert(self.merged.len() as u32, Vec3::from_array(e.position));
+            self.merged.push((e, view_tick));
         }
         let pad = Vec3::splat(BUBBLE_RADIUS_M);
         for (client_id, client) in self.clients.iter_mut() {
-            let Some(me) = self.index.get(&client.player).map(|i| self.merged[*i]) else {
+            let Some(me) = self.index.get(&client.player).map(|i| self.merged[*i].0) else {
                 // The player is between cores this tick: the next update catches up.
                 continue;
             };
             let at = Vec3::from_array(me.position);
-            let mut near: Vec<(f32, ViewEntity)> = Vec::new();
-            let (merged, index) = (&self.merged, &self.index);
-            self.grid.query(at - pad, at + pad, |id, p| {
+            let mut near = std::mem::take(&mut self.near);
+            near.clear();
+            let merged = &self.merged;
+            self.grid.query(at - pad, at + pad, |i, p| {
                 let d = p.distance(at);
                 if d <= BUBBLE_RADIUS_M {
-                    if let Some(i) = index.get(&id) {
-                        near.push((d, merged[*i]));
-                    }
+                    let (e, last_tick) = merged[i as usize];
+                    near.push(Near { d, e, last_tick });
                 }
             });
             // Held through a handoff: what was last shown leaving its server stays where it left
-            // until a server adopts it.
-            let seen_now: FxHashSet<EntityId> = near.iter().map(|(_, e)| e.id).collect();
-            for (id, (last, last_tick)) in &client.shown {
+            // until a server adopts it. In flight it is not simulated: shown where it left (the
+            // views carry the state a handoff gave up), as of when it left.
+            for (last, last_tick) in &client.shown {
                 let in_flight = last.leaving && tick <= last_tick + HANDOFF_HOLD_TICKS;
-                if seen_now.contains(id) || self.index.contains_key(id) || !in_flight {
+                if !in_flight || self.index.contains_key(&last.id) {
                     continue;
                 }
-                // In flight it is not simulated: shown where it left (the views carry the state a
-                // handoff gave up).
-                let held = *last;
-                let d = Vec3::from_array(held.position).distance(at);
+                let d = Vec3::from_array(last.position).distance(at);
                 if d <= BUBBLE_RADIUS_M {
-                    near.push((d, held));
+                    near.push(Near { d, e: *last, last_tick: *last_tick });
                 }
             }
-            near.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.id.cmp(&b.1.id)));
+            near.sort_by(|a, b| a.d.total_cmp(&b.d).then(a.e.id.cmp(&b.e.id)));
             // Crowded: what is shown is everything nearer than the first left out.
-            let horizon_m = near.get(SEEN_PER_UPDATE_MAX).map_or(BUBBLE_RADIUS_M, |(d, _)| *d);
+            let horizon_m = near.get(SEEN_PER_UPDATE_MAX).map_or(BUBBLE_RADIUS_M, |n| n.d);
             near.truncate(SEEN_PER_UPDATE_MAX);
             let next = next_snapshot(
                 &client.sent,
@@ -658,21 +678,13 @@ impl Gateway {
                 &mut client.priority,
                 client.player,
                 (tick, me.input_seq, (horizon_m * 10.0) as u16),
-                &near,
+                &mut near,
                 self.update_bytes_max,
             );
-            // What the client is shown, with the tick each was last in a core's view.
-            let mut shown = FxHashMap::default();
-            for (_, e) in &near {
-                if next.get(e.id).is_some() {
-                    let last_tick = match seen_now.contains(&e.id) {
-                        true => tick,
-                        false => client.shown.get(&e.id).map_or(tick, |(_, t)| *t),
-                    };
-                    shown.insert(e.id, (*e, last_tick));
-                }
-            }
-            client.shown = shown;
+            // What the client is shown (`near` is by id now, as is `next`).
+            client.shown.clear();
+            client.shown.extend(near.iter().filter(|n| next.get(n.e.id).is_some()).map(|n| (n.e, n.last_tick)));
+            self.near = near;
             let update = next.delta_from(baseline(&client.sent, client.acked));
             let bytes = wire::encode(&update);
             if client.sent.len() == SENT_KEPT {
@@ -738,26 +750,26 @@ fn cost(state: Option<&Known>, base: Option<&Known>) -> usize {
     }
 }
 
-/// Whether a client holding `k` sees `fresh`'s state well enough at `tick`.
-fn predicts(k: &Known, fresh: &Known, tick: u64) -> bool {
-    let at = k.position_at(tick);
+/// Whether a client holding `k` sees `fresh`'s state well enough.
+fn predicts(k: &Known, fresh: &Known) -> bool {
+    let at = k.position_at(fresh.as_of);
     k.seen.velocity == fresh.seen.velocity
         && k.seen.carried == fresh.seen.carried
         && (0..3).all(|i| (at[i] as i64 - fresh.seen.position[i] as i64).abs() <= PREDICTION_TOLERANCE_CM as i64)
 }
 
-/// What a client is to hold after this tick's update, `near` being its bubble now (each entity
-/// with its distance). It starts from what the last update gave it; an entity whose state there
-/// has strayed from the truth gets the truth (or the baseline's, if that predicts it well), by
+/// What a client is to hold after this tick's update, `near` being its bubble now (which this
+/// sorts by id). It starts from what the last update gave it; an entity whose state there has
+/// strayed from the truth gets the truth (or the baseline's, if that predicts it well), by
 /// priority, while the update stays within `bytes_max` against the baseline. The client's own
-/// entity always goes.
+/// entity always goes. Every list here is ordered by id and walked side by side.
 fn next_snapshot(
     sent: &VecDeque<Snapshot>,
     acked: u64,
-    priority: &mut FxHashMap<EntityId, f32>,
+    priority: &mut Vec<(EntityId, f32)>,
     player: EntityId,
     (tick, input_ack, horizon_dm): (u64, u32, u16),
-    near: &[(f32, ViewEntity)],
+    near: &mut [Near],
     bytes_max: usize,
 ) -> Snapshot {
     struct Candidate {
@@ -766,43 +778,56 @@ fn next_snapshot(
         base: Option<Known>,
         priority: f32,
     }
-    let base = baseline(sent, acked);
-    let last = sent.back();
-    let in_view: FxHashSet<EntityId> = near.iter().map(|(_, e)| e.id).collect();
-    let mut bytes = UPDATE_BYTES;
-    if let Some(b) = base {
-        bytes += GONE_BYTES * b.known.iter().filter(|k| !in_view.contains(&k.seen.id)).count();
+    /// The entry for `id` in `list` (by id), from place `*at` on, which it moves past.
+    fn find<T: Copy>(list: &[T], at: &mut usize, id: EntityId, key: impl Fn(&T) -> EntityId) -> Option<T> {
+        while *at < list.len() && key(&list[*at]) < id {
+            *at += 1;
+        }
+        list.get(*at).filter(|t| key(t) == id).copied()
     }
+    near.sort_unstable_by_key(|n| n.e.id);
+    let base = baseline(sent, acked);
+    let base_known = base.map_or(&[][..], |b| &b.known[..]);
+    let last_known = sent.back().map_or(&[][..], |l| &l.known[..]);
+    let (mut at_base, mut at_last, mut at_priority, mut in_base) = (0, 0, 0, 0);
+    let mut bytes = UPDATE_BYTES;
     let mut candidates = Vec::with_capacity(near.len());
-    for (d, e) in near {
+    let mut priorities = Vec::with_capacity(near.len());
+    for n in near.iter() {
+        let e = &n.e;
         let (position, velocity) = Seen::quantize(e.position, e.velocity);
         let seen = Seen { id: e.id, kind: e.kind, position, velocity, carried: e.carried, age: 0 };
-        let fresh = Known { seen, as_of: tick };
-        let current = last.and_then(|l| l.get(e.id)).copied();
-        let base = base.and_then(|b| b.get(e.id)).copied();
+        let fresh = Known { seen, as_of: n.last_tick.min(tick) };
+        let current = find(last_known, &mut at_last, e.id, |k| k.seen.id);
+        let base = find(base_known, &mut at_base, e.id, |k| k.seen.id);
+        in_base += base.is_some() as usize;
         bytes += cost(current.as_ref(), base.as_ref());
-        let p = priority.entry(e.id).or_insert(0.0);
-        *p += weight(e.kind, *d);
-        let priority = if e.id == player { f32::INFINITY } else { *p };
+        let waited = find(priority, &mut at_priority, e.id, |p| p.0).map_or(0.0, |p| p.1);
+        let p = waited + weight(e.kind, n.d);
+        priorities.push((e.id, p));
+        let priority = if e.id == player { f32::INFINITY } else { p };
         candidates.push(Candidate { fresh, current, base, priority });
     }
-    candidates.sort_by(|a, b| b.priority.total_cmp(&a.priority));
-    for c in &mut candidates {
+    // What the baseline has and the bubble no longer does.
+    bytes += GONE_BYTES * (base_known.len() - in_base);
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    order.sort_by(|a, b| candidates[*b].priority.total_cmp(&candidates[*a].priority));
+    for i in order {
+        let c = &mut candidates[i];
         let preferred = match (c.base, c.current) {
-            (Some(b), _) if predicts(&b, &c.fresh, tick) => b,
-            (_, Some(k)) if predicts(&k, &c.fresh, tick) => k,
+            (Some(b), _) if predicts(&b, &c.fresh) => b,
+            (_, Some(k)) if predicts(&k, &c.fresh) => k,
             _ => c.fresh,
         };
         let (old, new) = (cost(c.current.as_ref(), c.base.as_ref()), cost(Some(&preferred), c.base.as_ref()));
         if c.current == Some(preferred) || new <= old || bytes + new - old <= bytes_max || c.priority.is_infinite() {
             bytes = bytes + new - old;
             c.current = Some(preferred);
-            priority.insert(c.fresh.seen.id, 0.0);
+            priorities[i].1 = 0.0;
         }
     }
-    priority.retain(|id, _| in_view.contains(id));
-    let mut known: Vec<Known> = candidates.iter().filter_map(|c| c.current).collect();
-    known.sort_unstable_by_key(|k| k.seen.id);
+    *priority = priorities;
+    let known: Vec<Known> = candidates.iter().filter_map(|c| c.current).collect();
     let mut next = Snapshot { tick, player, input_ack, horizon_dm, known };
     next.settle(base);
     next
@@ -828,13 +853,14 @@ mod tests {
     /// the client holds after it.
     fn tick(
         sent: &mut VecDeque<Snapshot>,
-        priority: &mut FxHashMap<EntityId, f32>,
+        priority: &mut Vec<(EntityId, f32)>,
         tick: u64,
         near: &[(f32, ViewEntity)],
         bytes_max: usize,
     ) -> (usize, Snapshot) {
         let acked = sent.back().map_or(0, |s| s.tick);
-        let next = next_snapshot(sent, acked, priority, EntityId(1), (tick, 0, 400), near, bytes_max);
+        let mut near: Vec<Near> = near.iter().map(|(d, e)| Near { d: *d, e: *e, last_tick: tick }).collect();
+        let next = next_snapshot(sent, acked, priority, EntityId(1), (tick, 0, 400), &mut near, bytes_max);
         let update = next.delta_from(baseline(sent, acked));
         let bytes = wire::encode(&update);
         let base = baseline(sent, acked).cloned();
@@ -853,7 +879,7 @@ mod tests {
         );
         near.push((20.0, entity(99, EntityKind::Ship, 20.0, 0.0)));
         let bytes_max = 2 * UPDATE_BYTES + 3 * ENTERED_BYTES;
-        let (mut sent, mut priority) = (VecDeque::new(), FxHashMap::default());
+        let (mut sent, mut priority) = (VecDeque::new(), Vec::new());
         let mut entered_order = Vec::new();
         for t in 1..=12 {
             let (bytes, next) = tick(&mut sent, &mut priority, t, &near, bytes_max);
@@ -884,7 +910,7 @@ mod tests {
     fn what_moves_as_predicted_is_not_sent_and_a_turn_is() {
         let me = entity(1, EntityKind::Player, 0.0, 0.0);
         let walker = |x, vx| (x, entity(2, EntityKind::Player, x, vx));
-        let (mut sent, mut priority) = (VecDeque::new(), FxHashMap::default());
+        let (mut sent, mut priority) = (VecDeque::new(), Vec::new());
         let budget = 4096;
         tick(&mut sent, &mut priority, 1, &[(0.0, me), walker(10.0, 3.0)], budget);
         // Walking on at 3 m/s, a tenth of a metre a tick: as predicted.
@@ -897,5 +923,32 @@ mod tests {
         let (_, next) = tick(&mut sent, &mut priority, 21, &[(0.0, me), walker(11.9, -3.0)], budget);
         let k = next.get(EntityId(2)).unwrap();
         assert_eq!((k.as_of, k.seen.velocity), (21, [-30, 0, 0]));
+    }
+
+    #[test]
+    fn an_entity_held_through_a_handoff_is_as_of_when_it_left_and_sent_once() {
+        let me = Near { d: 0.0, e: entity(1, EntityKind::Player, 0.0, 0.0), last_tick: 0 };
+        let (mut sent, mut priority) = (VecDeque::new(), Vec::new());
+        // Walking at 3 m/s until tick 4; at tick 5 it turns back, and is handed off: the views of
+        // ticks 6 to 9 show it leaving from where it turned at 5 (the client moves it on).
+        for t in 1..=9u64 {
+            let e = match t {
+                1..=4 => entity(2, EntityKind::Player, 10.0 + 0.1 * (t - 1) as f32, 3.0),
+                _ => entity(2, EntityKind::Player, 10.4, -3.0),
+            };
+            let near = Near { d: 10.0, e, last_tick: t.min(5) };
+            let acked = sent.back().map_or(0, |s: &Snapshot| s.tick);
+            let mut near = vec![Near { last_tick: t, ..me }, near];
+            let next = next_snapshot(&sent, acked, &mut priority, EntityId(1), (t, 0, 400), &mut near, 4096);
+            let update = next.delta_from(baseline(&sent, acked));
+            let k = *next.get(EntityId(2)).unwrap();
+            match t {
+                2..=4 => assert!(k.as_of == 1 && update.moved.is_empty(), "tick {t}: as predicted from tick 1"),
+                5 => assert!(k.as_of == 5 && update.moved.len() == 1, "tick 5: turned, sent"),
+                6.. => assert!(k.as_of == 5 && update.moved.is_empty(), "tick {t}: held as of 5, not sent again"),
+                _ => {}
+            }
+            sent.push_back(next);
+        }
     }
 }

@@ -95,6 +95,20 @@ pub struct Held {
     dirty: bool,
 }
 
+impl Held {
+    /// Where the entity is as of `tick`, inside `world`. One adopted from a core that ticks ahead
+    /// carries its state of a later tick (and stays put until this server's tick reaches it): as
+    /// of `tick` it is that many ticks' motion back.
+    pub fn position_at(&self, tick: u64, world: &crate::world::Aabb) -> [f32; 3] {
+        let ahead = self.moved_until_tick.saturating_sub(tick);
+        if ahead == 0 {
+            return self.state.position;
+        }
+        let dt = ahead as f32 * TICK_DURATION_US as f32 / 1e6;
+        world.clamp(self.state.pos() - self.state.vel() * dt).to_array()
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServerStats {
     pub ticks: u64,
@@ -445,7 +459,8 @@ impl Server {
         }
     }
 
-    fn world(&self) -> crate::world::Aabb {
+    /// The world's bounds (an active server's).
+    pub fn world(&self) -> crate::world::Aabb {
         self.map.as_ref().expect("active servers have a map").world
     }
 

@@ -225,12 +225,13 @@ impl Shard {
     fn publish_view(&mut self, tick: u64) {
         let Some(gw) = self.gateway.as_mut() else { return };
         let mut view = Vec::new();
-        for server in &self.servers {
+        for server in self.servers.iter().filter(|s| s.map().is_some()) {
+            let world = server.world();
             for (id, held) in server.held() {
                 view.push(crate::net::ViewEntity {
                     id: *id,
                     kind: held.state.kind,
-                    position: held.state.position,
+                    position: held.position_at(tick, &world),
                     velocity: held.state.velocity,
                     carried: held.state.parent.is_some(),
                     input_seq: held.input_seq,

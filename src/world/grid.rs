@@ -10,14 +10,15 @@ use rustc_hash::FxHashMap;
 
 use super::entity::EntityId;
 
+/// Entities by cell; each is known by a `T` (its id, or a place in the caller's own list).
 #[derive(Debug)]
-pub struct Grid {
+pub struct Grid<T = EntityId> {
     cell_m: f32,
-    cells: FxHashMap<IVec3, Vec<(EntityId, Vec3)>>,
+    cells: FxHashMap<IVec3, Vec<(T, Vec3)>>,
     len: usize,
 }
 
-impl Grid {
+impl<T: Copy> Grid<T> {
     pub fn new(cell_m: f32) -> Self {
         assert!(cell_m > 0.0 && cell_m.is_finite());
         Self { cell_m, cells: FxHashMap::default(), len: 0 }
@@ -35,7 +36,7 @@ impl Grid {
         self.len = 0;
     }
 
-    pub fn insert(&mut self, id: EntityId, p: Vec3) {
+    pub fn insert(&mut self, id: T, p: Vec3) {
         if !p.is_finite() {
             return;
         }
@@ -54,7 +55,7 @@ impl Grid {
 
     /// Every entity in the cells that overlap the box `min..max`, with its position. Bounded by
     /// the box: a query never visits more cells than the box covers.
-    pub fn query(&self, min: Vec3, max: Vec3, mut f: impl FnMut(EntityId, Vec3)) {
+    pub fn query(&self, min: Vec3, max: Vec3, mut f: impl FnMut(T, Vec3)) {
         if !min.is_finite() || !max.is_finite() {
             return;
         }
@@ -71,10 +72,12 @@ impl Grid {
             }
         }
     }
+}
 
+impl<T: Copy + Ord> Grid<T> {
     /// The entity with the smallest id within `radius` of `p` that `accept` takes.
-    pub fn nearest_by_id(&self, p: Vec3, radius: f32, mut accept: impl FnMut(EntityId) -> bool) -> Option<EntityId> {
-        let mut best: Option<EntityId> = None;
+    pub fn nearest_by_id(&self, p: Vec3, radius: f32, mut accept: impl FnMut(T) -> bool) -> Option<T> {
+        let mut best: Option<T> = None;
         self.query(p - Vec3::splat(radius), p + Vec3::splat(radius), |id, at| {
             if at.distance(p) <= radius && best.is_none_or(|b| id < b) && accept(id) {
                 best = Some(id);
