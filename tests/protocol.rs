@@ -567,6 +567,67 @@ fn a_projectile_on_one_server_hits_an_entity_held_by_another_through_its_ghost()
     assert!(h.servers.iter().all(|s| s.held().values().all(|e| e.state.kind != EntityKind::Projectile)));
 }
 
+/// DESIGN: a rocket fired at a ship on another server hits. Ships are rapier bodies with hulls; the
+/// target ship is B's, so A has it as a ghost ship in its own rapier world, and A's projectile's
+/// path runs into its hull.
+#[test]
+fn a_projectile_hits_a_ship_held_by_another_server_through_its_ghost_hull() {
+    let (shooter, ship) = (EntityId(1), EntityId(2));
+    let mut h = Harness::new(vec![(shooter, at(EntityKind::Player, 35.0)), (ship, at(EntityKind::Ship, 50.0))]);
+    assert_eq!(h.holder(ship), Some(ServerId(1)));
+    h.tick(); // ghosts exchanged
+    use shardmesh::protocol::{Action, Input};
+    h.servers[0].handle_input(Input { entity: shooter, action: Action::Fire([1.0, 0.0, 0.0]) });
+    h.tick(); // the path 37.5..87.5 m runs into the hull at 46 m
+    assert_eq!(h.servers[0].stats.remote_hits, 1);
+    h.tick();
+    assert_eq!(h.servers[1].stats.damage_received, 1);
+    assert_eq!(h.rl.records()[&ship].state.health, 90);
+    assert!(h.servers.iter().all(|s| s.held().values().all(|e| e.state.kind != EntityKind::Projectile)));
+}
+
+/// What a projectile hits is the first thing on its path: a ship's hull between the shooter and
+/// an NPC takes the shot, though the NPC's id is smaller.
+#[test]
+fn a_projectile_hits_the_first_thing_on_its_path() {
+    let (npc, ship, shooter) = (EntityId(1), EntityId(2), EntityId(3));
+    let mut h = Harness::new(vec![
+        (npc, at(EntityKind::Npc, 30.0)),
+        (ship, at(EntityKind::Ship, 20.0)),
+        (shooter, at(EntityKind::Player, 5.0)),
+    ]);
+    h.tick();
+    use shardmesh::protocol::{Action, Input};
+    h.servers[0].handle_input(Input { entity: shooter, action: Action::Fire([1.0, 0.0, 0.0]) });
+    h.tick();
+    h.tick();
+    assert_eq!(h.rl.records()[&ship].state.health, 90);
+    assert_eq!(h.rl.records()[&npc].state.health, 100);
+    assert_eq!(h.servers[0].stats.hits, 1);
+}
+
+/// A projectile handed to another server keeps its trajectory there: its state is its whole
+/// motion, and the new server's rapier world moves it on along the same line.
+#[test]
+fn a_projectile_keeps_its_trajectory_on_the_server_it_is_handed_to() {
+    let shooter = EntityId(1);
+    let mut h = Harness::new(vec![(shooter, at(EntityKind::Player, 35.0))]);
+    use shardmesh::protocol::{Action, Input};
+    h.servers[0].handle_input(Input { entity: shooter, action: Action::Fire([1.0, 0.0, 0.0]) });
+    h.tick(); // fired from 37.5 m, 50 m a tick: at 87.5 m, in C, handed to s2
+    let (id, state) = h.servers[2]
+        .held()
+        .iter()
+        .find(|(_, e)| e.state.kind == EntityKind::Projectile)
+        .map(|(id, e)| (*id, e.state.clone()))
+        .expect("s2 holds the projectile");
+    assert!((state.pos() - Vec3::new(87.5, 10.0, 10.0)).length() < 1e-3, "{:?}", state.position);
+    h.tick();
+    let moved = &h.servers[2].held()[&id].state;
+    assert!((moved.pos() - Vec3::new(137.5, 10.0, 10.0)).length() < 1e-2, "{:?}", moved.position);
+    assert_eq!(moved.velocity, [1500.0, 0.0, 0.0]);
+}
+
 /// The checkpoint protocol across a transfer in flight: slice 1 hands a ship to slice 0, and the
 /// controller (slice 0) starts a checkpoint before the transfer arrives. The ship is in neither
 /// snapshot; slice 1 logged it leaving before its snapshot, and slice 0 logs it arriving after

@@ -5,6 +5,7 @@
 pub mod journal;
 pub mod link;
 pub mod messages;
+pub mod physics;
 pub mod replication;
 pub mod server;
 

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use glam::Vec3;
 
 use super::messages::{Delta, Epoch, Ghost, Incarnation, Owned, ReplicationMsg, ServerMsg, ToReplication, ToServer};
+use super::physics::{self, Physics};
 use crate::limits::{
     GHOST_MARGIN_M, HANDOFFS_PER_TICK_MAX, HIT_RADIUS_M, LEASE_DURATION_US, PROJECTILE_DAMAGE, PROJECTILE_TTL_TICKS,
     REACH_M, TICK_DURATION_US,
@@ -176,6 +177,8 @@ pub struct Server {
     /// Other servers' border entities, read-only, and where they are.
     ghosts: Vec<Ghost>,
     ghost_grid: Grid,
+    /// rapier3d's world: the ships and projectiles held, and ghost ships.
+    physics: Physics,
     /// Damage from other servers' projectiles, applied at the next tick.
     damage: Vec<(EntityId, u16)>,
     /// What this tick's handoffs gave up, as it was when it left: until another server adopts
@@ -215,6 +218,7 @@ impl Server {
             ship_grid: Grid::new(GRID_CELL_M),
             ghosts: Vec::new(),
             ghost_grid: Grid::new(GRID_CELL_M),
+            physics: Physics::new(),
             damage: Vec::new(),
             leaving: Vec::new(),
             streaming: None,
@@ -350,6 +354,14 @@ impl Server {
                 for g in ghosts.iter().filter(|g| g.server != self.id) {
                     self.ghost_grid.insert(g.id, Vec3::from_array(g.position));
                 }
+                let mut ships: Vec<(EntityId, Vec3)> = ghosts
+                    .iter()
+                    .filter(|g| g.server != self.id && g.kind == EntityKind::Ship && !self.entities.contains_key(&g.id))
+                    .map(|g| (g.id, Vec3::from_array(g.position)))
+                    .collect();
+                ships.sort_by_key(|(id, _)| *id);
+                ships.dedup_by_key(|(id, _)| *id);
+                self.physics.set_ghosts(ships.into_iter());
                 self.ghosts = ghosts;
             }
             ReplicationMsg::Damage { target, damage } => self.damage.push((target, damage)),
@@ -629,21 +641,41 @@ impl Server {
         }
     }
 
-    /// Moves every root by its velocity; children ride along. Projectiles age and vanish at the
-    /// world's edge; everything else bounces off it.
+    /// Moves every root; children ride along. rapier moves ships and projectiles (ships collide
+    /// with ships); walkers and loose items move by their velocity. Projectiles age and vanish at
+    /// the world's edge; everything else bounces off it.
     fn integrate(&mut self, tick: u64) {
         let dt = TICK_DURATION_US as f32 / 1e6;
         let world = self.world();
+        let simulated = |h: &Held| h.state.parent.is_none() && physics::is_simulated(h.state.kind);
+        self.physics.sync(
+            self.entities
+                .iter()
+                .filter(|(_, h)| simulated(h))
+                .map(|(id, h)| (*id, h.state.kind, h.state.pos(), h.state.vel())),
+        );
+        self.physics.step();
         let roots: Vec<EntityId> = self
             .entities
             .iter()
-            .filter(|(_, h)| h.state.parent.is_none() && (h.state.vel() != Vec3::ZERO || h.state.ttl_ticks > 0))
+            .filter(|(_, h)| {
+                h.state.parent.is_none() && (h.state.vel() != Vec3::ZERO || h.state.ttl_ticks > 0 || simulated(h))
+            })
             .filter(|(_, h)| h.moved_until_tick < tick)
             .map(|(id, _)| *id)
             .collect();
         for id in roots {
+            let current = &self.entities[&id].state;
+            let (next, velocity) = match self.physics.motion(id) {
+                Some(motion) => motion,
+                None => (current.pos() + current.vel() * dt, current.vel()),
+            };
+            if current.kind != EntityKind::Projectile && next == current.pos() && velocity == current.vel() {
+                // A ship at rest that nothing bumped.
+                continue;
+            }
             let state = self.touch(id, tick);
-            let next = state.pos() + state.vel() * dt;
+            state.velocity = velocity.to_array();
             if state.kind == EntityKind::Projectile {
                 state.ttl_ticks = state.ttl_ticks.saturating_sub(1);
                 if state.ttl_ticks == 0 || !world.contains(next) {
@@ -670,9 +702,10 @@ impl Server {
         self.stats.destroyed += 1;
     }
 
-    /// A projectile hits a player, NPC or ship (not the one that fired it) that came within
-    /// reach of the path it swept this tick: at 1500 m/s it moves 50 m a tick, so testing only
-    /// where it ends would let it pass through.
+    /// A projectile hits the first thing on the path it swept this tick (not what fired it): a
+    /// player or NPC that came within reach of the path, or a ship's hull (rapier's ray cast),
+    /// held here or seen as a ghost. At 1500 m/s it moves 50 m a tick, so testing only where it
+    /// ends would let it pass through. Two at the same point of the path: the smaller id.
     fn resolve_hits(&mut self, tick: u64) {
         let dt = TICK_DURATION_US as f32 / 1e6;
         let projectiles: Vec<(EntityId, Vec3, Vec3, Option<EntityId>)> = self
@@ -681,49 +714,49 @@ impl Server {
             .filter(|(_, h)| h.state.kind == EntityKind::Projectile)
             .map(|(id, h)| (*id, h.state.pos() - h.state.vel() * dt, h.state.pos(), h.state.source))
             .collect();
+        let walker = |kind: EntityKind| matches!(kind, EntityKind::Player | EntityKind::Npc);
         for (projectile, from, to, source) in projectiles {
             let pad = Vec3::splat(HIT_RADIUS_M);
-            let mut target: Option<EntityId> = None;
+            // (how far along the path, target, a ghost)
+            let mut hits: Vec<(f32, EntityId, bool)> = Vec::new();
             let entities = &self.entities;
             self.grid.query(from.min(to) - pad, from.max(to) + pad, |id, at| {
-                let hit = Some(id) != source
-                    && target.is_none_or(|t| id < t)
+                if Some(id) != source
                     && distance_to_segment(at, from, to) <= HIT_RADIUS_M
-                    && entities.get(&id).is_some_and(|h| {
-                        matches!(h.state.kind, EntityKind::Player | EntityKind::Npc | EntityKind::Ship)
-                    });
-                if hit {
-                    target = Some(id);
+                    && entities.get(&id).is_some_and(|h| walker(h.state.kind))
+                {
+                    hits.push((along_segment(at, from, to), id, false));
                 }
             });
-            // A ghost (another server's entity near the border) can be hit too; the nearest id
-            // wins, as among held entities.
             let ghosts = &self.ghosts;
-            let mut ghost_target: Option<EntityId> = None;
             self.ghost_grid.query(from.min(to) - pad, from.max(to) + pad, |id, at| {
-                let hit = Some(id) != source
-                    && target.is_none_or(|t| id < t)
-                    && ghost_target.is_none_or(|t| id < t)
+                if Some(id) != source
                     && distance_to_segment(at, from, to) <= HIT_RADIUS_M
                     && !entities.contains_key(&id)
-                    && ghosts.iter().any(|g| {
-                        g.id == id && matches!(g.kind, EntityKind::Player | EntityKind::Npc | EntityKind::Ship)
-                    });
-                if hit {
-                    ghost_target = Some(id);
+                    && ghosts.iter().any(|g| g.id == id && walker(g.kind))
+                {
+                    hits.push((along_segment(at, from, to), id, true));
                 }
             });
-            if let Some(ghost) = ghost_target {
-                self.destroy(projectile);
-                self.stats.hits += 1;
-                self.stats.remote_hits += 1;
-                self.send(ServerMsg::Hit { target: ghost, damage: PROJECTILE_DAMAGE });
-            } else if let Some(target) = target {
-                let state = self.touch(target, tick);
-                // Damage; at zero health the entity is restored, never removed, so counts hold.
-                state.health = state.health.checked_sub(PROJECTILE_DAMAGE).filter(|h| *h > 0).unwrap_or(100);
-                self.destroy(projectile);
-                self.stats.hits += 1;
+            if let Some((ship, along)) = self.physics.first_hull_on(from, to, source) {
+                hits.push((along, ship, !entities.contains_key(&ship)));
+            }
+            let first = hits.into_iter().min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            match first {
+                Some((_, ghost, true)) => {
+                    self.destroy(projectile);
+                    self.stats.hits += 1;
+                    self.stats.remote_hits += 1;
+                    self.send(ServerMsg::Hit { target: ghost, damage: PROJECTILE_DAMAGE });
+                }
+                Some((_, target, false)) => {
+                    let state = self.touch(target, tick);
+                    // Damage; at zero health the entity is restored, never removed, so counts hold.
+                    state.health = state.health.checked_sub(PROJECTILE_DAMAGE).filter(|h| *h > 0).unwrap_or(100);
+                    self.destroy(projectile);
+                    self.stats.hits += 1;
+                }
+                None => {}
             }
         }
     }
@@ -898,6 +931,16 @@ impl Server {
 }
 
 /// Distance from `p` to the segment `a`..`b`.
+/// How far along the segment `a`..`b` the point nearest `p` is (0 at `a`, 1 at `b`).
+pub fn along_segment(p: Vec3, a: Vec3, b: Vec3) -> f32 {
+    let ab = b - a;
+    if ab.length_squared() > 0.0 {
+        ((p - a).dot(ab) / ab.length_squared()).clamp(0.0, 1.0)
+    } else {
+        0.0
+    }
+}
+
 pub fn distance_to_segment(p: Vec3, a: Vec3, b: Vec3) -> f32 {
     let ab = b - a;
     let t = if ab.length_squared() > 0.0 { ((p - a).dot(ab) / ab.length_squared()).clamp(0.0, 1.0) } else { 0.0 };
