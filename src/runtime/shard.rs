@@ -334,6 +334,49 @@ impl Shard {
 }
 
 /// Runs a shard until `stop`, then lets in-flight messages settle and reports.
+/// Which tick a core runs next, and when. Tick numbers are the protocol's clock (a core that runs
+/// a tick late still runs it as that tick, so every core agrees which tick a move was made in),
+/// and the gateways match the cores' views by them.
+#[derive(Debug)]
+struct Schedule {
+    start: Instant,
+    tick: Duration,
+    /// The tick number before the first this run.
+    first: u64,
+    /// When the next tick is due.
+    next: Instant,
+    number: u64,
+}
+
+impl Schedule {
+    fn new(start: Instant, tick: Duration, offset_us: u64) -> Self {
+        let first = offset_us / crate::limits::TICK_DURATION_US;
+        Self { start, tick, first, next: start, number: first }
+    }
+
+    /// The next tick's number, and when it is due.
+    fn next_tick(&mut self) -> (u64, Instant) {
+        self.number += 1;
+        let at = self.next;
+        self.next += self.tick;
+        (self.number, at)
+    }
+
+    /// After a tick that ended at `now`: far behind (more than a tick), skip the ticks that
+    /// cannot be made up rather than run them back to back, and take up the schedule where it is
+    /// now. A core whose tick numbers fell behind for good would run on a clock its peers had
+    /// left: leases it still believed in, the layer on another core had already given away.
+    fn catch_up(&mut self, now: Instant) -> bool {
+        if now <= self.next + self.tick {
+            return false;
+        }
+        self.next = now;
+        let elapsed = now.saturating_duration_since(self.start).as_nanos() / self.tick.as_nanos().max(1);
+        self.number = self.first + elapsed as u64;
+        true
+    }
+}
+
 pub async fn run(setup: ShardSetup) -> ShardReport {
     let servers: Vec<Server> = setup
         .servers
@@ -384,17 +427,14 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
     let mut stalls = 0u64;
     let mut stall_reports = Vec::new();
     let budget_us = setup.tick.as_micros() as u64;
-    let mut next = setup.start;
-    // The tick this iteration is scheduled for: the same on every core, whatever the wall clock
-    // says when a late core catches up (the gateways match the cores' views by it).
-    let mut scheduled_tick = offset_us / crate::limits::TICK_DURATION_US;
+    let mut schedule = Schedule::new(setup.start, setup.tick, offset_us);
     while !setup.stop.load(Ordering::Relaxed) {
-        scheduled_tick += 1;
+        let (scheduled_tick, at) = schedule.next_tick();
+        let next = schedule.next;
         let now_instant = Instant::now();
-        if next > now_instant {
-            glommio::timer::sleep(next - now_instant).await;
+        if at > now_instant {
+            glommio::timer::sleep(at - now_instant).await;
         }
-        next += setup.tick;
         let began = Instant::now();
         // The protocol's clock is the schedule's, not the wall's: a core that runs a tick late
         // still runs it as that tick, so every core agrees which tick a move was made in.
@@ -510,10 +550,7 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
                 ));
             }
         }
-        if Instant::now() > next + setup.tick {
-            // Far behind: skip the ticks that cannot be made up rather than run them back to back.
-            next = Instant::now();
-        }
+        schedule.catch_up(Instant::now());
     }
     // Settle: no more simulation, but keep moving messages for a while so that what was between
     // cores when the world stopped (a transfer, a map) reaches its slice. A handoff chain settles
@@ -556,5 +593,30 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
         restarts: shard.restarts,
         log_error: shard.log_error,
         gateway: shard.gateway.map(|gw| gw.gateway.stats),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_core_that_fell_far_behind_takes_up_the_schedule_where_it_is_now() {
+        let (start, tick) = (Instant::now(), Duration::from_millis(33));
+        let mut s = Schedule::new(start, tick, 0);
+        assert_eq!(s.next_tick(), (1, start));
+        assert_eq!(s.next_tick(), (2, start + tick));
+        // A little late: the schedule holds, the next tick runs at once to make it up.
+        assert!(!s.catch_up(start + tick * 2 + Duration::from_millis(20)));
+        assert_eq!(s.next_tick(), (3, start + tick * 2));
+        // Stalled for ten ticks: the next tick is the one the wall clock is in, as on every
+        // other core, not the one after the last this core ran.
+        let now = start + tick * 13 + Duration::from_millis(5);
+        assert!(s.catch_up(now));
+        assert_eq!(s.next_tick(), (14, now));
+        assert_eq!(s.next_tick().0, 15);
+        // A run restarted at an offset numbers on from it.
+        let mut s = Schedule::new(start, tick, 100 * crate::limits::TICK_DURATION_US);
+        assert_eq!(s.next_tick().0, 101);
     }
 }
