@@ -72,6 +72,18 @@ pub fn is_simulated(kind: EntityKind) -> bool {
     matches!(kind, EntityKind::Ship | EntityKind::Projectile)
 }
 
+/// Removes from `world` the bodies in `bodies` whose ids are not in `seen` (in id order).
+fn remove_unseen(world: &mut PhysicsWorld, bodies: &mut BTreeMap<EntityId, RigidBodyHandle>, seen: &[EntityId]) {
+    if seen.len() == bodies.len() {
+        return;
+    }
+    let gone: Vec<EntityId> = bodies.keys().filter(|id| seen.binary_search(id).is_err()).copied().collect();
+    for id in gone {
+        let handle = bodies.remove(&id).expect("listed");
+        world.remove_body(handle);
+    }
+}
+
 impl Physics {
     pub fn new() -> Self {
         let mut world = PhysicsWorld::new();
@@ -126,14 +138,7 @@ impl Physics {
                 }
             }
         }
-        if seen.len() != self.bodies.len() {
-            let gone: Vec<EntityId> =
-                self.bodies.keys().filter(|id| seen.binary_search(id).is_err()).copied().collect();
-            for id in gone {
-                let handle = self.bodies.remove(&id).expect("listed");
-                self.world.remove_body(handle);
-            }
-        }
+        remove_unseen(&mut self.world, &mut self.bodies, &seen);
     }
 
     /// Places other servers' ships seen as ghosts (in id order); those no longer seen go.
@@ -153,14 +158,7 @@ impl Physics {
                 }
             }
         }
-        if seen.len() != self.ghosts.len() {
-            let gone: Vec<EntityId> =
-                self.ghosts.keys().filter(|id| seen.binary_search(id).is_err()).copied().collect();
-            for id in gone {
-                let handle = self.ghosts.remove(&id).expect("listed");
-                self.world.remove_body(handle);
-            }
-        }
+        remove_unseen(&mut self.world, &mut self.ghosts, &seen);
     }
 
     /// One tick of simulation.
