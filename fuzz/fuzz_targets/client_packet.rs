@@ -10,10 +10,12 @@ use shardmesh::net::wire::{self, ClientMsg, Known, Seen, Snapshot, Update};
 use shardmesh::world::{EntityId, EntityKind};
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(ClientMsg::Input { seq, action }) = wire::decode::<ClientMsg>(data) {
-        // Whatever decodes must encode back to something that decodes the same.
-        let again = wire::decode::<ClientMsg>(&wire::encode(&ClientMsg::Input { seq, action: action.clone() }));
-        assert_eq!(again, Ok(ClientMsg::Input { seq, action }));
+    if let Ok(msg) = wire::decode::<ClientMsg>(data) {
+        // Whatever decodes encodes back to bytes that decode to the same bytes (compared as
+        // bytes: a NaN in a move is not equal to itself, and the gateway refuses it anyway).
+        let bytes = wire::encode(&msg);
+        let again = wire::decode::<ClientMsg>(&bytes).expect("what was encoded decodes");
+        assert_eq!(wire::encode(&again), bytes);
     }
     if let Ok(update) = wire::decode::<Update>(data) {
         // Applied to nothing, and to a baseline of a few entities: an error or a snapshot.
