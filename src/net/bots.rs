@@ -116,16 +116,35 @@ struct Totals {
     connect_us: Option<Histogram<u64>>,
     latency_us: Option<Histogram<u64>>,
     connected: usize,
+    counts: Counts,
+    connected_s: f64,
+    max_travel_m: f64,
+}
+
+/// What a bot counts, and all bots together.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counts {
     updates: u64,
     bytes: u64,
-    connected_s: f64,
     teleports: u64,
     vanished: u64,
     duplicates: u64,
     undecodable: u64,
     dropped: u64,
     reconnects: u64,
-    max_travel_m: f64,
+}
+
+impl Counts {
+    fn add(&mut self, o: &Counts) {
+        self.updates += o.updates;
+        self.bytes += o.bytes;
+        self.teleports += o.teleports;
+        self.vanished += o.vanished;
+        self.duplicates += o.duplicates;
+        self.undecodable += o.undecodable;
+        self.dropped += o.dropped;
+        self.reconnects += o.reconnects;
+    }
 }
 
 fn histogram() -> Histogram<u64> {
@@ -165,14 +184,7 @@ struct Bot {
     /// What left the view from well inside it: when it left, its last state, and whether it was
     /// carried then.
     gone: FxHashMap<EntityId, (u64, Known)>,
-    updates: u64,
-    bytes: u64,
-    teleports: u64,
-    vanished: u64,
-    duplicates: u64,
-    undecodable: u64,
-    dropped: u64,
-    reconnects: u64,
+    counts: Counts,
     connect_us: Vec<u64>,
     latency_us: Histogram<u64>,
 }
@@ -206,14 +218,7 @@ impl Bot {
             ack: None,
             view: FxHashMap::default(),
             gone: FxHashMap::default(),
-            updates: 0,
-            bytes: 0,
-            teleports: 0,
-            vanished: 0,
-            duplicates: 0,
-            undecodable: 0,
-            dropped: 0,
-            reconnects: 0,
+            counts: Counts::default(),
             connect_us: Vec::new(),
             latency_us: histogram(),
         };
@@ -247,9 +252,9 @@ impl Bot {
         if let Some(back) = self.back_at {
             if now >= back {
                 self.back_at = None;
-                self.reconnects += 1;
+                self.counts.reconnects += 1;
                 if self.connect(cfg).is_err() {
-                    self.dropped += 1;
+                    self.counts.dropped += 1;
                 }
             }
             return;
@@ -260,7 +265,7 @@ impl Bot {
             if let Some(at) = self.connected_at.take() {
                 self.connected_for += at.elapsed();
             }
-            self.dropped += 1;
+            self.counts.dropped += 1;
             self.transport = None;
             // Try again shortly, as a player's client would.
             self.back_at = Some(now + Duration::from_millis(500));
@@ -281,10 +286,10 @@ impl Bot {
             }
         }
         while let Some(bytes) = self.client.receive_message(UPDATE_CHANNEL) {
-            self.bytes += bytes.len() as u64;
+            self.counts.bytes += bytes.len() as u64;
             match wire::decode::<Update>(&bytes) {
                 Ok(update) => self.ack = self.take_update(now, &update).or(self.ack),
-                Err(_) => self.undecodable += 1,
+                Err(_) => self.counts.undecodable += 1,
             }
         }
         // Updates are read every step, as a client rendering at 60 frames a second would; inputs go
@@ -342,11 +347,11 @@ impl Bot {
         let snapshot = match Snapshot::apply(base, update) {
             Ok(s) => s,
             Err(WireError::Duplicate(_)) => {
-                self.duplicates += 1;
+                self.counts.duplicates += 1;
                 return None;
             }
             Err(_) => {
-                self.undecodable += 1;
+                self.counts.undecodable += 1;
                 return None;
             }
         };
@@ -360,7 +365,7 @@ impl Bot {
 
     fn take_snapshot(&mut self, now: Instant, snapshot: &Snapshot) {
         let tick = snapshot.tick;
-        self.updates += 1;
+        self.counts.updates += 1;
         // The input the update shows applied is measured; older ones its server refused (a move
         // while aboard, a pickup with nothing in reach) had no effect to see.
         while self.sent.front().is_some_and(|(seq, _)| *seq <= snapshot.input_ack) {
@@ -390,7 +395,7 @@ impl Bot {
                     if k.as_of > prev.as_of && !prev.seen.carried && !k.seen.carried {
                         let allowed = speed_of(k.seen.kind) * dt * (k.as_of - prev.as_of) as f32 + 0.5;
                         if prev.seen.position_m().distance(k.seen.position_m()) > allowed {
-                            self.teleports += 1;
+                            self.counts.teleports += 1;
                         }
                     }
                 }
@@ -402,7 +407,7 @@ impl Bot {
                     let by_itself = last.seen.position_m().distance(k.seen.position_m())
                         <= speed_of(k.seen.kind) * dt * ticks as f32 + 1.0;
                     if last.seen.carried == k.seen.carried && (last.seen.carried || by_itself) {
-                        self.vanished += 1;
+                        self.counts.vanished += 1;
                     }
                 }
             }
@@ -535,15 +540,8 @@ pub fn run(cfg: &BotsConfig) -> std::io::Result<BotsReport> {
                     t.connect_us.as_mut().expect("set").saturating_record((*us).max(1));
                 }
                 t.latency_us.as_mut().expect("set").add(&bot.latency_us).expect("same bounds");
-                t.updates += bot.updates;
-                t.bytes += bot.bytes;
+                t.counts.add(&bot.counts);
                 t.connected_s += bot.connected_for.as_secs_f64();
-                t.teleports += bot.teleports;
-                t.vanished += bot.vanished;
-                t.duplicates += bot.duplicates;
-                t.undecodable += bot.undecodable;
-                t.dropped += bot.dropped;
-                t.reconnects += bot.reconnects;
                 t.max_travel_m = t.max_travel_m.max(bot.travel_m as f64);
             }
             Ok(())
@@ -568,6 +566,7 @@ pub fn run(cfg: &BotsConfig) -> std::io::Result<BotsReport> {
         h.join().map_err(|_| std::io::Error::other("a bot thread panicked"))??;
     }
     let t = totals.lock().expect("not poisoned");
+    let c = &t.counts;
     let (connect, latency) = (t.connect_us.as_ref().expect("set"), t.latency_us.as_ref().expect("set"));
     let ms = |h: &Histogram<u64>, q: f64| if h.is_empty() { 0.0 } else { h.value_at_quantile(q) as f64 / 1e3 };
     let per_s = |n: u64| if t.connected_s > 0.0 { n as f64 / t.connected_s } else { 0.0 };
@@ -580,15 +579,15 @@ pub fn run(cfg: &BotsConfig) -> std::io::Result<BotsReport> {
         latency_p50_ms: ms(latency, 0.5),
         latency_p99_ms: ms(latency, 0.99),
         latency_samples: latency.len(),
-        updates_per_s: per_s(t.updates),
-        bytes_per_client_s: per_s(t.bytes),
-        glitches: t.teleports + t.vanished + t.duplicates,
-        teleports: t.teleports,
-        vanished: t.vanished,
-        duplicates: t.duplicates,
-        undecodable: t.undecodable,
-        dropped: t.dropped,
-        reconnects: t.reconnects,
+        updates_per_s: per_s(c.updates),
+        bytes_per_client_s: per_s(c.bytes),
+        glitches: c.teleports + c.vanished + c.duplicates,
+        teleports: c.teleports,
+        vanished: c.vanished,
+        duplicates: c.duplicates,
+        undecodable: c.undecodable,
+        dropped: c.dropped,
+        reconnects: c.reconnects,
         max_travel_m: t.max_travel_m,
     })
 }
@@ -635,17 +634,17 @@ mod tests {
         // Walking at full speed (1 m a tick) is no teleport; ten metres in a tick is.
         b.take_update(now, &update(1, vec![me(0.0), other(5.0)]));
         b.take_update(now, &update(2, vec![me(0.0), other(6.0)]));
-        assert_eq!(b.teleports, 0);
+        assert_eq!(b.counts.teleports, 0);
         b.take_update(now, &update(3, vec![me(0.0), other(16.0)]));
-        assert_eq!(b.teleports, 1);
+        assert_eq!(b.counts.teleports, 1);
         // Gone from 16 m away, where it could not have walked out of a 40 m bubble, and back.
         b.take_update(now, &update(4, vec![me(0.0)]));
         b.take_update(now, &update(5, vec![me(0.0)]));
         b.take_update(now, &update(6, vec![me(0.0), other(17.0)]));
-        assert_eq!(b.vanished, 1);
+        assert_eq!(b.counts.vanished, 1);
         // Shown twice in one update.
         b.take_update(now, &update(7, vec![me(0.0), other(17.0), other(17.0)]));
-        assert_eq!(b.duplicates, 1);
+        assert_eq!(b.counts.duplicates, 1);
     }
 
     #[test]
@@ -667,6 +666,6 @@ mod tests {
         let boarder = |x: f32, carried| seen(5, EntityKind::Player, [x, 5.0, 0.0], carried);
         b.take_update(now, &update(34, vec![me, boarder(10.0, false)]));
         b.take_update(now, &update(35, vec![me, boarder(25.0, true)]));
-        assert_eq!((b.teleports, b.vanished, b.duplicates), (0, 0, 0));
+        assert_eq!((b.counts.teleports, b.counts.vanished, b.counts.duplicates), (0, 0, 0));
     }
 }
