@@ -64,6 +64,12 @@ pub const PREFAULT_AHEAD_BYTES: usize = 16 << 20;
 /// Pages the flusher prepares in one pass of its loop: about a millisecond of work.
 const PREFAULT_STEP_BYTES: usize = 2 << 20;
 
+/// The flusher never prepares pages closer than this to the writer's end: a page being prepared
+/// is locked (with the readahead batch around it), and a writer that stores into it waits for
+/// the whole batch. A writer that has caught up faults the gap's pages itself, a microsecond or
+/// two each, instead of queueing behind the flusher on the same pages.
+const PREFAULT_GAP_BYTES: usize = 1 << 20;
+
 /// What the flusher reports back; read by the shard and the status line.
 #[derive(Default)]
 pub struct FlushState {
@@ -480,8 +486,9 @@ fn flush_loop(
         // Durability first, then the pages the writer will need next, off its thread. A failed
         // prefault (an old kernel) only leaves the faults to the writer.
         if let Some(p) = &mut current {
-            // At most a step a pass, so a sync due next never waits long behind it.
-            let from = p.prefaulted.max(p.end);
+            // At most a step a pass, so a sync due next never waits long behind it; never on the
+            // pages the writer is about to store into.
+            let from = p.prefaulted.max(p.end + PREFAULT_GAP_BYTES);
             let want = (p.end + PREFAULT_AHEAD_BYTES).min(p.segment.len()).min(from + PREFAULT_STEP_BYTES);
             if want > from {
                 let _ = p.segment.prefault(from, want);
