@@ -20,11 +20,12 @@ use hdrhistogram::Histogram;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use renet::RenetClient;
-use renet_netcode::{ClientAuthentication, ConnectToken, NetcodeClientTransport};
+use renet_netcode::{ClientAuthentication, ConnectToken};
 use rustc_hash::FxHashMap;
 
 use super::gateway::{connection_config, unix_now, PROTOCOL_ID};
 use super::key::Key;
+use super::transport::ClientTransport;
 use super::wire::{self, ClientMsg, Known, Snapshot, Update, WireError, INPUT_CHANNEL, UPDATE_CHANNEL};
 use crate::limits::TICK_DURATION_US;
 use crate::protocol::server::speed_of;
@@ -154,7 +155,7 @@ fn histogram() -> Histogram<u64> {
 struct Bot {
     seat: u64,
     client: RenetClient,
-    transport: Option<NetcodeClientTransport>,
+    transport: Option<ClientTransport>,
     attempt_began: Instant,
     connected_at: Option<Instant>,
     ever_connected: bool,
@@ -232,8 +233,7 @@ impl Bot {
             .map_err(|e| std::io::Error::other(format!("connect token: {e}")))?;
         let bind: SocketAddr = if cfg.connect.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("valid");
         let socket = UdpSocket::bind(bind)?;
-        let transport = NetcodeClientTransport::new(now, ClientAuthentication::Secure { connect_token: token }, socket)
-            .map_err(|e| std::io::Error::other(format!("netcode client: {e}")))?;
+        let transport = ClientTransport::new(now, ClientAuthentication::Secure { connect_token: token }, socket)?;
         self.client = RenetClient::new(connection_config());
         self.transport = Some(transport);
         self.attempt_began = Instant::now();
@@ -273,7 +273,7 @@ impl Bot {
         }
         if !self.client.is_connected() {
             if let Some(t) = self.transport.as_mut() {
-                let _ = t.send_packets(&mut self.client);
+                let _ = t.send_packets(&mut self.client, self.ticks);
             }
             return;
         }
@@ -312,9 +312,9 @@ impl Bot {
             self.ticks += 1;
         }
         // Packets go out with the inputs only: renet acknowledges every packet it receives with
-        // one of its own on each send, which at every step would be a third more datagrams.
+        // one of its own on each send (paced to one a second by the transport).
         if let Some(t) = self.transport.as_mut().filter(|_| input_step) {
-            let _ = t.send_packets(&mut self.client);
+            let _ = t.send_packets(&mut self.client, self.ticks);
         }
         if self.leave_at.is_some_and(|at| now >= at) {
             self.leave_at = None;

@@ -31,6 +31,7 @@ use renetcode::{NetcodeServer, ServerAuthentication, ServerConfig, ServerResult,
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::key::Key;
+use super::transport::{AckPacer, ACK_EVERY_TICKS};
 use super::wire::{
     self, ArchivedMoved, ArchivedSeen, ArchivedUpdate, ClientMsg, Known, Seen, Snapshot, INPUT_BYTES_MAX,
     INPUT_CHANNEL, UPDATE_CHANNEL,
@@ -257,6 +258,8 @@ pub struct GatewayStats {
     /// Cores' views newer than the tick sent, the core having run more than the views kept ahead
     /// of the slowest: their entities are shown as of the tick sent.
     pub late_views: u64,
+    /// renet acknowledgement packets not sent (one a second goes; see `transport`).
+    pub acks_paced: u64,
 }
 
 impl GatewayStats {
@@ -280,6 +283,7 @@ impl GatewayStats {
         self.speed_hacks += other.speed_hacks;
         self.transport_errors += other.transport_errors;
         self.late_views += other.late_views;
+        self.acks_paced += other.acks_paced;
     }
 }
 
@@ -293,6 +297,8 @@ struct Endpoint {
     addrs: FxHashMap<SocketAddr, ClientId>,
     /// Datagrams from each address this tick.
     per_addr: FxHashMap<SocketAddr, u32>,
+    /// Each connection's pace of renet acknowledgements.
+    acks: FxHashMap<ClientId, AckPacer>,
 }
 
 /// What a netcode server's answer asks for: a datagram out, a payload for renet, a connection.
@@ -384,10 +390,19 @@ impl Endpoint {
         }
     }
 
-    fn send(&mut self, stats: &mut GatewayStats) {
+    fn send(&mut self, tick: u64, stats: &mut GatewayStats) {
+        if tick % ACK_EVERY_TICKS == 0 {
+            let server = &self.server;
+            self.acks.retain(|id, _| server.is_connected(*id));
+        }
         for client_id in self.server.clients_id() {
             let Ok(packets) = self.server.get_packets_to_send(client_id) else { continue };
+            let acks = self.acks.entry(client_id).or_default();
             for packet in packets {
+                if !acks.pass(&packet, tick) {
+                    stats.acks_paced += 1;
+                    continue;
+                }
                 match self.netcode.generate_payload_packet(client_id, &packet) {
                     Ok((addr, payload)) => {
                         if self.socket.send_to(payload, addr).is_err() {
@@ -501,6 +516,7 @@ impl Gateway {
                 server: RenetServer::new(connection_config()),
                 addrs: FxHashMap::default(),
                 per_addr: FxHashMap::default(),
+                acks: FxHashMap::default(),
             });
         }
         Ok(Self {
@@ -602,11 +618,11 @@ impl Gateway {
 
     /// Sends every client its bubble as of `tick`, from every core's view of it; if a core has
     /// not got that far, as of the newest tick every core has (and nothing if that was sent).
-    pub fn send_updates(&mut self, tick: u64, views: &Views) {
-        let tick = views.common_tick(tick);
+    pub fn send_updates(&mut self, now_tick: u64, views: &Views) {
+        let tick = views.common_tick(now_tick);
         if tick <= self.last_sent_tick {
             for endpoint in &mut self.endpoints {
-                endpoint.send(&mut self.stats);
+                endpoint.send(now_tick, &mut self.stats);
             }
             return;
         }
@@ -614,7 +630,7 @@ impl Gateway {
         self.last_sent_tick = tick;
         if self.clients.is_empty() {
             for endpoint in &mut self.endpoints {
-                endpoint.send(&mut self.stats);
+                endpoint.send(now_tick, &mut self.stats);
             }
             return;
         }
@@ -697,7 +713,7 @@ impl Gateway {
             self.endpoints[client.endpoint].server.send_message(*client_id, UPDATE_CHANNEL, bytes);
         }
         for endpoint in &mut self.endpoints {
-            endpoint.send(&mut self.stats);
+            endpoint.send(now_tick, &mut self.stats);
         }
     }
 

@@ -5,6 +5,7 @@
 pub mod bots;
 pub mod gateway;
 pub mod key;
+pub mod transport;
 pub mod wire;
 
 pub use gateway::{Gateway, GatewayStats, Seats, ViewEntity, Views, CLIENT_BYTES_PER_S_DEFAULT};
