@@ -856,3 +856,41 @@ fn containers_load_as_a_player_comes_near_and_unload_once_no_player_is() {
 
     assert!(parked > 0 && woken > 0, "parked {parked}, woken {woken}");
 }
+
+/// Ships are rapier bodies, and their hulls collide: a pile-up may slow a ship or turn it, but
+/// never push it faster than a ship flies (the clients' check for teleports relies on it).
+#[test]
+fn a_collision_never_pushes_a_ship_past_its_top_speed() {
+    use shardmesh::protocol::server::speed_of;
+    let top = speed_of(EntityKind::Ship);
+    let ship = |x: f32, y: f32, z: f32, v: [f32; 3]| {
+        let mut s = EntityState::new(EntityKind::Ship, Vec3::new(x, y, z));
+        s.velocity = v;
+        s
+    };
+    let ships = vec![
+        (EntityId(1), ship(100.0, 10.0, 10.0, [top, 0.0, 0.0])),
+        (EntityId(2), ship(120.0, 10.5, 10.0, [-top, 0.0, 0.0])),
+        (EntityId(3), ship(110.0, 9.5, 10.5, [0.0, 0.0, 0.0])),
+        (EntityId(4), ship(110.0, 10.0, 14.0, [0.0, 0.0, -top])),
+        (EntityId(5), ship(104.0, 14.0, 10.0, [top * 0.6, -top * 0.8, 0.0])),
+    ];
+    let mut h = Harness::new(ships);
+    let dt = TICK_DURATION_US as f32 / 1e6;
+    let state = |h: &Harness, id: EntityId| {
+        h.servers.iter().find_map(|s| s.held().get(&id).map(|e| e.state.clone())).expect("held")
+    };
+    let mut last: Vec<Vec3> = (1..=5).map(|i| state(&h, EntityId(i)).pos()).collect();
+    let (mut fastest, mut furthest) = (0.0f32, 0.0f32);
+    for _ in 0..30 {
+        h.tick();
+        for i in 1..=5u64 {
+            let s = state(&h, EntityId(i));
+            fastest = fastest.max(s.vel().length());
+            furthest = furthest.max(s.pos().distance(last[i as usize - 1]));
+            last[i as usize - 1] = s.pos();
+        }
+    }
+    assert!(fastest <= top * 1.0001, "a ship at {fastest} m/s");
+    assert!(furthest <= top * dt * 1.0001, "a ship moved {furthest} m in a tick");
+}

@@ -81,6 +81,17 @@ pub fn speed_of(kind: EntityKind) -> f32 {
     }
 }
 
+/// What rapier made of an entity's tick, held to its top speed: contacts between hulls may slow
+/// a ship or turn it, but a pile-up's impulses and the push that separates overlapping hulls
+/// must not send it faster than a ship flies, or further in a tick (one already faster, given
+/// its speed by a test or a tool, keeps that as its limit). Clients check every entity's moves
+/// against its kind's speed, and a server validates inputs the same way.
+fn governed(current: &EntityState, next: Vec3, velocity: Vec3, dt: f32) -> (Vec3, Vec3) {
+    let top = speed_of(current.kind).max(current.vel().length());
+    let from = current.pos();
+    (from + (next - from).clamp_length_max(top * dt), velocity.clamp_length_max(top))
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Held {
     pub state: EntityState,
@@ -667,7 +678,7 @@ impl Server {
         for id in roots {
             let current = &self.entities[&id].state;
             let (next, velocity) = match self.physics.motion(id) {
-                Some(motion) => motion,
+                Some((next, velocity)) => governed(current, next, velocity, dt),
                 None => (current.pos() + current.vel() * dt, current.vel()),
             };
             if current.kind != EntityKind::Projectile && next == current.pos() && velocity == current.vel() {
