@@ -684,10 +684,16 @@ impl Gateway {
                     near.push(Near { d, e: *last, last_tick: *last_tick });
                 }
             }
-            near.sort_by(|a, b| a.d.total_cmp(&b.d).then(a.e.id.cmp(&b.e.id)));
-            // Crowded: what is shown is everything nearer than the first left out.
-            let horizon_m = near.get(SEEN_PER_UPDATE_MAX).map_or(BUBBLE_RADIUS_M, |n| n.d);
-            near.truncate(SEEN_PER_UPDATE_MAX);
+            // Crowded: the nearest are shown (selected, not sorted: `next_snapshot` orders them by
+            // id), and the horizon is the first left out.
+            let horizon_m = if near.len() > SEEN_PER_UPDATE_MAX {
+                near.select_nth_unstable_by(SEEN_PER_UPDATE_MAX, |a, b| a.d.total_cmp(&b.d).then(a.e.id.cmp(&b.e.id)));
+                let horizon = near[SEEN_PER_UPDATE_MAX].d;
+                near.truncate(SEEN_PER_UPDATE_MAX);
+                horizon
+            } else {
+                BUBBLE_RADIUS_M
+            };
             let next = next_snapshot(
                 &client.sent,
                 client.acked,
@@ -789,9 +795,10 @@ fn next_snapshot(
     bytes_max: usize,
 ) -> Snapshot {
     struct Candidate {
-        fresh: Known,
         current: Option<Known>,
-        base: Option<Known>,
+        /// What the client should have, and the bytes it costs against what it has.
+        preferred: Known,
+        extra: isize,
         priority: f32,
     }
     /// The entry for `id` in `list` (by id), from place `*at` on, which it moves past.
@@ -807,6 +814,8 @@ fn next_snapshot(
     let last_known = sent.back().map_or(&[][..], |l| &l.known[..]);
     let (mut at_base, mut at_last, mut at_priority, mut in_base) = (0, 0, 0, 0);
     let mut bytes = UPDATE_BYTES;
+    // Bytes if every entity got what it should have.
+    let mut wanted = 0;
     let mut candidates = Vec::with_capacity(near.len());
     let mut priorities = Vec::with_capacity(near.len());
     for n in near.iter() {
@@ -817,29 +826,42 @@ fn next_snapshot(
         let current = find(last_known, &mut at_last, e.id, |k| k.seen.id);
         let base = find(base_known, &mut at_base, e.id, |k| k.seen.id);
         in_base += base.is_some() as usize;
-        bytes += cost(current.as_ref(), base.as_ref());
+        let old = cost(current.as_ref(), base.as_ref());
+        bytes += old;
+        let preferred = match (base, current) {
+            (Some(b), _) if predicts(&b, &fresh) => b,
+            (_, Some(k)) if predicts(&k, &fresh) => k,
+            _ => fresh,
+        };
+        let extra = cost(Some(&preferred), base.as_ref()) as isize - old as isize;
+        wanted += extra.max(0) as usize;
         let waited = find(priority, &mut at_priority, e.id, |p| p.0).map_or(0.0, |p| p.1);
         let p = waited + weight(e.kind, n.d);
         priorities.push((e.id, p));
         let priority = if e.id == player { f32::INFINITY } else { p };
-        candidates.push(Candidate { fresh, current, base, priority });
+        candidates.push(Candidate { current, preferred, extra, priority });
     }
     // What the baseline has and the bubble no longer does.
     bytes += GONE_BYTES * (base_known.len() - in_base);
-    let mut order: Vec<usize> = (0..candidates.len()).collect();
-    order.sort_by(|a, b| candidates[*b].priority.total_cmp(&candidates[*a].priority));
-    for i in order {
-        let c = &mut candidates[i];
-        let preferred = match (c.base, c.current) {
-            (Some(b), _) if predicts(&b, &c.fresh) => b,
-            (_, Some(k)) if predicts(&k, &c.fresh) => k,
-            _ => c.fresh,
-        };
-        let (old, new) = (cost(c.current.as_ref(), c.base.as_ref()), cost(Some(&preferred), c.base.as_ref()));
-        if c.current == Some(preferred) || new <= old || bytes + new - old <= bytes_max || c.priority.is_infinite() {
-            bytes = bytes + new - old;
-            c.current = Some(preferred);
-            priorities[i].1 = 0.0;
+    let take = |c: &mut Candidate, bytes: &mut usize, waited: &mut f32| {
+        *bytes = (*bytes as isize + c.extra) as usize;
+        c.current = Some(c.preferred);
+        *waited = 0.0;
+    };
+    if bytes + wanted <= bytes_max {
+        // Everything fits, in whatever order.
+        for (c, p) in candidates.iter_mut().zip(priorities.iter_mut()) {
+            take(c, &mut bytes, &mut p.1);
+        }
+    } else {
+        let mut order: Vec<usize> = (0..candidates.len()).collect();
+        order.sort_by(|a, b| candidates[*b].priority.total_cmp(&candidates[*a].priority));
+        for i in order {
+            let c = &mut candidates[i];
+            let fits = (bytes as isize + c.extra) as usize <= bytes_max;
+            if c.current == Some(c.preferred) || c.extra <= 0 || fits || c.priority.is_infinite() {
+                take(c, &mut bytes, &mut priorities[i].1);
+            }
         }
     }
     *priority = priorities;
