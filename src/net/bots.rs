@@ -27,7 +27,7 @@ use super::gateway::{connection_config, unix_now, PROTOCOL_ID};
 use super::key::Key;
 use super::transport::ClientTransport;
 use super::wire::{self, ClientMsg, Known, Snapshot, Update, WireError, INPUT_CHANNEL, UPDATE_CHANNEL};
-use crate::limits::TICK_DURATION_US;
+use crate::limits::{REACH_M, TICK_DURATION_US};
 use crate::protocol::server::speed_of;
 use crate::protocol::Action;
 use crate::world::{EntityId, EntityKind};
@@ -390,10 +390,20 @@ impl Bot {
         };
         if self.last_tick > 0 {
             for k in &snapshot.known {
-                // A new state: no further from the last one than its speed allows.
+                // A new state: no further from the last one than its speed allows. An item moves
+                // only when carried: between two states on the floor it may have been picked up
+                // (a jump to its carrier, within reach) and carried off (at a ship's speed at
+                // most) without the client seeing it carried, if an update was skipped or its
+                // state waited for room in one.
                 if let Some(prev) = self.view.get(&k.seen.id) {
                     if k.as_of > prev.as_of && !prev.seen.carried && !k.seen.carried {
-                        let allowed = speed_of(k.seen.kind) * dt * (k.as_of - prev.as_of) as f32 + 0.5;
+                        let ticks = k.as_of - prev.as_of;
+                        let allowed = match k.seen.kind {
+                            EntityKind::Item { .. } => {
+                                REACH_M + speed_of(EntityKind::Ship) * dt * (ticks - 1) as f32 + 0.5
+                            }
+                            kind => speed_of(kind) * dt * ticks as f32 + 0.5,
+                        };
                         if prev.seen.position_m().distance(k.seen.position_m()) > allowed {
                             self.counts.teleports += 1;
                         }
@@ -645,6 +655,12 @@ mod tests {
         // Shown twice in one update.
         b.take_update(now, &update(7, vec![me(0.0), other(17.0), other(17.0)]));
         assert_eq!(b.counts.duplicates, 1);
+        // An item on the floor that is somewhere else on the floor a tick later, further than
+        // any pickup reaches.
+        let item = |x: f32| seen(3, EntityKind::Item { capacity: 0 }, [x, -10.0, 0.0], false);
+        b.take_update(now, &update(8, vec![me(0.0), item(0.0)]));
+        b.take_update(now, &update(9, vec![me(0.0), item(REACH_M + 1.0)]));
+        assert_eq!(b.counts.teleports, 2);
     }
 
     #[test]
@@ -657,6 +673,10 @@ mod tests {
         b.take_update(now, &update(1, vec![me, item([20.0, 0.0, 0.0], false)]));
         b.take_update(now, &update(2, vec![me]));
         b.take_update(now, &update(30, vec![me, item([-25.0, 0.0, 0.0], false)]));
+        // Picked up and put down again between two updates, the carry itself not seen: a jump
+        // within reach, and a tick of a carrier's motion.
+        b.take_update(now, &update(40, vec![me, item([3.0, 0.0, 0.0], false)]));
+        b.take_update(now, &update(42, vec![me, item([3.0 + REACH_M + 4.0, 0.0, 0.0], false)]));
         // A passenger next to the bubble's edge, carried out of it by a ship in one tick.
         let passenger = |x: f32| seen(4, EntityKind::Player, [x, 0.0, 0.0], true);
         b.take_update(now, &update(31, vec![me, passenger(36.0)]));
