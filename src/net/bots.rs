@@ -186,6 +186,8 @@ struct Bot {
     /// carried then.
     gone: FxHashMap<EntityId, (u64, Known)>,
     counts: Counts,
+    /// Time not yet given to renet and netcode.
+    since_update: Duration,
     connect_us: Vec<u64>,
     latency_us: Histogram<u64>,
 }
@@ -220,6 +222,7 @@ impl Bot {
             view: FxHashMap::default(),
             gone: FxHashMap::default(),
             counts: Counts::default(),
+            since_update: Duration::ZERO,
             connect_us: Vec::new(),
             latency_us: histogram(),
         };
@@ -237,6 +240,7 @@ impl Bot {
         self.client = RenetClient::new(connection_config());
         self.transport = Some(transport);
         self.attempt_began = Instant::now();
+        self.since_update = Duration::ZERO;
         self.connected_at = None;
         self.view.clear();
         self.gone.clear();
@@ -260,8 +264,18 @@ impl Bot {
             return;
         }
         let Some(transport) = self.transport.as_mut() else { return };
-        self.client.update(dt);
-        if transport.update(dt, &mut self.client).is_err() || self.client.is_disconnected() {
+        // renet and netcode keep time (timeouts, keep-alives) on the input steps; the steps
+        // between only read what arrived.
+        self.since_update += dt;
+        let input_step = (self.steps + 1) % STEPS_PER_TICK == 0;
+        let result = if input_step || !self.client.is_connected() {
+            let dt = std::mem::take(&mut self.since_update);
+            self.client.update(dt);
+            transport.update(dt, &mut self.client)
+        } else {
+            transport.receive(&mut self.client)
+        };
+        if result.is_err() || self.client.is_disconnected() {
             if let Some(at) = self.connected_at.take() {
                 self.connected_for += at.elapsed();
             }

@@ -84,6 +84,16 @@ impl ClientTransport {
         } else if self.netcode.is_connecting() {
             client.set_connecting();
         }
+        self.receive(client)?;
+        if let Some((packet, addr)) = self.netcode.update(dt) {
+            self.socket.send_to(packet, addr)?;
+        }
+        Ok(())
+    }
+
+    /// Hands `client` what arrived, and nothing else: between two `update`s, a client that reads
+    /// more often than it ticks.
+    pub fn receive(&mut self, client: &mut RenetClient) -> std::io::Result<()> {
         loop {
             let (len, addr) = match self.socket.recv_from(&mut self.buffer[..]) {
                 Ok(r) => r,
@@ -97,9 +107,6 @@ impl ClientTransport {
             if let Some(payload) = self.netcode.process_packet(&mut self.buffer[..len]) {
                 client.process_packet(payload);
             }
-        }
-        if let Some((packet, addr)) = self.netcode.update(dt) {
-            self.socket.send_to(packet, addr)?;
         }
         Ok(())
     }
