@@ -452,7 +452,8 @@ impl Bot {
             }
             self.gone.retain(|_, (at, _)| tick < *at + 60);
         }
-        self.view = snapshot.known.iter().map(|k| (k.seen.id, *k)).collect();
+        self.view.clear();
+        self.view.extend(snapshot.known.iter().map(|k| (k.seen.id, *k)));
         self.last_tick = tick;
     }
 
