@@ -655,12 +655,25 @@ impl Gateway {
             self.merged.push((e, view_tick));
         }
         let pad = Vec3::splat(BUBBLE_RADIUS_M);
+        let dt = TICK_DURATION_US as f32 / 1e6;
         for (client_id, client) in self.clients.iter_mut() {
-            let Some(me) = self.index.get(&client.player).map(|i| self.merged[*i].0) else {
-                // The player is between cores this tick: the next update catches up.
+            let Some((me, me_tick)) = self.index.get(&client.player).map(|i| self.merged[*i]) else {
+                // The player is between cores this tick: the next update catches up. What it was
+                // shown that is on its way between servers now is remembered so, for the next
+                // update to hold it where it left (its neighbours often cross with it).
+                for (last, last_tick) in client.shown.iter_mut() {
+                    if let Some(&(e, t)) = self.index.get(&last.id).map(|i| &self.merged[*i]) {
+                        if e.leaving {
+                            (*last, *last_tick) = (e, t);
+                        }
+                    }
+                }
                 continue;
             };
-            let at = Vec3::from_array(me.position);
+            // The bubble is around where the player is at `tick`, as the client reckons it: from a
+            // core whose view is behind (it skipped ticks under load), the player's state is of an
+            // earlier tick, up to a few metres back along its way.
+            let at = Vec3::from_array(me.position) + Vec3::from_array(me.velocity) * dt * (tick - me_tick) as f32;
             let mut near = std::mem::take(&mut self.near);
             near.clear();
             let merged = &self.merged;
@@ -988,5 +1001,36 @@ mod tests {
             }
             sent.push_back(next);
         }
+    }
+
+    /// A player crossing between cores with a neighbour: in the tick the player is in flight the
+    /// client gets no update, and the neighbour's handoff shows only in that tick's views. The
+    /// next update still holds the neighbour where it left, until its new server adopts it.
+    #[test]
+    fn a_neighbour_handed_off_while_the_player_is_between_cores_is_held() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let public = socket.local_addr().unwrap();
+        let seats = Arc::new(Seats::new(vec![EntityId(1)]));
+        let mut g = Gateway::new(vec![socket], public, [7; 32], false, CLIENT_BYTES_PER_S_DEFAULT, seats).unwrap();
+        g.clients.insert(1, Client::new(0, EntityId(1)));
+        let views = Views::new(2);
+        let me = |x: f32| entity(1, EntityKind::Player, x, 0.0);
+        let neighbour = |leaving| ViewEntity { leaving, ..entity(2, EntityKind::Player, 3.0, 0.0) };
+        let shown = |g: &Gateway| g.clients[&1].sent.back().and_then(|s| s.get(EntityId(2)).copied());
+        views.publish(0, 1, vec![me(0.0), neighbour(false)]);
+        views.publish(1, 1, vec![]);
+        g.send_updates(1, &views);
+        assert!(shown(&g).is_some());
+        // Tick 2: both handed from core 0 to core 1; the player is in no view.
+        views.publish(0, 2, vec![neighbour(true)]);
+        views.publish(1, 2, vec![]);
+        g.send_updates(2, &views);
+        assert_eq!(g.clients[&1].sent.back().map(|s| s.tick), Some(1), "no update while the player is in flight");
+        // Tick 3: core 1 has adopted the player, not yet the neighbour.
+        views.publish(0, 3, vec![]);
+        views.publish(1, 3, vec![me(0.1)]);
+        g.send_updates(3, &views);
+        assert_eq!(g.clients[&1].sent.back().map(|s| s.tick), Some(3));
+        assert!(shown(&g).is_some(), "the neighbour in flight is held where it left");
     }
 }
