@@ -29,8 +29,12 @@ pub const SHIP_CAPACITY_COUNT: usize = 12;
 /// the graph, so a corrupt parent chain cannot loop forever.
 pub const GRAPH_DEPTH_MAX: usize = 8;
 
-/// How far a player reaches to pick up an item or board a ship.
+/// How far a player reaches to pick up an item.
 pub const REACH_M: f32 = 6.0;
+
+/// How far a player reaches to board a ship: a player boarding jumps to it, and what it carries
+/// with it.
+pub const BOARD_REACH_M: f32 = 3.0 * REACH_M;
 
 /// Distance at which a projectile hits.
 pub const HIT_RADIUS_M: f32 = 2.0;

@@ -27,7 +27,7 @@ use super::gateway::{connection_config, unix_now, PROTOCOL_ID};
 use super::key::Key;
 use super::transport::ClientTransport;
 use super::wire::{self, ClientMsg, Known, Snapshot, Update, WireError, INPUT_CHANNEL, UPDATE_CHANNEL};
-use crate::limits::{REACH_M, TICK_DURATION_US};
+use crate::limits::{BOARD_REACH_M, REACH_M, TICK_DURATION_US};
 use crate::protocol::server::speed_of;
 use crate::protocol::Action;
 use crate::world::{EntityId, EntityKind};
@@ -398,9 +398,10 @@ impl Bot {
         let dt = TICK_DURATION_US as f32 / 1e6;
         // How far an entity can have got from a state of its, `ticks` later: what carries it
         // moves it at a ship's speed at most.
-        let reach = |k: &Known, ticks: u64| {
-            let speed = if k.seen.carried { speed_of(EntityKind::Ship) } else { speed_of(k.seen.kind) };
-            speed * dt * ticks as f32 + 1.0
+        // A carried entity also jumps with its carrier when that boards a ship.
+        let reach = |k: &Known, ticks: u64| match k.seen.carried {
+            true => speed_of(EntityKind::Ship) * dt * ticks as f32 + BOARD_REACH_M + 1.0,
+            false => speed_of(k.seen.kind) * dt * ticks as f32 + 1.0,
         };
         if self.last_tick > 0 {
             for k in &snapshot.known {

@@ -18,8 +18,8 @@ use glam::Vec3;
 use super::messages::{Delta, Epoch, Ghost, Incarnation, Owned, ReplicationMsg, ServerMsg, ToReplication, ToServer};
 use super::physics::{self, Physics};
 use crate::limits::{
-    GHOST_MARGIN_M, HANDOFFS_PER_TICK_MAX, HIT_RADIUS_M, LEASE_DURATION_US, PROJECTILE_DAMAGE, PROJECTILE_TTL_TICKS,
-    REACH_M, TICK_DURATION_US,
+    BOARD_REACH_M, GHOST_MARGIN_M, HANDOFFS_PER_TICK_MAX, HIT_RADIUS_M, LEASE_DURATION_US, PROJECTILE_DAMAGE,
+    PROJECTILE_TTL_TICKS, REACH_M, TICK_DURATION_US,
 };
 use crate::world::stream::{STREAM_LOAD_RADIUS_M, STREAM_PERIOD_TICKS, STREAM_UNLOAD_RADIUS_M};
 use crate::world::{
@@ -585,7 +585,7 @@ impl Server {
                     return false;
                 }
                 let (grid, entities) = (&self.ship_grid, &self.entities);
-                let ship = grid.nearest_by_id(actor.pos(), 3.0 * REACH_M, |id| {
+                let ship = grid.nearest_by_id(actor.pos(), BOARD_REACH_M, |id| {
                     entities.get(&id).is_some_and(|h| h.state.kind == EntityKind::Ship)
                 });
                 match ship {
