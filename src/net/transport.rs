@@ -9,7 +9,7 @@
 //! acknowledgement (`ClientMsg::Ack`), so renet's acknowledgements only feed its round-trip and
 //! loss figures and let it forget what it sent; one a second does that.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::time::Duration;
 
 use renet::RenetClient;
@@ -61,10 +61,6 @@ impl ClientTransport {
         socket.set_nonblocking(true)?;
         let netcode = NetcodeClient::new(now, authentication).map_err(netcode_error)?;
         Ok(Self { socket, netcode, buffer: Box::new([0; NETCODE_MAX_PACKET_BYTES]), acks: AckPacer::default() })
-    }
-
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.socket.local_addr()
     }
 
     /// Advances netcode by `dt` and hands `client` what arrived. An error means the connection is
