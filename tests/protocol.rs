@@ -501,6 +501,45 @@ fn a_crash_on_one_core_is_recovered_by_the_controller_on_another() {
     assert_eq!(h.slices[0].map(), h.slices[1].map(), "both slices have the controller's map");
 }
 
+/// A client's input for a player another core holds leaves on its own, ahead of the tick's other
+/// messages (which wait for the tick's commit), and the slice holding the player routes it to
+/// the player's server.
+#[test]
+fn a_client_input_for_a_player_on_another_core_goes_ahead_alone_and_reaches_its_server() {
+    use shardmesh::protocol::{Action, SliceId, SliceMsg};
+    let player = EntityId(5);
+    let mut entities = ship_with_crew(25.0, 300.0);
+    entities.push((player, at(EntityKind::Player, 5.0)));
+    let mut h = Sliced::new(entities);
+    // The ship crosses into B on core 1 in this tick: slice 0 has a transfer for slice 1 queued.
+    for s in h.servers.iter_mut() {
+        s.tick(h.now + TICK_DURATION_US);
+    }
+    for s in h.servers.iter_mut() {
+        while let Some(m) = s.poll_message() {
+            let core = (s.id().0 % 2) as usize;
+            h.slices[core].handle(h.now + TICK_DURATION_US, m);
+        }
+    }
+    // Slice 1 routes an input for a player slice 0 holds.
+    assert_eq!(h.slice_of(player), vec![0]);
+    h.slices[1].route_input(player, 7, Action::Move([1.0, 0.0, 0.0]));
+    let Some((to, msg)) = h.slices[1].poll_peer_input() else { panic!("the input is queued to go ahead") };
+    assert_eq!(to, SliceId(0));
+    assert!(matches!(msg, SliceMsg::Input { entity, seq: 7, .. } if entity == player));
+    assert!(h.slices[1].poll_peer_input().is_none(), "one other slice, one copy");
+    assert!(h.slices[0].poll_peer_input().is_none(), "the transfer is not an input: it waits for the commit");
+    let routed = h.slices[0].stats.inputs_routed;
+    h.slices[0].handle_peer(SliceId(1), msg);
+    assert_eq!(h.slices[0].stats.inputs_routed, routed + 1, "routed to the player's server");
+    // The transfer still goes, with the tick's other messages.
+    let mut transfers = 0;
+    while let Some((_, m)) = h.slices[0].poll_peer() {
+        transfers += matches!(m, SliceMsg::Transfer { .. }) as usize;
+    }
+    assert_eq!(transfers, 1);
+}
+
 /// Regression (found by the live demo with 3,000 players): on a full ship one passenger leaves
 /// and another boards in the same tick. The layer must see the leaving before the boarding, or
 /// it counts the ship over its capacity and refuses a legal move.

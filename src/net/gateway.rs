@@ -22,6 +22,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -167,6 +168,8 @@ pub struct ViewEntity {
 pub struct Views {
     /// Each core's newest views, newest first, with the tick each is of.
     slots: Vec<Mutex<[View; VIEWS_KEPT]>>,
+    /// The newest tick whose clients' inputs each core has sent on to the others.
+    inputs_sent: Vec<AtomicU64>,
 }
 
 type View = Arc<(u64, Vec<ViewEntity>)>;
@@ -179,7 +182,18 @@ const VIEWS_KEPT: usize = 32;
 impl Views {
     pub fn new(cores: usize) -> Self {
         let empty = || Arc::new((0, Vec::new()));
-        Self { slots: (0..cores).map(|_| Mutex::new(std::array::from_fn(|_| empty()))).collect() }
+        Self {
+            slots: (0..cores).map(|_| Mutex::new(std::array::from_fn(|_| empty()))).collect(),
+            inputs_sent: (0..cores).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+    /// Core `core` has sent the other cores the inputs its gateway took in tick `tick`.
+    pub fn inputs_sent(&self, core: usize, tick: u64) {
+        self.inputs_sent[core].fetch_max(tick, Ordering::Release);
+    }
+    /// Whether every core has sent on its clients' inputs of `tick` (or a later one).
+    pub fn all_inputs_sent(&self, tick: u64) -> bool {
+        self.inputs_sent.iter().all(|t| t.load(Ordering::Acquire) >= tick)
     }
     /// Core `core`'s entities as of the end of its tick `tick`.
     pub fn publish(&self, core: usize, tick: u64, view: Vec<ViewEntity>) {

@@ -108,6 +108,9 @@ pub struct Replication {
     /// The controller's view of which servers are live on any core (slice 0 only).
     live_everywhere: BTreeSet<ServerId>,
     peer_outbox: VecDeque<(SliceId, SliceMsg)>,
+    /// Clients' inputs for the other slices: they carry no state of this slice's, so they may
+    /// leave before the tick's commit (see `poll_peer_input`).
+    input_outbox: VecDeque<(SliceId, SliceMsg)>,
     /// Controller: the last load report of each slice (entities per region).
     loads: Vec<BTreeMap<RegionId, u32>>,
     /// This tick's border ghosts of each live local server, and the last of each other slice.
@@ -162,6 +165,7 @@ impl Replication {
             slices,
             live_everywhere: BTreeSet::new(),
             peer_outbox: VecDeque::new(),
+            input_outbox: VecDeque::new(),
             loads: vec![BTreeMap::new(); slices as usize],
             ghosts_local: BTreeMap::new(),
             ghosts_remote: vec![Vec::new(); slices as usize],
@@ -338,9 +342,16 @@ impl Replication {
         self.outbox.pop_front()
     }
 
-    /// The next message for another slice.
+    /// The next message for another slice (clients' inputs first).
     pub fn poll_peer(&mut self) -> Option<(SliceId, SliceMsg)> {
-        self.peer_outbox.pop_front()
+        self.input_outbox.pop_front().or_else(|| self.peer_outbox.pop_front())
+    }
+
+    /// The next client input for another slice. Inputs change no record, so nothing of them needs
+    /// to be in the log before they leave: a shard sends them on as soon as its gateway routes
+    /// them, and the slice that holds the player applies them in the same tick.
+    pub fn poll_peer_input(&mut self) -> Option<(SliceId, SliceMsg)> {
+        self.input_outbox.pop_front()
     }
 
     pub fn slice(&self) -> SliceId {
@@ -755,7 +766,7 @@ impl Replication {
             return;
         }
         for slice in (0..self.slices).map(SliceId).filter(|s| *s != self.slice) {
-            self.peer_outbox.push_back((slice, SliceMsg::Input { entity, seq, action: action.clone() }));
+            self.input_outbox.push_back((slice, SliceMsg::Input { entity, seq, action: action.clone() }));
         }
     }
 

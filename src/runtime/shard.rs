@@ -32,10 +32,14 @@ pub const FRAMES_PER_PEER_PER_TICK_MAX: usize = 65_536;
 /// How long a stopping shard keeps moving messages between cores.
 pub const SETTLE: Duration = Duration::from_millis(150);
 
-/// The stages of a tick, for the stall report.
 /// How long a gateway waits for the other cores' view of its tick before it sends what it has.
 const VIEW_WAIT_MAX: Duration = Duration::from_millis(15);
 
+/// How long a core waits for the other cores' clients' inputs of its tick before its servers tick
+/// without them (those late wait for the next tick).
+const INPUT_WAIT_MAX: Duration = Duration::from_millis(3);
+
+/// The stages of a tick, for the stall report.
 pub const STAGES: [&str; 6] = ["receive", "inputs", "servers", "slice", "send", "clients"];
 
 /// What the status line reads while the shard runs (relaxed atomics: a dashboard, not a protocol).
@@ -305,6 +309,18 @@ impl Shard {
         while let Some((to, msg)) = self.slice.poll_peer() {
             self.pending[to.0 as usize].push_back(msg);
         }
+        self.push_pending();
+    }
+
+    /// Only the clients' inputs for other cores into their rings, ahead of the tick's commit.
+    fn send_inputs(&mut self) {
+        while let Some((to, msg)) = self.slice.poll_peer_input() {
+            self.pending[to.0 as usize].push_back(msg);
+        }
+        self.push_pending();
+    }
+
+    fn push_pending(&mut self) {
         for (to, queue) in self.pending.iter_mut().enumerate() {
             let Some(producer) = self.producers[to].as_mut() else { continue };
             while let Some(msg) = queue.front() {
@@ -453,7 +469,21 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
         // once its world is loaded; until then their connection requests wait.
         let accepting = setup.start.elapsed() >= setup.warmup;
         if accepting {
+            // Inputs for a player another core holds go there at once, and this core waits
+            // (briefly) for the other cores' inputs of this tick before its servers tick: an
+            // input is applied in the tick that took it in, whichever core holds the player.
             shard.client_inputs(now);
+            shard.send_inputs();
+            let views = shard.gateway.as_ref().map(|gw| gw.views.clone());
+            if let Some(views) = views {
+                views.inputs_sent(shard.index, scheduled_tick);
+                let wait_until = (Instant::now() + INPUT_WAIT_MAX).min(next);
+                while !views.all_inputs_sent(scheduled_tick) && Instant::now() < wait_until {
+                    glommio::timer::sleep(Duration::from_micros(100)).await;
+                }
+                shard.receive();
+                shard.pump_local(now);
+            }
         }
         if !overloaded {
             shard.drive_bots(now);
