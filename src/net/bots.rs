@@ -180,8 +180,8 @@ struct Bot {
     snapshots: VecDeque<Snapshot>,
     /// The newest update taken in and not yet acknowledged.
     ack: Option<u64>,
-    /// Each entity in view, as the bot knows it.
-    view: FxHashMap<EntityId, Known>,
+    /// Each entity in view, as the bot knows it, by id.
+    view: Vec<Known>,
     /// What left the view from well inside it: when it left, its last state, and whether it was
     /// carried then.
     gone: FxHashMap<EntityId, (u64, Known)>,
@@ -219,7 +219,7 @@ impl Bot {
             last_tick: 0,
             snapshots: VecDeque::with_capacity(SNAPSHOTS_KEPT),
             ack: None,
-            view: FxHashMap::default(),
+            view: Vec::new(),
             gone: FxHashMap::default(),
             counts: Counts::default(),
             since_update: Duration::ZERO,
@@ -404,13 +404,18 @@ impl Bot {
             false => speed_of(k.seen.kind) * dt * ticks as f32 + 1.0,
         };
         if self.last_tick > 0 {
+            // The view and the snapshot are both by id: walked side by side.
+            let mut at = 0;
             for k in &snapshot.known {
                 // A new state: no further from the last one than its speed allows. An item moves
                 // only when carried: between two states on the floor it may have been picked up
                 // (a jump to its carrier, within reach) and carried off (at a ship's speed at
                 // most) without the client seeing it carried, if an update was skipped or its
                 // state waited for room in one.
-                if let Some(prev) = self.view.get(&k.seen.id) {
+                while self.view.get(at).is_some_and(|p| p.seen.id < k.seen.id) {
+                    at += 1;
+                }
+                if let Some(prev) = self.view.get(at).filter(|p| p.seen.id == k.seen.id) {
                     if k.as_of > prev.as_of && !prev.seen.carried && !k.seen.carried {
                         let ticks = k.as_of - prev.as_of;
                         let allowed = match k.seen.kind {
@@ -443,25 +448,36 @@ impl Bot {
             // walking in the middle not.
             if let Some(me) = self.me {
                 let horizon = snapshot.horizon_dm as f32 / 10.0;
-                for (id, prev) in &self.view {
+                let mut at = 0;
+                for prev in &self.view {
+                    while snapshot.known.get(at).is_some_and(|k| k.seen.id < prev.seen.id) {
+                        at += 1;
+                    }
+                    if snapshot.known.get(at).is_some_and(|k| k.seen.id == prev.seen.id)
+                        || prev.seen.kind == EntityKind::Projectile
+                    {
+                        continue;
+                    }
                     let inside =
                         prev.seen.position_m().distance(me) + reach(prev, tick - prev.as_of.min(tick)) < horizon;
-                    if inside && prev.seen.kind != EntityKind::Projectile && snapshot.get(*id).is_none() {
-                        self.gone.insert(*id, (tick, *prev));
+                    if inside {
+                        self.gone.insert(prev.seen.id, (tick, *prev));
                     }
                 }
             }
-            self.gone.retain(|_, (at, _)| tick < *at + 60);
+            if !self.gone.is_empty() {
+                self.gone.retain(|_, (at, _)| tick < *at + 60);
+            }
         }
         self.view.clear();
-        self.view.extend(snapshot.known.iter().map(|k| (k.seen.id, *k)));
+        self.view.extend_from_slice(&snapshot.known);
         self.last_tick = tick;
     }
 
     fn nearest_other_player(&self) -> Option<Vec3> {
         let me = self.me?;
         self.view
-            .values()
+            .iter()
             .filter(|k| k.seen.kind == EntityKind::Player)
             .map(|k| k.position_m_at(self.last_tick) - me)
             .filter(|d| d.length() > 1.0)

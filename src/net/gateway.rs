@@ -447,6 +447,8 @@ struct Client {
     last_seq: u32,
     /// What the last update showed, with the tick each entity was last in a core's view, by id.
     shown: Vec<(ViewEntity, u64)>,
+    /// Whether anything in `shown` was leaving its server.
+    shown_leaving: bool,
     /// The updates sent lately, as the client holds each once it takes it in, oldest first.
     sent: VecDeque<Snapshot>,
     /// The newest update the client acknowledged.
@@ -472,6 +474,7 @@ impl Client {
             player,
             last_seq: 0,
             shown: Vec::new(),
+            shown_leaving: false,
             sent: VecDeque::with_capacity(SENT_KEPT),
             acked: 0,
             priority: Vec::new(),
@@ -488,6 +491,7 @@ pub struct Gateway {
     grid: Grid<u32>,
     /// A client's bubble, kept between clients for its memory.
     near: Vec<Near>,
+    scratch: Scratch,
     /// The tick of the last updates sent: each tick's go out once.
     last_sent_tick: u64,
     /// Every entity in the views of the tick being sent, with the tick of the view it is from.
@@ -541,6 +545,7 @@ impl Gateway {
             // Cells as wide as the bubble: a bubble query touches 27 of them.
             grid: Grid::new(BUBBLE_RADIUS_M),
             near: Vec::new(),
+            scratch: Scratch::default(),
             last_sent_tick: 0,
             merged: Vec::new(),
             index: FxHashMap::default(),
@@ -679,6 +684,7 @@ impl Gateway {
                     if let Some(&(e, t)) = self.index.get(&last.id).map(|i| &self.merged[*i]) {
                         if e.leaving {
                             (*last, *last_tick) = (e, t);
+                            client.shown_leaving = true;
                         }
                     }
                 }
@@ -701,7 +707,7 @@ impl Gateway {
             // Held through a handoff: what was last shown leaving its server stays where it left
             // until a server adopts it. In flight it is not simulated: shown where it left (the
             // views carry the state a handoff gave up), as of when it left.
-            for (last, last_tick) in &client.shown {
+            for (last, last_tick) in client.shown.iter().filter(|_| client.shown_leaving) {
                 let in_flight = last.leaving && tick <= last_tick + HANDOFF_HOLD_TICKS;
                 if !in_flight || self.index.contains_key(&last.id) {
                     continue;
@@ -729,15 +735,27 @@ impl Gateway {
                 (tick, me.input_seq, (horizon_m * 10.0) as u16),
                 &mut near,
                 self.update_bytes_max,
+                &mut self.scratch,
             );
             // What the client is shown (`near` is by id now, as is `next`).
             client.shown.clear();
-            client.shown.extend(near.iter().filter(|n| next.get(n.e.id).is_some()).map(|n| (n.e, n.last_tick)));
+            let mut at = 0;
+            for n in near.iter() {
+                while next.known.get(at).is_some_and(|k| k.seen.id < n.e.id) {
+                    at += 1;
+                }
+                if next.known.get(at).is_some_and(|k| k.seen.id == n.e.id) {
+                    client.shown.push((n.e, n.last_tick));
+                }
+            }
+            client.shown_leaving = client.shown.iter().any(|(e, _)| e.leaving);
             self.near = near;
             let update = next.delta_from(baseline(&client.sent, client.acked));
             let bytes = wire::encode(&update);
             if client.sent.len() == SENT_KEPT {
-                client.sent.pop_front();
+                if let Some(oldest) = client.sent.pop_front() {
+                    self.scratch.known = oldest.known;
+                }
             }
             client.sent.push_back(next);
             self.stats.updates += 1;
@@ -812,6 +830,26 @@ fn predicts(k: &Known, fresh: &Known) -> bool {
 /// strayed from the truth gets the truth (or the baseline's, if that predicts it well), by
 /// priority, while the update stays within `bytes_max` against the baseline. The client's own
 /// entity always goes. Every list here is ordered by id and walked side by side.
+/// An entity of the bubble as `next_snapshot` weighs it.
+struct Candidate {
+    current: Option<Known>,
+    /// What the client should have, and the bytes it costs against what it has.
+    preferred: Known,
+    extra: isize,
+    priority: f32,
+}
+
+/// What `next_snapshot` works in, kept from one client to the next for its memory.
+#[derive(Default)]
+struct Scratch {
+    candidates: Vec<Candidate>,
+    priorities: Vec<(EntityId, f32)>,
+    order: Vec<usize>,
+    /// Room for the next snapshot's entities (the oldest snapshot kept gives up its own).
+    known: Vec<Known>,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn next_snapshot(
     sent: &VecDeque<Snapshot>,
     acked: u64,
@@ -820,14 +858,8 @@ fn next_snapshot(
     (tick, input_ack, horizon_dm): (u64, u32, u16),
     near: &mut [Near],
     bytes_max: usize,
+    scratch: &mut Scratch,
 ) -> Snapshot {
-    struct Candidate {
-        current: Option<Known>,
-        /// What the client should have, and the bytes it costs against what it has.
-        preferred: Known,
-        extra: isize,
-        priority: f32,
-    }
     /// The entry for `id` in `list` (by id), from place `*at` on, which it moves past.
     fn find<T: Copy>(list: &[T], at: &mut usize, id: EntityId, key: impl Fn(&T) -> EntityId) -> Option<T> {
         while *at < list.len() && key(&list[*at]) < id {
@@ -843,8 +875,10 @@ fn next_snapshot(
     let mut bytes = UPDATE_BYTES;
     // Bytes if every entity got what it should have.
     let mut wanted = 0;
-    let mut candidates = Vec::with_capacity(near.len());
-    let mut priorities = Vec::with_capacity(near.len());
+    let candidates = &mut scratch.candidates;
+    candidates.clear();
+    let mut priorities = std::mem::take(&mut scratch.priorities);
+    priorities.clear();
     for n in near.iter() {
         let e = &n.e;
         let (position, velocity) = Seen::quantize(e.position, e.velocity);
@@ -881,9 +915,11 @@ fn next_snapshot(
             take(c, &mut bytes, &mut p.1);
         }
     } else {
-        let mut order: Vec<usize> = (0..candidates.len()).collect();
+        let order = &mut scratch.order;
+        order.clear();
+        order.extend(0..candidates.len());
         order.sort_by(|a, b| candidates[*b].priority.total_cmp(&candidates[*a].priority));
-        for i in order {
+        for &i in order.iter() {
             let c = &mut candidates[i];
             let fits = (bytes as isize + c.extra) as usize <= bytes_max;
             if c.current == Some(c.preferred) || c.extra <= 0 || fits || c.priority.is_infinite() {
@@ -891,8 +927,11 @@ fn next_snapshot(
             }
         }
     }
-    *priority = priorities;
-    let known: Vec<Known> = candidates.iter().filter_map(|c| c.current).collect();
+    // The client's old priorities become the next client's room for its own.
+    scratch.priorities = std::mem::replace(priority, priorities);
+    let mut known = std::mem::take(&mut scratch.known);
+    known.clear();
+    known.extend(candidates.iter().filter_map(|c| c.current));
     let mut next = Snapshot { tick, player, input_ack, horizon_dm, known };
     next.settle(base);
     next
@@ -925,7 +964,7 @@ mod tests {
     ) -> (usize, Snapshot) {
         let acked = sent.back().map_or(0, |s| s.tick);
         let mut near: Vec<Near> = near.iter().map(|(d, e)| Near { d: *d, e: *e, last_tick: tick }).collect();
-        let next = next_snapshot(sent, acked, priority, EntityId(1), (tick, 0, 400), &mut near, bytes_max);
+        let next = next_snapshot(sent, acked, priority, EntityId(1), (tick, 0, 400), &mut near, bytes_max, &mut Scratch::default());
         let update = next.delta_from(baseline(sent, acked));
         let bytes = wire::encode(&update);
         let base = baseline(sent, acked).cloned();
@@ -1004,7 +1043,7 @@ mod tests {
             let near = Near { d: 10.0, e, last_tick: t.min(5) };
             let acked = sent.back().map_or(0, |s: &Snapshot| s.tick);
             let mut near = vec![Near { last_tick: t, ..me }, near];
-            let next = next_snapshot(&sent, acked, &mut priority, EntityId(1), (t, 0, 400), &mut near, 4096);
+            let next = next_snapshot(&sent, acked, &mut priority, EntityId(1), (t, 0, 400), &mut near, 4096, &mut Scratch::default());
             let update = next.delta_from(baseline(&sent, acked));
             let k = *next.get(EntityId(2)).unwrap();
             match t {

@@ -221,23 +221,24 @@ impl Snapshot {
             (tick, _) => return Err(WireError::Baseline(tick)),
         };
         let as_of = |age: u8| update.tick.checked_sub(age as u64).ok_or(WireError::Malformed);
-        // Each place of the baseline: kept, gone, or moved; touched at most once.
-        let mut fate: Vec<Option<Known>> = b.known.iter().copied().map(Some).collect();
-        let mut touched = vec![false; b.known.len()];
+        // Each place of the baseline: kept, gone, or moved; touched at most once (a bit each:
+        // a baseline has 255 places at most).
+        let mut touched = [0u64; 4];
+        let mut gone = [0u64; 4];
         let mut touch = |index: u8| -> Result<usize, WireError> {
-            let i = index as usize;
-            match touched.get_mut(i) {
-                Some(t) if !*t => {
-                    *t = true;
-                    Ok(i)
-                }
-                _ => Err(WireError::Malformed),
+            let (i, word, bit) = (index as usize, index as usize / 64, 1u64 << (index % 64));
+            if i >= b.known.len() || touched[word] & bit != 0 {
+                return Err(WireError::Malformed);
             }
+            touched[word] |= bit;
+            Ok(i)
         };
         for &index in &update.gone {
             let i = touch(index)?;
-            fate[i] = None;
+            gone[i / 64] |= 1 << (i % 64);
         }
+        let mut known: Vec<Known> = Vec::with_capacity(b.known.len() + update.entered.len());
+        known.extend_from_slice(&b.known);
         for m in &update.moved {
             let i = touch(m.index)?;
             let o = b.known[i];
@@ -245,9 +246,16 @@ impl Snapshot {
             let at = o.position_at(as_of);
             let position = std::array::from_fn(|k| at[k].saturating_add(m.offset[k] as i32));
             let seen = Seen { position, velocity: m.velocity, carried: m.carried, ..o.seen };
-            fate[i] = Some(Known { seen, as_of });
+            known[i] = Known { seen, as_of };
         }
-        let mut known: Vec<Known> = fate.into_iter().flatten().collect();
+        if gone != [0; 4] {
+            let mut i = 0;
+            known.retain(|_| {
+                let kept = gone[i / 64] & (1 << (i % 64)) == 0;
+                i += 1;
+                kept
+            });
+        }
         for s in &update.entered {
             known.push(Known { seen: Seen { age: 0, ..*s }, as_of: as_of(s.age)? });
         }
