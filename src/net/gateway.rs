@@ -150,21 +150,39 @@ impl Seats {
     }
 }
 
-/// One entity as a core's servers hold it at the end of a tick.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// One entity as a core's servers hold it at the end of a tick, quantized as clients are sent it
+/// (`wire::Seen`): each entity is quantized once a tick, not once for every client that sees it.
+#[derive(Clone, Copy, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ViewEntity {
     pub id: EntityId,
     pub kind: EntityKind,
-    pub position: [f32; 3],
-    pub velocity: [f32; 3],
+    /// Centimetres.
+    pub position: [i32; 3],
+    /// Decimetres a second.
+    pub velocity: [i16; 3],
     pub carried: bool,
     pub input_seq: u32,
     /// Handed off this tick: where it is until another server adopts it.
     pub leaving: bool,
 }
 
+impl ViewEntity {
+    /// An entity at `position` (metres) moving at `velocity` (metres a second).
+    pub fn new(id: EntityId, kind: EntityKind, position: [f32; 3], velocity: [f32; 3]) -> Self {
+        let (position, velocity) = Seen::quantize(position, velocity);
+        Self { id, kind, position, velocity, carried: false, input_seq: 0, leaving: false }
+    }
+    pub fn position_m(&self) -> Vec3 {
+        Vec3::from_array(self.position.map(|v| v as f32)) / 100.0
+    }
+    pub fn velocity_m_s(&self) -> Vec3 {
+        Vec3::from_array(self.velocity.map(|v| v as f32)) / 10.0
+    }
+}
+
 /// Every core's view of its entities, as of its last tick: each core replaces its own, and every
-/// gateway reads them all.
+/// gateway reads them all. A view is a compact spatial snapshot, an rkyv archive that gateways
+/// read in place, on whichever core they run, without copying or decoding it.
 pub struct Views {
     /// Each core's newest views, newest first, with the tick each is of.
     slots: Vec<Mutex<[View; VIEWS_KEPT]>>,
@@ -172,7 +190,31 @@ pub struct Views {
     inputs_sent: Vec<AtomicU64>,
 }
 
-type View = Arc<(u64, Vec<ViewEntity>)>;
+type View = Arc<CoreSnapshot>;
+
+/// One core's entities as of one tick, archived.
+pub struct CoreSnapshot {
+    tick: u64,
+    archive: rkyv::util::AlignedVec,
+}
+
+impl CoreSnapshot {
+    fn new(tick: u64, entities: &Vec<ViewEntity>) -> Self {
+        let archive = rkyv::to_bytes::<rkyv::rancor::Error>(entities).expect("plain data serializes");
+        Self { tick, archive }
+    }
+    /// The entities, read in place.
+    pub fn entities(&self) -> &rkyv::Archived<Vec<ViewEntity>> {
+        // SAFETY: `archive` is what `rkyv::to_bytes` made of a `Vec<ViewEntity>` in `new`, and
+        // nothing changes it after: a snapshot is immutable, and only `new` makes one.
+        unsafe { rkyv::access_unchecked::<rkyv::Archived<Vec<ViewEntity>>>(&self.archive) }
+    }
+}
+
+/// An archived entity as the gateway works with it.
+fn unpack(e: &ArchivedViewEntity) -> ViewEntity {
+    rkyv::deserialize::<ViewEntity, rkyv::rancor::Infallible>(e).unwrap_or_else(|never| match never {})
+}
 
 /// Views each core keeps: a core may run this many ticks ahead of the slowest before a gateway
 /// reading the slowest's tick finds the fast one's view of it gone. A second: a core stalled for
@@ -181,7 +223,7 @@ const VIEWS_KEPT: usize = 32;
 
 impl Views {
     pub fn new(cores: usize) -> Self {
-        let empty = || Arc::new((0, Vec::new()));
+        let empty = || Arc::new(CoreSnapshot::new(0, &Vec::new()));
         Self {
             slots: (0..cores).map(|_| Mutex::new(std::array::from_fn(|_| empty()))).collect(),
             inputs_sent: (0..cores).map(|_| AtomicU64::new(0)).collect(),
@@ -197,17 +239,18 @@ impl Views {
     }
     /// Core `core`'s entities as of the end of its tick `tick`.
     pub fn publish(&self, core: usize, tick: u64, view: Vec<ViewEntity>) {
+        let snapshot = Arc::new(CoreSnapshot::new(tick, &view));
         let mut slot = self.slots[core].lock().expect("not poisoned");
         slot.rotate_right(1);
-        slot[0] = Arc::new((tick, view));
+        slot[0] = snapshot;
     }
     /// Whether every core has published its view of `tick` (or a later one).
     pub fn all_reached(&self, tick: u64) -> bool {
-        self.slots.iter().all(|s| s.lock().expect("not poisoned")[0].0 >= tick)
+        self.slots.iter().all(|s| s.lock().expect("not poisoned")[0].tick >= tick)
     }
     /// The newest tick every core has a view of, up to `tick`.
     fn common_tick(&self, tick: u64) -> u64 {
-        self.slots.iter().map(|s| s.lock().expect("not poisoned")[0].0).min().unwrap_or(0).min(tick)
+        self.slots.iter().map(|s| s.lock().expect("not poisoned")[0].tick).min().unwrap_or(0).min(tick)
     }
     /// What every core handed off in its views of the ticks after `after` and before `before`:
     /// a gateway that skipped those ticks still learns where those entities left from.
@@ -216,8 +259,8 @@ impl Views {
         let mut out = Vec::new();
         for s in &self.slots {
             let slot = s.lock().expect("not poisoned");
-            for view in slot.iter().filter(|v| v.0 > after && v.0 < before) {
-                out.extend(view.1.iter().filter(|e| e.leaving).map(|e| (*e, view.0)));
+            for view in slot.iter().filter(|v| v.tick > after && v.tick < before) {
+                out.extend(view.entities().iter().filter(|e| e.leaving).map(|e| (unpack(e), view.tick)));
             }
         }
         out
@@ -229,7 +272,7 @@ impl Views {
             .iter()
             .map(|s| {
                 let slot = s.lock().expect("not poisoned");
-                slot.iter().find(|v| v.0 <= tick).unwrap_or(&slot[VIEWS_KEPT - 1]).clone()
+                slot.iter().find(|v| v.tick <= tick).unwrap_or(&slot[VIEWS_KEPT - 1]).clone()
             })
             .collect()
     }
@@ -658,19 +701,21 @@ impl Gateway {
         self.index.clear();
         self.grid.clear();
         let all = views.at(tick);
-        self.stats.late_views += all.iter().filter(|v| v.0 > tick).count() as u64;
+        self.stats.late_views += all.iter().filter(|v| v.tick > tick).count() as u64;
         // What a server holds first, then what was handed off and is not held anywhere yet (in
         // this tick's views, or in those of ticks this gateway skipped). A core that ran too far
         // ahead of `tick` has only a later view: its states count as of `tick`.
-        let held = all.iter().flat_map(|v| v.1.iter().filter(|e| !e.leaving).map(|e| (*e, v.0.min(tick))));
-        let left = all.iter().flat_map(|v| v.1.iter().filter(|e| e.leaving).map(|e| (*e, v.0.min(tick))));
+        let held =
+            all.iter().flat_map(|v| v.entities().iter().filter(|e| !e.leaving).map(|e| (unpack(e), v.tick.min(tick))));
+        let left =
+            all.iter().flat_map(|v| v.entities().iter().filter(|e| e.leaving).map(|e| (unpack(e), v.tick.min(tick))));
         let skipped = if skipped_from > 0 { views.leaving_between(skipped_from, tick) } else { Vec::new() };
         for (e, view_tick) in held.chain(left).chain(skipped) {
             if self.index.contains_key(&e.id) {
                 continue;
             }
             self.index.insert(e.id, self.merged.len());
-            self.grid.insert(self.merged.len() as u32, Vec3::from_array(e.position));
+            self.grid.insert(self.merged.len() as u32, e.position_m());
             self.merged.push((e, view_tick));
         }
         let pad = Vec3::splat(BUBBLE_RADIUS_M);
@@ -693,7 +738,7 @@ impl Gateway {
             // The bubble is around where the player is at `tick`, as the client reckons it: from a
             // core whose view is behind (it skipped ticks under load), the player's state is of an
             // earlier tick, up to a few metres back along its way.
-            let at = Vec3::from_array(me.position) + Vec3::from_array(me.velocity) * dt * (tick - me_tick) as f32;
+            let at = me.position_m() + me.velocity_m_s() * dt * (tick - me_tick) as f32;
             let mut near = std::mem::take(&mut self.near);
             near.clear();
             let merged = &self.merged;
@@ -712,7 +757,7 @@ impl Gateway {
                 if !in_flight || self.index.contains_key(&last.id) {
                     continue;
                 }
-                let d = Vec3::from_array(last.position).distance(at);
+                let d = last.position_m().distance(at);
                 if d <= BUBBLE_RADIUS_M {
                     near.push(Near { d, e: *last, last_tick: *last_tick });
                 }
@@ -881,8 +926,8 @@ fn next_snapshot(
     priorities.clear();
     for n in near.iter() {
         let e = &n.e;
-        let (position, velocity) = Seen::quantize(e.position, e.velocity);
-        let seen = Seen { id: e.id, kind: e.kind, position, velocity, carried: e.carried, age: 0 };
+        let seen =
+            Seen { id: e.id, kind: e.kind, position: e.position, velocity: e.velocity, carried: e.carried, age: 0 };
         let fresh = Known { seen, as_of: n.last_tick.min(tick) };
         let current = find(last_known, &mut at_last, e.id, |k| k.seen.id);
         let base = find(base_known, &mut at_base, e.id, |k| k.seen.id);
@@ -949,8 +994,7 @@ mod tests {
     use super::*;
 
     fn entity(id: u64, kind: EntityKind, x: f32, vx: f32) -> ViewEntity {
-        let (position, velocity) = ([x, 0.0, 0.0], [vx, 0.0, 0.0]);
-        ViewEntity { id: EntityId(id), kind, position, velocity, carried: false, input_seq: 0, leaving: false }
+        ViewEntity::new(EntityId(id), kind, [x, 0.0, 0.0], [vx, 0.0, 0.0])
     }
 
     /// One tick of a client that acknowledges every update at once: the update's bytes, and what
@@ -964,7 +1008,16 @@ mod tests {
     ) -> (usize, Snapshot) {
         let acked = sent.back().map_or(0, |s| s.tick);
         let mut near: Vec<Near> = near.iter().map(|(d, e)| Near { d: *d, e: *e, last_tick: tick }).collect();
-        let next = next_snapshot(sent, acked, priority, EntityId(1), (tick, 0, 400), &mut near, bytes_max, &mut Scratch::default());
+        let next = next_snapshot(
+            sent,
+            acked,
+            priority,
+            EntityId(1),
+            (tick, 0, 400),
+            &mut near,
+            bytes_max,
+            &mut Scratch::default(),
+        );
         let update = next.delta_from(baseline(sent, acked));
         let bytes = wire::encode(&update);
         let base = baseline(sent, acked).cloned();
@@ -1043,7 +1096,16 @@ mod tests {
             let near = Near { d: 10.0, e, last_tick: t.min(5) };
             let acked = sent.back().map_or(0, |s: &Snapshot| s.tick);
             let mut near = vec![Near { last_tick: t, ..me }, near];
-            let next = next_snapshot(&sent, acked, &mut priority, EntityId(1), (t, 0, 400), &mut near, 4096, &mut Scratch::default());
+            let next = next_snapshot(
+                &sent,
+                acked,
+                &mut priority,
+                EntityId(1),
+                (t, 0, 400),
+                &mut near,
+                4096,
+                &mut Scratch::default(),
+            );
             let update = next.delta_from(baseline(&sent, acked));
             let k = *next.get(EntityId(2)).unwrap();
             match t {

@@ -232,25 +232,18 @@ impl Shard {
         for server in self.servers.iter().filter(|s| s.map().is_some()) {
             let world = server.world();
             for (id, held) in server.held() {
+                let position = held.position_at(tick, &world);
                 view.push(crate::net::ViewEntity {
-                    id: *id,
-                    kind: held.state.kind,
-                    position: held.position_at(tick, &world),
-                    velocity: held.state.velocity,
                     carried: held.state.parent.is_some(),
                     input_seq: held.input_seq,
-                    leaving: false,
+                    ..crate::net::ViewEntity::new(*id, held.state.kind, position, held.state.velocity)
                 });
             }
             for (id, state) in server.leaving() {
                 view.push(crate::net::ViewEntity {
-                    id: *id,
-                    kind: state.kind,
-                    position: state.position,
-                    velocity: state.velocity,
                     carried: state.parent.is_some(),
-                    input_seq: 0,
                     leaving: true,
+                    ..crate::net::ViewEntity::new(*id, state.kind, state.position, state.velocity)
                 });
             }
         }
