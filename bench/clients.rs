@@ -138,13 +138,18 @@ fn main() {
                     held[b] = held[b].max(count);
                 }
                 let which = if bins.len() > 1 { format!("bin={b} ") } else { String::new() };
+                // Which kind, when there were any.
+                let glitches = match r["glitches"].as_u64().unwrap_or(0) {
+                    0 => "0".to_string(),
+                    n => format!("{n} (t{} v{} d{})", r["teleports"], r["vanished"], r["duplicates"]),
+                };
                 println!(
                     "  {which}bots={count:<5} connected={connected:<5} latency p50={:>6.1} ms p99={:>6.1} ms updates/s={:>5.1} bytes/client/s={:>7.0} glitches={} server tick p99={:>6.2} ms cpu server={:.2} bots={:.2} audit={} -> {}",
                     f(r, "latency_p50_ms"),
                     f(r, "latency_p99_ms"),
                     f(r, "updates_per_s"),
                     f(r, "bytes_per_client_s"),
-                    r["glitches"],
+                    glitches,
                     f(s, "tick_p99_ms"),
                     t.cpu.0,
                     t.cpu.1,

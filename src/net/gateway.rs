@@ -354,8 +354,8 @@ struct Endpoint {
     addrs: FxHashMap<SocketAddr, ClientId>,
     /// Datagrams from each address this tick.
     per_addr: FxHashMap<SocketAddr, u32>,
-    /// Each connection's pace of renet acknowledgements.
-    acks: FxHashMap<ClientId, AckPacer>,
+    /// Each connection's pace of renet acknowledgements, and the tick its packets were last sent.
+    acks: FxHashMap<ClientId, (AckPacer, u64)>,
 }
 
 /// What a netcode server's answer asks for: a datagram out, a payload for renet, a connection.
@@ -447,30 +447,40 @@ impl Endpoint {
         }
     }
 
+    /// Sends what renet has queued for every client not yet sent to in `tick`.
     fn send(&mut self, tick: u64, stats: &mut GatewayStats) {
         if tick % ACK_EVERY_TICKS == 0 {
             let server = &self.server;
             self.acks.retain(|id, _| server.is_connected(*id));
         }
         for client_id in self.server.clients_id() {
-            let Ok(packets) = self.server.get_packets_to_send(client_id) else { continue };
-            let acks = self.acks.entry(client_id).or_default();
-            for packet in packets {
-                if !acks.pass(&packet, tick) {
-                    stats.acks_paced += 1;
-                    continue;
-                }
-                match self.netcode.generate_payload_packet(client_id, &packet) {
-                    Ok((addr, payload)) => {
-                        if self.socket.send_to(payload, addr).is_err() {
-                            stats.transport_errors += 1;
-                            break;
-                        }
-                    }
-                    Err(_) => {
+            if self.acks.get(&client_id).is_none_or(|a| a.1 != tick) {
+                self.send_client(client_id, tick, stats);
+            }
+        }
+    }
+
+    /// Sends what renet has queued for one client (once a tick: each call has renet make an
+    /// acknowledgement packet).
+    fn send_client(&mut self, client_id: ClientId, tick: u64, stats: &mut GatewayStats) {
+        let Ok(packets) = self.server.get_packets_to_send(client_id) else { return };
+        let (acks, sent) = self.acks.entry(client_id).or_default();
+        *sent = tick;
+        for packet in packets {
+            if !acks.pass(&packet, tick) {
+                stats.acks_paced += 1;
+                continue;
+            }
+            match self.netcode.generate_payload_packet(client_id, &packet) {
+                Ok((addr, payload)) => {
+                    if self.socket.send_to(payload, addr).is_err() {
                         stats.transport_errors += 1;
                         break;
                     }
+                }
+                Err(_) => {
+                    stats.transport_errors += 1;
+                    break;
                 }
             }
         }
@@ -806,7 +816,10 @@ impl Gateway {
             self.stats.updates += 1;
             self.stats.delta_updates += (update.baseline > 0) as u64;
             self.stats.update_bytes += bytes.len() as u64;
-            self.endpoints[client.endpoint].server.send_message(*client_id, UPDATE_CHANNEL, bytes);
+            // Out at once: the clients after this one do not hold it up.
+            let endpoint = &mut self.endpoints[client.endpoint];
+            endpoint.server.send_message(*client_id, UPDATE_CHANNEL, bytes);
+            endpoint.send_client(*client_id, now_tick, &mut self.stats);
         }
         for endpoint in &mut self.endpoints {
             endpoint.send(now_tick, &mut self.stats);
