@@ -396,34 +396,50 @@ impl Bot {
             self.travel_m = self.travel_m.max(home.distance(at));
         }
         let dt = TICK_DURATION_US as f32 / 1e6;
-        // How far an entity can have got from a state of its, `ticks` later: what carries it
-        // moves it at a ship's speed at most.
-        // A carried entity also jumps with its carrier when that boards a ship.
-        let reach = |k: &Known, ticks: u64| match k.seen.carried {
-            true => speed_of(EntityKind::Ship) * dt * ticks as f32 + BOARD_REACH_M + 1.0,
-            false => speed_of(k.seen.kind) * dt * ticks as f32 + 1.0,
+        // How far an entity can have got from a state of its, `ticks` later. What carries it
+        // moves it at a ship's speed at most, and being taken up is a jump to the carrier: a
+        // player boards a ship within `BOARD_REACH_M`, an item is picked up within `REACH_M`. An
+        // entity last seen on the ground may have been taken up since, unseen (by a carrier out
+        // of view, too), so its reach is the larger of its own and a carried one's. A carried
+        // entity also jumps with its carrier when that boards a ship.
+        let jump = |kind: EntityKind| match kind {
+            EntityKind::Player | EntityKind::Npc => Some(BOARD_REACH_M),
+            EntityKind::Item { .. } => Some(REACH_M),
+            EntityKind::Ship | EntityKind::Projectile => None,
+        };
+        let reach = |k: &Known, ticks: u64| {
+            let own = speed_of(k.seen.kind) * dt * ticks as f32;
+            let carried = speed_of(EntityKind::Ship) * dt * ticks as f32;
+            let reach = match (k.seen.carried, jump(k.seen.kind)) {
+                (true, _) => carried + BOARD_REACH_M,
+                (false, Some(jump)) => own.max(carried + jump),
+                (false, None) => own,
+            };
+            reach + 1.0
         };
         if self.last_tick > 0 {
             // The view and the snapshot are both by id: walked side by side.
             let mut at = 0;
             for k in &snapshot.known {
-                // A new state: no further from the last one than its speed allows. An item moves
-                // only when carried: between two states on the floor it may have been picked up
-                // (a jump to its carrier, within reach) and carried off (at a ship's speed at
-                // most) without the client seeing it carried, if an update was skipped or its
-                // state waited for room in one.
+                // A new state: no further from the last one than its speed allows. Between two
+                // states on the ground it may have been taken up (a jump to its carrier) and
+                // carried off (at a ship's speed at most) without the client seeing it carried,
+                // if an update was skipped or its state waited for room in one. An item is taken
+                // up and put down in a tick each; a player boards in one tick and disembarks in
+                // a later one.
                 while self.view.get(at).is_some_and(|p| p.seen.id < k.seen.id) {
                     at += 1;
                 }
                 if let Some(prev) = self.view.get(at).filter(|p| p.seen.id == k.seen.id) {
                     if k.as_of > prev.as_of && !prev.seen.carried && !k.seen.carried {
                         let ticks = k.as_of - prev.as_of;
-                        let allowed = match k.seen.kind {
-                            EntityKind::Item { .. } => {
-                                REACH_M + speed_of(EntityKind::Ship) * dt * (ticks - 1) as f32 + 0.5
-                            }
-                            kind => speed_of(kind) * dt * ticks as f32 + 0.5,
-                        };
+                        let own = speed_of(k.seen.kind) * dt * ticks as f32;
+                        let carried = speed_of(EntityKind::Ship) * dt * (ticks - 1) as f32;
+                        let allowed = match (k.seen.kind, jump(k.seen.kind)) {
+                            (EntityKind::Item { .. }, Some(jump)) => jump + carried,
+                            (_, Some(jump)) if ticks >= 2 => own.max(jump + carried),
+                            _ => own,
+                        } + 0.5;
                         if prev.seen.position_m().distance(k.seen.position_m()) > allowed {
                             self.counts.teleports += 1;
                         }
@@ -679,19 +695,22 @@ mod tests {
         assert_eq!(b.counts.teleports, 0);
         b.take_update(now, &update(3, vec![me(0.0), other(16.0)]));
         assert_eq!(b.counts.teleports, 1);
-        // Gone from 16 m away, where it could not have walked out of a 40 m bubble, and back.
-        b.take_update(now, &update(4, vec![me(0.0)]));
+        // Gone from 11 m away, where neither walking nor boarding a ship takes it out of a 40 m
+        // bubble in a tick, and back.
+        let near = |x: f32| seen(6, EntityKind::Player, [x, 10.0, 0.0], false);
+        b.take_update(now, &update(4, vec![me(0.0), near(5.0)]));
         b.take_update(now, &update(5, vec![me(0.0)]));
-        b.take_update(now, &update(6, vec![me(0.0), other(17.0)]));
+        b.take_update(now, &update(6, vec![me(0.0)]));
+        b.take_update(now, &update(7, vec![me(0.0), near(6.0)]));
         assert_eq!(b.counts.vanished, 1);
         // Shown twice in one update.
-        b.take_update(now, &update(7, vec![me(0.0), other(17.0), other(17.0)]));
+        b.take_update(now, &update(8, vec![me(0.0), near(6.0), near(6.0)]));
         assert_eq!(b.counts.duplicates, 1);
         // An item on the floor that is somewhere else on the floor a tick later, further than
         // any pickup reaches.
         let item = |x: f32| seen(3, EntityKind::Item { capacity: 0 }, [x, -10.0, 0.0], false);
-        b.take_update(now, &update(8, vec![me(0.0), item(0.0)]));
-        b.take_update(now, &update(9, vec![me(0.0), item(REACH_M + 1.0)]));
+        b.take_update(now, &update(9, vec![me(0.0), item(0.0)]));
+        b.take_update(now, &update(10, vec![me(0.0), item(REACH_M + 1.0)]));
         assert_eq!(b.counts.teleports, 2);
     }
 
@@ -718,6 +737,15 @@ mod tests {
         let boarder = |x: f32, carried| seen(5, EntityKind::Player, [x, 5.0, 0.0], carried);
         b.take_update(now, &update(34, vec![me, boarder(10.0, false)]));
         b.take_update(now, &update(35, vec![me, boarder(25.0, true)]));
+        // Boarding a ship out of view (the jump takes it out of the bubble at once), riding, and
+        // walking back in once ashore.
+        let rider = |x: f32| seen(7, EntityKind::Player, [x, -5.0, 0.0], false);
+        b.take_update(now, &update(36, vec![me, rider(20.0)]));
+        b.take_update(now, &update(37, vec![me]));
+        b.take_update(now, &update(60, vec![me, rider(22.0)]));
+        // Aboard and ashore again between two updates: the jump to the ship, and its motion.
+        b.take_update(now, &update(61, vec![me, rider(22.0)]));
+        b.take_update(now, &update(63, vec![me, rider(22.0 + BOARD_REACH_M + 4.0)]));
         assert_eq!((b.counts.teleports, b.counts.vanished, b.counts.duplicates), (0, 0, 0));
     }
 }
