@@ -35,6 +35,11 @@ use crate::world::{EntityId, EntityKind};
 /// Steps of a bot's loop per server tick: it reads what arrived twice a tick.
 const STEPS_PER_TICK: u64 = 2;
 
+/// Groups a thread's bots step in, each at its own moment of the step: players' clients keep no
+/// common clock, so their packets spread over a tick rather than arrive together, and the
+/// server's tick finds some bots' inputs just sent and some a tick old, not all alike.
+const STEP_GROUPS: usize = 8;
+
 /// What a bot knew after each of its last updates, kept as baselines for the next (the gateway
 /// uses half as many).
 const SNAPSHOTS_KEPT: usize = 32;
@@ -568,25 +573,30 @@ pub fn run(cfg: &BotsConfig) -> std::io::Result<BotsReport> {
             for seat in seats {
                 bots.push(Bot::new(cfg.first_seat + seat, &cfg)?);
             }
-            let tick = Duration::from_micros(TICK_DURATION_US / STEPS_PER_TICK);
+            let step = Duration::from_micros(TICK_DURATION_US / STEPS_PER_TICK);
+            let slot = step / STEP_GROUPS as u32;
             let mut next = Instant::now();
-            let mut last = Instant::now();
+            let mut last = [Instant::now(); STEP_GROUPS];
             let end = began + cfg.duration;
             let mut connected_before = 0u64;
             let mut latency_us = histogram();
+            let mut group = 0;
             while Instant::now() < end {
-                let dt = last.elapsed();
-                last = Instant::now();
-                for bot in &mut bots {
+                let dt = last[group].elapsed();
+                last[group] = Instant::now();
+                for bot in bots.iter_mut().skip(group).step_by(STEP_GROUPS) {
                     bot.step(&cfg, dt, &rally);
                     for us in bot.latency_us.drain(..) {
                         latency_us.saturating_record(us);
                     }
                 }
-                let connected = bots.iter().filter(|b| b.connected_at.is_some()).count() as u64;
-                live.fetch_add(connected.wrapping_sub(connected_before), Ordering::Relaxed);
-                connected_before = connected;
-                next += tick;
+                group = (group + 1) % STEP_GROUPS;
+                if group == 0 {
+                    let connected = bots.iter().filter(|b| b.connected_at.is_some()).count() as u64;
+                    live.fetch_add(connected.wrapping_sub(connected_before), Ordering::Relaxed);
+                    connected_before = connected;
+                }
+                next += slot;
                 if let Some(wait) = next.checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait);
                 }
