@@ -20,7 +20,7 @@
 //! size and nearness, and the highest go first. What does not fit stays as the client last had
 //! it, and an entity new to the bubble waits its turn to enter.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -537,7 +537,7 @@ impl Client {
 
 pub struct Gateway {
     endpoints: Vec<Endpoint>,
-    clients: HashMap<ClientId, Client>,
+    clients: FxHashMap<ClientId, Client>,
     seats: Arc<Seats>,
     last_poll: Instant,
     /// Places in `merged`, by position.
@@ -592,7 +592,7 @@ impl Gateway {
         }
         Ok(Self {
             endpoints,
-            clients: HashMap::new(),
+            clients: FxHashMap::default(),
             seats,
             last_poll: Instant::now(),
             // Cells as wide as the bubble: a bubble query touches 27 of them.
