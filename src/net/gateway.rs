@@ -61,7 +61,8 @@ pub const HANDOFF_HOLD_TICKS: u64 = 60;
 /// a busy bubble that strayed from its prediction, or for ten that enter it at once.
 pub const CLIENT_BYTES_PER_S_DEFAULT: u32 = 16_000;
 
-/// Updates the gateway keeps per client, as baselines for later ones: half a second.
+/// Updates the gateway keeps per client, as baselines for later ones: half a second at most (it
+/// keeps none older than the one the client last acknowledged).
 const SENT_KEPT: usize = 16;
 
 /// A client's prediction of an entity is good enough while it is this close (on each axis), with
@@ -677,6 +678,10 @@ impl Gateway {
                                 self.stats.malformed += 1;
                             } else if tick > client.acked {
                                 client.acked = tick;
+                                // Updates older than the one acknowledged are no baseline now.
+                                while client.sent.front().is_some_and(|s| s.tick < tick) {
+                                    client.sent.pop_front();
+                                }
                             }
                         }
                         Err(_) => self.stats.malformed += 1,
