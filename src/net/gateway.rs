@@ -182,8 +182,9 @@ impl ViewEntity {
 }
 
 /// Every core's view of its entities, as of its last tick: each core replaces its own, and every
-/// gateway reads them all. A view is a compact spatial snapshot, an rkyv archive that gateways
-/// read in place, on whichever core they run, without copying or decoding it.
+/// gateway reads them all. A view is a compact spatial snapshot: an rkyv archive in a shared
+/// memory mapping of its own (anonymous, like the rings between cores), made read-only once
+/// written, that gateways read in place on whichever core they run, without copying or decoding.
 pub struct Views {
     /// Each core's newest views, newest first, with the tick each is of.
     slots: Vec<Mutex<[View; VIEWS_KEPT]>>,
@@ -193,22 +194,30 @@ pub struct Views {
 
 type View = Arc<CoreSnapshot>;
 
-/// One core's entities as of one tick, archived.
+/// One core's entities as of one tick, archived in a read-only shared mapping.
 pub struct CoreSnapshot {
     tick: u64,
-    archive: rkyv::util::AlignedVec,
+    map: memmap2::Mmap,
+    /// The archive's length (the mapping is whole pages).
+    len: usize,
 }
 
 impl CoreSnapshot {
     fn new(tick: u64, entities: &Vec<ViewEntity>) -> Self {
         let archive = rkyv::to_bytes::<rkyv::rancor::Error>(entities).expect("plain data serializes");
-        Self { tick, archive }
+        // A mapping is page-aligned, so the archive keeps the alignment rkyv gave it. Failing to
+        // map a few pages is running out of memory, as failing to allocate is.
+        let mut map = memmap2::MmapOptions::new().len(archive.len().max(1)).map_anon().expect("a mapping for a view");
+        map[..archive.len()].copy_from_slice(&archive);
+        let map = map.make_read_only().expect("a view's mapping made read-only");
+        Self { tick, map, len: archive.len() }
     }
     /// The entities, read in place.
     pub fn entities(&self) -> &rkyv::Archived<Vec<ViewEntity>> {
-        // SAFETY: `archive` is what `rkyv::to_bytes` made of a `Vec<ViewEntity>` in `new`, and
-        // nothing changes it after: a snapshot is immutable, and only `new` makes one.
-        unsafe { rkyv::access_unchecked::<rkyv::Archived<Vec<ViewEntity>>>(&self.archive) }
+        // SAFETY: the mapping's first `len` bytes are what `rkyv::to_bytes` made of a
+        // `Vec<ViewEntity>` in `new`, copied to a page-aligned start, and the mapping is
+        // read-only from then on: only `new` makes a snapshot.
+        unsafe { rkyv::access_unchecked::<rkyv::Archived<Vec<ViewEntity>>>(&self.map[..self.len]) }
     }
 }
 
@@ -1134,6 +1143,24 @@ mod tests {
             }
             sent.push_back(next);
         }
+    }
+
+    #[test]
+    fn a_published_view_reads_back_in_place_as_each_core_left_it() {
+        let views = Views::new(2);
+        let mut leaving = entity(7, EntityKind::Ship, -12.345, 150.0);
+        leaving.leaving = true;
+        views.publish(0, 5, vec![entity(1, EntityKind::Player, 1.0, 3.0), leaving]);
+        views.publish(1, 5, vec![]);
+        views.publish(1, 6, vec![entity(2, EntityKind::Item { capacity: 4 }, 2.5, 0.0)]);
+        let at5 = views.at(5);
+        assert_eq!((at5[0].tick, at5[1].tick), (5, 5));
+        let read: Vec<ViewEntity> = at5[0].entities().iter().map(unpack).collect();
+        assert_eq!(read, vec![entity(1, EntityKind::Player, 1.0, 3.0), leaving]);
+        assert_eq!(read[1].position, [-1235, 0, 0], "centimetres");
+        assert!(at5[1].entities().is_empty());
+        assert_eq!(views.at(6)[1].entities().len(), 1);
+        assert_eq!(views.leaving_between(4, 6), vec![(leaving, 5)]);
     }
 
     /// A player crossing between cores with a neighbour: in the tick the player is in flight the
