@@ -808,6 +808,7 @@ impl Gateway {
             );
             // What the client is shown (`near` is by id now, as is `next`).
             client.shown.clear();
+            client.shown_leaving = false;
             let mut at = 0;
             for n in near.iter() {
                 while next.known.get(at).is_some_and(|k| k.seen.id < n.e.id) {
@@ -815,9 +816,9 @@ impl Gateway {
                 }
                 if next.known.get(at).is_some_and(|k| k.seen.id == n.e.id) {
                     client.shown.push((n.e, n.last_tick));
+                    client.shown_leaving |= n.e.leaving;
                 }
             }
-            client.shown_leaving = client.shown.iter().any(|(e, _)| e.leaving);
             self.near = near;
             let update = next.delta_from(baseline(&client.sent, client.acked));
             let bytes = wire::encode(&update);
