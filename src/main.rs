@@ -159,6 +159,10 @@ struct MeshArgs {
     /// Write the final summary as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// A drill: panic in server code (`server@TICK`, a server crash the mesh survives) or in a
+    /// shard (`shard@TICK`, which ends the process non-zero); `@CORE` picks a core other than 0.
+    #[arg(long, hide = true)]
+    inject_panic: Option<shardmesh::runtime::panics::InjectPanic>,
 }
 
 impl MeshArgs {
@@ -172,6 +176,7 @@ impl MeshArgs {
             seed: self.seed,
             bot_activity: if players == 0 { 0.0 } else { self.activity.clamp(1e-3, 1.0) },
             status: true,
+            inject_panic: self.inject_panic,
             ..MeshConfig::bots(cores, players, duration)
         }
     }
@@ -485,7 +490,7 @@ fn demo(cfg: MeshConfig, json: Option<std::path::PathBuf>) -> ExitCode {
     let summary = match shardmesh::runtime::mesh::run(cfg) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("demo failed: {e}");
+            eprintln!("shardmesh: the mesh stopped: {e}");
             return ExitCode::FAILURE;
         }
     };

@@ -31,6 +31,7 @@ use renet::{ChannelConfig, ClientId, ConnectionConfig, RenetServer, SendType, Se
 use renetcode::{NetcodeServer, ServerAuthentication, ServerConfig, ServerResult, NETCODE_MAX_PACKET_BYTES};
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use super::guard::{self, Refusal, Refused};
 use super::key::Key;
 use super::transport::{AckPacer, ACK_EVERY_TICKS};
 use super::wire::{
@@ -79,7 +80,12 @@ const MESSAGES_PER_CLIENT_PER_TICK_MAX: usize = 8;
 /// of a flood is dropped before any decryption is spent on it.
 const PACKETS_PER_ADDRESS_PER_TICK_MAX: u32 = 32;
 
-/// Datagrams read from one endpoint's socket in one tick at most, so a flood cannot hold a core.
+/// Keep-alives and disconnects taken from one client's address in one tick at most (a client
+/// sends one keep-alive every 250 ms): they are counted before authentication, so junk spoofed
+/// from the address costs one decryption each up to here and nothing after.
+const CONTROL_PACKETS_PER_CLIENT_PER_TICK_MAX: u32 = 4;
+
+/// Datagrams read from one endpoint's socket in one read at most, so a flood cannot hold a core.
 const PACKETS_PER_ENDPOINT_PER_TICK_MAX: usize = 16_384;
 
 /// Client inputs and server updates, both unreliable: each is overtaken by the next.
@@ -110,12 +116,41 @@ pub fn bind_endpoints(addr: SocketAddr, count: usize) -> std::io::Result<Vec<Udp
         let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, None)?;
         socket.set_reuse_port(true)?;
         socket.set_nonblocking(true)?;
+        size_receive_buffer(&socket);
         socket.bind(&addr.into())?;
         let socket: UdpSocket = socket.into();
         addr = socket.local_addr()?;
         sockets.push(socket);
     }
     Ok(sockets)
+}
+
+/// Bytes a gateway socket's receive queue holds: a tick and more of a flood of small datagrams
+/// from one address at full speed on loopback (each costs the kernel about 1 KB of queue), so the
+/// gateway reads the flood and drops it itself instead of the kernel dropping clients' packets.
+pub const RECEIVE_BUFFER_BYTES: usize = 32 << 20;
+
+/// Asks for `RECEIVE_BUFFER_BYTES` of receive queue: past the system's `rmem_max` where the
+/// process may (SO_RCVBUFFORCE, as root), else as much as `rmem_max` allows. Returns the size the
+/// kernel granted (which it reports doubled, for its bookkeeping).
+pub fn size_receive_buffer(socket: &socket2::Socket) -> usize {
+    use std::os::fd::AsRawFd;
+    let bytes = RECEIVE_BUFFER_BYTES as libc::c_int;
+    // SAFETY: a valid socket descriptor, and a pointer to a c_int that outlives the call with its
+    // size; the kernel reads it and writes nothing.
+    let forced = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if forced != 0 {
+        let _ = socket.set_recv_buffer_size(RECEIVE_BUFFER_BYTES);
+    }
+    socket.recv_buffer_size().unwrap_or(0)
 }
 
 /// Which player entity each seat drives, and which seats a client holds now (the in-process bots
@@ -311,9 +346,12 @@ pub struct GatewayStats {
     /// Connection requests refused: a token expired, signed with another key, for another
     /// protocol or address, or unreadable.
     pub bad_tokens: u64,
-    /// Datagrams refused: too short, of no netcode type, failing authentication, replayed, or
-    /// from an address with no connection.
+    /// Datagrams netcode refused: failing authentication, replayed, or a challenge response
+    /// it did not issue.
     pub bad_packets: u64,
+    /// Datagrams (and renet packets inside authenticated ones) dropped before either library saw
+    /// them, by why (`guard`).
+    pub refused: Refused,
     /// Datagrams larger than netcode allows.
     pub oversized_packets: u64,
     /// Datagrams past one address's share of a tick.
@@ -345,6 +383,7 @@ impl GatewayStats {
         self.bad_seats += other.bad_seats;
         self.bad_tokens += other.bad_tokens;
         self.bad_packets += other.bad_packets;
+        self.refused.add(&other.refused);
         self.oversized_packets += other.oversized_packets;
         self.flooded_packets += other.flooded_packets;
         self.speed_hacks += other.speed_hacks;
@@ -362,98 +401,163 @@ struct Endpoint {
     server: RenetServer,
     /// Connected clients by address.
     addrs: FxHashMap<SocketAddr, ClientId>,
-    /// Datagrams from each address this tick.
+    /// Datagrams from each address this tick that were counted before authentication: every
+    /// datagram from an address with no connection, and a client's keep-alives and disconnects.
     per_addr: FxHashMap<SocketAddr, u32>,
+    /// What each connection sent this tick, counted once netcode has authenticated it.
+    peers: FxHashMap<ClientId, PeerCount>,
     /// Each connection's pace of renet acknowledgements, and the tick its packets were last sent.
     acks: FxHashMap<ClientId, (AckPacer, u64)>,
 }
 
-/// What a netcode server's answer asks for: a datagram out, a payload for renet, a connection.
-fn apply(
-    result: ServerResult,
-    socket: &UdpSocket,
-    server: &mut RenetServer,
-    addrs: &mut FxHashMap<SocketAddr, ClientId>,
-    stats: &mut GatewayStats,
-) -> bool {
-    let send = |payload: &[u8], addr: SocketAddr, stats: &mut GatewayStats| {
-        if socket.send_to(payload, addr).is_err() {
+/// A connection's authenticated traffic: its packets this tick.
+#[derive(Default)]
+struct PeerCount {
+    packets: u32,
+}
+
+/// Where a netcode server's answer goes: the socket, renet, and the endpoint's books.
+struct Sink<'a> {
+    socket: &'a UdpSocket,
+    server: &'a mut RenetServer,
+    addrs: &'a mut FxHashMap<SocketAddr, ClientId>,
+    peers: &'a mut FxHashMap<ClientId, PeerCount>,
+}
+
+impl Sink<'_> {
+    fn send(&self, payload: &[u8], addr: SocketAddr, stats: &mut GatewayStats) {
+        if self.socket.send_to(payload, addr).is_err() {
             stats.transport_errors += 1;
         }
-    };
-    match result {
-        ServerResult::None => return false,
-        ServerResult::PacketToSend { addr, payload } => send(payload, addr, stats),
-        ServerResult::Payload { client_id, payload } => {
-            if server.process_packet_from(payload, client_id).is_err() {
-                stats.bad_packets += 1;
-            }
-        }
-        ServerResult::ClientConnected { client_id, addr, payload, .. } => {
-            server.add_connection(client_id);
-            addrs.insert(addr, client_id);
-            send(payload, addr, stats);
-        }
-        ServerResult::ClientDisconnected { client_id, addr, payload } => {
-            server.remove_connection(client_id);
-            addrs.remove(&addr);
-            if let Some(payload) = payload {
-                send(payload, addr, stats);
-            }
-        }
     }
-    true
+
+    /// Does what a netcode server's answer asks for: a datagram out, a payload for renet (if it is
+    /// one a client sends, within its share of the tick), a connection. Whether it asked anything.
+    fn apply(&mut self, result: ServerResult, stats: &mut GatewayStats) -> bool {
+        match result {
+            ServerResult::None => return false,
+            ServerResult::PacketToSend { addr, payload } => self.send(payload, addr, stats),
+            ServerResult::Payload { client_id, payload } => {
+                let peer = self.peers.entry(client_id).or_default();
+                peer.packets += 1;
+                if peer.packets > PACKETS_PER_ADDRESS_PER_TICK_MAX {
+                    stats.flooded_packets += 1;
+                    return true;
+                }
+                if let Err(why) = guard::client_payload(payload) {
+                    stats.refused.count(why);
+                    return true;
+                }
+                if self.server.process_packet_from(payload, client_id).is_err() {
+                    stats.bad_packets += 1;
+                }
+            }
+            ServerResult::ClientConnected { client_id, addr, payload, .. } => {
+                self.server.add_connection(client_id);
+                self.addrs.insert(addr, client_id);
+                self.peers.insert(client_id, PeerCount::default());
+                self.send(payload, addr, stats);
+            }
+            ServerResult::ClientDisconnected { client_id, addr, payload } => {
+                self.server.remove_connection(client_id);
+                self.addrs.remove(&addr);
+                self.peers.remove(&client_id);
+                if let Some(payload) = payload {
+                    self.send(payload, addr, stats);
+                }
+            }
+        }
+        true
+    }
 }
 
 impl Endpoint {
-    /// Reads what arrived, counting what netcode refuses.
+    fn sink(&mut self) -> (Sink<'_>, &mut NetcodeServer) {
+        let sink =
+            Sink { socket: &self.socket, server: &mut self.server, addrs: &mut self.addrs, peers: &mut self.peers };
+        (sink, &mut self.netcode)
+    }
+
+    /// Starts a tick: every address's share is new, netcode's clock moves on, what arrived is
+    /// read, and netcode's timers (keep-alives, time-outs) and renet's disconnections are served.
     fn receive(&mut self, elapsed: Duration, stats: &mut GatewayStats) {
         self.netcode.update(elapsed);
         self.per_addr.clear();
+        for peer in self.peers.values_mut() {
+            peer.packets = 0;
+        }
+        self.drain(stats);
+        for client_id in self.netcode.clients_id() {
+            let (mut sink, netcode) = self.sink();
+            let result = netcode.update_client(client_id);
+            sink.apply(result, stats);
+        }
+        for client_id in self.server.disconnections_id() {
+            let (mut sink, netcode) = self.sink();
+            let result = netcode.disconnect(client_id);
+            sink.apply(result, stats);
+        }
+    }
+
+    /// Reads what arrived (at most `PACKETS_PER_ENDPOINT_PER_TICK_MAX`), checking each datagram
+    /// before netcode sees it and counting what either refuses. Between ticks too, so that a
+    /// flood does not fill the socket's queue and push real clients' packets out of it.
+    fn drain(&mut self, stats: &mut GatewayStats) -> usize {
         let mut buffer = [0u8; 2 * NETCODE_MAX_PACKET_BYTES];
-        for _ in 0..PACKETS_PER_ENDPOINT_PER_TICK_MAX {
+        for read in 0..PACKETS_PER_ENDPOINT_PER_TICK_MAX {
             let (len, addr) = match self.socket.recv_from(&mut buffer) {
                 Ok(r) => r,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => break,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return read,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return read,
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => continue,
                 Err(_) => {
                     stats.transport_errors += 1;
-                    break;
+                    return read;
                 }
             };
+            self.take(addr, &mut buffer[..len], stats);
+        }
+        PACKETS_PER_ENDPOINT_PER_TICK_MAX
+    }
+
+    /// One datagram from `addr`.
+    fn take(&mut self, addr: SocketAddr, datagram: &mut [u8], stats: &mut GatewayStats) {
+        let known = self.addrs.contains_key(&addr);
+        let peer = if known { guard::Peer::Client } else { guard::Peer::Stranger };
+        let kind = match guard::datagram(datagram, peer) {
+            Ok(kind) => kind,
+            Err(Refusal::Oversized) => {
+                stats.oversized_packets += 1;
+                return;
+            }
+            Err(why) => {
+                stats.refused.count(why);
+                return;
+            }
+        };
+        // What cannot carry a client's inputs is counted against its address before netcode
+        // spends a decryption on it. A client's payloads are counted once authenticated: junk
+        // spoofed from its address must not use up its share.
+        if kind != guard::NETCODE_PAYLOAD {
             let count = self.per_addr.entry(addr).or_default();
             *count += 1;
-            if *count > PACKETS_PER_ADDRESS_PER_TICK_MAX {
+            let share = if known { CONTROL_PACKETS_PER_CLIENT_PER_TICK_MAX } else { PACKETS_PER_ADDRESS_PER_TICK_MAX };
+            if *count > share {
                 stats.flooded_packets += 1;
-                continue;
-            }
-            if len > NETCODE_MAX_PACKET_BYTES {
-                stats.oversized_packets += 1;
-                continue;
-            }
-            // The low four bits of a netcode packet's first byte are its type.
-            let kind = buffer[0] & 0x0f;
-            let known = self.addrs.contains_key(&addr);
-            let result = self.netcode.process_packet(addr, &mut buffer[..len]);
-            let acted = apply(result, &self.socket, &mut self.server, &mut self.addrs, stats);
-            if !acted {
-                match kind {
-                    // A connection request that earned no challenge.
-                    0 if !known => stats.bad_tokens += 1,
-                    // A keep-alive from a client needs no answer.
-                    4 if known => {}
-                    _ => stats.bad_packets += 1,
-                }
+                return;
             }
         }
-        for client_id in self.netcode.clients_id() {
-            let result = self.netcode.update_client(client_id);
-            apply(result, &self.socket, &mut self.server, &mut self.addrs, stats);
-        }
-        for client_id in self.server.disconnections_id() {
-            let result = self.netcode.disconnect(client_id);
-            apply(result, &self.socket, &mut self.server, &mut self.addrs, stats);
+        let (mut sink, netcode) = self.sink();
+        let result = netcode.process_packet(addr, datagram);
+        if !sink.apply(result, stats) {
+            match kind {
+                // A connection request that earned no challenge.
+                guard::NETCODE_REQUEST => stats.bad_tokens += 1,
+                // A keep-alive from a client needs no answer (one that failed its
+                // authentication cannot be told from it here).
+                guard::NETCODE_KEEP_ALIVE => {}
+                _ => stats.bad_packets += 1,
+            }
         }
     }
 
@@ -498,8 +602,9 @@ impl Endpoint {
 
     fn disconnect_all(&mut self, stats: &mut GatewayStats) {
         for client_id in self.netcode.clients_id() {
-            let result = self.netcode.disconnect(client_id);
-            apply(result, &self.socket, &mut self.server, &mut self.addrs, stats);
+            let (mut sink, netcode) = self.sink();
+            let result = netcode.disconnect(client_id);
+            sink.apply(result, stats);
         }
     }
 }
@@ -597,6 +702,7 @@ impl Gateway {
                 server: RenetServer::new(connection_config()),
                 addrs: FxHashMap::default(),
                 per_addr: FxHashMap::default(),
+                peers: FxHashMap::default(),
                 acks: FxHashMap::default(),
             });
         }
@@ -639,7 +745,10 @@ impl Gateway {
                         }
                     },
                     ServerEvent::ClientDisconnected { client_id, .. } => {
-                        if let Some(client) = self.clients.remove(&client_id) {
+                        // Only this endpoint's own: a second connection with a held seat's id,
+                        // refused here, must not end the holder's record on another endpoint.
+                        if self.clients.get(&client_id).is_some_and(|c| c.endpoint == e) {
+                            let client = self.clients.remove(&client_id).expect("just found");
                             self.seats.free(client.player);
                             self.stats.disconnects += 1;
                         }
@@ -647,7 +756,7 @@ impl Gateway {
                 }
             }
             for client_id in endpoint.server.clients_id() {
-                let Some(client) = self.clients.get_mut(&client_id) else { continue };
+                let Some(client) = self.clients.get_mut(&client_id).filter(|c| c.endpoint == e) else { continue };
                 let mut read = 0;
                 while let Some(bytes) = endpoint.server.receive_message(client_id, INPUT_CHANNEL) {
                     read += 1;
@@ -700,6 +809,12 @@ impl Gateway {
         }
         self.stats.connected = self.clients.len() as u64;
         inputs
+    }
+
+    /// Reads what arrived since the last read, between ticks: netcode and renet take it in, and
+    /// `poll` hands it on. Returns the datagrams read.
+    pub fn drain(&mut self) -> usize {
+        self.endpoints.iter_mut().map(|endpoint| endpoint.drain(&mut self.stats)).sum()
     }
 
     /// Sends every client its bubble as of `tick`, from every core's view of it; if a core has

@@ -4,6 +4,9 @@
 
 pub mod bots;
 pub mod gateway;
+pub mod guard;
+#[doc(hidden)]
+pub mod harness;
 pub mod key;
 pub mod transport;
 pub mod wire;

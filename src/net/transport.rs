@@ -15,6 +15,8 @@ use std::time::Duration;
 use renet::RenetClient;
 use renetcode::{ClientAuthentication, NetcodeClient, NETCODE_MAX_PACKET_BYTES};
 
+use super::guard;
+
 /// The first byte of a renet packet that carries only acknowledgements (renet 2's wire format;
 /// a test checks it against renet itself).
 pub const RENET_ACK_PACKET: u8 = 4;
@@ -50,6 +52,8 @@ pub struct ClientTransport {
     netcode: NetcodeClient,
     buffer: Box<[u8; NETCODE_MAX_PACKET_BYTES]>,
     acks: AckPacer,
+    /// Datagrams dropped before netcode saw them (`guard`).
+    pub refused: u64,
 }
 
 fn netcode_error(e: renetcode::NetcodeError) -> std::io::Error {
@@ -60,7 +64,13 @@ impl ClientTransport {
     pub fn new(now: Duration, authentication: ClientAuthentication, socket: UdpSocket) -> std::io::Result<Self> {
         socket.set_nonblocking(true)?;
         let netcode = NetcodeClient::new(now, authentication).map_err(netcode_error)?;
-        Ok(Self { socket, netcode, buffer: Box::new([0; NETCODE_MAX_PACKET_BYTES]), acks: AckPacer::default() })
+        Ok(Self {
+            socket,
+            netcode,
+            buffer: Box::new([0; NETCODE_MAX_PACKET_BYTES]),
+            acks: AckPacer::default(),
+            refused: 0,
+        })
     }
 
     /// Advances netcode by `dt` and hands `client` what arrived. An error means the connection is
@@ -98,6 +108,11 @@ impl ClientTransport {
                 Err(e) => return Err(e),
             };
             if addr != self.netcode.server_addr() {
+                continue;
+            }
+            // Whatever address it claims, a datagram renetcode would choke on never reaches it.
+            if guard::datagram(&self.buffer[..len], guard::Peer::Server).is_err() {
+                self.refused += 1;
                 continue;
             }
             if let Some(payload) = self.netcode.process_packet(&mut self.buffer[..len]) {

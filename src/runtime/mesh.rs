@@ -51,6 +51,8 @@ pub struct MeshConfig {
     pub stop_signal: Option<Arc<AtomicBool>>,
     /// Accept clients over UDP (`None`: bots only).
     pub gateway: Option<GatewayConfig>,
+    /// A panic to inject, for tests and drills (`None` in any real run).
+    pub inject_panic: Option<super::panics::InjectPanic>,
 }
 
 impl MeshConfig {
@@ -72,6 +74,7 @@ impl MeshConfig {
             persist: None,
             stop_signal: None,
             gateway: None,
+            inject_panic: None,
         }
     }
 }
@@ -186,6 +189,9 @@ pub struct MeshSummary {
     pub lost_entities: usize,
     pub duplicate_entities: usize,
     pub server_restarts: u64,
+    /// Servers whose code panicked: each was a crash, its slice took back what it held, and a
+    /// fresh incarnation replaced it.
+    pub server_panics: u64,
     pub ring_errors: u64,
     /// With a replication log: the tick every slice had committed durably at the end, and the
     /// last checkpoint round every slice completed.
@@ -205,8 +211,8 @@ pub struct MeshSummary {
 pub enum MeshError {
     #[error("could not start the shard for core {core}: {source}")]
     Executor { core: usize, source: glommio::GlommioError<()> },
-    #[error("the shard for core {0} panicked")]
-    ShardPanicked(usize),
+    #[error("the shard for core {core} panicked: {what} (the other slices committed what they could; restart to recover from the log)")]
+    ShardPanicked { core: usize, what: String },
     #[error("ring: {0}")]
     Ring(#[from] super::ring::RingError),
     #[error("bad configuration: {0}")]
@@ -310,6 +316,8 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
     let cpus: Vec<usize> = core_affinity::get_core_ids().unwrap_or_default().iter().map(|c| c.id).collect();
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
+    super::panics::install_hook();
+    let fatal = Arc::new(super::panics::Fatal::default());
     let incarnations = Arc::new(AtomicU32::new(incarnation_floor));
     let mut logs = logs.into_iter().map(Some).collect::<Vec<_>>();
     let gauges: Vec<Arc<ShardGauges>> = (0..cores).map(|_| Arc::new(ShardGauges::default())).collect();
@@ -335,6 +343,8 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
             clock_offset_us,
             streaming: streaming.clone(),
             gateway: if gateways.is_empty() { None } else { Some(gateways.remove(0).1) },
+            fatal: fatal.clone(),
+            inject_panic: cfg.inject_panic,
             log: logs.get_mut(i).and_then(Option::take).map(|log| shard::ShardLog {
                 log,
                 checkpoint_every: cfg.persist.as_ref().map(|p| p.checkpoint_every).unwrap_or(Duration::MAX),
@@ -384,7 +394,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
                 None => String::new(),
             };
             eprintln!(
-                "t={:>5.1}s players={} held={} servers={servers} cores={cores} ticks/s={:.1} tick_p50={:.2}ms tick_p99={:.2}ms worst={:.2}ms handoffs/s={:.0} stalls={}{committed}",
+                "t={:>5.1}s players={} held={} servers={servers} cores={cores} ticks/s={:.1} tick_p50={:.2}ms tick_p99={:.2}ms worst={:.2}ms handoffs/s={:.0} stalls={} server_panics={}{committed}",
                 start.elapsed().as_secs_f64(),
                 sum(&|g| g.players.load(Ordering::Relaxed)),
                 sum(&|g| g.held.load(Ordering::Relaxed)),
@@ -394,6 +404,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
                 worst as f64 / 1e3,
                 (handoffs - last.1) as f64 / secs,
                 sum(&|g| g.stalls.load(Ordering::Relaxed)),
+                sum(&|g| g.server_panics.load(Ordering::Relaxed)),
             );
             last = (ticks, handoffs, Instant::now());
         }
@@ -401,8 +412,19 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
     stop.store(true, Ordering::Relaxed);
     let duration_s = start.elapsed().as_secs_f64();
     let mut reports: Vec<ShardReport> = Vec::new();
+    let mut panicked = None;
     for (i, h) in handles.into_iter().enumerate() {
-        reports.push(h.join().map_err(|_| MeshError::ShardPanicked(i))?);
+        // Every shard is joined (each commits and closes its log as it stops) before a panic is
+        // reported.
+        match h.join() {
+            Ok(report) => reports.push(report),
+            Err(_) => {
+                panicked.get_or_insert(fatal.first().unwrap_or((i, "a panic with no message".into())));
+            }
+        }
+    }
+    if let Some((core, what)) = panicked {
+        return Err(MeshError::ShardPanicked { core, what });
     }
     reports.sort_by_key(|r| r.index);
     let persisted = cfg.persist.is_some().then(|| {
@@ -502,7 +524,7 @@ fn audit(
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
     let mut slices = Vec::new();
     let mut all_servers: Vec<Server> = Vec::new();
-    let (mut stalls, mut restarts, mut ring_errors, mut in_flight) = (0, 0, 0, 0);
+    let (mut stalls, mut restarts, mut ring_errors, mut in_flight, mut server_panics) = (0, 0, 0, 0, 0);
     let mut stall_reports = Vec::new();
     let mut held_per_core = Vec::new();
     let mut tick_p99_ms_per_core = Vec::new();
@@ -516,6 +538,7 @@ fn audit(
         tick_p99_ms_per_core.push(r.tick_us.value_at_quantile(0.99) as f64 / 1e3);
         stalls += r.stalls;
         restarts += r.restarts;
+        server_panics += r.server_panics;
         ring_errors += r.ring_errors;
         in_flight += r.in_flight;
         stall_reports.extend(r.stall_reports);
@@ -551,6 +574,7 @@ fn audit(
         lost_entities: audit.lost,
         duplicate_entities: audit.duplicates,
         server_restarts: restarts,
+        server_panics,
         ring_errors,
         committed_tick: None,
         checkpoint_round: None,

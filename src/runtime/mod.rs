@@ -3,6 +3,7 @@
 
 pub mod alloc;
 pub mod mesh;
+pub mod panics;
 pub mod ring;
 pub mod shard;
 

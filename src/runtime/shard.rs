@@ -17,6 +17,7 @@ use hdrhistogram::Histogram;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use super::panics::{guarded, Watch};
 use super::ring::{access_trusted, Consumer, Producer, RingError};
 use crate::protocol::messages::ArchivedSliceMsg;
 use crate::protocol::{Incarnation, Input, Replication, Server, ServerEvent, SliceId, SliceMsg};
@@ -31,6 +32,9 @@ pub const FRAMES_PER_PEER_PER_TICK_MAX: usize = 65_536;
 
 /// How long a stopping shard keeps moving messages between cores.
 pub const SETTLE: Duration = Duration::from_millis(150);
+
+/// How often a core reads its gateway's sockets while it waits for its next tick.
+const GATEWAY_DRAIN_EVERY: Duration = Duration::from_millis(2);
 
 /// How long a gateway waits for the other cores' view of its tick before it sends what it has.
 const VIEW_WAIT_MAX: Duration = Duration::from_millis(15);
@@ -62,6 +66,8 @@ pub struct ShardGauges {
     pub checkpoint_round: AtomicU64,
     /// Clients connected to this core's gateway.
     pub clients: AtomicU64,
+    /// Servers whose code panicked (each replaced by a fresh incarnation).
+    pub server_panics: AtomicU64,
 }
 
 /// What a shard with a gateway needs: its endpoints, the seats every core shares, and every
@@ -103,6 +109,10 @@ pub struct ShardSetup {
     /// Container streaming for the servers (`None`: servers hold every entity of their regions).
     pub streaming: Option<Arc<crate::world::StreamIndex>>,
     pub gateway: Option<ShardGateway>,
+    /// Where a shard's fatal panic is recorded for the mesh to report.
+    pub fatal: Arc<super::panics::Fatal>,
+    /// A panic to inject, for tests and drills.
+    pub inject_panic: Option<super::panics::InjectPanic>,
 }
 
 /// What a shard hands back when it stops.
@@ -117,6 +127,8 @@ pub struct ShardReport {
     pub in_flight: usize,
     pub ring_errors: u64,
     pub restarts: u64,
+    /// Servers whose code panicked and were replaced.
+    pub server_panics: u64,
     /// Why the log stopped taking commits, if it did (the shard stops the mesh then).
     pub log_error: Option<String>,
     pub gateway: Option<crate::net::GatewayStats>,
@@ -138,6 +150,9 @@ struct Shard {
     inputs: Vec<Input>,
     ring_errors: u64,
     restarts: u64,
+    server_panics: u64,
+    /// The next tick of the first server panics (an injected fault).
+    inject_server_panic: bool,
     log: Option<crate::log::SliceLog>,
     log_ops: Vec<crate::log::LogOp>,
     log_error: Option<String>,
@@ -198,15 +213,28 @@ impl Shard {
     fn pump_local(&mut self, now: u64) {
         loop {
             let mut moved = false;
-            for server in &mut self.servers {
-                while let Some(msg) = server.poll_message() {
-                    self.slice.handle(now, msg);
-                    moved = true;
+            for i in 0..self.servers.len() {
+                loop {
+                    let server = &mut self.servers[i];
+                    match guarded(|| server.poll_message()) {
+                        Ok(Some(msg)) => {
+                            self.slice.handle(now, msg);
+                            moved = true;
+                        }
+                        Ok(None) => break,
+                        Err(why) => {
+                            self.server_panicked(i, now, &why);
+                            break;
+                        }
+                    }
                 }
             }
             while let Some(msg) = self.slice.poll_message() {
-                if let Some(server) = self.servers.iter_mut().find(|s| s.id() == msg.server) {
-                    server.handle(now, msg);
+                if let Some(i) = self.servers.iter().position(|s| s.id() == msg.server) {
+                    let server = &mut self.servers[i];
+                    if let Err(why) = guarded(|| server.handle(now, msg)) {
+                        self.server_panicked(i, now, &why);
+                    }
                 }
                 moved = true;
             }
@@ -256,7 +284,8 @@ impl Shard {
         }
         // A copy: other cores' gateways take seats meanwhile, and must not wait for this loop.
         let taken = self.gateway.as_ref().map(|gw| gw.seats.taken().clone());
-        for server in &mut self.servers {
+        let mut panicked = Vec::new();
+        for (i, server) in self.servers.iter_mut().enumerate() {
             if !server.is_acting(now) {
                 continue;
             }
@@ -274,25 +303,68 @@ impl Shard {
                     );
                 }
             }
-            for input in self.inputs.drain(..) {
-                server.handle_input(input);
+            let inputs = &mut self.inputs;
+            if let Err(why) = guarded(|| inputs.drain(..).for_each(|input| server.handle_input(input))) {
+                panicked.push((i, why));
             }
+        }
+        for (i, why) in panicked {
+            self.server_panicked(i, now, &why);
         }
     }
 
     fn restart_fenced(&mut self, now: u64) {
-        for server in &mut self.servers {
-            if let Some(ServerEvent::Fenced) = server.poll_event() {
-                let inc = self.incarnations.fetch_add(1, Ordering::Relaxed);
-                let mut fresh = Server::new(server.id(), Incarnation(inc), now);
-                if let Some(index) = &self.streaming {
-                    fresh = fresh.with_streaming(index.clone());
-                }
-                *server = fresh;
-                if let Some(max) = self.handoffs_per_tick_max {
-                    server.handoffs_per_tick_max = max;
-                }
+        for i in 0..self.servers.len() {
+            if let Some(ServerEvent::Fenced) = self.servers[i].poll_event() {
+                self.servers[i] = self.fresh_server(self.servers[i].id(), now);
                 self.restarts += 1;
+            }
+        }
+    }
+
+    /// A new incarnation of server `id`: it holds nothing until its slice grants it regions.
+    fn fresh_server(&self, id: ServerId, now: u64) -> Server {
+        let inc = self.incarnations.fetch_add(1, Ordering::Relaxed);
+        let mut fresh = Server::new(id, Incarnation(inc), now);
+        if let Some(index) = &self.streaming {
+            fresh = fresh.with_streaming(index.clone());
+        }
+        if let Some(max) = self.handoffs_per_tick_max {
+            fresh.handoffs_per_tick_max = max;
+        }
+        fresh
+    }
+
+    /// Server `i`'s code panicked: that is its crash. Its slice is told, as a crash report
+    /// tells it, and takes back what it held (committed state: what the server had not written
+    /// through is lost, as a crashed process's would be); a fresh incarnation takes its place.
+    fn server_panicked(&mut self, i: usize, now: u64, why: &str) {
+        let (id, incarnation) = (self.servers[i].id(), self.servers[i].incarnation());
+        self.slice.handle_crash_report(id, incarnation);
+        self.servers[i] = self.fresh_server(id, now);
+        self.server_panics += 1;
+        eprintln!(
+            "core {}: server {id} incarnation {} panicked: {why}; its slice took back its regions, \
+             incarnation {} replaces it",
+            self.index,
+            incarnation.0,
+            self.servers[i].incarnation().0
+        );
+    }
+
+    /// Every server's tick, each guarded: a panic is that server's crash.
+    fn tick_servers(&mut self, now: u64) {
+        for i in 0..self.servers.len() {
+            let inject = i == 0 && std::mem::take(&mut self.inject_server_panic);
+            let server = &mut self.servers[i];
+            let ticked = guarded(|| {
+                if inject {
+                    panic!("a panic injected into server {}'s tick", server.id());
+                }
+                server.tick(now)
+            });
+            if let Err(why) = ticked {
+                self.server_panicked(i, now, &why);
             }
         }
     }
@@ -386,7 +458,10 @@ impl Schedule {
     }
 }
 
-pub async fn run(setup: ShardSetup) -> ShardReport {
+pub async fn run(mut setup: ShardSetup) -> ShardReport {
+    // A panic that unwinds out of the shard (not a server's, which is caught as its crash)
+    // records the core and stops the mesh.
+    let _watch = Watch { core: setup.index, fatal: setup.fatal.clone(), stop: setup.stop.clone() };
     let servers: Vec<Server> = setup
         .servers
         .iter()
@@ -424,6 +499,8 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
         inputs: Vec::new(),
         ring_errors: 0,
         restarts: 0,
+        server_panics: 0,
+        inject_server_panic: false,
         log,
         log_ops: Vec::new(),
         log_error: None,
@@ -442,7 +519,19 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
         let next = schedule.next;
         let now_instant = Instant::now();
         if at > now_instant {
-            glommio::timer::sleep(at - now_instant).await;
+            // Clients' sockets are read while the core waits, so a flood is read and dropped by
+            // the gateway rather than overflowing the kernel's queue over clients' packets.
+            match shard.gateway.as_mut() {
+                Some(gw) => loop {
+                    gw.gateway.drain();
+                    let now = Instant::now();
+                    if now >= at {
+                        break;
+                    }
+                    glommio::timer::sleep((at - now).min(GATEWAY_DRAIN_EVERY)).await;
+                },
+                None => glommio::timer::sleep(at - now_instant).await,
+            }
         }
         let began = Instant::now();
         // The protocol's clock is the schedule's, not the wall's: a core that runs a tick late
@@ -482,10 +571,16 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
             shard.drive_bots(now);
         }
         mark(1);
-        if !overloaded {
-            for server in &mut shard.servers {
-                server.tick(now);
+        if let Some(p) = setup.inject_panic.filter(|p| p.core == shard.index && scheduled_tick >= p.tick) {
+            setup.inject_panic = None;
+            if p.in_server {
+                shard.inject_server_panic = true;
+            } else {
+                panic!("a panic injected into core {}'s shard at tick {scheduled_tick}", shard.index);
             }
+        }
+        if !overloaded {
+            shard.tick_servers(now);
         }
         shard.pump_local(now);
         shard.restart_fenced(now);
@@ -550,6 +645,7 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
             g.committed_tick.store(log.state.durable_tick.load(Ordering::Acquire), Ordering::Relaxed);
         }
         g.checkpoint_round.store(shard.slice.checkpoint_done(), Ordering::Relaxed);
+        g.server_panics.store(shard.server_panics, Ordering::Relaxed);
         if let Some(gw) = &shard.gateway {
             g.clients.store(gw.gateway.stats.connected, Ordering::Relaxed);
         }
@@ -614,6 +710,7 @@ pub async fn run(setup: ShardSetup) -> ShardReport {
         in_flight,
         ring_errors: shard.ring_errors,
         restarts: shard.restarts,
+        server_panics: shard.server_panics,
         log_error: shard.log_error,
         gateway: shard.gateway.map(|gw| gw.gateway.stats),
     }

@@ -1,0 +1,156 @@
+//! A live gateway session on loopback, for the tests and fuzz targets that attack the whole
+//! receive path: a real `Gateway` on a real UDP socket with a client connected through netcode
+//! and renet, and the means to send, from that client's own address, any bytes at all, any
+//! payload netcode encrypts for it, or a real input.
+//!
+//! Invariant it lets a test check: whatever arrives from a session's address, the gateway does
+//! not panic, the session stays connected, and its next real input is taken.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use renet::RenetClient;
+use renetcode::{ClientAuthentication, ConnectToken, NetcodeClient};
+
+use super::gateway::{bind_endpoints, connection_config, unix_now, Gateway, PROTOCOL_ID};
+use super::wire::{self, ClientMsg, INPUT_CHANNEL};
+use super::Seats;
+use crate::protocol::Action;
+use crate::world::EntityId;
+
+/// The key the session's tokens are signed with.
+const KEY: [u8; 32] = [0x5a; 32];
+
+/// How long a connection may take on loopback before the harness gives up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct Session {
+    pub gateway: Gateway,
+    pub server_addr: SocketAddr,
+    client: Client,
+    seq: u32,
+}
+
+/// One netcode client on its own socket.
+pub struct Client {
+    pub socket: UdpSocket,
+    pub netcode: NetcodeClient,
+    pub renet: RenetClient,
+}
+
+impl Client {
+    /// A client for `seat` of the gateway at `server`, not yet connected.
+    pub fn new(server: SocketAddr, seat: u64) -> std::io::Result<Self> {
+        let token = ConnectToken::generate(unix_now(), PROTOCOL_ID, 60, seat, 5, vec![server], None, &KEY)
+            .map_err(std::io::Error::other)?;
+        let socket = UdpSocket::bind("127.0.0.1:0")?;
+        socket.set_nonblocking(true)?;
+        let netcode = NetcodeClient::new(unix_now(), ClientAuthentication::Secure { connect_token: token })
+            .map_err(std::io::Error::other)?;
+        Ok(Self { socket, netcode, renet: RenetClient::new(connection_config()) })
+    }
+
+    /// Reads what the gateway sent, keeps netcode's timers, and sends what renet queued.
+    pub fn pump(&mut self) {
+        let mut buffer = [0u8; 2048];
+        while let Ok((len, _)) = self.socket.recv_from(&mut buffer) {
+            if let Some(payload) = self.netcode.process_packet(&mut buffer[..len]) {
+                self.renet.process_packet(payload);
+            }
+        }
+        if let Some((packet, to)) = self.netcode.update(Duration::from_millis(5)) {
+            let _ = self.socket.send_to(packet, to);
+        }
+        if self.netcode.is_connected() {
+            self.renet.set_connected();
+        }
+        self.renet.update(Duration::from_millis(5));
+        for packet in self.renet.get_packets_to_send() {
+            if let Ok((to, bytes)) = self.netcode.generate_payload_packet(&packet) {
+                let _ = self.socket.send_to(bytes, to);
+            }
+        }
+    }
+}
+
+impl Session {
+    /// A gateway on a loopback port with `seats` players, and a client connected to seat 0.
+    pub fn connect(seats: usize) -> std::io::Result<Self> {
+        let sockets = bind_endpoints("127.0.0.1:0".parse().expect("valid"), 1)?;
+        let server_addr = sockets[0].local_addr()?;
+        let seats = Arc::new(Seats::new((0..seats as u64).map(|i| EntityId(1000 + i)).collect()));
+        let gateway = Gateway::new(sockets, server_addr, KEY, false, 16_000, seats)?;
+        let client = Client::new(server_addr, 0)?;
+        let mut session = Self { gateway, server_addr, client, seq: 0 };
+        let began = Instant::now();
+        while !(session.client.netcode.is_connected() && session.gateway.stats.connected == 1) {
+            if began.elapsed() > CONNECT_TIMEOUT {
+                return Err(std::io::Error::other("the session never connected"));
+            }
+            session.client.pump();
+            session.gateway.poll();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(session)
+    }
+
+    pub fn client(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client.socket.local_addr().expect("bound")
+    }
+
+    /// Any bytes, from the session's own address.
+    pub fn send_raw(&self, datagram: &[u8]) {
+        let _ = self.client.socket.send_to(datagram, self.server_addr);
+    }
+
+    /// Any bytes as a renet packet, encrypted and authenticated by the session's netcode.
+    pub fn send_payload(&mut self, payload: &[u8]) {
+        if let Ok((to, bytes)) = self.client.netcode.generate_payload_packet(payload) {
+            let _ = self.client.socket.send_to(bytes, to);
+        }
+    }
+
+    /// The gateway takes in what arrived; returns the inputs it passed on.
+    pub fn poll(&mut self) -> Vec<(EntityId, u32, Action)> {
+        let inputs = self.gateway.poll();
+        // An input the session's own payloads carried counts: the next real one numbers past it.
+        self.seq = inputs.iter().map(|i| i.1).fold(self.seq, u32::max);
+        inputs
+    }
+
+    /// Whether both ends still hold the connection.
+    pub fn connected(&mut self) -> bool {
+        self.client.pump();
+        self.client.netcode.is_connected() && !self.client.renet.is_disconnected() && self.gateway.stats.connected == 1
+    }
+
+    /// Sends a real input; returns its number.
+    pub fn send_input(&mut self) -> u32 {
+        self.seq = self.seq.saturating_add(1);
+        let msg = wire::encode(&ClientMsg::Input { seq: self.seq, action: Action::Move([0.0, 0.5, 0.0]) });
+        self.client.renet.send_message(INPUT_CHANNEL, msg);
+        self.client.pump();
+        self.seq
+    }
+
+    /// Sends a real input and reports whether the gateway took it within a few polls.
+    pub fn input_arrives(&mut self) -> bool {
+        if self.seq == u32::MAX {
+            // The session's own payloads used every number up.
+            return true;
+        }
+        let seq = self.send_input();
+        for _ in 0..20 {
+            if self.poll().iter().any(|(_, s, _)| *s == seq) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
+}
