@@ -85,8 +85,9 @@ fn trial(bin: &str, count: usize, secs: u64) -> Trial {
     std::thread::sleep(Duration::from_secs_f64(window));
     let after = (cpu_s(server.id()), cpu_s(bots.id()));
     let cpu = ((after.0 - before.0) / window, (after.1 - before.1) / window);
-    let status = bots.wait().expect("bots run");
-    assert!(status.success(), "bots failed");
+    // The bots exit non-zero when the world did not hold them; their report says how, and the
+    // trial reads it (a missing report is the failure).
+    let _ = bots.wait().expect("bots run");
     // A server that ends with a failed audit says so in its summary, which the trial reports.
     let _ = server.wait().expect("serve ends");
     let read = |name: &str| -> serde_json::Value {

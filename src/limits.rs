@@ -73,3 +73,11 @@ pub const GHOST_MARGIN_M: f32 = 60.0;
 
 /// Damage one projectile does.
 pub const PROJECTILE_DAMAGE: u16 = 10;
+
+/// A ship slower than this is at rest, and one at rest that the physics moves less than this in
+/// a tick stays put: contacts leave hulls with speeds that decay toward zero without reaching it
+/// (1e-10 m/s after a bump) and the solver nudges hulls resting against each other apart by a
+/// hair every tick, and a state that changes every tick is written every tick, so a world with
+/// nothing moving would never settle. A millimetre a second is below what any client sees
+/// (positions are centimetres).
+pub const REST_SPEED_M_S: f32 = 1e-3;

@@ -311,9 +311,13 @@ fn main() -> ExitCode {
             match shardmesh::net::bots::run(&cfg) {
                 Ok(report) => {
                     println!(
-                        "bots={} connected={} connect_ms_p50={:.1} latency_p50_ms={:.1} latency_p99_ms={:.1} updates_per_s={:.1} bytes_per_client_s={:.0} glitches={} (teleports={} vanished={} duplicates={}) dropped={} reconnects={}",
+                        "bots={} held={} connected={} ever_connected={} never_connected={} connect_failures={} connect_ms_p50={:.1} latency_p50_ms={:.1} latency_p99_ms={:.1} updates_per_s={:.1} bytes_per_client_s={:.0} glitches={} (teleports={} vanished={} duplicates={}) dropped={} reconnects={}",
                         report.count,
+                        report.held,
                         report.connected,
+                        report.ever_connected,
+                        report.count - report.ever_connected,
+                        report.connect_failures,
                         report.connect_ms_p50,
                         report.latency_p50_ms,
                         report.latency_p99_ms,
@@ -326,6 +330,12 @@ fn main() -> ExitCode {
                         report.dropped,
                         report.reconnects
                     );
+                    for (why, n) in &report.never_connected.reasons {
+                        eprintln!("{n} bot(s) never held a seat: {why}");
+                    }
+                    for why in &report.not_held {
+                        eprintln!("not held: {why}");
+                    }
                     if let Some(path) = json {
                         let text = serde_json::to_string_pretty(&report).expect("the report serializes");
                         if let Err(e) = std::fs::write(&path, text) {
@@ -333,7 +343,12 @@ fn main() -> ExitCode {
                             return ExitCode::FAILURE;
                         }
                     }
-                    ExitCode::SUCCESS
+                    // A load test that did not hold its bots failed, whatever else it measured.
+                    if report.held {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
                 }
                 Err(e) => {
                     eprintln!("bots failed: {e}");

@@ -236,10 +236,15 @@ fn bad_input_is_dropped_and_counted_while_bots_play_undisturbed() {
             socket().send_to(packet, to).unwrap();
         }
     }
-    // A flood from one address.
+    // A flood from one address of what only a client would send (dropped by its kind), and one
+    // of connection requests (well formed, so counted against the address's share).
     let flood = socket();
-    for _ in 0..3000 {
+    for _ in 0..1500 {
         let _ = flood.send_to(&[1u8; 100], addr);
+    }
+    let requests = socket();
+    for _ in 0..1500 {
+        let _ = requests.send_to(&[0u8; shardmesh::net::guard::REQUEST_BYTES], addr);
     }
     // A real client that cheats: a move at ten times full speed, an input replayed, a message
     // that is not one, a message far too large, a burst of inputs, and a datagram replayed.
@@ -305,7 +310,7 @@ fn bad_input_is_dropped_and_counted_while_bots_play_undisturbed() {
     assert!(refused("sequence") >= 3, "{g}");
     assert!(refused("wrong_size") >= 1, "{g}");
     assert!(refused("unknown_kind") >= 1, "{g}");
-    assert!(refused("wrong_peer") >= 2, "{g}");
+    assert!(refused("wrong_peer") >= 100, "the flood of client-only datagrams: {g}");
     assert!(refused("renet_kind") >= 3, "{g}");
     assert!(count("oversized_packets") >= 1, "{g}");
     assert!(count("bad_tokens") >= 2, "a wrong key and an expired token: {g}");
@@ -318,5 +323,49 @@ fn bad_input_is_dropped_and_counted_while_bots_play_undisturbed() {
     assert!(count("oversized") >= 1, "{g}");
     assert!(count("flooded") >= 1, "{g}");
     assert_eq!(count("connects"), 21, "the bots and the cheat: {g}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn seats_refused_are_said_why_and_never_disturb_their_holders() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = temp_dir("seats");
+    let (server, addr) = serve(&dir, 14);
+    let holders = bots(&dir, addr, 20, "wander", 9, 0);
+    std::thread::sleep(Duration::from_secs(3));
+    // Seats 0..5 are held by the first bots; seats 300..305 do not exist (the world has 300).
+    let taken = bots(&dir, addr, 5, "wander", 3, 0);
+    let missing = Command::new(BIN)
+        .args(["bots", "--connect", &addr.to_string(), "--key-file"])
+        .arg(dir.join("gateway.key"))
+        .args(["--count", "5", "--first-seat", "300", "--duration", "3", "--threads", "1", "--json"])
+        .arg(dir.join("bots-300.json"))
+        .output()
+        .unwrap();
+    let taken = taken.wait_with_output().unwrap();
+    assert!(!taken.status.success(), "bots refused every seat must fail");
+    assert!(!missing.status.success(), "bots refused every seat must fail");
+    let said = String::from_utf8_lossy(&missing.stderr);
+    assert!(said.contains("the world has 300 players"), "{said}");
+    let report = json(&dir.join("bots-300.json"));
+    assert_eq!(report["held"], false, "{report}");
+    assert_eq!(report["never_connected"]["refused_seat"], 5, "{report}");
+    assert_eq!(report["connected"], 0, "{report}");
+    let report = json(&dir.join("bots-0.json"));
+    // (The holders, still playing, have not written theirs yet.) A second connection for a held
+    // seat that lands on another endpoint is told why; one that lands on the holder's own
+    // endpoint gets no answer at all from netcode, which ignores a request for an id it has.
+    let never = &report["never_connected"];
+    assert!(never["refused_seat"].as_u64().unwrap() >= 1, "{report}");
+    assert_eq!(never["refused_seat"].as_u64().unwrap() + never["still_connecting"].as_u64().unwrap(), 5, "{report}");
+    assert!(format!("{report}").contains("another client holds it"), "{report}");
+    finish(holders, "the seats' holders");
+    let report = json(&dir.join("bots-0.json"));
+    assert_undisturbed(&report, 20);
+    assert_eq!(report["held"], true, "{report}");
+    finish(server, "serve");
+    let summary = json(&dir.join("serve.json"));
+    assert_clean_server(&summary);
+    assert!(summary["gateway"]["bad_seats"].as_u64().unwrap() >= 6, "{summary}");
     let _ = std::fs::remove_dir_all(&dir);
 }

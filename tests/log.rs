@@ -66,6 +66,31 @@ fn segments(image: &BTreeMap<String, Vec<u8>>) -> Vec<String> {
     image.keys().filter(|k| k.ends_with(".log")).cloned().collect()
 }
 
+/// The image as a crash would leave it had the flusher synced only the records below `below`
+/// (`None`: nothing at all, not even the world's creation): every segment's watermark lowered
+/// to it, and no segment sealed past it. A clean close syncs and watermarks everything, so a
+/// crash image of a record not yet synced needs this.
+fn synced_below(image: &mut BTreeMap<String, Vec<u8>>, below: Option<u64>) {
+    for (path, bytes) in image.iter_mut().filter(|(k, _)| k.ends_with(".log")) {
+        let Ok(Some(mark)) = format::decode_watermark(bytes) else { continue };
+        let at = format::WATERMARK_AT..format::WATERMARK_AT + format::WATERMARK_BYTES;
+        match below {
+            None => bytes[at].fill(0),
+            Some(below) => {
+                let lowered = format::Watermark {
+                    closed: mark.closed && mark.durable_below <= below,
+                    durable_below: mark.durable_below.min(below),
+                    // Sealed only once it was synced whole and before anything after it.
+                    sealed_next: mark.sealed_next.filter(|n| *n < below),
+                };
+                let header = bytes[..24].to_vec();
+                bytes[at].copy_from_slice(&format::encode_watermark(&header, lowered));
+            }
+        }
+        let _ = path;
+    }
+}
+
 #[test]
 fn a_clean_log_reads_back_whole() {
     let media = log_with_records(25, 1 << 20);
@@ -80,7 +105,9 @@ fn a_clean_log_reads_back_whole() {
 
 #[test]
 fn a_torn_write_at_every_byte_of_a_record_cuts_back_to_the_record_before() {
-    let image = log_with_records(5, 1 << 20).image();
+    let mut image = log_with_records(5, 1 << 20).image();
+    // The last record (5) was being written, so not yet synced.
+    synced_below(&mut image, Some(5));
     let seg = segments(&image).pop().unwrap();
     let (start, _) = *frames(&image[&seg]).last().unwrap();
     let len = u32::from_le_bytes(image[&seg][start..start + 4].try_into().unwrap()) as usize;
@@ -145,7 +172,8 @@ fn a_missing_or_truncated_segment_is_found() {
     missing.remove(&segs[1]);
     match smlog::recover(&CrashImage::from_image(missing), false) {
         Err(LogError::Corrupt { path, why, .. }) => {
-            assert_eq!(path, segs[2]);
+            // Named where the gap begins: the end of the segment before the missing one.
+            assert_eq!(path, segs[0]);
             assert!(why.contains("missing"), "{why}");
         }
         other => panic!("expected corruption, got {other:?}"),
@@ -156,8 +184,10 @@ fn a_missing_or_truncated_segment_is_found() {
     middle.truncate(middle.len() / 2);
     assert!(matches!(smlog::recover(&CrashImage::from_image(truncated), false), Err(LogError::Corrupt { .. })));
 
-    // The last segment cut short is a torn tail: what is whole before the cut is kept.
+    // The last segment cut short, past what was synced, is a torn tail: what is whole before
+    // the cut is kept.
     let mut short_tail = image.clone();
+    synced_below(&mut short_tail, Some(40));
     let last = short_tail.get_mut(segs.last().unwrap()).unwrap();
     let (start, end) = *frames(last).last().unwrap();
     last.truncate(start + (end - start) / 2);
@@ -235,6 +265,8 @@ proptest! {
         }
         log.close().unwrap();
         let mut image = media.image();
+        // The crash came before anything after the start-up record was synced.
+        synced_below(&mut image, Some(1));
         let segs = segments(&image);
         let last = image.get_mut(segs.last().unwrap()).unwrap();
         // After the start-up checkpoint's record (a cut inside it is the next test's case).
@@ -268,7 +300,9 @@ proptest! {
 
 #[test]
 fn a_crash_while_the_world_is_created_starts_it_over() {
-    let image = log_with_records(0, 1 << 16).image();
+    let mut image = log_with_records(0, 1 << 16).image();
+    // Creation had not synced its first record (nothing was promised yet).
+    synced_below(&mut image, None);
     let seg = segments(&image).pop().unwrap();
     let (start, end) = frames(&image[&seg])[0];
     for cut in [start, start + 1, start + 17, start + 40] {
@@ -331,4 +365,230 @@ fn the_next_segment_is_prepared_ahead_and_a_crash_with_it_in_place_recovers_clea
         log.close().unwrap();
     }
     assert!(restarted.image().keys().all(|k| !stale.contains(k)), "the stale prepared segment is gone");
+}
+
+fn options_synced(segment_bytes: usize) -> OpenOptions {
+    OpenOptions { durability: Durability::EveryTick, ..options(segment_bytes) }
+}
+
+/// A one-slice log as `log_with_records` makes, but synced every tick: segments rolled away are
+/// sealed, and every header carries the watermark.
+fn log_synced(records: u64, segment_bytes: usize) -> CrashImage {
+    let media = CrashImage::default();
+    let opened = smlog::open(Arc::new(media.clone()), &options_synced(segment_bytes), || world(10)).unwrap();
+    let mut log = opened.logs.into_iter().next().unwrap();
+    for t in 1..=records {
+        log.append(&Batch { tick: t, ops: vec![put((t % 10) as u32, 1000.0 + t as f32, 1 + t)] }).unwrap();
+        log.commit(t).unwrap();
+    }
+    log.close().unwrap();
+    media
+}
+
+/// Every record of the log: (segment, offset, sequence number), in order.
+fn records(image: &BTreeMap<String, Vec<u8>>) -> Vec<(String, usize, u64)> {
+    let mut out = Vec::new();
+    for seg in segments(image) {
+        let bytes = &image[&seg];
+        let mut at = SEGMENT_HEADER_BYTES;
+        while let Frame::Whole { seq, next, .. } = format::decode_frame(bytes, at) {
+            out.push((seg.clone(), at, seq));
+            at = next;
+        }
+    }
+    out
+}
+
+/// Damage at record `victim` of a log synced below `watermark`: it must read back as a torn
+/// tail (only where nothing after it is whole and nothing at or after it was synced), or fail
+/// with corruption naming the file and offset; never fewer records without a word.
+fn check_damage(
+    what: &str,
+    damaged: BTreeMap<String, Vec<u8>>,
+    all: &[(String, usize, u64)],
+    victim: usize,
+    watermark: u64,
+) {
+    let (path, offset, seq) = all[victim].clone();
+    let last = victim + 1 == all.len();
+    match smlog::recover(&CrashImage::from_image(damaged), false) {
+        Ok(rec) => {
+            assert!(seq >= watermark && last, "{what} at record {seq} (watermark {watermark}) was read as a torn tail");
+            let said =
+                rec.report.torn_tails.iter().any(|t| t.contains(&path) && t.contains(&format!("offset {offset}")));
+            assert!(said, "{what} at record {seq}: the torn tail is not reported: {:?}", rec.report);
+            assert_eq!(rec.report.records, seq, "{what}: every record before it is kept");
+        }
+        Err(LogError::Corrupt { path: p, offset: o, .. }) => {
+            assert!(seq < watermark || !last, "{what} at the last record {seq}, after the watermark, is a torn tail");
+            assert_eq!((p, o), (path, offset), "{what} at record {seq}: the error names the file and offset");
+        }
+        Err(e) => panic!("{what} at record {seq}: {e}"),
+    }
+}
+
+#[test]
+fn a_zeroed_header_or_a_flipped_byte_at_every_record_before_and_after_the_watermark_is_never_a_silent_loss() {
+    let clean = log_synced(30, 1024).image();
+    let all = records(&clean);
+    assert!(segments(&clean).len() >= 4 && all.len() == 31, "{} records", all.len());
+    // Synced to the end (a clean close), synced to the middle, and synced only at creation.
+    for watermark in [31u64, 17, 1] {
+        let mut base = clean.clone();
+        synced_below(&mut base, Some(watermark));
+        for victim in 0..all.len() {
+            let (path, offset, _) = &all[victim];
+            let mut zeroed = base.clone();
+            zeroed.get_mut(path).unwrap()[*offset..offset + format::FRAME_HEADER_BYTES].fill(0);
+            check_damage("a zeroed frame header", zeroed, &all, victim, watermark);
+            for at in [4usize, 9, format::FRAME_HEADER_BYTES + 3] {
+                let mut flipped = base.clone();
+                flipped.get_mut(path).unwrap()[offset + at] ^= 0x20;
+                check_damage(&format!("byte {at} flipped"), flipped, &all, victim, watermark);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_missing_segment_anywhere_is_a_named_error_unless_nothing_in_it_was_synced() {
+    let clean = log_synced(30, 1024).image();
+    let segs = segments(&clean);
+    let all = records(&clean);
+    for (i, seg) in segs.iter().enumerate() {
+        let mut missing = clean.clone();
+        missing.remove(seg);
+        match smlog::recover(&CrashImage::from_image(missing), false) {
+            Ok(rec) => {
+                panic!("{seg} missing read back {} records without a word: {:?}", rec.report.records, rec.report)
+            }
+            Err(e) => {
+                let text = e.to_string();
+                assert!(text.contains("missing") || text.contains("starts after"), "{seg}: {text}");
+            }
+        }
+        // Had its records never been synced (the roll-over that made it was the crash's last
+        // step), the last segment's loss is a crash's, not damage.
+        if i + 1 == segs.len() {
+            let first = all.iter().find(|r| &r.0 == seg).unwrap().2;
+            let mut unsynced = clean.clone();
+            synced_below(&mut unsynced, Some(first));
+            unsynced.remove(seg);
+            let rec = smlog::recover(&CrashImage::from_image(unsynced), false).unwrap();
+            assert_eq!(rec.report.records, first);
+        }
+    }
+}
+
+#[test]
+fn a_crash_image_at_every_step_of_a_roll_over_reopens() {
+    let clean = log_synced(30, 1024).image();
+    let segs = segments(&clean);
+    let (prev, last) = (&segs[segs.len() - 2], segs.last().unwrap());
+    let all = records(&clean);
+    let first_of_last = all.iter().find(|r| &r.0 == last).unwrap().2;
+    // Before the roll-over: the log ends with `prev`, not sealed, nothing of `last` synced.
+    let mut before = clean.clone();
+    synced_below(&mut before, Some(first_of_last));
+    let header = before[last][..SEGMENT_HEADER_BYTES].to_vec();
+    let len = before[last].len();
+    let prepared = "slice-0/prepared-0000000000000001-1.tmp".to_string();
+    let mut steps: Vec<(&str, BTreeMap<String, Vec<u8>>)> = Vec::new();
+    let mut s = before.clone();
+    s.remove(last);
+    steps.push(("nothing of the next segment yet", s.clone()));
+    s.insert(prepared.clone(), vec![0; len]);
+    steps.push(("the next segment prepared", s.clone()));
+    let zeros = s.remove(&prepared).unwrap();
+    s.insert(last.clone(), zeros);
+    steps.push(("renamed, no header yet", s.clone()));
+    s.get_mut(last).unwrap()[..SEGMENT_HEADER_BYTES].copy_from_slice(&header);
+    steps.push(("header written, no record", s.clone()));
+    let (_, offset, _) = all.iter().find(|r| &r.0 == last).unwrap().clone();
+    s.get_mut(last).unwrap()[offset..offset + 10].copy_from_slice(&clean[last][offset..offset + 10]);
+    steps.push(("its first record half written", s.clone()));
+    // The old segment sealed (synced whole, the new one's name durable), its new one empty.
+    let mut sealed = clean.clone();
+    synced_below(&mut sealed, Some(first_of_last));
+    let mark = format::Watermark { durable_below: first_of_last, sealed_next: Some(first_of_last), closed: false };
+    let prev_header = sealed[prev][..24].to_vec();
+    sealed.get_mut(prev).unwrap()[format::WATERMARK_AT..format::WATERMARK_AT + format::WATERMARK_BYTES]
+        .copy_from_slice(&format::encode_watermark(&prev_header, mark));
+    sealed.get_mut(last).unwrap()[SEGMENT_HEADER_BYTES..].fill(0);
+    steps.push(("the old segment sealed, the new one empty", sealed));
+    for (step, image) in steps {
+        let media = CrashImage::from_image(image);
+        let rec = smlog::recover(&media, false).unwrap_or_else(|e| panic!("{step}: {e}"));
+        assert_eq!(rec.report.records, first_of_last, "{step}");
+        let opened = smlog::open(Arc::new(media.clone()), &options_synced(1024), || world(10))
+            .unwrap_or_else(|e| panic!("{step}: reopening: {e}"));
+        assert!(!opened.created, "{step}");
+        let mut log = opened.logs.into_iter().next().unwrap();
+        let t = rec.last_tick + 1;
+        log.append(&Batch { tick: t, ops: vec![put(3, 7.0, 500)] }).unwrap();
+        log.commit(t).unwrap();
+        log.close().unwrap();
+        let again = smlog::recover(&media, false).unwrap_or_else(|e| panic!("{step}: after a run: {e}"));
+        assert!(again.report.errors.is_empty(), "{step}: {:?}", again.report);
+        assert_eq!(x_of(&again.entities, 3), Some(7.0), "{step}");
+    }
+}
+
+#[test]
+fn a_failing_sync_never_advances_the_durable_tick() {
+    let media = CrashImage::default();
+    let opened = smlog::open(Arc::new(media.clone()), &options_synced(1 << 16), || world(10)).unwrap();
+    let mut log = opened.logs.into_iter().next().unwrap();
+    let durable = |log: &SliceLog| log.state.durable_tick.load(std::sync::atomic::Ordering::Acquire);
+    let wait_for = |log: &SliceLog, tick: u64| {
+        let began = std::time::Instant::now();
+        while durable(log) < tick && began.elapsed() < std::time::Duration::from_secs(5) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    };
+    for t in 1..=5 {
+        log.append(&Batch { tick: t, ops: vec![put(1, t as f32, 10 + t)] }).unwrap();
+        log.commit(t).unwrap();
+    }
+    wait_for(&log, 5);
+    assert_eq!(durable(&log), 5);
+    media.fail_syncs.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut refused = None;
+    for t in 6..=40 {
+        let result = log.append(&Batch { tick: t, ops: vec![put(1, t as f32, 10 + t)] }).and_then(|()| log.commit(t));
+        if let Err(e) = result {
+            refused = Some(e);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let e = refused.expect("a commit after a failed sync is refused");
+    assert!(e.to_string().contains("msync"), "{e}");
+    assert_eq!(durable(&log), 5, "no tick after the failed sync counts as durable");
+    assert!(log.close().is_err(), "closing reports the failed sync");
+}
+
+#[test]
+fn verify_reads_every_byte_and_reports_what_the_writer_would_not_have_left() {
+    let clean = log_synced(5, 4096).image();
+    assert!(smlog::verify(&CrashImage::from_image(clean.clone())).errors.is_empty());
+    let seg = segments(&clean).pop().unwrap();
+    let (_, offset, _) = records(&clean).last().unwrap().clone();
+    let len = clean[&seg].len();
+    let payload = u32::from_le_bytes(clean[&seg][offset..offset + 4].try_into().unwrap()) as usize;
+    let padding = offset + format::FRAME_HEADER_BYTES + payload;
+    let mut places = vec![("the unused end", len - 1), ("a header byte left zero", 60)];
+    if payload % format::FRAME_ALIGN != 0 {
+        places.push(("a record's padding", padding));
+    }
+    for (what, at) in places {
+        let mut bad = clean.clone();
+        bad.get_mut(&seg).unwrap()[at] ^= 0x01;
+        let report = smlog::verify(&CrashImage::from_image(bad));
+        assert!(!report.errors.is_empty(), "{what} (byte {at}) changed, verify says nothing: {report:?}");
+    }
+    // The watermark's own bytes are checked too.
+    let mut bad = clean.clone();
+    bad.get_mut(&seg).unwrap()[format::WATERMARK_AT + 2] ^= 0x01;
+    assert!(smlog::recover(&CrashImage::from_image(bad), false).is_err());
 }

@@ -56,6 +56,17 @@ fn five_hundred_seeds_with_every_fault_on_keep_every_invariant() {
     }
 }
 
+/// Seed 2441: two ships left resting hull to hull after a bump. The solver's contact speeds
+/// decayed toward zero without reaching it and it nudged the hulls apart by a hair each tick, so
+/// their server wrote a new state every tick long after the calm, and at the end one write was
+/// always still in flight ("s0 holds a state the layer never committed"). A ship under
+/// `REST_SPEED_M_S` is at rest now.
+#[test]
+fn seed_2441_ships_resting_hull_to_hull_settle() {
+    let outcome = Simulator::run(SimConfig::new(2441));
+    assert_eq!(outcome.failure, None, "{}", outcome.plan);
+}
+
 #[test]
 fn the_same_seed_prints_the_same_run_byte_for_byte() {
     for seed in [3, 17] {

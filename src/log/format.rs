@@ -1,7 +1,28 @@
 //! The bytes of the replication log: segment headers, record frames, snapshot files.
 //!
 //! A segment file is a 64-byte header followed by frames, 16-byte aligned, up to its
-//! preallocated length; the unwritten rest is zeros. A frame is
+//! preallocated length; the unwritten rest is zeros. The header is
+//!
+//! ```text
+//! 0   [u8; 8]  magic "SMLOGSEG"
+//! 8   u32      format version
+//! 12  u16      slice
+//! 14  [u8; 2]  zero
+//! 16  u64      sequence number of the segment's first frame
+//! 24  u32      CRC32C of bytes 0..24
+//! 28  [u8; 4]  zero
+//! 32  u64      watermark: every frame below this sequence number was synced (durable)
+//! 40  u64      the next segment's first sequence number, once sealed
+//! 48  u8       bit 0: sealed (every frame synced, and the next segment exists); bit 1: closed
+//!              (a clean stop: every frame synced, and nothing follows the last)
+//! 49  [u8; 3]  zero
+//! 52  u32      CRC32C of bytes 0..24 and 32..52 (zero with 32..52 before the first watermark)
+//! 56  [u8; 8]  zero
+//! ```
+//!
+//! The flusher writes the watermark only after the frames below it were synced, so a watermark
+//! that reached the disk proves those frames did: a damaged or missing frame below it is
+//! corruption, never a torn write. A frame is
 //!
 //! ```text
 //! 0   u32  payload length
@@ -27,6 +48,65 @@ pub const FRAME_ALIGN: usize = 16;
 pub const SNAPSHOT_HEADER_BYTES: usize = 32;
 /// A frame claiming more than this is corrupt: one tick of one slice never writes that much.
 pub const FRAME_PAYLOAD_MAX: usize = 1 << 30;
+
+/// Where the watermark lies in a segment header, and its bytes (checksum included).
+pub const WATERMARK_AT: usize = 32;
+pub const WATERMARK_BYTES: usize = 24;
+
+/// What a segment header says was synced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Watermark {
+    /// Every frame below this sequence number (in this segment and before it) is durable.
+    pub durable_below: u64,
+    /// Set once the segment is sealed: every frame in it is durable, and the next segment
+    /// (starting at this sequence number) exists.
+    pub sealed_next: Option<u64>,
+    /// Written by a clean stop: nothing follows the last frame, so bytes past it are damage,
+    /// never a write cut short.
+    pub closed: bool,
+}
+
+/// The watermark bytes (`WATERMARK_AT..WATERMARK_AT + WATERMARK_BYTES`) for a segment whose
+/// header begins with `header` (its first 24 bytes are covered by the checksum too).
+pub fn encode_watermark(header: &[u8], mark: Watermark) -> [u8; WATERMARK_BYTES] {
+    let mut w = [0u8; WATERMARK_BYTES];
+    w[0..8].copy_from_slice(&mark.durable_below.to_le_bytes());
+    w[8..16].copy_from_slice(&mark.sealed_next.unwrap_or(0).to_le_bytes());
+    w[16] = mark.sealed_next.is_some() as u8 | (mark.closed as u8) << 1;
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&header[0..24]), &w[0..20]);
+    w[20..24].copy_from_slice(&crc.to_le_bytes());
+    w
+}
+
+/// The watermark a segment header holds: `None` before the first one was written (all zeros),
+/// an error if its bytes are neither.
+pub fn decode_watermark(header: &[u8]) -> Result<Option<Watermark>, String> {
+    let w = header.get(WATERMARK_AT..WATERMARK_AT + WATERMARK_BYTES).ok_or("segment header cut short")?;
+    if w.iter().all(|b| *b == 0) {
+        return Ok(None);
+    }
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&header[0..24]), &w[0..20]);
+    if u32::from_le_bytes(w[20..24].try_into().expect("4 bytes")) != crc {
+        return Err("segment watermark checksum mismatch".into());
+    }
+    if w[16] > 3 || w[17..20] != [0, 0, 0] {
+        return Err("segment watermark flags are not ones the writer sets".into());
+    }
+    let u64_at = |i: usize| u64::from_le_bytes(w[i..i + 8].try_into().expect("8 bytes"));
+    Ok(Some(Watermark {
+        durable_below: u64_at(0),
+        sealed_next: (w[16] & 1 == 1).then(|| u64_at(8)),
+        closed: w[16] & 2 == 2,
+    }))
+}
+
+/// Bytes of a segment header the writer always leaves zero.
+pub fn header_reserved_is_zero(header: &[u8]) -> bool {
+    header.len() >= SEGMENT_HEADER_BYTES
+        && header[14..16] == [0, 0]
+        && header[28..32] == [0; 4]
+        && header[WATERMARK_AT + WATERMARK_BYTES..SEGMENT_HEADER_BYTES].iter().all(|b| *b == 0)
+}
 
 /// One change in a slice's history.
 #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]

@@ -19,7 +19,9 @@ pub trait Media: Send + Sync {
     fn list(&self, dir: &str) -> io::Result<Vec<String>>;
     fn read(&self, path: &str) -> io::Result<Bytes>;
     /// A new segment of `len` bytes, all zeros, with its space reserved: a full disk is an error
-    /// here, never a fault on a later write through the mapping.
+    /// here, never a fault on a later write through the mapping. A file of that name is replaced
+    /// atomically (a crash leaves the old file or the new): a segment a crash left with no frame
+    /// in it is where the next run starts writing.
     fn create_segment(&self, path: &str, len: usize) -> io::Result<Arc<dyn Segment>>;
     /// Writes a whole file so that a crash leaves either the old file or the new one.
     fn put_atomic(&self, path: &str, bytes: &[u8]) -> io::Result<()>;
@@ -114,7 +116,12 @@ impl Media for Disk {
 
     fn create_segment(&self, path: &str, len: usize) -> io::Result<Arc<dyn Segment>> {
         self.ensure_parent(path)?;
-        let file = OpenOptions::new().read(true).write(true).create_new(true).open(self.path(path))?;
+        let replace = self.path(path).exists();
+        let made = if replace { self.path(&format!("{path}.new")) } else { self.path(path) };
+        if replace {
+            let _ = std::fs::remove_file(&made);
+        }
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&made)?;
         // Reserve the blocks now: a mapping of a sparse file that hits a full disk faults with
         // SIGBUS on a later store; this fails here with ENOSPC instead.
         // SAFETY: a plain system call on an open descriptor.
@@ -122,10 +129,13 @@ impl Media for Disk {
         if rc != 0 {
             let err = io::Error::from_raw_os_error(rc);
             drop(file);
-            let _ = std::fs::remove_file(self.path(path));
+            let _ = std::fs::remove_file(&made);
             return Err(err);
         }
         let map = memmap2::MmapOptions::new().len(len).map_raw(&file)?;
+        if replace {
+            std::fs::rename(&made, self.path(path))?;
+        }
         self.sync_dir(path)?;
         Ok(Arc::new(DiskSegment { map, len }))
     }
@@ -190,9 +200,11 @@ impl Segment for DiskSegment {
         if end.is_none() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "write past the end of a segment"));
         }
-        // SAFETY: in bounds (checked above). The segment has one writer, which writes each byte
-        // once, and nothing in this process reads the bytes through a reference while it runs:
-        // the flusher only passes the range to msync.
+        // SAFETY: in bounds (checked above). Two threads write a segment, never the same bytes
+        // at once: the shard's writer appends frames (and writes a new segment's header before
+        // it hands the segment to the flusher, through a channel); the flusher writes only the
+        // header's watermark bytes, after that. Nothing in this process reads the bytes through
+        // a reference while it runs: msync takes the range.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.map.as_mut_ptr().add(offset), bytes.len()) };
         Ok(())
     }
@@ -229,6 +241,8 @@ type Files = BTreeMap<String, Arc<Mutex<Vec<u8>>>>;
 pub struct CrashImage {
     files: Arc<Mutex<Files>>,
     capacity: Option<usize>,
+    /// Every segment sync fails (EIO) while this is set: a disk that stopped taking writes.
+    pub fail_syncs: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl CrashImage {
@@ -244,7 +258,7 @@ impl CrashImage {
 
     pub fn from_image(image: BTreeMap<String, Vec<u8>>) -> Self {
         let files = image.into_iter().map(|(k, v)| (k, Arc::new(Mutex::new(v)))).collect();
-        Self { files: Arc::new(Mutex::new(files)), capacity: None }
+        Self { files: Arc::new(Mutex::new(files)), ..Self::default() }
     }
 
     fn used(files: &Files) -> usize {
@@ -290,13 +304,11 @@ impl Media for CrashImage {
 
     fn create_segment(&self, path: &str, len: usize) -> io::Result<Arc<dyn Segment>> {
         let mut files = self.files.lock().expect("not poisoned");
-        if files.contains_key(path) {
-            return Err(io::Error::new(io::ErrorKind::AlreadyExists, path.to_string()));
-        }
-        self.full(&files, len)?;
+        let replaced = files.get(path).map_or(0, |f| f.lock().expect("not poisoned").len());
+        self.full(&files, len.saturating_sub(replaced))?;
         let data = Arc::new(Mutex::new(vec![0u8; len]));
         files.insert(path.to_string(), data.clone());
-        Ok(Arc::new(MemSegment { data, len }))
+        Ok(Arc::new(MemSegment { data, len, fail_syncs: self.fail_syncs.clone() }))
     }
 
     fn put_atomic(&self, path: &str, bytes: &[u8]) -> io::Result<()> {
@@ -338,6 +350,7 @@ impl Media for CrashImage {
 struct MemSegment {
     data: Arc<Mutex<Vec<u8>>>,
     len: usize,
+    fail_syncs: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Segment for MemSegment {
@@ -352,6 +365,9 @@ impl Segment for MemSegment {
     }
 
     fn sync(&self, _from: usize, _to: usize) -> io::Result<()> {
+        if self.fail_syncs.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
         Ok(())
     }
 

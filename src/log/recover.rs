@@ -91,6 +91,8 @@ struct SliceScan {
     batches: Vec<(u64, Batch)>,
     snapshots: BTreeMap<u64, Result<SnapshotFile, String>>,
     next_seq: u64,
+    /// A watermark was written: the writer promised something durable.
+    promised: bool,
 }
 
 fn parse_numbered(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
@@ -138,12 +140,35 @@ fn scan_slice(media: &dyn Media, slice: u16, salvage: bool, out: &mut Recovered)
     }
     segments.sort();
     scan.segments = segments.len();
+    let mut files = Vec::with_capacity(segments.len());
+    for (_, path) in &segments {
+        files.push(media.read(path).map_err(io(path))?);
+    }
+    // The watermark: every frame below it was synced, so a damaged or missing one there is
+    // corruption, never a torn write. Each segment's header says how far it got.
+    let mut durable_below = 0u64;
+    for (bytes, (_, path)) in files.iter().zip(&segments) {
+        if bytes.len() >= SEGMENT_HEADER_BYTES {
+            match format::decode_watermark(bytes) {
+                Ok(mark) => {
+                    durable_below = durable_below.max(mark.map_or(0, |m| m.durable_below));
+                    scan.promised |= mark.is_some();
+                }
+                Err(why) if format::decode_segment_header(bytes).is_ok() => {
+                    // Without it, what was promised is unknown: frames are still checked whole.
+                    lost_or_fail(out, salvage, path, format::WATERMARK_AT, why)?;
+                }
+                Err(_) => {}
+            }
+        }
+    }
     let mut expected: Option<u64> = None;
+    let mut sealed: Option<(u64, &str)> = None;
     let last_index = segments.len().saturating_sub(1);
     'segments: for (index, (named_first, path)) in segments.iter().enumerate() {
-        let bytes = media.read(path).map_err(io(path))?;
+        let bytes = &files[index];
         let is_last = index == last_index;
-        let first = match format::decode_segment_header(&bytes) {
+        let first = match format::decode_segment_header(bytes) {
             Ok((s, first)) if s == slice && first == *named_first => first,
             Ok((s, first)) => {
                 let why = format!("header says slice {s} from record {first}, the name says otherwise");
@@ -151,9 +176,10 @@ fn scan_slice(media: &dyn Media, slice: u16, salvage: bool, out: &mut Recovered)
                 break 'segments;
             }
             Err(_) if is_last && bytes.iter().all(|b| *b == 0) => {
-                // Created, not yet written: a crash right after the file was made.
+                // Created, not yet written: a crash right after the file was made. The next run
+                // writes its first segment over it (or clears it away).
                 out.report.torn_tails.push(format!("{path}: empty segment"));
-                out.repairs.push(Repair::Remove { path: path.clone() });
+                sealed = None;
                 break 'segments;
             }
             Err(why) => {
@@ -161,50 +187,140 @@ fn scan_slice(media: &dyn Media, slice: u16, salvage: bool, out: &mut Recovered)
                 break 'segments;
             }
         };
+        if !format::header_reserved_is_zero(bytes) {
+            out.report.errors.push(format!("{path}: header bytes the writer leaves zero are not"));
+        }
         if let Some(e) = expected.filter(|e| *e != first) {
             let why = format!("records {e}..{first} are missing (a segment is missing or was cut short)");
             cut_or_fail(out, salvage, path, 0, why, &segments[index..])?;
             break 'segments;
         }
+        let mark = format::decode_watermark(bytes).ok().flatten();
+        sealed = mark.and_then(|m| m.sealed_next).map(|n| (n, path.as_str()));
+        let closed = mark.is_some_and(|m| m.closed);
         let mut seq = first;
         let mut offset = SEGMENT_HEADER_BYTES;
         loop {
-            match format::decode_frame(&bytes, offset) {
-                Frame::Whole { seq: s, payload, next } if s == seq => match format::decode_batch(payload) {
-                    Ok(batch) => {
-                        scan.batches.push((s, batch));
-                        out.report.records += 1;
-                        seq += 1;
-                        offset = next;
+            let frame = format::decode_frame(bytes, offset);
+            if let Frame::Whole { seq: s, payload, next } = frame {
+                if s == seq {
+                    match format::decode_batch(payload) {
+                        Ok(batch) => {
+                            let padding = &bytes[offset + format::FRAME_HEADER_BYTES + payload.len()..next];
+                            if padding.iter().any(|b| *b != 0) {
+                                out.report
+                                    .errors
+                                    .push(format!("{path} at offset {offset}: record {s}'s padding is not zeros"));
+                            }
+                            scan.batches.push((s, batch));
+                            out.report.records += 1;
+                            seq += 1;
+                            offset = next;
+                            continue;
+                        }
+                        Err(why) => {
+                            // Whole by its checksum, yet undecodable: written so, never torn.
+                            cut_or_fail(out, salvage, path, offset, why, &segments[index + 1..])?;
+                            out.repairs.push(Repair::ZeroFrom { path: path.clone(), offset });
+                            expected = Some(seq);
+                            sealed = None;
+                            break 'segments;
+                        }
                     }
-                    Err(why) => {
-                        cut_or_fail(out, salvage, path, offset, why, &segments[index + 1..])?;
-                        out.repairs.push(Repair::ZeroFrom { path: path.clone(), offset });
-                        expected = Some(seq);
-                        break 'segments;
-                    }
-                },
-                Frame::End => break,
-                other => {
-                    let why = match other {
-                        Frame::Bad(why) => why,
-                        _ => format!("record {seq} expected, found another"),
-                    };
-                    if is_last && !whole_frame_after(&bytes, offset, seq) {
-                        out.report.torn_tails.push(format!("{path} at offset {offset}: {why}"));
-                    } else {
-                        cut_or_fail(out, salvage, path, offset, why, &segments[index + 1..])?;
-                    }
+                }
+            }
+            let why = match frame {
+                Frame::End => None,
+                Frame::Bad(why) => Some(why),
+                _ => Some(format!("record {seq} expected, found another")),
+            };
+            // What ends the segment here: the end of its records (a segment the log moved on
+            // from ends where the next begins, which the next one's header says), a torn write,
+            // or damage.
+            let damage = if why.is_none() && !is_last {
+                let next_first = segments[index + 1].0;
+                if whole_frame_after(bytes, offset, seq) {
+                    Some("whole records follow a blank frame header".to_string())
+                } else if next_first != seq {
+                    Some(format!("records {seq}..{next_first} are missing: the segment ends before {seq}, the next begins at {next_first}"))
+                } else {
+                    None
+                }
+            } else if seq < durable_below {
+                Some(format!(
+                    "record {seq} was synced (the watermark is {durable_below}) but is {}",
+                    why.as_deref().unwrap_or("a blank frame header")
+                ))
+            } else if whole_frame_after(bytes, offset, seq) {
+                Some(format!("whole records follow {}", why.as_deref().unwrap_or("a blank frame header")))
+            } else if why.is_some() && !is_last {
+                Some(format!("{} in a segment the log had moved on from", why.clone().unwrap_or_default()))
+            } else {
+                None
+            };
+            if let Some(damage) = damage {
+                cut_or_fail(out, salvage, path, offset, damage, &segments[index + 1..])?;
+                out.repairs.push(Repair::ZeroFrom { path: path.clone(), offset });
+                expected = Some(seq);
+                sealed = None;
+                break 'segments;
+            }
+            match why {
+                Some(why) => {
+                    out.report.torn_tails.push(format!(
+                        "{path} at offset {offset}: {why} (after the watermark {durable_below}: a write cut short)"
+                    ));
                     out.repairs.push(Repair::ZeroFrom { path: path.clone(), offset });
                     expected = Some(seq);
                     break 'segments;
+                }
+                None => {
+                    // The writer leaves nothing but zeros past the last record. At the end of
+                    // the log (after the watermark), bytes there are a write cut short; in a
+                    // segment the log moved on from, they are damage (nothing whole is lost).
+                    if let Some(at) = bytes[offset.min(bytes.len())..].iter().position(|b| *b != 0) {
+                        if is_last && !closed {
+                            out.report.torn_tails.push(format!(
+                                "{path} at offset {offset}: a blank frame header with bytes after it, at offset {} \
+                                 (after the watermark {durable_below}: a write cut short)",
+                                offset + at
+                            ));
+                            out.repairs.push(Repair::ZeroFrom { path: path.clone(), offset });
+                        } else {
+                            out.report.errors.push(format!(
+                                "{path} at offset {}: a byte past the last record is not zero",
+                                offset + at
+                            ));
+                        }
+                    }
+                    break;
                 }
             }
         }
         expected = Some(seq);
     }
     scan.next_seq = expected.unwrap_or(0);
+    if let Some((next, path)) = sealed {
+        // A sealed segment's successor existed, durably named, before anything in it was synced.
+        let why = format!("it was sealed with records from {next} in a next segment, which is missing");
+        lost_or_fail(out, salvage, path, 0, why)?;
+    }
+    if scan.next_seq < durable_below && out.report.salvaged.is_empty() {
+        let why = format!("records {}..{durable_below} were synced and are missing", scan.next_seq);
+        let path = segments.last().map_or(dir.as_str(), |(_, p)| p.as_str());
+        lost_or_fail(out, salvage, path, 0, why)?;
+    }
     Ok(scan)
+}
+
+/// Damage with nothing to cut (a segment missing, a watermark unreadable): an error, or with
+/// salvage a note of what was lost.
+fn lost_or_fail(out: &mut Recovered, salvage: bool, path: &str, offset: usize, why: String) -> Result<(), LogError> {
+    if !salvage {
+        return Err(LogError::Corrupt { path: path.to_string(), offset, why });
+    }
+    out.report.salvaged.push(format!("{path} at offset {offset}: {why}; going on without it"));
+    Ok(())
 }
 
 /// A corrupt record: an error, or with salvage the log cut at it and what follows dropped.
@@ -274,8 +390,17 @@ pub fn recover(media: &dyn Media, salvage: bool) -> Result<Recovered, LogError> 
             None
         }
     });
+    // A snapshot that cannot be read is damage, said so even when an older round serves.
+    for (round, snap) in scans.values().flat_map(|s| s.snapshots.iter()) {
+        if let Err(e) = snap {
+            out.report.errors.push(format!("round {round}: {e}"));
+        }
+    }
     let Some((round, slices)) = chosen else {
-        if rounds.iter().all(|r| *r == 1) {
+        // Interrupted only if some slice never promised anything: creation ends with every
+        // slice's first records synced and watermarked. If all did, round 1 was complete and
+        // something has damaged it since.
+        if rounds.iter().all(|r| *r == 1) && !scans.values().all(|s| s.promised) {
             // The world's creation was cut short (its first checkpoint never completed, and a
             // start removes nothing before its checkpoint completes): there is no world yet.
             out.report.torn_tails.push("the world's creation was interrupted; it starts over".into());
@@ -390,15 +515,18 @@ fn complete(scans: &BTreeMap<u16, SliceScan>, round: u64) -> Result<u16, String>
         if snap.slices != first.slices {
             return Err(format!("slice {slice} says {} slices, slice 0 says {}", snap.slices, first.slices));
         }
+        if let Some(first) = scan.batches.first().map(|(seq, _)| *seq).filter(|s| *s > snap.covers_below) {
+            return Err(format!(
+                "slice {slice}'s log starts after record {}: records {}..{first} are missing",
+                snap.covers_below, snap.covers_below
+            ));
+        }
         let done = scan
             .batches
             .iter()
             .any(|(seq, b)| *seq >= snap.covers_below && b.ops.contains(&LogOp::RoundDone { round }));
         if !done {
             return Err(format!("slice {slice} did not log it complete"));
-        }
-        if scan.batches.first().is_none_or(|(seq, _)| *seq > snap.covers_below) {
-            return Err(format!("slice {slice}'s log starts after record {}", snap.covers_below));
         }
     }
     Ok(first.slices)

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use hdrhistogram::Histogram;
 
-use super::format::{self, Batch, SnapshotFile, SEGMENT_HEADER_BYTES};
+use super::format::{self, Batch, SnapshotFile, Watermark, SEGMENT_HEADER_BYTES};
 use super::media::{Media, Segment};
 use super::recover::{segment_path, snapshot_path};
 use super::LogError;
@@ -95,6 +95,10 @@ struct Prepared {
 enum FlushMsg {
     Written {
         segment: Arc<dyn Segment>,
+        /// The segment's first sequence number (its header's), and the sequence number after the
+        /// last frame below `end`.
+        first_seq: u64,
+        seq_end: u64,
         end: usize,
         tick: u64,
         at: Instant,
@@ -106,6 +110,9 @@ enum FlushMsg {
     Remove(Vec<String>),
     /// A prepared segment took its final name: make the name durable before anything in it.
     Renamed(String),
+    /// Sync (and watermark) everything written so far now, whatever the mode; answer whether it
+    /// worked.
+    SyncNow(Sender<bool>),
 }
 
 /// One slice's log writer.
@@ -214,7 +221,15 @@ impl SliceLog {
     /// The tick's appends are all in: let the flusher make them durable.
     pub fn commit(&mut self, tick: u64) -> Result<(), LogError> {
         self.check_flusher()?;
-        let msg = FlushMsg::Written { segment: self.active.clone(), end: self.offset, tick, at: Instant::now() };
+        let first_seq = self.segments.last().expect("one segment at least").0;
+        let msg = FlushMsg::Written {
+            segment: self.active.clone(),
+            first_seq,
+            seq_end: self.next_seq,
+            end: self.offset,
+            tick,
+            at: Instant::now(),
+        };
         self.send(msg)
     }
 
@@ -260,9 +275,12 @@ impl SliceLog {
             }
         };
         self.rolls += 1;
-        // The old segment's last range still goes to the flusher, which syncs it before the new.
+        // The old segment's last range still goes to the flusher, which syncs it and seals it
+        // before anything in the new one.
         let old = std::mem::replace(&mut self.active, segment);
-        self.send(FlushMsg::Written { segment: old, end: self.offset, tick: 0, at: Instant::now() })?;
+        let first_seq = self.segments.last().expect("one segment at least").0;
+        let (seq_end, end, at) = (self.next_seq, self.offset, Instant::now());
+        self.send(FlushMsg::Written { segment: old, first_seq, seq_end, end, tick: 0, at })?;
         self.segments.push((self.next_seq, path));
         self.offset = SEGMENT_HEADER_BYTES;
         Ok(())
@@ -296,9 +314,20 @@ impl SliceLog {
     }
 
     /// Syncs what is written on this thread, now (start-up, before anything else runs).
+    /// The flusher does it (it alone writes watermarks), and this waits for it.
     pub fn sync_now(&mut self) -> Result<(), LogError> {
-        let path = &self.segments.last().expect("one segment at least").1;
-        self.active.sync(0, self.offset).map_err(|source| LogError::Io { path: path.clone(), source })
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(FlushMsg::SyncNow(tx))?;
+        match rx.recv() {
+            Ok(true) => Ok(()),
+            _ => {
+                self.check_flusher()?;
+                Err(LogError::Io {
+                    path: format!("slice-{} flusher", self.slice),
+                    source: std::io::Error::other("the flusher thread stopped"),
+                })
+            }
+        }
     }
 
     /// Syncs everything and stops the flusher.
@@ -333,6 +362,13 @@ impl Drop for SliceLog {
     }
 }
 
+/// Writes `mark` into the header of `segment` (slice `slice`, first frame `first_seq`): into the
+/// page cache; durable once the header's page is synced.
+fn write_watermark(segment: &dyn Segment, slice: u16, first_seq: u64, mark: Watermark) -> std::io::Result<()> {
+    let header = format::encode_segment_header(slice, first_seq);
+    segment.write(format::WATERMARK_AT, &format::encode_watermark(&header, mark))
+}
+
 fn new_segment(
     media: &dyn Media,
     path: &str,
@@ -364,8 +400,13 @@ fn flush_loop(
 ) {
     struct Pending {
         segment: Arc<dyn Segment>,
+        first_seq: u64,
         synced: usize,
         end: usize,
+        /// The sequence number after the last frame below `end`.
+        seq_end: u64,
+        /// The header holds a watermark not yet synced.
+        header_dirty: bool,
         /// Pages before this are ready for the writer.
         prefaulted: usize,
     }
@@ -387,19 +428,51 @@ fn flush_loop(
             *err = Some(e);
         }
     };
-    let sync_all = |current: &mut Option<Pending>, older: &mut Vec<Pending>| {
-        for p in older.iter_mut().chain(current.iter_mut()) {
-            if p.end > p.synced {
-                if let Err(e) = p.segment.sync(p.synced, p.end) {
-                    fail(format!("msync: {e}"));
-                }
+    // Syncs what was written: each segment rolled away first, whole, and then sealed (its
+    // watermark, durable, says every frame in it is and that the next segment exists); then the
+    // active one, after which its header gets the new watermark, made durable by the next sync.
+    // False if any sync failed: nothing more is durable then, and the error is kept.
+    let sync_all = |current: &mut Option<Pending>, older: &mut Vec<Pending>| -> bool {
+        let sync = |p: &mut Pending| -> std::io::Result<()> {
+            let from = if p.header_dirty { 0 } else { p.synced };
+            if p.end > from {
+                p.segment.sync(from, p.end)?;
                 state.synced_bytes.fetch_add((p.end - p.synced) as u64, Ordering::Relaxed);
                 p.synced = p.end;
+                p.header_dirty = false;
+            }
+            Ok(())
+        };
+        for p in older.iter_mut() {
+            let sealed = Watermark { durable_below: p.seq_end, sealed_next: Some(p.seq_end), closed: false };
+            let result = sync(p)
+                .and_then(|()| write_watermark(&*p.segment, slice, p.first_seq, sealed))
+                .and_then(|()| p.segment.sync(0, SEGMENT_HEADER_BYTES));
+            if let Err(e) = result {
+                fail(format!("msync: {e}"));
+                return false;
             }
         }
         older.clear();
+        if let Some(p) = current {
+            let before = p.synced;
+            if let Err(e) = sync(p) {
+                fail(format!("msync: {e}"));
+                return false;
+            }
+            if p.synced > before {
+                let mark = Watermark { durable_below: p.seq_end, sealed_next: None, closed: false };
+                if let Err(e) = write_watermark(&*p.segment, slice, p.first_seq, mark) {
+                    fail(format!("watermark: {e}"));
+                    return false;
+                }
+                p.header_dirty = true;
+            }
+        }
+        true
     };
     let mut open = true;
+    let mut replies: Vec<Sender<bool>> = Vec::new();
     while open {
         let first = match period {
             Some(_) => match rx.recv_timeout(next_sync.saturating_duration_since(Instant::now())) {
@@ -421,14 +494,25 @@ fn flush_loop(
         // Take everything queued: one sync covers all the ticks written meanwhile (group commit).
         for msg in first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok())) {
             match msg {
-                FlushMsg::Written { segment, end, tick, at } => {
+                FlushMsg::Written { segment, first_seq, seq_end, end, tick, at } => {
                     match &mut current {
-                        Some(p) if Arc::ptr_eq(&p.segment, &segment) => p.end = p.end.max(end),
+                        Some(p) if Arc::ptr_eq(&p.segment, &segment) => {
+                            p.end = p.end.max(end);
+                            p.seq_end = p.seq_end.max(seq_end);
+                        }
                         _ => {
                             if let Some(old) = current.take() {
                                 older.push(old);
                             }
-                            current = Some(Pending { segment, synced: 0, end, prefaulted: 0 });
+                            current = Some(Pending {
+                                segment,
+                                first_seq,
+                                synced: 0,
+                                end,
+                                seq_end,
+                                header_dirty: false,
+                                prefaulted: 0,
+                            });
                         }
                     }
                     if tick > 0 {
@@ -458,23 +542,47 @@ fn flush_loop(
                         fail(format!("{path}: {e}"));
                     }
                 }
+                FlushMsg::SyncNow(reply) => replies.push(reply),
             }
         }
-        let due = match durability {
-            Durability::EveryTick => true,
-            Durability::Interval(_) => Instant::now() >= next_sync || !open,
-            Durability::Off => !open,
-        };
-        if due {
-            sync_all(&mut current, &mut older);
+        let forced = !replies.is_empty();
+        let due = forced
+            || match durability {
+                Durability::EveryTick => true,
+                Durability::Interval(_) => Instant::now() >= next_sync || !open,
+                Durability::Off => !open,
+            };
+        // A failed sync stops durability for good: the error is kept (the writer's next commit
+        // fails with it) and no tick after it is ever counted durable.
+        let mut synced = state.error.lock().expect("not poisoned").is_none();
+        if due && synced {
+            synced = sync_all(&mut current, &mut older);
+            if synced && (!open || forced) {
+                // The watermark, durable now: a clean stop (closed: nothing follows) or a sync
+                // asked for promises everything written.
+                if let Some(p) = current.as_mut() {
+                    let mark = Watermark { durable_below: p.seq_end, sealed_next: None, closed: !open };
+                    let result = write_watermark(&*p.segment, slice, p.first_seq, mark)
+                        .and_then(|()| p.segment.sync(0, SEGMENT_HEADER_BYTES));
+                    if let Err(e) = result {
+                        fail(format!("msync: {e}"));
+                        synced = false;
+                    }
+                }
+            }
             if let Some(p) = period {
                 next_sync = Instant::now() + p;
             }
         }
+        for reply in replies.drain(..) {
+            let _ = reply.send(synced);
+        }
         if durability == Durability::Off && open {
+            // `Off` promises nothing before the close: a segment rolled away is neither synced
+            // nor sealed (the kernel writes it back in its own time).
             older.clear();
         }
-        if due || durability == Durability::Off {
+        if synced && (due || durability == Durability::Off) {
             let now = Instant::now();
             if let Some(h) = state.commit_latency_us.lock().expect("not poisoned").as_mut() {
                 for (_, at) in waiting.drain(..) {

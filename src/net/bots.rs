@@ -26,11 +26,19 @@ use rustc_hash::FxHashMap;
 use super::gateway::{connection_config, unix_now, PROTOCOL_ID};
 use super::key::Key;
 use super::transport::ClientTransport;
-use super::wire::{self, ClientMsg, Known, Snapshot, Update, WireError, INPUT_CHANNEL, UPDATE_CHANNEL};
+use super::wire::{
+    self, ClientMsg, Known, Notice, Snapshot, Update, WireError, INPUT_CHANNEL, NOTICE_CHANNEL, UPDATE_CHANNEL,
+};
 use crate::limits::{BOARD_REACH_M, REACH_M, TICK_DURATION_US};
 use crate::protocol::server::speed_of;
 use crate::protocol::Action;
 use crate::world::{EntityId, EntityKind};
+
+/// A run holds its bots only if each gets at least this share of the tick rate in updates.
+const HELD_UPDATE_SHARE: f64 = 0.9;
+
+/// Distinct reasons kept for bots that never connected.
+const NEVER_CONNECTED_REASONS_MAX: usize = 8;
 
 /// Steps of a bot's loop per server tick: it reads what arrived twice a tick.
 const STEPS_PER_TICK: u64 = 2;
@@ -90,8 +98,19 @@ pub struct BotsConfig {
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct BotsReport {
     pub count: usize,
-    /// Bots that connected (at least once).
+    /// Whether the world held every bot: each connected at the end (churn: each got a seat),
+    /// none lost its connection, and updates came at the tick rate. The run fails when not.
+    pub held: bool,
+    /// Why not, when not held.
+    pub not_held: Vec<String>,
+    /// Bots holding a seat at the end.
     pub connected: usize,
+    /// Bots that held a seat at some time.
+    pub ever_connected: usize,
+    /// Bots that never held a seat, by why.
+    pub never_connected: NeverConnected,
+    /// Connection attempts that never connected (retried).
+    pub connect_failures: u64,
     pub duration_s: f64,
     pub connect_ms_p50: f64,
     pub connect_ms_p99: f64,
@@ -122,6 +141,8 @@ struct Totals {
     connect_us: Option<Histogram<u64>>,
     latency_us: Option<Histogram<u64>>,
     connected: usize,
+    ever_connected: usize,
+    never: NeverConnected,
     counts: Counts,
     connected_s: f64,
     max_travel_m: f64,
@@ -137,6 +158,7 @@ struct Counts {
     duplicates: u64,
     undecodable: u64,
     dropped: u64,
+    connect_failures: u64,
     reconnects: u64,
 }
 
@@ -149,6 +171,7 @@ impl Counts {
         self.duplicates += o.duplicates;
         self.undecodable += o.undecodable;
         self.dropped += o.dropped;
+        self.connect_failures += o.connect_failures;
         self.reconnects += o.reconnects;
     }
 }
@@ -165,6 +188,10 @@ struct Bot {
     connected_at: Option<Instant>,
     ever_connected: bool,
     connected_for: Duration,
+    /// The gateway refused the bot's seat, and why (it stops trying).
+    refused: Option<String>,
+    /// Why its last connection ended or never began.
+    last_failure: Option<String>,
     seq: u32,
     sent: VecDeque<(u32, Instant)>,
     me: Option<Vec3>,
@@ -209,6 +236,8 @@ impl Bot {
             connected_at: None,
             ever_connected: false,
             connected_for: Duration::ZERO,
+            refused: None,
+            last_failure: None,
             seq: 0,
             sent: VecDeque::new(),
             me: None,
@@ -283,11 +312,22 @@ impl Bot {
             transport.receive(&mut self.client)
         };
         if result.is_err() || self.client.is_disconnected() {
+            let was_connected = self.connected_at.is_some();
             if let Some(at) = self.connected_at.take() {
                 self.connected_for += at.elapsed();
             }
-            self.counts.dropped += 1;
+            let reason = transport.disconnect_reason();
             self.transport = None;
+            if self.refused.is_some() {
+                // Refused a seat: asking again gets the same answer.
+                return;
+            }
+            if was_connected {
+                self.counts.dropped += 1;
+            } else {
+                self.counts.connect_failures += 1;
+            }
+            self.last_failure = Some(failure(reason, was_connected));
             // Try again shortly, as a player's client would.
             self.back_at = Some(now + Duration::from_millis(500));
             return;
@@ -304,6 +344,12 @@ impl Bot {
             self.connect_us.push(self.attempt_began.elapsed().as_micros() as u64);
             if cfg.behaviour == Behaviour::Churn {
                 self.leave_at = Some(now + Duration::from_millis(self.rng.random_range(3000..8000)));
+            }
+        }
+        while let Some(bytes) = self.client.receive_message(NOTICE_CHANNEL) {
+            match wire::decode::<Notice>(&bytes) {
+                Ok(notice) => self.refused = Some(notice.to_string()),
+                Err(_) => self.counts.undecodable += 1,
             }
         }
         while let Some(bytes) = self.client.receive_message(UPDATE_CHANNEL) {
@@ -553,6 +599,39 @@ impl Bot {
     }
 }
 
+/// Why a connection ended (`connected`) or never began, in words a user can act on.
+fn failure(reason: Option<renetcode::DisconnectReason>, connected: bool) -> String {
+    use renetcode::DisconnectReason as R;
+    match reason {
+        Some(R::ConnectionRequestTimedOut) => {
+            "no answer to the connection request (a token signed with another key, for another address, or no server there)".into()
+        }
+        Some(R::ConnectTokenExpired) => "the connect token expired before the server answered".into(),
+        Some(R::ConnectionResponseTimedOut) => "the handshake timed out".into(),
+        Some(R::ConnectionDenied) => "denied: the server is full".into(),
+        Some(R::ConnectionTimedOut) => "timed out: nothing heard from the server".into(),
+        Some(R::DisconnectedByServer) => "closed by the server".into(),
+        Some(R::DisconnectedByClient) => "closed by the bot".into(),
+        None if connected => "the connection failed".into(),
+        None => "the connection could not begin".into(),
+    }
+}
+
+/// Bots that never held a seat, by why.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct NeverConnected {
+    /// The gateway refused the seat (no such player, or another client holds it).
+    pub refused_seat: usize,
+    /// No answer to the connection request: a bad token or no server.
+    pub no_answer: usize,
+    /// The handshake or the connection timed out, or the server was full.
+    pub timed_out_or_denied: usize,
+    /// Still connecting when the run ended.
+    pub still_connecting: usize,
+    /// Each distinct reason given, with how many bots gave it (the first few).
+    pub reasons: Vec<(String, usize)>,
+}
+
 /// Runs `cfg.count` bots for `cfg.duration` and reports what they measured.
 pub fn run(cfg: &BotsConfig) -> std::io::Result<BotsReport> {
     let threads = cfg.threads.clamp(1, cfg.count.max(1));
@@ -604,13 +683,42 @@ pub fn run(cfg: &BotsConfig) -> std::io::Result<BotsReport> {
             let mut t = totals.lock().expect("not poisoned");
             t.latency_us.as_mut().expect("set").add(&latency_us).expect("same bounds");
             for mut bot in bots {
+                let seated = bot.refused.is_none();
+                t.connected += (seated && bot.connected_at.is_some()) as usize;
+                if seated && bot.ever_connected {
+                    t.ever_connected += 1;
+                } else {
+                    let n = &mut t.never;
+                    let why = match (&bot.refused, &bot.last_failure) {
+                        (Some(notice), _) => {
+                            n.refused_seat += 1;
+                            notice.clone()
+                        }
+                        (None, Some(failure)) => {
+                            if failure.starts_with("no answer") || failure.contains("expired") {
+                                n.no_answer += 1;
+                            } else {
+                                n.timed_out_or_denied += 1;
+                            }
+                            failure.clone()
+                        }
+                        (None, None) => {
+                            n.still_connecting += 1;
+                            "still connecting when the run ended".into()
+                        }
+                    };
+                    if let Some(i) = n.reasons.iter().position(|(w, _)| *w == why) {
+                        n.reasons[i].1 += 1;
+                    } else if n.reasons.len() < NEVER_CONNECTED_REASONS_MAX {
+                        n.reasons.push((why, 1));
+                    }
+                }
                 if let Some(at) = bot.connected_at.take() {
                     bot.connected_for += at.elapsed();
                 }
                 if let Some(mut transport) = bot.transport.take() {
                     transport.disconnect();
                 }
-                t.connected += bot.ever_connected as usize;
                 for us in &bot.connect_us {
                     t.connect_us.as_mut().expect("set").saturating_record((*us).max(1));
                 }
@@ -644,16 +752,40 @@ pub fn run(cfg: &BotsConfig) -> std::io::Result<BotsReport> {
     let (connect, latency) = (t.connect_us.as_ref().expect("set"), t.latency_us.as_ref().expect("set"));
     let ms = |h: &Histogram<u64>, q: f64| if h.is_empty() { 0.0 } else { h.value_at_quantile(q) as f64 / 1e3 };
     let per_s = |n: u64| if t.connected_s > 0.0 { n as f64 / t.connected_s } else { 0.0 };
+    let updates_per_s = per_s(c.updates);
+    let mut not_held = Vec::new();
+    let stayed = if cfg.behaviour == Behaviour::Churn { t.ever_connected } else { t.connected };
+    if stayed < cfg.count {
+        not_held.push(format!("{} of {} bots connected at the end", stayed, cfg.count));
+    }
+    if t.never.refused_seat + t.never.no_answer + t.never.timed_out_or_denied + t.never.still_connecting > 0 {
+        not_held.push(format!("{} never held a seat: {:?}", cfg.count - t.ever_connected, t.never.reasons));
+    }
+    if c.dropped > 0 {
+        not_held.push(format!("{} connections lost without the bot asking", c.dropped));
+    }
+    let tick_rate = 1e6 / TICK_DURATION_US as f64;
+    if updates_per_s < HELD_UPDATE_SHARE * tick_rate {
+        not_held.push(format!("{updates_per_s:.1} updates a second, under {:.0}", HELD_UPDATE_SHARE * tick_rate));
+    }
+    if latency.is_empty() {
+        not_held.push("no input was ever seen applied (no latency sample)".into());
+    }
     Ok(BotsReport {
         count: cfg.count,
+        held: not_held.is_empty() && cfg.count > 0,
+        not_held,
         connected: t.connected,
+        ever_connected: t.ever_connected,
+        never_connected: t.never.clone(),
+        connect_failures: c.connect_failures,
         duration_s: began.elapsed().as_secs_f64(),
         connect_ms_p50: ms(connect, 0.5),
         connect_ms_p99: ms(connect, 0.99),
         latency_p50_ms: ms(latency, 0.5),
         latency_p99_ms: ms(latency, 0.99),
         latency_samples: latency.len(),
-        updates_per_s: per_s(c.updates),
+        updates_per_s,
         bytes_per_client_s: per_s(c.bytes),
         glitches: c.teleports + c.vanished + c.duplicates,
         teleports: c.teleports,

@@ -35,8 +35,8 @@ use super::guard::{self, Refusal, Refused};
 use super::key::Key;
 use super::transport::{AckPacer, ACK_EVERY_TICKS};
 use super::wire::{
-    self, ArchivedMoved, ArchivedSeen, ArchivedUpdate, ClientMsg, Known, Seen, Snapshot, INPUT_BYTES_MAX,
-    INPUT_CHANNEL, UPDATE_CHANNEL,
+    self, ArchivedMoved, ArchivedSeen, ArchivedUpdate, ClientMsg, Known, Notice, Seen, Snapshot, INPUT_BYTES_MAX,
+    INPUT_CHANNEL, NOTICE_CHANNEL, UPDATE_CHANNEL,
 };
 use crate::limits::TICK_DURATION_US;
 use crate::protocol::Action;
@@ -97,7 +97,7 @@ pub fn connection_config() -> ConnectionConfig {
     };
     ConnectionConfig {
         available_bytes_per_tick: 64 << 10,
-        server_channels_config: vec![channel(UPDATE_CHANNEL, 256 << 10)],
+        server_channels_config: vec![channel(UPDATE_CHANNEL, 256 << 10), channel(NOTICE_CHANNEL, 4 << 10)],
         client_channels_config: vec![channel(INPUT_CHANNEL, 16 << 10)],
     }
 }
@@ -667,6 +667,8 @@ pub struct Gateway {
     index: FxHashMap<EntityId, usize>,
     /// Update bytes one client is sent in one tick at most (its own entity always goes).
     update_bytes_max: usize,
+    /// Connections refused a seat, told why this tick, closed at the next poll.
+    refusing: Vec<(usize, ClientId)>,
     pub stats: GatewayStats,
 }
 
@@ -719,6 +721,7 @@ impl Gateway {
             merged: Vec::new(),
             index: FxHashMap::default(),
             update_bytes_max: (client_bytes_per_s as u64 * TICK_DURATION_US / 1_000_000) as usize,
+            refusing: Vec::new(),
             stats: GatewayStats::default(),
         })
     }
@@ -728,6 +731,9 @@ impl Gateway {
     pub fn poll(&mut self) -> Vec<(EntityId, u32, Action)> {
         let elapsed = self.last_poll.elapsed();
         self.last_poll = Instant::now();
+        for (e, client_id) in std::mem::take(&mut self.refusing) {
+            self.endpoints[e].server.disconnect(client_id);
+        }
         let mut inputs = Vec::new();
         for (e, endpoint) in self.endpoints.iter_mut().enumerate() {
             endpoint.server.update(elapsed);
@@ -739,9 +745,15 @@ impl Gateway {
                             self.stats.connects += 1;
                             self.clients.insert(client_id, Client::new(e, player));
                         }
-                        _ => {
+                        found => {
+                            // Told why, then closed once the notice has gone out (next poll).
                             self.stats.bad_seats += 1;
-                            endpoint.server.disconnect(client_id);
+                            let notice = match found {
+                                Some(_) => Notice::SeatHeld { seat: client_id },
+                                None => Notice::NoSuchSeat { seat: client_id, seats: self.seats.len() as u64 },
+                            };
+                            endpoint.server.send_message(client_id, NOTICE_CHANNEL, wire::encode(&notice));
+                            self.refusing.push((e, client_id));
                         }
                     },
                     ServerEvent::ClientDisconnected { client_id, .. } => {

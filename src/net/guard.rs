@@ -289,9 +289,9 @@ mod tests {
         assert_eq!(client_payload(&[RENET_SMALL_UNRELIABLE, 5, INPUT_CHANNEL, 0, 1, 3, 7]), Err(Refusal::RenetKind));
         assert_eq!(client_payload(&[RENET_SMALL_UNRELIABLE, 5, INPUT_CHANNEL + 1, 0, 0]), Err(Refusal::RenetKind));
         assert_eq!(client_payload(&[RENET_ACK, 9, 0, 0, 0]), Ok(9));
-        // Ranges: 5..=8, then a gap of 0 and 2 more (0..=2); a range past zero is refused.
+        // Ranges: 5..=8, then a gap of 0 and 2 more (1..=3); a range past zero is refused.
         assert_eq!(client_payload(&[RENET_ACK, 9, 8, 3, 1, 0, 2]), Ok(9));
-        assert_eq!(client_payload(&[RENET_ACK, 9, 8, 3, 1, 0, 3]), Err(Refusal::RenetKind));
+        assert_eq!(client_payload(&[RENET_ACK, 9, 8, 3, 1, 0, 4]), Err(Refusal::RenetKind));
         assert_eq!(client_payload(&[RENET_ACK, 9, 2, 3, 0]), Err(Refusal::RenetKind));
         assert_eq!(client_payload(&[RENET_ACK, 9, 8, 3, 0x3f]), Err(Refusal::RenetKind));
         for kind in [0u8, 2, 3, 5, 255] {

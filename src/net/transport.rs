@@ -137,6 +137,11 @@ impl ClientTransport {
         Ok(())
     }
 
+    /// Why netcode ended the connection, if it did.
+    pub fn disconnect_reason(&self) -> Option<renetcode::DisconnectReason> {
+        self.netcode.disconnect_reason()
+    }
+
     /// Tells the server this client is leaving, at once.
     pub fn disconnect(&mut self) {
         if self.netcode.is_disconnected() {

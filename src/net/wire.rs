@@ -13,6 +13,31 @@ pub const INPUT_CHANNEL: u8 = 0;
 /// renet channel for bubble updates (unreliable: each is whole, a lost one is overtaken).
 pub const UPDATE_CHANNEL: u8 = 1;
 
+/// renet channel for the gateway's notices (unreliable: a refusal is sent, then the connection
+/// is closed a tick later).
+pub const NOTICE_CHANNEL: u8 = 2;
+
+/// Gateway to client, beside updates: why the gateway is about to close the connection.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum Notice {
+    /// The token's seat has no player: the world has `seats` players (seats `0..seats`).
+    NoSuchSeat { seat: u64, seats: u64 },
+    /// Another client holds the seat.
+    SeatHeld { seat: u64 },
+}
+
+impl std::fmt::Display for Notice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Notice::NoSuchSeat { seat, seats } => write!(
+                f,
+                "seat {seat} refused: the world has {seats} players (seats 0..{seats}), fewer than the seats asked for"
+            ),
+            Notice::SeatHeld { seat } => write!(f, "seat {seat} refused: another client holds it"),
+        }
+    }
+}
+
 /// A message is refused unread past this size: an update is a few kilobytes, an input a few
 /// dozen bytes.
 pub const MESSAGE_BYTES_MAX: usize = 16 << 10;

@@ -677,10 +677,18 @@ impl Server {
             .collect();
         for id in roots {
             let current = &self.entities[&id].state;
-            let (next, velocity) = match self.physics.motion(id) {
+            let (mut next, mut velocity) = match self.physics.motion(id) {
                 Some((next, velocity)) => governed(current, next, velocity, dt),
                 None => (current.pos() + current.vel() * dt, current.vel()),
             };
+            // Hulls resting against each other are nudged apart by the solver a hair each tick,
+            // forever; at rest is at rest.
+            if current.kind != EntityKind::Projectile && velocity.length() < crate::limits::REST_SPEED_M_S {
+                velocity = Vec3::ZERO;
+                if next.distance(current.pos()) < crate::limits::REST_SPEED_M_S * dt {
+                    next = current.pos();
+                }
+            }
             if current.kind != EntityKind::Projectile && next == current.pos() && velocity == current.vel() {
                 // A ship at rest that nothing bumped.
                 continue;
