@@ -361,6 +361,31 @@ fn a_server_whose_lease_runs_out_stops_acting_before_the_layer_moves_its_entitie
     assert!(s1_stopped_at.unwrap() < layer_moved_at.unwrap(), "the old holder stopped first");
 }
 
+/// Overload: the runtime holds every server's tick back for three leases' time (its peer queues
+/// are full). The servers simulate nothing, but renew their leases, so the layer fails none of
+/// them over; when the ticks resume, each goes on with what it held.
+#[test]
+fn ticks_held_back_for_longer_than_a_lease_keep_every_server_live() {
+    let mut h = Harness::new(vec![(EntityId(1), at(EntityKind::Npc, 50.0)), (EntityId(2), at(EntityKind::Npc, 5.0))]);
+    h.tick();
+    let end = h.now + 3 * LEASE_DURATION_US;
+    while h.now < end {
+        h.now += TICK_DURATION_US;
+        for s in &mut h.servers {
+            s.hold(h.now);
+        }
+        h.pump();
+        h.rl.tick(h.now);
+        h.pump();
+        assert!(h.servers.iter().all(|s| s.is_acting(h.now)), "a held-back server lost its lease");
+    }
+    assert_eq!(h.rl.stats.servers_declared_dead, 0);
+    assert_eq!(h.servers[1].stats.ticks, 1, "nothing was simulated while held back");
+    h.tick();
+    assert_eq!((h.holder(EntityId(1)), h.holder(EntityId(2))), (Some(ServerId(1)), Some(ServerId(0))));
+    assert_eq!(h.servers[1].stats.ticks, 2);
+}
+
 /// Regression (found by the simulator, seeds 7, 10, 24, 29 and 31 of the first sweep): a player
 /// leaves a ship in the very tick both find themselves outside the server's regions. The layer
 /// must learn of the disembarking before the ship's handoff, or the two views of the ship's

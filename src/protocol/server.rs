@@ -141,6 +141,8 @@ pub struct ServerStats {
     /// Client inputs refused for coming too often (more than `CLIENT_INPUTS_PER_TICK_MAX` for
     /// one entity in a tick) or out of order.
     pub inputs_rate_limited: u64,
+    /// Inputs dropped with a tick the runtime held back under overload.
+    pub inputs_held_back: u64,
     pub deltas_sent: u64,
     /// Containers this server asked the layer to load, and item roots it unloaded.
     pub containers_loaded: u64,
@@ -398,6 +400,19 @@ impl Server {
         self.outbox.clear();
         self.inputs.clear();
         self.events.push_back(ServerEvent::Fenced);
+    }
+
+    /// A tick the runtime holds back under overload: nothing is simulated and the tick's inputs
+    /// are dropped (counted), but the lease is renewed, so a slow world never fails a server over.
+    pub fn hold(&mut self, now_us: u64) {
+        if self.phase == Phase::Active && !self.is_acting(now_us) {
+            self.fence();
+        }
+        self.stats.inputs_held_back += self.inputs.len() as u64;
+        self.inputs.clear();
+        if self.phase == Phase::Active {
+            self.send(ServerMsg::Heartbeat { sent_at_us: now_us });
+        }
     }
 
     pub fn tick(&mut self, now_us: u64) {

@@ -53,6 +53,10 @@ pub struct MeshConfig {
     pub gateway: Option<GatewayConfig>,
     /// A panic to inject, for tests and drills (`None` in any real run).
     pub inject_panic: Option<super::panics::InjectPanic>,
+    /// Bytes of each core-to-core ring (a power of two), and of the messages queued for a peer
+    /// whose ring is full before the core holds its servers' ticks back.
+    pub ring_bytes: usize,
+    pub pending_bytes_per_peer_max: usize,
 }
 
 impl MeshConfig {
@@ -75,6 +79,8 @@ impl MeshConfig {
             stop_signal: None,
             gateway: None,
             inject_panic: None,
+            ring_bytes: RING_BYTES,
+            pending_bytes_per_peer_max: shard::PENDING_BYTES_PER_PEER_MAX,
         }
     }
 }
@@ -192,6 +198,11 @@ pub struct MeshSummary {
     /// Servers whose code panicked: each was a crash, its slice took back what it held, and a
     /// fresh incarnation replaced it.
     pub server_panics: u64,
+    /// Ticks (summed over cores) whose simulation was held back under overload: the world ran
+    /// slower, and no server was failed over for it.
+    pub ticks_held_back: u64,
+    /// Servers their slices declared dead (a silent lease, a crash report).
+    pub servers_declared_dead: u64,
     pub ring_errors: u64,
     /// With a replication log: the tick every slice had committed durably at the end, and the
     /// last checkpoint round every slice completed.
@@ -307,7 +318,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
     for a in 0..cores {
         for b in 0..cores {
             if a != b {
-                let (tx, rx) = Ring::anonymous(RING_BYTES)?.split();
+                let (tx, rx) = Ring::anonymous(cfg.ring_bytes)?.split();
                 producers[a][b] = Some(tx);
                 consumers[b][a] = Some(rx);
             }
@@ -345,6 +356,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
             gateway: if gateways.is_empty() { None } else { Some(gateways.remove(0).1) },
             fatal: fatal.clone(),
             inject_panic: cfg.inject_panic,
+            pending_bytes_per_peer_max: cfg.pending_bytes_per_peer_max,
             log: logs.get_mut(i).and_then(Option::take).map(|log| shard::ShardLog {
                 log,
                 checkpoint_every: cfg.persist.as_ref().map(|p| p.checkpoint_every).unwrap_or(Duration::MAX),
@@ -394,7 +406,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
                 None => String::new(),
             };
             eprintln!(
-                "t={:>5.1}s players={} held={} servers={servers} cores={cores} ticks/s={:.1} tick_p50={:.2}ms tick_p99={:.2}ms worst={:.2}ms handoffs/s={:.0} stalls={} server_panics={}{committed}",
+                "t={:>5.1}s players={} held={} servers={servers} cores={cores} ticks/s={:.1} tick_p50={:.2}ms tick_p99={:.2}ms worst={:.2}ms handoffs/s={:.0} stalls={} held_back={} server_panics={}{committed}",
                 start.elapsed().as_secs_f64(),
                 sum(&|g| g.players.load(Ordering::Relaxed)),
                 sum(&|g| g.held.load(Ordering::Relaxed)),
@@ -404,6 +416,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
                 worst as f64 / 1e3,
                 (handoffs - last.1) as f64 / secs,
                 sum(&|g| g.stalls.load(Ordering::Relaxed)),
+                sum(&|g| g.ticks_held_back.load(Ordering::Relaxed)),
                 sum(&|g| g.server_panics.load(Ordering::Relaxed)),
             );
             last = (ticks, handoffs, Instant::now());
@@ -525,6 +538,7 @@ fn audit(
     let mut slices = Vec::new();
     let mut all_servers: Vec<Server> = Vec::new();
     let (mut stalls, mut restarts, mut ring_errors, mut in_flight, mut server_panics) = (0, 0, 0, 0, 0);
+    let (mut ticks_held_back, mut servers_declared_dead) = (0, 0);
     let mut stall_reports = Vec::new();
     let mut held_per_core = Vec::new();
     let mut tick_p99_ms_per_core = Vec::new();
@@ -539,6 +553,8 @@ fn audit(
         stalls += r.stalls;
         restarts += r.restarts;
         server_panics += r.server_panics;
+        ticks_held_back += r.ticks_held_back;
+        servers_declared_dead += r.slice.stats.servers_declared_dead;
         ring_errors += r.ring_errors;
         in_flight += r.in_flight;
         stall_reports.extend(r.stall_reports);
@@ -575,6 +591,8 @@ fn audit(
         duplicate_entities: audit.duplicates,
         server_restarts: restarts,
         server_panics,
+        ticks_held_back,
+        servers_declared_dead,
         ring_errors,
         committed_tick: None,
         checkpoint_round: None,

@@ -23,9 +23,11 @@ use crate::protocol::messages::ArchivedSliceMsg;
 use crate::protocol::{Incarnation, Input, Replication, Server, ServerEvent, SliceId, SliceMsg};
 use crate::world::ServerId;
 
-/// Messages held back per destination while its ring is full; past this the shard stops
-/// ticking its servers until the ring drains.
-pub const PENDING_PER_PEER_MAX: usize = 65_536;
+/// Bytes of messages held back per destination while its ring is full; past this the shard
+/// holds its servers' ticks back (they keep their leases, and simulate nothing) until the ring
+/// drains: the world slows, no server fails over, and the queue stops growing (what fills it
+/// comes from the servers' ticks).
+pub const PENDING_BYTES_PER_PEER_MAX: usize = 64 << 20;
 
 /// Ring frames one tick takes from each peer before moving on (the rest wait a tick).
 pub const FRAMES_PER_PEER_PER_TICK_MAX: usize = 65_536;
@@ -68,6 +70,8 @@ pub struct ShardGauges {
     pub clients: AtomicU64,
     /// Servers whose code panicked (each replaced by a fresh incarnation).
     pub server_panics: AtomicU64,
+    /// Ticks this core held its servers' simulation back under overload.
+    pub ticks_held_back: AtomicU64,
 }
 
 /// What a shard with a gateway needs: its endpoints, the seats every core shares, and every
@@ -113,6 +117,8 @@ pub struct ShardSetup {
     pub fatal: Arc<super::panics::Fatal>,
     /// A panic to inject, for tests and drills.
     pub inject_panic: Option<super::panics::InjectPanic>,
+    /// Bytes queued for a peer past which the servers' ticks are held back.
+    pub pending_bytes_per_peer_max: usize,
 }
 
 /// What a shard hands back when it stops.
@@ -129,6 +135,8 @@ pub struct ShardReport {
     pub restarts: u64,
     /// Servers whose code panicked and were replaced.
     pub server_panics: u64,
+    /// Ticks whose simulation was held back under overload.
+    pub ticks_held_back: u64,
     /// Why the log stopped taking commits, if it did (the shard stops the mesh then).
     pub log_error: Option<String>,
     pub gateway: Option<crate::net::GatewayStats>,
@@ -140,7 +148,10 @@ struct Shard {
     servers: Vec<Server>,
     producers: Vec<Option<Producer>>,
     consumers: Vec<Option<Consumer>>,
-    pending: Vec<VecDeque<SliceMsg>>,
+    /// Messages for each peer that did not fit its ring, archived, and their bytes.
+    pending: Vec<VecDeque<rkyv::util::AlignedVec>>,
+    pending_bytes: Vec<usize>,
+    pending_bytes_max: usize,
     rng: ChaCha8Rng,
     bot_activity: f64,
     places: Arc<crate::bots::Places>,
@@ -151,6 +162,8 @@ struct Shard {
     ring_errors: u64,
     restarts: u64,
     server_panics: u64,
+    /// Ticks whose simulation was held back under overload.
+    ticks_held_back: u64,
     /// The next tick of the first server panics (an injected fault).
     inject_server_panic: bool,
     log: Option<crate::log::SliceLog>,
@@ -372,7 +385,7 @@ impl Shard {
     /// The slice's messages for other cores into their rings; what does not fit waits.
     fn send(&mut self) {
         while let Some((to, msg)) = self.slice.poll_peer() {
-            self.pending[to.0 as usize].push_back(msg);
+            self.queue_for(to.0 as usize, &msg);
         }
         self.push_pending();
     }
@@ -380,33 +393,68 @@ impl Shard {
     /// Only the clients' inputs for other cores into their rings, ahead of the tick's commit.
     fn send_inputs(&mut self) {
         while let Some((to, msg)) = self.slice.poll_peer_input() {
-            self.pending[to.0 as usize].push_back(msg);
+            self.queue_for(to.0 as usize, &msg);
         }
         self.push_pending();
+    }
+
+    /// Into `to`'s ring straight away (archived in place) when nothing waits before it; else
+    /// archived into its queue.
+    fn queue_for(&mut self, to: usize, msg: &SliceMsg) {
+        if self.pending[to].is_empty() {
+            if let Some(producer) = self.producers[to].as_mut() {
+                match producer.try_push(msg) {
+                    Ok(()) => return,
+                    Err(RingError::Full) => {}
+                    Err(_) => {
+                        // A message larger than the ring: a configuration error, counted.
+                        self.ring_errors += 1;
+                        return;
+                    }
+                }
+            }
+        }
+        match rkyv::to_bytes::<rkyv::rancor::Error>(msg) {
+            Ok(bytes) => {
+                self.pending_bytes[to] += bytes.len();
+                self.pending[to].push_back(bytes);
+            }
+            Err(_) => self.ring_errors += 1,
+        }
     }
 
     fn push_pending(&mut self) {
         for (to, queue) in self.pending.iter_mut().enumerate() {
             let Some(producer) = self.producers[to].as_mut() else { continue };
-            while let Some(msg) = queue.front() {
-                match producer.try_push(msg) {
-                    Ok(()) => {
-                        queue.pop_front();
-                    }
+            while let Some(bytes) = queue.front() {
+                match producer.try_push_bytes(bytes) {
+                    Ok(()) => {}
                     Err(RingError::Full) => break,
-                    Err(_) => {
-                        // A message larger than the ring: a configuration error, counted.
-                        self.ring_errors += 1;
-                        queue.pop_front();
-                    }
+                    // A message larger than the ring: a configuration error, counted.
+                    Err(_) => self.ring_errors += 1,
                 }
+                self.pending_bytes[to] -= bytes.len();
+                queue.pop_front();
             }
             producer.flush();
         }
     }
 
-    fn overloaded(&self) -> bool {
-        self.pending.iter().any(|q| q.len() > PENDING_PER_PEER_MAX)
+    /// The peer whose queue is over its bound, if any.
+    fn overloaded(&self) -> Option<usize> {
+        self.pending_bytes.iter().position(|b| *b > self.pending_bytes_max)
+    }
+
+    /// A tick held back under overload: no server simulates, each renews its lease (a server
+    /// that stopped heartbeating would be failed over by its own slice), and the count says so.
+    fn hold_servers(&mut self, now: u64) {
+        for i in 0..self.servers.len() {
+            let server = &mut self.servers[i];
+            if let Err(why) = guarded(|| server.hold(now)) {
+                self.server_panicked(i, now, &why);
+            }
+        }
+        self.ticks_held_back += 1;
     }
 
     fn in_flight(&self) -> usize {
@@ -490,6 +538,9 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
         producers: setup.producers,
         consumers: setup.consumers,
         pending: (0..setup.cores).map(|_| VecDeque::new()).collect(),
+        pending_bytes: vec![0; setup.cores],
+        pending_bytes_max: setup.pending_bytes_per_peer_max,
+        ticks_held_back: 0,
         rng: ChaCha8Rng::seed_from_u64(setup.seed ^ (setup.index as u64) << 32),
         bot_activity: setup.bot_activity,
         places: setup.places,
@@ -567,7 +618,7 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
                 shard.pump_local(now);
             }
         }
-        if !overloaded {
+        if overloaded.is_none() {
             shard.drive_bots(now);
         }
         mark(1);
@@ -579,8 +630,20 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
                 panic!("a panic injected into core {}'s shard at tick {scheduled_tick}", shard.index);
             }
         }
-        if !overloaded {
-            shard.tick_servers(now);
+        match overloaded {
+            None => shard.tick_servers(now),
+            Some(peer) => {
+                if shard.ticks_held_back == 0 || shard.ticks_held_back % 300 == 0 {
+                    eprintln!(
+                        "core {}: overloaded: {} MiB wait for core {peer}'s ring; servers' ticks are held back \
+                         (leases kept) until it drains ({} ticks so far)",
+                        shard.index,
+                        shard.pending_bytes[peer] >> 20,
+                        shard.ticks_held_back
+                    );
+                }
+                shard.hold_servers(now);
+            }
         }
         shard.pump_local(now);
         shard.restart_fenced(now);
@@ -646,6 +709,7 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
         }
         g.checkpoint_round.store(shard.slice.checkpoint_done(), Ordering::Relaxed);
         g.server_panics.store(shard.server_panics, Ordering::Relaxed);
+        g.ticks_held_back.store(shard.ticks_held_back, Ordering::Relaxed);
         if let Some(gw) = &shard.gateway {
             g.clients.store(gw.gateway.stats.connected, Ordering::Relaxed);
         }
@@ -711,6 +775,7 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
         ring_errors: shard.ring_errors,
         restarts: shard.restarts,
         server_panics: shard.server_panics,
+        ticks_held_back: shard.ticks_held_back,
         log_error: shard.log_error,
         gateway: shard.gateway.map(|gw| gw.gateway.stats),
     }
