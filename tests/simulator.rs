@@ -67,6 +67,19 @@ fn seed_2441_ships_resting_hull_to_hull_settle() {
     assert_eq!(outcome.failure, None, "{}", outcome.plan);
 }
 
+/// Seeds 12831 and 16640 (three and two slices): a server unloaded a container while the map
+/// was moving the region under it to a server on another core. Its slice parked the items as
+/// the unload arrived, after the map change that would have sent them to the new owner's slice,
+/// and with the map settled nothing did: they rested by a player for good ("still at rest 22.7 m
+/// from a player"). An unload now places what it parked as a map change would.
+#[test]
+fn seeds_12831_and_16640_items_parked_after_their_region_moved_to_another_core_wake() {
+    for seed in [12831, 16640] {
+        let outcome = Simulator::run(SimConfig::new(seed));
+        assert_eq!(outcome.failure, None, "seed {seed}: {}", outcome.plan);
+    }
+}
+
 #[test]
 fn the_same_seed_prints_the_same_run_byte_for_byte() {
     for seed in [3, 17] {

@@ -1,15 +1,19 @@
 //! Fuzz target for what a client can put in front of the gateway: the messages inside renet
-//! payloads (inputs) and the updates a client decodes. Neither may panic on any bytes.
+//! payloads (inputs), and the updates and notices a client decodes. None may panic on any bytes.
 //!
 //! Run: cargo +nightly fuzz run client_packet
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shardmesh::net::wire::{self, ClientMsg, Known, Seen, Snapshot, Update};
+use shardmesh::net::wire::{self, ClientMsg, Known, Notice, Seen, Snapshot, Update};
 use shardmesh::world::{EntityId, EntityKind};
 
 fuzz_target!(|data: &[u8]| {
+    if let Ok(notice) = wire::decode::<Notice>(data) {
+        // A notice a bot prints: any that decodes says something.
+        assert!(!notice.to_string().is_empty());
+    }
     if let Ok(msg) = wire::decode::<ClientMsg>(data) {
         // Whatever decodes encodes back to bytes that decode to the same bytes (compared as
         // bytes: a NaN in a move is not equal to itself, and the gateway refuses it anyway).

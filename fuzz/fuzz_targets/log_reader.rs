@@ -34,6 +34,15 @@ fuzz_target!(|data: &[u8]| {
         _ => unreachable!("the base image is whole"),
     };
     bytes.truncate(keep);
+    // An odd first byte: the next 36 bytes also replace the header's watermark and the bytes
+    // around it (what the writer leaves zero), so the header's every byte is fuzzed too.
+    let data = match data.split_first() {
+        Some((flag, rest)) if flag % 2 == 1 && rest.len() >= 36 => {
+            bytes[28..64].copy_from_slice(&rest[..36]);
+            &rest[36..]
+        }
+        _ => data,
+    };
     bytes.extend_from_slice(data);
     let media = CrashImage::from_image(image);
     let _ = smlog::recover(&media, false);

@@ -37,6 +37,8 @@ pub struct Client {
     pub socket: UdpSocket,
     pub netcode: NetcodeClient,
     pub renet: RenetClient,
+    /// Netcode and renet keep the real time the gateway keeps: their time-outs are real.
+    last_pump: Instant,
 }
 
 impl Client {
@@ -48,7 +50,7 @@ impl Client {
         socket.set_nonblocking(true)?;
         let netcode = NetcodeClient::new(unix_now(), ClientAuthentication::Secure { connect_token: token })
             .map_err(std::io::Error::other)?;
-        Ok(Self { socket, netcode, renet: RenetClient::new(connection_config()) })
+        Ok(Self { socket, netcode, renet: RenetClient::new(connection_config()), last_pump: Instant::now() })
     }
 
     /// Reads what the gateway sent, keeps netcode's timers, and sends what renet queued.
@@ -59,13 +61,15 @@ impl Client {
                 self.renet.process_packet(payload);
             }
         }
-        if let Some((packet, to)) = self.netcode.update(Duration::from_millis(5)) {
+        let dt = self.last_pump.elapsed();
+        self.last_pump = Instant::now();
+        if let Some((packet, to)) = self.netcode.update(dt) {
             let _ = self.socket.send_to(packet, to);
         }
         if self.netcode.is_connected() {
             self.renet.set_connected();
         }
-        self.renet.update(Duration::from_millis(5));
+        self.renet.update(dt);
         for packet in self.renet.get_packets_to_send() {
             if let Ok((to, bytes)) = self.netcode.generate_payload_packet(&packet) {
                 let _ = self.socket.send_to(bytes, to);

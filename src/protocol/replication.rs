@@ -867,6 +867,10 @@ impl Replication {
             }
             self.park(root);
         }
+        // The map may have moved the item's region to a server on another core (or to one that
+        // has the container loaded) while the unload was on its way: with the map settled, no
+        // later change would send the item there, and it would rest by a player for good.
+        self.place_dormant();
     }
 
     /// Puts a loose item root (with its contents) to rest: no server has authority over it (a
