@@ -739,7 +739,10 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
     // cores when the world stopped (a transfer, a map) reaches its slice. A handoff chain settles
     // in a few hops; the window is generous.
     let settle_until = Instant::now() + SETTLE;
-    while Instant::now() < settle_until || shard.in_flight() > 0 {
+    // After another core's fatal panic, what waits for it will never be read: settle only what
+    // the live cores can take, and let the process end within a second.
+    let peer_died = setup.fatal.first().is_some();
+    while Instant::now() < settle_until || (shard.in_flight() > 0 && !peer_died) {
         let now = Shard::now_us(setup.start, offset_us);
         let received = shard.receive();
         shard.pump_local(now);
