@@ -109,6 +109,10 @@ pub struct PersistConfig {
 
 /// What a persistent world was generated from, kept beside its log so that every start lays out
 /// the same containers (the bots' destinations) around the entities the log holds.
+/// The most players a persistent world's `world.json` may name: its containers are generated
+/// from it at every start, so a damaged file must not ask for more than a host could hold.
+const WORLD_PLAYERS_MAX: usize = 10_000_000;
+
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 struct WorldMeta {
     seed: u64,
@@ -122,7 +126,18 @@ impl WorldMeta {
         let path = dir.join(Self::FILE);
         let io = |e: std::io::Error| MeshError::Log(format!("{}: {e}", path.display()));
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| MeshError::Log(format!("{}: {e}", path.display()))),
+            Ok(bytes) => {
+                let meta: Self =
+                    serde_json::from_slice(&bytes).map_err(|e| MeshError::Log(format!("{}: {e}", path.display())))?;
+                if meta.players > WORLD_PLAYERS_MAX {
+                    return Err(MeshError::Log(format!(
+                        "{}: a world of {} players, more than {WORLD_PLAYERS_MAX}: the file is damaged",
+                        path.display(),
+                        meta.players
+                    )));
+                }
+                Ok(meta)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 std::fs::create_dir_all(dir).map_err(io)?;
                 let meta = WorldMeta { seed, players };
