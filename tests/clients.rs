@@ -10,9 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use renet::RenetClient;
 use renetcode::{ClientAuthentication, ConnectToken, NetcodeClient};
-use shardmesh::net::gateway::{connection_config, unix_now, PROTOCOL_ID};
+use shardmesh::net::gateway::{unix_now, PROTOCOL_ID};
+// A client of our own, driving netcode and renet by hand so it can misbehave.
+use shardmesh::net::harness::Client as RawClient;
 use shardmesh::net::wire::{self, ClientMsg, INPUT_CHANNEL};
 use shardmesh::protocol::Action;
 
@@ -158,61 +159,6 @@ fn seeds() -> Vec<Vec<Vec<u8>>> {
     inputs
 }
 
-/// A client of our own, driving netcode and renet by hand so it can misbehave.
-struct RawClient {
-    socket: UdpSocket,
-    netcode: NetcodeClient,
-    renet: RenetClient,
-    /// The last datagram it sent, for a replay.
-    last_sent: Vec<u8>,
-    /// netcode and renet keep real time, as the gateway does: their time-outs are real.
-    last_pump: Instant,
-}
-
-impl RawClient {
-    fn connect(addr: SocketAddr, key: &[u8; 32], seat: u64) -> Self {
-        let token = ConnectToken::generate(unix_now(), PROTOCOL_ID, 60, seat, 5, vec![addr], None, key).unwrap();
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket.set_nonblocking(true).unwrap();
-        let netcode = NetcodeClient::new(unix_now(), ClientAuthentication::Secure { connect_token: token }).unwrap();
-        let renet = RenetClient::new(connection_config());
-        let mut client = Self { socket, netcode, renet, last_sent: Vec::new(), last_pump: Instant::now() };
-        let began = Instant::now();
-        while !client.netcode.is_connected() {
-            assert!(began.elapsed() < Duration::from_secs(5), "the raw client never connected");
-            client.pump();
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        client.renet.set_connected();
-        client
-    }
-
-    fn pump(&mut self) {
-        let mut buffer = [0u8; 2048];
-        while let Ok((len, _)) = self.socket.recv_from(&mut buffer) {
-            if let Some(payload) = self.netcode.process_packet(&mut buffer[..len]) {
-                self.renet.process_packet(payload);
-            }
-        }
-        let dt = self.last_pump.elapsed();
-        self.last_pump = Instant::now();
-        if let Some((packet, to)) = self.netcode.update(dt) {
-            let _ = self.socket.send_to(packet, to);
-        }
-        self.renet.update(dt);
-        for packet in self.renet.get_packets_to_send() {
-            let (to, bytes) = self.netcode.generate_payload_packet(&packet).expect("the raw client is connected");
-            self.last_sent = bytes.to_vec();
-            let _ = self.socket.send_to(bytes, to);
-        }
-    }
-
-    fn send(&mut self, bytes: Vec<u8>) {
-        self.renet.send_message(INPUT_CHANNEL, bytes);
-        self.pump();
-    }
-}
-
 #[test]
 fn bad_input_is_dropped_and_counted_while_bots_play_undisturbed() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -253,7 +199,7 @@ fn bad_input_is_dropped_and_counted_while_bots_play_undisturbed() {
     }
     // A real client that cheats: a move at ten times full speed, an input replayed, a message
     // that is not one, a message far too large, a burst of inputs, and a datagram replayed.
-    let mut cheat = RawClient::connect(addr, &key, 30);
+    let mut cheat = RawClient::connect(addr, 30, &key).expect("the raw client connects");
     let input = |seq, action| wire::encode(&ClientMsg::Input { seq, action });
     cheat.send(input(1, Action::Move([10.0, 0.0, 0.0])));
     cheat.send(input(2, Action::Move([1.0, 0.0, 0.0])));

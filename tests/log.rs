@@ -40,8 +40,12 @@ fn x_of(entities: &[Committed], i: u32) -> Option<f32> {
 
 /// A one-slice log of 10 items, then one record per tick moving item `t % 10` to x = 1000 + t.
 fn log_with_records(records: u64, segment_bytes: usize) -> CrashImage {
+    log_written(records, options(segment_bytes))
+}
+
+fn log_written(records: u64, opts: OpenOptions) -> CrashImage {
     let media = CrashImage::default();
-    let opened = smlog::open(Arc::new(media.clone()), &options(segment_bytes), || world(10)).unwrap();
+    let opened = smlog::open(Arc::new(media.clone()), &opts, || world(10)).unwrap();
     let mut log = opened.logs.into_iter().next().unwrap();
     for t in 1..=records {
         log.append(&Batch { tick: t, ops: vec![put((t % 10) as u32, 1000.0 + t as f32, 1 + t)] }).unwrap();
@@ -374,15 +378,7 @@ fn options_synced(segment_bytes: usize) -> OpenOptions {
 /// A one-slice log as `log_with_records` makes, but synced every tick: segments rolled away are
 /// sealed, and every header carries the watermark.
 fn log_synced(records: u64, segment_bytes: usize) -> CrashImage {
-    let media = CrashImage::default();
-    let opened = smlog::open(Arc::new(media.clone()), &options_synced(segment_bytes), || world(10)).unwrap();
-    let mut log = opened.logs.into_iter().next().unwrap();
-    for t in 1..=records {
-        log.append(&Batch { tick: t, ops: vec![put((t % 10) as u32, 1000.0 + t as f32, 1 + t)] }).unwrap();
-        log.commit(t).unwrap();
-    }
-    log.close().unwrap();
-    media
+    log_written(records, options_synced(segment_bytes))
 }
 
 /// Every record of the log: (segment, offset, sequence number), in order.

@@ -37,6 +37,8 @@ pub struct Client {
     pub socket: UdpSocket,
     pub netcode: NetcodeClient,
     pub renet: RenetClient,
+    /// The last datagram it sent, for a replay.
+    pub last_sent: Vec<u8>,
     /// Netcode and renet keep the real time the gateway keeps: their time-outs are real.
     last_pump: Instant,
 }
@@ -44,13 +46,41 @@ pub struct Client {
 impl Client {
     /// A client for `seat` of the gateway at `server`, not yet connected.
     pub fn new(server: SocketAddr, seat: u64) -> std::io::Result<Self> {
-        let token = ConnectToken::generate(unix_now(), PROTOCOL_ID, 60, seat, 5, vec![server], None, &KEY)
+        Self::with_key(server, seat, &KEY)
+    }
+
+    /// A client whose token is signed with `key`, not yet connected.
+    pub fn with_key(server: SocketAddr, seat: u64, key: &[u8; 32]) -> std::io::Result<Self> {
+        let token = ConnectToken::generate(unix_now(), PROTOCOL_ID, 60, seat, 5, vec![server], None, key)
             .map_err(std::io::Error::other)?;
         let socket = UdpSocket::bind("127.0.0.1:0")?;
         socket.set_nonblocking(true)?;
         let netcode = NetcodeClient::new(unix_now(), ClientAuthentication::Secure { connect_token: token })
             .map_err(std::io::Error::other)?;
-        Ok(Self { socket, netcode, renet: RenetClient::new(connection_config()), last_pump: Instant::now() })
+        let renet = RenetClient::new(connection_config());
+        Ok(Self { socket, netcode, renet, last_sent: Vec::new(), last_pump: Instant::now() })
+    }
+
+    /// A client of the gateway at `server` with a token signed with `key`, connected (or an
+    /// error after `CONNECT_TIMEOUT`).
+    pub fn connect(server: SocketAddr, seat: u64, key: &[u8; 32]) -> std::io::Result<Self> {
+        let mut client = Self::with_key(server, seat, key)?;
+        let began = Instant::now();
+        while !client.netcode.is_connected() {
+            if began.elapsed() > CONNECT_TIMEOUT {
+                return Err(std::io::Error::other("the client never connected"));
+            }
+            client.pump();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        client.renet.set_connected();
+        Ok(client)
+    }
+
+    /// Any bytes as an input message, sent at once.
+    pub fn send(&mut self, message: Vec<u8>) {
+        self.renet.send_message(INPUT_CHANNEL, message);
+        self.pump();
     }
 
     /// Reads what the gateway sent, keeps netcode's timers, and sends what renet queued.
@@ -72,6 +102,8 @@ impl Client {
         self.renet.update(dt);
         for packet in self.renet.get_packets_to_send() {
             if let Ok((to, bytes)) = self.netcode.generate_payload_packet(&packet) {
+                self.last_sent.clear();
+                self.last_sent.extend_from_slice(bytes);
                 let _ = self.socket.send_to(bytes, to);
             }
         }
