@@ -9,6 +9,7 @@ pub mod bots;
 pub mod limits;
 pub mod log;
 pub mod net;
+pub mod node;
 pub mod protocol;
 pub mod runtime;
 pub mod sim;

@@ -11,7 +11,6 @@ pub mod media;
 pub mod recover;
 pub mod writer;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 pub use format::{Batch, LogOp, SnapshotFile};
@@ -19,7 +18,7 @@ pub use media::{CrashImage, Disk, Media};
 pub use recover::{recover, Recovered, Repair, Report};
 pub use writer::{Durability, SliceLog, SEGMENT_BYTES};
 
-use crate::protocol::{Committed, JournalOp, Replication};
+use crate::protocol::Committed;
 use crate::world::RegionMap;
 
 #[derive(Debug, thiserror::Error)]
@@ -129,60 +128,6 @@ pub fn open(
         }
     }
     Ok(Opened { created, round, entities, map, start_tick: last_tick + 1, incarnation_floor: floor, logs, report })
-}
-
-/// Ends a slice's tick: its journal becomes one group commit in its log, a snapshot it took is
-/// handed to the log's flusher, and a snapshot the flusher has stored is reported back.
-pub fn commit_tick(
-    rl: &mut Replication,
-    log: &mut SliceLog,
-    tick: u64,
-    incarnation_floor: u32,
-    ops: &mut Vec<LogOp>,
-) -> Result<(), LogError> {
-    ops.clear();
-    for op in rl.drain_journal() {
-        match op {
-            JournalOp::Put(id) => {
-                if let Some(r) = rl.records().get(&id) {
-                    ops.push(LogOp::Put(Committed { id, state: r.state.clone(), commit_seq: r.commit_seq }));
-                }
-            }
-            JournalOp::Destroy { id, seq } => ops.push(LogOp::Destroy { id, seq }),
-            JournalOp::Out { to, entities } => ops.push(LogOp::Out { to: to.0, entities }),
-            JournalOp::Map => ops.push(LogOp::Map(rl.map().clone())),
-            JournalOp::RoundDone(round) => {
-                ops.push(LogOp::RoundDone { round });
-                log.round_done_at = Some((round, tick));
-            }
-            JournalOp::Snapshot(s) => {
-                if !ops.is_empty() {
-                    log.append(&Batch { tick, ops: std::mem::take(ops) })?;
-                }
-                let s = *s;
-                log.checkpoint(SnapshotFile {
-                    round: s.round,
-                    slice: s.slice.0,
-                    slices: s.slices,
-                    covers_below: 0,
-                    tick,
-                    incarnation_floor,
-                    map: s.map,
-                    entities: s.entities,
-                })?;
-            }
-        }
-    }
-    log.append(&Batch { tick, ops: std::mem::take(ops) })?;
-    log.commit(tick)?;
-    rl.snapshot_stored(log.state.stored_round.load(Ordering::Acquire));
-    if let Some((round, at)) = log.round_done_at {
-        if log.state.durable_tick.load(Ordering::Acquire) >= at {
-            log.round_done_at = None;
-            rl.round_done_durable(round);
-        }
-    }
-    Ok(())
 }
 
 /// Reads a log directory and says what it holds and whether it is whole.

@@ -133,9 +133,6 @@ pub struct SliceLog {
     flusher: Option<JoinHandle<()>>,
     pub state: Arc<FlushState>,
     pub bytes_appended: u64,
-    /// A checkpoint round this slice completed and the tick its record went out in, until that
-    /// tick is durable.
-    pub round_done_at: Option<(u64, u64)>,
     /// Segment roll-overs, and those that took a segment the flusher had prepared.
     pub rolls: u64,
     pub rolls_prepared: u64,
@@ -180,7 +177,6 @@ impl SliceLog {
             flusher: Some(flusher),
             state,
             bytes_appended: 0,
-            round_done_at: None,
             rolls: 0,
             rolls_prepared: 0,
         })

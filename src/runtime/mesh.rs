@@ -13,7 +13,7 @@ use hdrhistogram::Histogram;
 use super::ring::Ring;
 use super::shard::{self, ShardGauges, ShardReport, ShardSetup};
 use crate::protocol::{Committed, Replication, Server, SliceId};
-use crate::sim::Checker;
+use crate::node::Checker;
 use crate::world::{
     populate, Aabb, ContainerKind, ContainerTree, EntityId, EntityKind, EntityState, Population, RegionId, RegionMap,
     ServerId, StreamIndex,
@@ -323,7 +323,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
             slice
         })
         .collect();
-    let mut checker = Checker::new(&slices);
+    let mut checker = Checker::new(&slices.iter().collect::<Vec<_>>());
     let items_start = checker.item_count();
 
     let mut producers: Vec<Vec<Option<super::ring::Producer>>> =
@@ -577,8 +577,8 @@ fn audit(
         all_servers.extend(r.servers);
     }
     let now = start.elapsed().as_micros() as u64;
-    let audit = checker.audit(&slices, all_servers.iter());
-    let mut audit_error = checker.check_step(now, &slices, all_servers.iter()).err();
+    let audit = checker.audit(&slices.iter().collect::<Vec<_>>(), all_servers.iter());
+    let mut audit_error = checker.check_step(now, &slices.iter().collect::<Vec<_>>(), &[], all_servers.iter()).err();
     if in_flight > 0 && audit_error.is_none() {
         audit_error = Some(format!("{in_flight} messages still queued between cores at the end"));
     }

@@ -5,15 +5,11 @@
 //! slices commit what they can and the process exits non-zero for a supervisor to restart it
 //! from the log. Nothing freezes with its clients attached.
 
-use std::cell::RefCell;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Once};
 
-thread_local! {
-    /// The message and place of this thread's last panic, as the hook saw it.
-    static LAST: RefCell<Option<String>> = const { RefCell::new(None) };
-}
+pub use crate::node::panic::guarded;
+use crate::node::panic::{remember, take_last};
 
 /// Installs (once per process) a panic hook that keeps each thread's last panic message for
 /// `guarded` and `Watch`, then does what the previous hook did (print it).
@@ -29,21 +25,12 @@ pub fn install_hook() {
                 .or_else(|| info.payload().downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a panic with no message".into());
             let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
-            LAST.with(|last| *last.borrow_mut() = Some(format!("{what}{at}")));
+            remember(format!("{what}{at}"));
             previous(info);
         }));
     });
 }
 
-fn take_last() -> String {
-    LAST.with(|last| last.borrow_mut().take()).unwrap_or_else(|| "a panic (no hook installed)".into())
-}
-
-/// Runs `f`; a panic in it comes back as its message. For code whose state a panic may leave
-/// half-changed only when the caller throws that state away (a crashed server is replaced).
-pub fn guarded<R>(f: impl FnOnce() -> R) -> Result<R, String> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|_| take_last())
-}
 
 /// The first fatal panic of the process, by core.
 #[derive(Default)]

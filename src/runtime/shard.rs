@@ -14,14 +14,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
+use rustc_hash::FxHashSet;
 
-use super::panics::{guarded, Watch};
+use super::panics::Watch;
 use super::ring::{access_trusted, Consumer, Producer, RingError};
+use crate::node::{Bots, Direct, Durable, LogRecord, Node, NodeConfig, NodeEvent, NodeIo, Stage, Step};
 use crate::protocol::messages::ArchivedSliceMsg;
-use crate::protocol::{Incarnation, Input, Replication, Server, ServerEvent, SliceId, SliceMsg};
-use crate::world::ServerId;
+use crate::protocol::{Action, Replication, Server, SliceId, SliceMsg};
+use crate::world::{EntityId, ServerId};
 
 /// Bytes of messages held back per destination while its ring is full; past this the shard
 /// holds its servers' ticks back (they keep their leases, and simulate nothing) until the ring
@@ -142,265 +142,50 @@ pub struct ShardReport {
     pub gateway: Option<crate::net::GatewayStats>,
 }
 
-struct Shard {
+/// The node's I/O on a real core: the rings to other cores, the gateway's clients, the log.
+struct ShardIo {
     index: usize,
-    slice: Replication,
-    servers: Vec<Server>,
     producers: Vec<Option<Producer>>,
     consumers: Vec<Option<Consumer>>,
     /// Messages for each peer that did not fit its ring, archived, and their bytes.
     pending: Vec<VecDeque<rkyv::util::AlignedVec>>,
     pending_bytes: Vec<usize>,
     pending_bytes_max: usize,
-    rng: ChaCha8Rng,
-    bot_activity: f64,
-    places: Arc<crate::bots::Places>,
-    handoffs_per_tick_max: Option<usize>,
-    streaming: Option<Arc<crate::world::StreamIndex>>,
-    incarnations: Arc<AtomicU32>,
-    inputs: Vec<Input>,
     ring_errors: u64,
-    restarts: u64,
-    server_panics: u64,
-    /// Ticks whose simulation was held back under overload.
-    ticks_held_back: u64,
-    /// The next tick of the first server panics (an injected fault).
-    inject_server_panic: bool,
     log: Option<crate::log::SliceLog>,
-    log_ops: Vec<crate::log::LogOp>,
-    log_error: Option<String>,
-    last_log_tick: u64,
     gateway: Option<ShardGateway>,
+    /// Clients are let in (the warm-up is over).
+    accepting: bool,
+    lap: Instant,
+    stage_us: [u64; STAGES.len()],
 }
 
-impl Shard {
-    /// The slice's changes since the last commit become this tick's group commit. It runs before
-    /// `send`: what leaves for another core is in this core's log before the other can log it.
-    fn commit(&mut self, now_us: u64) {
-        let Some(log) = self.log.as_mut() else { return };
-        if self.log_error.is_some() {
-            return;
-        }
-        let tick = (now_us / crate::limits::TICK_DURATION_US).max(self.last_log_tick + 1);
-        self.last_log_tick = tick;
-        let floor = self.incarnations.load(Ordering::Relaxed);
-        if let Err(e) = crate::log::commit_tick(&mut self.slice, log, tick, floor, &mut self.log_ops) {
-            self.log_error = Some(e.to_string());
-        }
-    }
-
-    fn now_us(start: Instant, offset_us: u64) -> u64 {
-        offset_us + start.elapsed().as_micros() as u64
-    }
-
-    /// Frames from other cores into the slice.
-    fn receive(&mut self) -> usize {
-        let mut received = Vec::new();
+impl NodeIo for ShardIo {
+    /// Frames from other cores.
+    fn receive(&mut self, into: &mut Vec<(SliceId, SliceMsg)>) {
         for (from, consumer) in self.consumers.iter_mut().enumerate() {
             let Some(consumer) = consumer else { continue };
+            let mut undecodable = 0;
             let result = consumer.read_batch(FRAMES_PER_PEER_PER_TICK_MAX, |payload| {
                 // SAFETY: the only producer of this ring is the shard runtime on core `from`,
                 // which writes nothing but `SliceMsg` archives with `Producer::try_push`.
                 let archived = unsafe { access_trusted::<ArchivedSliceMsg>(payload) };
                 match rkyv::deserialize::<SliceMsg, rkyv::rancor::Error>(archived) {
-                    Ok(msg) => received.push((from, msg)),
-                    Err(_) => received.push((usize::MAX, SliceMsg::ServerUp { server: ServerId(u32::MAX) })),
+                    Ok(msg) => into.push((SliceId(from as u16), msg)),
+                    Err(_) => undecodable += 1,
                 }
             });
+            self.ring_errors += undecodable;
             if result.is_err() {
                 self.ring_errors += 1;
             }
         }
-        let n = received.len();
-        for (from, msg) in received {
-            if from == usize::MAX {
-                self.ring_errors += 1;
-                continue;
-            }
-            self.slice.handle_peer(SliceId(from as u16), msg);
-        }
-        n
-    }
-
-    /// Messages between this core's servers and its slice, until none are left.
-    fn pump_local(&mut self, now: u64) {
-        loop {
-            let mut moved = false;
-            for i in 0..self.servers.len() {
-                loop {
-                    let server = &mut self.servers[i];
-                    match guarded(|| server.poll_message()) {
-                        Ok(Some(msg)) => {
-                            self.slice.handle(now, msg);
-                            moved = true;
-                        }
-                        Ok(None) => break,
-                        Err(why) => {
-                            self.server_panicked(i, now, &why);
-                            break;
-                        }
-                    }
-                }
-            }
-            while let Some(msg) = self.slice.poll_message() {
-                if let Some(i) = self.servers.iter().position(|s| s.id() == msg.server) {
-                    let server = &mut self.servers[i];
-                    if let Err(why) = guarded(|| server.handle(now, msg)) {
-                        self.server_panicked(i, now, &why);
-                    }
-                }
-                moved = true;
-            }
-            if !moved {
-                return;
-            }
-        }
-    }
-
-    /// Clients' inputs from this core's gateway, to the servers that hold their players.
-    fn client_inputs(&mut self, now: u64) {
-        let Some(gw) = self.gateway.as_mut() else { return };
-        for (entity, seq, action) in gw.gateway.poll() {
-            self.slice.route_input(entity, seq, action);
-        }
-        self.pump_local(now);
-    }
-
-    /// This core's entities for every gateway, as of its tick `tick`.
-    fn publish_view(&mut self, tick: u64) {
-        let Some(gw) = self.gateway.as_mut() else { return };
-        let mut view = Vec::new();
-        for server in self.servers.iter().filter(|s| s.map().is_some()) {
-            let world = server.world();
-            for (id, held) in server.held() {
-                let position = held.position_at(tick, &world);
-                view.push(crate::net::ViewEntity {
-                    carried: held.state.parent.is_some(),
-                    input_seq: held.input_seq,
-                    ..crate::net::ViewEntity::new(*id, held.state.kind, position, held.state.velocity)
-                });
-            }
-            for (id, state) in server.leaving() {
-                view.push(crate::net::ViewEntity {
-                    carried: state.parent.is_some(),
-                    leaving: true,
-                    ..crate::net::ViewEntity::new(*id, state.kind, state.position, state.velocity)
-                });
-            }
-        }
-        gw.views.publish(self.index, tick, view);
-    }
-
-    fn drive_bots(&mut self, now: u64) {
-        if self.bot_activity <= 0.0 {
-            return;
-        }
-        // A copy: other cores' gateways take seats meanwhile, and must not wait for this loop.
-        let taken = self.gateway.as_ref().map(|gw| gw.seats.taken().clone());
-        let mut panicked = Vec::new();
-        for (i, server) in self.servers.iter_mut().enumerate() {
-            if !server.is_acting(now) {
-                continue;
-            }
-            self.inputs.clear();
-            for (id, held) in server.held() {
-                if held.state.kind.is_driven() && !taken.as_ref().is_some_and(|t| t.contains(id)) {
-                    crate::bots::inputs_with_behaviour(
-                        &mut self.rng,
-                        *id,
-                        &held.state,
-                        &self.places,
-                        now,
-                        self.bot_activity,
-                        &mut self.inputs,
-                    );
-                }
-            }
-            let inputs = &mut self.inputs;
-            if let Err(why) = guarded(|| inputs.drain(..).for_each(|input| server.handle_input(input))) {
-                panicked.push((i, why));
-            }
-        }
-        for (i, why) in panicked {
-            self.server_panicked(i, now, &why);
-        }
-    }
-
-    fn restart_fenced(&mut self, now: u64) {
-        for i in 0..self.servers.len() {
-            if let Some(ServerEvent::Fenced) = self.servers[i].poll_event() {
-                self.servers[i] = self.fresh_server(self.servers[i].id(), now);
-                self.restarts += 1;
-            }
-        }
-    }
-
-    /// A new incarnation of server `id`: it holds nothing until its slice grants it regions.
-    fn fresh_server(&self, id: ServerId, now: u64) -> Server {
-        let inc = self.incarnations.fetch_add(1, Ordering::Relaxed);
-        let mut fresh = Server::new(id, Incarnation(inc), now);
-        if let Some(index) = &self.streaming {
-            fresh = fresh.with_streaming(index.clone());
-        }
-        if let Some(max) = self.handoffs_per_tick_max {
-            fresh.handoffs_per_tick_max = max;
-        }
-        fresh
-    }
-
-    /// Server `i`'s code panicked: that is its crash. Its slice is told, as a crash report
-    /// tells it, and takes back what it held (committed state: what the server had not written
-    /// through is lost, as a crashed process's would be); a fresh incarnation takes its place.
-    fn server_panicked(&mut self, i: usize, now: u64, why: &str) {
-        let (id, incarnation) = (self.servers[i].id(), self.servers[i].incarnation());
-        self.slice.handle_crash_report(id, incarnation);
-        self.servers[i] = self.fresh_server(id, now);
-        self.server_panics += 1;
-        eprintln!(
-            "core {}: server {id} incarnation {} panicked: {why}; its slice took back its regions, \
-             incarnation {} replaces it",
-            self.index,
-            incarnation.0,
-            self.servers[i].incarnation().0
-        );
-    }
-
-    /// Every server's tick, each guarded: a panic is that server's crash.
-    fn tick_servers(&mut self, now: u64) {
-        for i in 0..self.servers.len() {
-            let inject = i == 0 && std::mem::take(&mut self.inject_server_panic);
-            let server = &mut self.servers[i];
-            let ticked = guarded(|| {
-                if inject {
-                    panic!("a panic injected into server {}'s tick", server.id());
-                }
-                server.tick(now)
-            });
-            if let Err(why) = ticked {
-                self.server_panicked(i, now, &why);
-            }
-        }
-    }
-
-    /// The slice's messages for other cores into their rings; what does not fit waits.
-    fn send(&mut self) {
-        while let Some((to, msg)) = self.slice.poll_peer() {
-            self.queue_for(to.0 as usize, &msg);
-        }
-        self.push_pending();
-    }
-
-    /// Only the clients' inputs for other cores into their rings, ahead of the tick's commit.
-    fn send_inputs(&mut self) {
-        while let Some((to, msg)) = self.slice.poll_peer_input() {
-            self.queue_for(to.0 as usize, &msg);
-        }
-        self.push_pending();
     }
 
     /// Into `to`'s ring straight away (archived in place) when nothing waits before it; else
     /// archived into its queue.
-    fn queue_for(&mut self, to: usize, msg: &SliceMsg) {
+    fn send(&mut self, to: SliceId, msg: &SliceMsg) {
+        let to = to.0 as usize;
         if self.pending[to].is_empty() {
             if let Some(producer) = self.producers[to].as_mut() {
                 match producer.try_push(msg) {
@@ -423,7 +208,7 @@ impl Shard {
         }
     }
 
-    fn push_pending(&mut self) {
+    fn flush(&mut self) {
         for (to, queue) in self.pending.iter_mut().enumerate() {
             let Some(producer) = self.producers[to].as_mut() else { continue };
             while let Some(bytes) = queue.front() {
@@ -440,26 +225,70 @@ impl Shard {
         }
     }
 
-    /// The peer whose queue is over its bound, if any.
-    fn overloaded(&self) -> Option<usize> {
-        self.pending_bytes.iter().position(|b| *b > self.pending_bytes_max)
+    fn overloaded(&self) -> bool {
+        self.overloaded_peer().is_some()
     }
 
-    /// A tick held back under overload: no server simulates, each renews its lease (a server
-    /// that stopped heartbeating would be failed over by its own slice), and the count says so.
-    fn hold_servers(&mut self, now: u64) {
-        for i in 0..self.servers.len() {
-            let server = &mut self.servers[i];
-            if let Err(why) = guarded(|| server.hold(now)) {
-                self.server_panicked(i, now, &why);
-            }
+    fn has_clients(&self) -> bool {
+        self.gateway.is_some() && self.accepting
+    }
+
+    fn client_inputs(&mut self, into: &mut Vec<(EntityId, u32, Action)>) {
+        if let Some(gw) = self.gateway.as_mut() {
+            into.extend(gw.gateway.poll());
         }
-        self.ticks_held_back += 1;
+    }
+
+    fn seats(&mut self, into: &mut FxHashSet<EntityId>) {
+        // A copy: other cores' gateways take seats meanwhile, and must not wait for the bots.
+        if let Some(gw) = self.gateway.as_ref() {
+            into.extend(gw.seats.taken().iter().copied());
+        }
+    }
+
+    fn publish_view(&mut self, tick: u64, view: Vec<crate::net::ViewEntity>) {
+        if let Some(gw) = self.gateway.as_mut() {
+            gw.views.publish(self.index, tick, view);
+        }
+    }
+
+    fn log(&mut self, tick: u64, records: &mut Vec<LogRecord>) -> Option<Result<Durable, String>> {
+        let log = self.log.as_mut()?;
+        let mut write = || -> Result<Durable, crate::log::LogError> {
+            for record in records.drain(..) {
+                match record {
+                    LogRecord::Batch(batch) => log.append(&batch)?,
+                    LogRecord::Checkpoint(snapshot) => log.checkpoint(snapshot)?,
+                }
+            }
+            log.commit(tick)?;
+            Ok(Durable {
+                tick: log.state.durable_tick.load(Ordering::Acquire),
+                stored_round: log.state.stored_round.load(Ordering::Acquire),
+            })
+        };
+        Some(write().map_err(|e| e.to_string()))
+    }
+
+    fn stage_done(&mut self, stage: Stage) {
+        self.stage_us[stage as usize] = self.lap.elapsed().as_micros() as u64;
+        self.lap = Instant::now();
+    }
+}
+
+impl ShardIo {
+    /// The peer whose queue is over its bound, if any.
+    fn overloaded_peer(&self) -> Option<usize> {
+        self.pending_bytes.iter().position(|b| *b > self.pending_bytes_max)
     }
 
     fn in_flight(&self) -> usize {
         self.pending.iter().map(|q| q.len()).sum()
     }
+}
+
+fn now_us(start: Instant, offset_us: u64) -> u64 {
+    offset_us + start.elapsed().as_micros() as u64
 }
 
 /// Runs a shard until `stop`, then lets in-flight messages settle and reports.
@@ -510,53 +339,36 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
     // A panic that unwinds out of the shard (not a server's, which is caught as its crash)
     // records the core and stops the mesh.
     let _watch = Watch { core: setup.index, fatal: setup.fatal.clone(), stop: setup.stop.clone() };
-    let servers: Vec<Server> = setup
-        .servers
-        .iter()
-        .map(|id| {
-            let inc = Incarnation(setup.incarnations.fetch_add(1, Ordering::Relaxed));
-            let mut server = Server::new(*id, inc, setup.clock_offset_us);
-            if let Some(index) = &setup.streaming {
-                server = server.with_streaming(index.clone());
-            }
-            if let Some(max) = setup.handoffs_per_tick_max {
-                server.handoffs_per_tick_max = max;
-            }
-            server
-        })
-        .collect();
     let (log, checkpoint_every) = match setup.log {
         Some(l) => (Some(l.log), Some(l.checkpoint_every)),
         None => (None, None),
     };
     let offset_us = setup.clock_offset_us;
-    let mut last_checkpoint = Instant::now();
-    let mut shard = Shard {
+    let cfg = NodeConfig {
+        streaming: setup.streaming.clone(),
+        handoffs_per_tick_max: setup.handoffs_per_tick_max,
+        bots: if setup.bot_activity > 0.0 {
+            Bots::Roam { activity: setup.bot_activity, places: setup.places.clone() }
+        } else {
+            Bots::Off
+        },
+        checkpoint_every_us: checkpoint_every.map(|d| d.as_micros().min(u64::MAX as u128) as u64),
+        ..NodeConfig::new(setup.index, setup.seed)
+    };
+    let mut node = Node::new(cfg, setup.slice, setup.servers.iter().copied(), Direct::default(), setup.incarnations, offset_us);
+    let mut io = ShardIo {
         index: setup.index,
-        slice: setup.slice,
-        servers,
         producers: setup.producers,
         consumers: setup.consumers,
         pending: (0..setup.cores).map(|_| VecDeque::new()).collect(),
         pending_bytes: vec![0; setup.cores],
         pending_bytes_max: setup.pending_bytes_per_peer_max,
-        ticks_held_back: 0,
-        rng: ChaCha8Rng::seed_from_u64(setup.seed ^ (setup.index as u64) << 32),
-        bot_activity: setup.bot_activity,
-        places: setup.places,
-        handoffs_per_tick_max: setup.handoffs_per_tick_max,
-        streaming: setup.streaming.clone(),
-        incarnations: setup.incarnations,
-        inputs: Vec::new(),
         ring_errors: 0,
-        restarts: 0,
-        server_panics: 0,
-        inject_server_panic: false,
         log,
-        log_ops: Vec::new(),
-        log_error: None,
-        last_log_tick: offset_us / crate::limits::TICK_DURATION_US,
         gateway: setup.gateway,
+        accepting: false,
+        lap: Instant::now(),
+        stage_us: [0; STAGES.len()],
     };
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
     let mut window = hist.clone();
@@ -566,13 +378,13 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
     let budget_us = setup.tick.as_micros() as u64;
     let mut schedule = Schedule::new(setup.start, setup.tick, offset_us);
     while !setup.stop.load(Ordering::Relaxed) {
-        let (scheduled_tick, at) = schedule.next_tick();
+        let (tick, at) = schedule.next_tick();
         let next = schedule.next;
         let now_instant = Instant::now();
         if at > now_instant {
             // Clients' sockets are read while the core waits, so a flood is read and dropped by
             // the gateway rather than overflowing the kernel's queue over clients' packets.
-            match shard.gateway.as_mut() {
+            match io.gateway.as_mut() {
                 Some(gw) => loop {
                     gw.gateway.drain();
                     let now = Instant::now();
@@ -585,98 +397,72 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
             }
         }
         let began = Instant::now();
-        // The protocol's clock is the schedule's, not the wall's: a core that runs a tick late
-        // still runs it as that tick, so every core agrees which tick a move was made in.
-        let now = scheduled_tick * crate::limits::TICK_DURATION_US;
-        let mut stage_us = [0u64; STAGES.len()];
-        let mut lap = Instant::now();
-        let mut mark = |i: usize| {
-            stage_us[i] = lap.elapsed().as_micros() as u64;
-            lap = Instant::now();
-        };
-        shard.receive();
-        shard.pump_local(now);
-        mark(0);
-        let overloaded = shard.overloaded();
+        io.lap = began;
+        io.stage_us = [0; STAGES.len()];
         // Clients are let in once the world is placed (the warm-up), as a game lets players in
         // once its world is loaded; until then their connection requests wait.
-        let accepting = setup.start.elapsed() >= setup.warmup;
-        if accepting {
-            // Inputs for a player another core holds go there at once, and this core waits
-            // (briefly) for the other cores' inputs of this tick before its servers tick: an
-            // input is applied in the tick that took it in, whichever core holds the player.
-            shard.client_inputs(now);
-            shard.send_inputs();
-            let views = shard.gateway.as_ref().map(|gw| gw.views.clone());
-            if let Some(views) = views {
-                views.inputs_sent(shard.index, scheduled_tick);
-                let wait_until = (Instant::now() + INPUT_WAIT_MAX).min(next);
-                while !views.all_inputs_sent(scheduled_tick) && Instant::now() < wait_until {
-                    glommio::timer::sleep(Duration::from_micros(100)).await;
-                }
-                shard.receive();
-                shard.pump_local(now);
-            }
-        }
-        if overloaded.is_none() {
-            shard.drive_bots(now);
-        }
-        mark(1);
-        if let Some(p) = setup.inject_panic.filter(|p| p.core == shard.index && scheduled_tick >= p.tick) {
+        io.accepting = setup.start.elapsed() >= setup.warmup;
+        if let Some(p) = setup.inject_panic.filter(|p| p.core == setup.index && tick >= p.tick) {
             setup.inject_panic = None;
             if p.in_server {
-                shard.inject_server_panic = true;
+                node.inject_server_panic();
             } else {
-                panic!("a panic injected into core {}'s shard at tick {scheduled_tick}", shard.index);
+                panic!("a panic injected into core {}'s shard at tick {tick}", setup.index);
             }
         }
-        match overloaded {
-            None => shard.tick_servers(now),
-            Some(peer) => {
-                if shard.ticks_held_back == 0 || shard.ticks_held_back % 300 == 0 {
-                    eprintln!(
-                        "core {}: overloaded: {} MiB wait for core {peer}'s ring; servers' ticks are held back \
-                         (leases kept) until it drains ({} ticks so far)",
-                        shard.index,
-                        shard.pending_bytes[peer] >> 20,
-                        shard.ticks_held_back
-                    );
+        let held_back_before = node.stats.ticks_held_back;
+        // The protocol's clock is the schedule's, not the wall's: a core that runs a tick late
+        // still runs it as that tick, so every core agrees which tick a move was made in.
+        let mut step = node.advance(tick, &mut io);
+        if step == Step::AwaitInputs {
+            // Wait (briefly) for the other cores' clients' inputs of this tick before the servers
+            // tick: an input is applied in the tick that took it in, whichever core holds the player.
+            if let Some(views) = io.gateway.as_ref().map(|gw| gw.views.clone()) {
+                views.inputs_sent(setup.index, tick);
+                let wait_until = (Instant::now() + INPUT_WAIT_MAX).min(next);
+                while !views.all_inputs_sent(tick) && Instant::now() < wait_until {
+                    glommio::timer::sleep(Duration::from_micros(100)).await;
                 }
-                shard.hold_servers(now);
+            }
+            step = node.advance(tick, &mut io);
+        }
+        if step == Step::AwaitViews {
+            // Every client's update is of one tick across all cores, so an entity that moves from
+            // one core to another moves smoothly: wait (briefly) for the other cores' view of this
+            // tick, never past the next tick's start (a core already behind sends what every core
+            // has reached rather than fall further behind).
+            if let Some(gw) = io.gateway.as_mut() {
+                let wait_until = (Instant::now() + VIEW_WAIT_MAX).min(next);
+                while !gw.views.all_reached(tick) && Instant::now() < wait_until {
+                    glommio::timer::sleep(Duration::from_micros(200)).await;
+                }
+                gw.gateway.send_updates(tick, &gw.views);
+            }
+            step = node.advance(tick, &mut io);
+        }
+        debug_assert_eq!(step, Step::Done);
+        while let Some(event) = node.poll_event() {
+            if let NodeEvent::Panicked { server, incarnation, why } = event {
+                eprintln!(
+                    "core {}: server {server} incarnation {} panicked: {why}; its slice took back its regions, \
+                     a fresh incarnation replaces it",
+                    setup.index, incarnation.0,
+                );
             }
         }
-        shard.pump_local(now);
-        shard.restart_fenced(now);
-        mark(2);
-        shard.slice.tick(now);
-        if checkpoint_every.is_some_and(|every| last_checkpoint.elapsed() >= every)
-            && shard.slice.begin_checkpoint().is_some()
-        {
-            last_checkpoint = Instant::now();
-        }
-        shard.pump_local(now);
-        shard.commit(now);
-        mark(3);
-        shard.send();
-        mark(4);
-        if shard.gateway.is_some() && accepting {
-            // Every client's update is of one tick across all cores, so an entity that moves
-            // from one core to another moves smoothly: wait (briefly) for the other cores' view
-            // of this tick.
-            shard.publish_view(scheduled_tick);
-            let gw = shard.gateway.as_mut().expect("checked");
-            let tick = scheduled_tick;
-            // Never past the next tick's start: a core already behind its schedule sends what
-            // every core has reached rather than fall further behind.
-            let wait_until = (Instant::now() + VIEW_WAIT_MAX).min(next);
-            while !gw.views.all_reached(tick) && Instant::now() < wait_until {
-                glommio::timer::sleep(Duration::from_micros(200)).await;
+        let held_back = node.stats.ticks_held_back;
+        if held_back > held_back_before && (held_back == 1 || held_back % 300 == 0) {
+            if let Some(peer) = io.overloaded_peer() {
+                eprintln!(
+                    "core {}: overloaded: {} MiB wait for core {peer}'s ring; servers' ticks are held back \
+                     (leases kept) until it drains ({held_back} ticks so far)",
+                    setup.index,
+                    io.pending_bytes[peer] >> 20,
+                );
             }
-            gw.gateway.send_updates(tick, &gw.views);
         }
-        mark(5);
-        if let Some(e) = &shard.log_error {
-            eprintln!("core {}: the replication log failed, stopping: {e}", shard.index);
+        if let Some(e) = node.log_error() {
+            eprintln!("core {}: the replication log failed, stopping: {e}", setup.index);
             setup.stop.store(true, Ordering::Relaxed);
         }
         let took_us = began.elapsed().as_micros() as u64;
@@ -694,29 +480,29 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
         }
         g.ticks.fetch_add(1, Ordering::Relaxed);
         g.worst_tick_us.fetch_max(took_us, Ordering::Relaxed);
-        let held: usize = shard.servers.iter().map(|s| s.held().len()).sum();
-        let players: usize = shard
-            .servers
-            .iter()
+        let held: usize = node.servers().map(|s| s.held().len()).sum();
+        let players: usize = node
+            .servers()
             .map(|s| s.held().values().filter(|h| h.state.kind == crate::world::EntityKind::Player).count())
             .sum();
         g.held.store(held as u64, Ordering::Relaxed);
         g.players.store(players as u64, Ordering::Relaxed);
-        g.handoffs.store(shard.slice.stats.handoffs, Ordering::Relaxed);
-        g.transfers.store(shard.slice.stats.transfers_out, Ordering::Relaxed);
-        if let Some(log) = &shard.log {
+        g.handoffs.store(node.slice().stats.handoffs, Ordering::Relaxed);
+        g.transfers.store(node.slice().stats.transfers_out, Ordering::Relaxed);
+        if let Some(log) = &io.log {
             g.committed_tick.store(log.state.durable_tick.load(Ordering::Acquire), Ordering::Relaxed);
         }
-        g.checkpoint_round.store(shard.slice.checkpoint_done(), Ordering::Relaxed);
-        g.server_panics.store(shard.server_panics, Ordering::Relaxed);
-        g.ticks_held_back.store(shard.ticks_held_back, Ordering::Relaxed);
-        if let Some(gw) = &shard.gateway {
+        g.checkpoint_round.store(node.slice().checkpoint_done(), Ordering::Relaxed);
+        g.server_panics.store(node.stats.server_panics, Ordering::Relaxed);
+        g.ticks_held_back.store(node.stats.ticks_held_back, Ordering::Relaxed);
+        if let Some(gw) = &io.gateway {
             g.clients.store(gw.gateway.stats.connected, Ordering::Relaxed);
         }
         if took_us > budget_us && warm {
             stalls += 1;
             g.stalls.fetch_add(1, Ordering::Relaxed);
-            let (worst, worst_us) = stage_us
+            let (worst, worst_us) = io
+                .stage_us
                 .iter()
                 .enumerate()
                 .max_by_key(|(_, us)| **us)
@@ -725,8 +511,8 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
             if stall_reports.len() < 20 {
                 stall_reports.push(format!(
                     "core {} tick at {:.3} s took {:.1} ms, budget {:.1} ms; most in `{worst}` ({:.1} ms)",
-                    shard.index,
-                    now as f64 / 1e6,
+                    setup.index,
+                    (tick * crate::limits::TICK_DURATION_US) as f64 / 1e6,
                     took_us as f64 / 1e3,
                     budget_us as f64 / 1e3,
                     worst_us as f64 / 1e3
@@ -742,14 +528,8 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
     // After another core's fatal panic, what waits for it will never be read: settle only what
     // the live cores can take, and let the process end within a second.
     let peer_died = setup.fatal.first().is_some();
-    while Instant::now() < settle_until || (shard.in_flight() > 0 && !peer_died) {
-        let now = Shard::now_us(setup.start, offset_us);
-        let received = shard.receive();
-        shard.pump_local(now);
-        if received > 0 {
-            shard.commit(now);
-        }
-        shard.send();
+    while Instant::now() < settle_until || (io.in_flight() > 0 && !peer_died) {
+        let received = node.settle(now_us(setup.start, offset_us), &mut io);
         if received == 0 {
             glommio::timer::sleep(Duration::from_millis(1)).await;
         }
@@ -757,30 +537,33 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
             break;
         }
     }
-    let in_flight = shard.in_flight();
-    if let Some(gw) = shard.gateway.as_mut() {
+    let in_flight = io.in_flight();
+    if let Some(gw) = io.gateway.as_mut() {
         gw.gateway.disconnect_all();
     }
-    shard.commit(Shard::now_us(setup.start, offset_us));
-    if let Some(log) = shard.log.take() {
+    node.commit_last(now_us(setup.start, offset_us), &mut io);
+    let mut log_error = node.log_error().map(str::to_string);
+    if let Some(log) = io.log.take() {
         if let Err(e) = log.close() {
-            shard.log_error.get_or_insert(e.to_string());
+            log_error.get_or_insert(e.to_string());
         }
     }
+    let stats = node.stats;
+    let (slice, servers) = node.into_parts();
     ShardReport {
-        index: shard.index,
-        slice: shard.slice,
-        servers: shard.servers,
+        index: setup.index,
+        slice,
+        servers,
         tick_us: hist,
         stalls,
         stall_reports,
         in_flight,
-        ring_errors: shard.ring_errors,
-        restarts: shard.restarts,
-        server_panics: shard.server_panics,
-        ticks_held_back: shard.ticks_held_back,
-        log_error: shard.log_error,
-        gateway: shard.gateway.map(|gw| gw.gateway.stats),
+        ring_errors: io.ring_errors,
+        restarts: stats.restarts,
+        server_panics: stats.server_panics,
+        ticks_held_back: stats.ticks_held_back,
+        log_error,
+        gateway: io.gateway.map(|gw| gw.gateway.stats),
     }
 }
 

@@ -7,35 +7,35 @@
 //! `calm_ticks` with the network clean, crashed servers back and bots at rest (liveness: the
 //! world must settle with every entity where it belongs).
 
-pub mod check;
 pub mod faults;
+pub mod lossy;
 pub mod network;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeSet, VecDeque};
 use std::fmt::Write as _;
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
-pub use check::Checker;
+pub use crate::node::Checker;
 pub use faults::FaultPlan;
-use network::{Endpoint, Network};
+use lossy::Lossy;
 
 use crate::limits::TICK_DURATION_US;
+use crate::node::{Bots, Node, NodeConfig, NodeEvent, NodeIo, Step};
 use crate::protocol::replication::home_slice;
-use crate::protocol::{
-    Action, Incarnation, Input, Link, PlantedBugs, Replication, Server, ServerEvent, SliceId, SliceMsg, ToReplication,
-    ToServer,
-};
+use crate::protocol::{Committed, PlantedBugs, Replication, Server, SliceId, SliceMsg};
 use crate::world::{populate, ContainerTree, Population, RegionMap, ServerId, StreamIndex};
-
-/// The replication layer's link session; it never restarts in the simulator.
-const REPLICATION_SESSION: u32 = 1;
 
 /// The initial k-d cells of the world.
 const INITIAL_REGIONS: usize = 16;
+
+/// Rounds of delivery between nodes before the liveness check; a handoff chain settles in a few.
+const SETTLE_ROUNDS_MAX: usize = 16;
 
 /// Regions the controller may split up to in a run.
 const SIM_REGION_COUNT_MAX: usize = 48;
@@ -105,27 +105,45 @@ pub struct SimOutcome {
     pub log: String,
 }
 
-struct Node {
-    server: Option<(Server, Link)>,
-    restart_at_tick: Option<u64>,
+/// The simulator's I/O for one node: a mailbox per node for the messages between them (on one
+/// host, shared-memory rings: reliable and in order; here they cross as rkyv bytes).
+struct SimIo<'a> {
+    me: SliceId,
+    mailboxes: &'a mut [VecDeque<(SliceId, Vec<u8>)>],
+    decode_errors: &'a mut u64,
+}
+
+impl NodeIo for SimIo<'_> {
+    fn receive(&mut self, into: &mut Vec<(SliceId, SliceMsg)>) {
+        for (from, bytes) in self.mailboxes[self.me.0 as usize].drain(..) {
+            match decode::<SliceMsg>(&bytes) {
+                Ok(msg) => into.push((from, msg)),
+                Err(_) => *self.decode_errors += 1,
+            }
+        }
+    }
+
+    fn send(&mut self, to: SliceId, msg: &SliceMsg) {
+        self.mailboxes[to.0 as usize].push_back((self.me, encode(msg)));
+    }
+
+    /// The nodes take part in the clients' input barrier (no client is connected yet, so it
+    /// carries nothing), and it is where the simulator checks what crashed servers' successors
+    /// adopted, before they simulate it.
+    fn has_clients(&self) -> bool {
+        true
+    }
 }
 
 pub struct Simulator {
     cfg: SimConfig,
     plan: FaultPlan,
-    /// What the network does now: the plan's faults, then calm.
-    net_plan: FaultPlan,
     rng: ChaCha8Rng,
     tick: u64,
-    /// The replication layer's slices; slice 0 is also the controller.
-    slices: Vec<Replication>,
-    rl_links: BTreeMap<ServerId, Link>,
-    nodes: BTreeMap<ServerId, Node>,
-    net: Network,
-    next_incarnation: u32,
+    /// One node per replication slice; node 0's slice is also the controller.
+    nodes: Vec<Node<Lossy>>,
+    mailboxes: Vec<VecDeque<(SliceId, Vec<u8>)>>,
     checker: Checker,
-    /// The world's containers, which servers and slices stream by.
-    streaming: std::sync::Arc<StreamIndex>,
     calm: bool,
     pub stats: SimStats,
     log: String,
@@ -146,37 +164,40 @@ impl Simulator {
         };
         let entities = populate(&tree, cfg.seed, counts);
         let map = RegionMap::kd_split(tree.bounds(), INITIAL_REGIONS);
-        let mut slices = Vec::new();
+        let incarnations = Arc::new(AtomicU32::new(1));
+        let mut nodes = Vec::new();
         let mut initial = Some(entities);
         for i in 0..plan.slices {
             let mut slice =
                 Replication::new_slice(SliceId(i), plan.slices, map.clone(), initial.take().unwrap_or_default())
                     .with_streaming(streaming.clone());
             slice.planted = cfg.planted;
-            slices.push(slice);
+            let node_cfg = NodeConfig {
+                streaming: Some(streaming.clone()),
+                bots: Bots::Random { activity: crate::bots::SIM_ACTIVITY },
+                planted_server_ignores_lease: cfg.planted_server_ignores_lease,
+                ..NodeConfig::new(i as usize, cfg.seed)
+            };
+            let servers = (0..plan.servers).map(ServerId).filter(|s| home_slice(*s, plan.slices).0 == i);
+            let wire = Lossy::new(cfg.seed ^ ((i as u64 + 1) << 40), plan);
+            nodes.push(Node::new(node_cfg, slice, servers, wire, incarnations.clone(), 0));
         }
+        let slices: Vec<&Replication> = nodes.iter().map(|n| n.slice()).collect();
         let checker = Checker::new(&slices);
         let mut sim = Self {
             rng: ChaCha8Rng::seed_from_u64(cfg.seed),
             plan,
-            net_plan: plan,
             tick: 0,
-            slices,
-            rl_links: BTreeMap::new(),
-            nodes: BTreeMap::new(),
-            net: Network::default(),
-            next_incarnation: 1,
+            mailboxes: (0..nodes.len()).map(|_| VecDeque::new()).collect(),
+            nodes,
             checker,
-            streaming,
             calm: false,
             stats: SimStats::default(),
             log: String::new(),
             cfg,
         };
         let _ = writeln!(sim.log, "seed={} {}", sim.cfg.seed, sim.plan);
-        for s in 0..sim.plan.servers {
-            sim.nodes.insert(ServerId(s), Node { server: None, restart_at_tick: Some(0) });
-        }
+        let _ = sim.drain_events();
         sim
     }
 
@@ -184,42 +205,22 @@ impl Simulator {
         &self.plan
     }
 
-    pub fn slices(&self) -> &[Replication] {
-        &self.slices
+    /// Every node's slice, in node order.
+    pub fn slices(&self) -> Vec<&Replication> {
+        self.nodes.iter().map(|n| n.slice()).collect()
     }
 
-    fn home(&mut self, server: ServerId) -> &mut Replication {
-        let i = home_slice(server, self.slices.len() as u16).0 as usize;
-        &mut self.slices[i]
-    }
-
-    /// Delivers slice-to-slice messages until none are left. On one host slices talk over
-    /// shared-memory rings, reliable and in order, within the tick; they cross as rkyv bytes.
-    fn pump_peers(&mut self) {
-        loop {
-            let mut moved = false;
-            for i in 0..self.slices.len() {
-                while let Some((to, msg)) = self.slices[i].poll_peer() {
-                    let from = self.slices[i].slice();
-                    match decode::<SliceMsg>(&encode(&msg)) {
-                        Ok(msg) => self.slices[to.0 as usize].handle_peer(from, msg),
-                        Err(_) => self.stats.decode_errors += 1,
-                    }
-                    moved = true;
-                }
-            }
-            if !moved {
-                return;
-            }
-        }
+    fn node_of(&mut self, server: ServerId) -> &mut Node<Lossy> {
+        let i = home_slice(server, self.nodes.len() as u16).0 as usize;
+        &mut self.nodes[i]
     }
 
     fn layer_total(&self, f: impl Fn(&crate::protocol::ReplicationStats) -> u64) -> u64 {
-        self.slices.iter().map(|s| f(&s.stats)).sum()
+        self.nodes.iter().map(|n| f(&n.slice().stats)).sum()
     }
 
     pub fn servers(&self) -> impl Iterator<Item = &Server> + Clone {
-        self.nodes.values().filter_map(|n| n.server.as_ref().map(|(s, _)| s))
+        self.nodes.iter().flat_map(|n| n.servers())
     }
 
     fn now_us(&self) -> u64 {
@@ -240,11 +241,23 @@ impl Simulator {
         sim.stats.transfers = sim.layer_total(|s| s.transfers_out);
         sim.stats.parked = sim.layer_total(|s| s.parked);
         sim.stats.woken = sim.layer_total(|s| s.woken);
-        sim.stats.packets = sim.net.stats.sent;
-        let live: Vec<_> = sim.servers().map(|s| s.stats).collect();
-        for s in live {
-            Self::add(&mut sim.stats, &s);
+        let mut servers = crate::protocol::ServerStats::default();
+        for node in &sim.nodes {
+            crate::node::add_stats(&mut servers, &node.stats.ended);
+            for s in node.servers() {
+                crate::node::add_stats(&mut servers, &s.stats);
+            }
+            sim.stats.packets += node.wire().net.stats.sent;
+            sim.stats.decode_errors += node.wire().decode_errors;
+            sim.stats.inputs += node.stats.bot_inputs;
+            sim.stats.restarts += node.stats.restarts;
+            sim.stats.fenced += node.stats.fenced;
         }
+        sim.stats.adopted = servers.adopted;
+        sim.stats.hits = servers.hits;
+        sim.stats.remote_hits = servers.remote_hits;
+        sim.stats.damage_received = servers.damage_received;
+        sim.stats.actions = servers.actions;
         if let Some((tick, e)) = &failure {
             let _ = writeln!(sim.log, "FAIL seed={} tick={tick}: {e}", sim.cfg.seed);
         } else {
@@ -273,7 +286,7 @@ impl Simulator {
             plan: sim.plan,
             failure,
             stats: sim.stats,
-            entities: sim.slices.iter().map(|s| s.records().len()).sum(),
+            entities: sim.nodes.iter().map(|n| n.slice().records().len()).sum(),
             items: sim.checker.item_count(),
             log: sim.log,
         }
@@ -285,220 +298,165 @@ impl Simulator {
         }
         self.calm = true;
         self.event(format_args!("calm: faults off, bots at rest"));
-        self.net_plan = self.plan.calm();
-        for node in self.nodes.values_mut() {
-            if node.server.is_none() {
-                node.restart_at_tick = Some(self.tick);
-            }
+        let now = self.now_us();
+        let calm = self.plan.calm();
+        for node in &mut self.nodes {
+            node.wire_mut().set_plan(calm);
+            node.set_bots(Bots::Rest);
+            node.restart_all(now);
         }
         for _ in 0..self.cfg.calm_ticks {
             self.step().map_err(|e| (self.tick, e))?;
         }
+        self.settle();
         let now = self.now_us();
-        let servers: Vec<&Server> = self.nodes.values().filter_map(|n| n.server.as_ref().map(|(s, _)| s)).collect();
         self.checker
-            .check_settled(now, &self.slices, servers.into_iter())
+            .check_settled(now, &self.slices(), self.servers())
             .map_err(|e| (self.tick, format!("liveness: {e}")))
+    }
+
+    /// Every node advanced to the same point of tick `tick`.
+    fn advance_all(&mut self, tick: u64, expect: Step) -> Result<(), String> {
+        for node in &mut self.nodes {
+            let mut io = SimIo {
+                me: SliceId(node.index() as u16),
+                mailboxes: &mut self.mailboxes,
+                decode_errors: &mut self.stats.decode_errors,
+            };
+            let step = node.advance(tick, &mut io);
+            if step != expect {
+                return Err(format!("node {} stopped at {step:?}, not {expect:?}", node.index()));
+            }
+        }
+        Ok(())
     }
 
     /// One tick of the whole world, then the checks.
     pub fn step(&mut self) -> Result<(), String> {
         let now = self.now_us();
-        self.restart_due();
-        self.deliver(now)?;
-        self.checker.check_restored(now, &self.slices, self.servers())?;
-        self.drive_bots(now);
-        let ids: Vec<ServerId> = self.nodes.keys().copied().collect();
-        for id in &ids {
-            if let Some((server, _)) = self.nodes.get_mut(id).and_then(|n| n.server.as_mut()) {
-                server.tick(now);
-            }
-            self.drain_events(*id);
-        }
-        for slice in &mut self.slices {
-            slice.tick(now);
-        }
-        self.pump_peers();
+        // Faults strike between ticks: what a crash report or a region change makes the layer
+        // send goes out in this tick's order, as it would on a live core.
         if !self.calm {
             self.inject_faults(now);
         }
-        self.pump_peers();
-        self.transmit(now)?;
+        self.advance_all(self.tick, Step::AwaitInputs)?;
+        self.checker.check_restored(now, &self.slices(), self.servers())?;
+        self.advance_all(self.tick, Step::AwaitViews)?;
+        self.advance_all(self.tick, Step::Done)?;
+        self.drain_events()?;
+        if let Some(e) = self.nodes.iter().find_map(|n| n.wire_error()) {
+            return Err(e.to_string());
+        }
         self.stats.ticks += 1;
         if self.cfg.verbose && self.tick % 30 == 29 {
             self.status_line(now);
         }
-        let servers = self.nodes.values().filter_map(|n| n.server.as_ref().map(|(s, _)| s));
-        self.checker.check_step(now, &self.slices, servers)?;
+        let in_transit = self.in_transit();
+        let slices: Vec<&Replication> = self.nodes.iter().map(|n| n.slice()).collect();
+        let servers = self.nodes.iter().flat_map(|n| n.servers());
+        self.checker.check_step(now, &slices, &in_transit, servers)?;
         self.tick += 1;
         Ok(())
     }
 
+    /// The records in subtrees between slices, still in their receivers' mailboxes.
+    fn in_transit(&self) -> Vec<Committed> {
+        let mut records = Vec::new();
+        for (_, bytes) in self.mailboxes.iter().flatten() {
+            if let Ok(SliceMsg::Transfer { entities, .. }) = decode::<SliceMsg>(bytes) {
+                records.extend(entities);
+            }
+        }
+        records
+    }
+
+    /// Messages between nodes, delivered until none is left (as a stopping mesh settles).
+    fn settle(&mut self) {
+        let now = self.now_us();
+        for _ in 0..SETTLE_ROUNDS_MAX {
+            if self.mailboxes.iter().all(|m| m.is_empty()) {
+                return;
+            }
+            for node in &mut self.nodes {
+                let mut io = SimIo {
+                    me: SliceId(node.index() as u16),
+                    mailboxes: &mut self.mailboxes,
+                    decode_errors: &mut self.stats.decode_errors,
+                };
+                node.settle(now, &mut io);
+            }
+        }
+    }
+
     /// Once a simulated second, in verbose runs: where the world stands.
     fn status_line(&mut self, now: u64) {
+        let servers = self.nodes.iter().map(|n| n.hosted().len()).sum::<usize>();
         let acting = self.servers().filter(|s| s.is_acting(now)).count();
         let held: usize = self.servers().filter(|s| s.is_acting(now)).map(|s| s.held().len()).sum();
-        let entities: usize = self.slices.iter().map(|s| s.records().len()).sum();
-        let orphans: usize = self.slices.iter().map(|s| s.orphans().len()).sum();
-        let map = self.slices[0].map();
+        let entities: usize = self.nodes.iter().map(|n| n.slice().records().len()).sum();
+        let orphans: usize = self.nodes.iter().map(|n| n.slice().orphans().len()).sum();
+        let map = self.nodes[0].slice().map();
         let (regions, epoch) = (map.regions().len(), map.epoch);
         let transfers = self.layer_total(|s| s.transfers_out);
         let (handoffs, commits, stale) =
             (self.layer_total(|s| s.handoffs), self.layer_total(|s| s.commits), self.layer_total(|s| s.stale_rejected));
-        let in_flight = self.net.in_flight();
+        let in_flight: usize = self.nodes.iter().map(|n| n.wire().net.in_flight()).sum();
         self.event(format_args!(
-            "status: servers={acting}/{} entities={entities} held={held} orphans={orphans} regions={regions} map_epoch={epoch} handoffs={handoffs} transfers={transfers} commits={commits} stale_rejected={stale} packets_in_flight={in_flight}",
-            self.nodes.len(),
+            "status: servers={acting}/{servers} entities={entities} held={held} orphans={orphans} regions={regions} map_epoch={epoch} handoffs={handoffs} transfers={transfers} commits={commits} stale_rejected={stale} packets_in_flight={in_flight}",
         ));
     }
 
-    fn restart_due(&mut self) {
-        let now = self.now_us();
-        let due: Vec<ServerId> = self
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.server.is_none() && n.restart_at_tick.is_some_and(|t| t <= self.tick))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
-            let inc = self.next_incarnation;
-            self.next_incarnation += 1;
-            let mut server = Server::new(id, Incarnation(inc), now).with_streaming(self.streaming.clone());
-            server.planted_ignore_lease = self.cfg.planted_server_ignores_lease;
-            let node = self.nodes.get_mut(&id).expect("node exists");
-            node.server = Some((server, Link::new(inc)));
-            node.restart_at_tick = None;
-            self.stats.restarts += 1;
-            self.event(format_args!("{id} starts as incarnation {inc}"));
+    /// What happened to servers, into the verbose log; a server's panic is a failure.
+    fn drain_events(&mut self) -> Result<(), String> {
+        let mut events = Vec::new();
+        for node in &mut self.nodes {
+            while let Some(event) = node.poll_event() {
+                events.push(event);
+            }
         }
-    }
-
-    fn deliver(&mut self, now: u64) -> Result<(), String> {
-        while let Some((from, to, packet)) = self.net.pop_due(now) {
-            match to {
-                Endpoint::Replication => {
-                    let Endpoint::Server(sid) = from else { unreachable!("the layer talks only to servers") };
-                    let link = self.rl_links.entry(sid).or_insert_with(|| Link::new(REPLICATION_SESSION));
-                    link.handle_packet(&packet);
-                    let mut messages = Vec::new();
-                    while let Some(bytes) = link.poll_deliver() {
-                        messages.push(bytes);
-                    }
-                    for bytes in messages {
-                        match decode::<ToReplication>(&bytes) {
-                            Ok(msg) => self.home(sid).handle(now, msg),
-                            Err(_) => self.stats.decode_errors += 1,
-                        }
-                    }
-                    self.pump_peers();
+        for event in events {
+            match event {
+                NodeEvent::Started { server, incarnation } => {
+                    self.event(format_args!("{server} starts as incarnation {}", incarnation.0))
                 }
-                Endpoint::Server(sid) => {
-                    let Some((server, link)) = self.nodes.get_mut(&sid).and_then(|n| n.server.as_mut()) else {
-                        continue;
-                    };
-                    link.handle_packet(&packet);
-                    while let Some(bytes) = link.poll_deliver() {
-                        match decode::<ToServer>(&bytes) {
-                            Ok(msg) => {
-                                let adopted_before = server.stats.adopted;
-                                server.handle(now, msg);
-                                self.stats.adopted += server.stats.adopted - adopted_before;
-                            }
-                            Err(_) => self.stats.decode_errors += 1,
-                        }
-                    }
-                    self.drain_events(sid);
+                NodeEvent::Fenced { server, incarnation } => {
+                    self.event(format_args!("{server} incarnation {} fenced, restarting", incarnation.0))
+                }
+                NodeEvent::Crashed { server, incarnation, reported, down_ticks } => {
+                    let how = if reported { "reported" } else { "silent" };
+                    self.event(format_args!(
+                        "{server} incarnation {} crashes ({how}), down {down_ticks} ticks",
+                        incarnation.0
+                    ))
+                }
+                NodeEvent::Panicked { server, incarnation, why } => {
+                    return Err(format!("{server} incarnation {} panicked: {why}", incarnation.0))
                 }
             }
         }
         Ok(())
     }
 
-    /// Folds the counters of a server incarnation that has ended (or the run has) into the run's.
-    fn add(stats: &mut SimStats, server: &crate::protocol::ServerStats) {
-        stats.hits += server.hits;
-        stats.remote_hits += server.remote_hits;
-        stats.damage_received += server.damage_received;
-        for (total, n) in stats.actions.iter_mut().zip(server.actions) {
-            *total += n;
-        }
-    }
-
-    fn drain_events(&mut self, id: ServerId) {
-        let Some(node) = self.nodes.get_mut(&id) else { return };
-        let Some((server, _)) = node.server.as_mut() else { return };
-        let stats = server.stats;
-        if let Some(ServerEvent::Fenced) = server.poll_event() {
-            let inc = server.incarnation();
-            Self::add(&mut self.stats, &stats);
-            node.server = None;
-            node.restart_at_tick = Some(self.tick + 1);
-            self.stats.fenced += 1;
-            self.event(format_args!("{id} incarnation {} fenced, restarting", inc.0));
-        }
-    }
-
-    fn drive_bots(&mut self, now: u64) {
-        let mut inputs = Vec::new();
-        for node in self.nodes.values_mut() {
-            let Some((server, _)) = node.server.as_mut() else { continue };
-            if !server.is_acting(now) {
-                continue;
-            }
-            inputs.clear();
-            for (id, held) in server.held() {
-                if !held.state.kind.is_driven() {
-                    continue;
-                }
-                if self.calm {
-                    if held.state.parent.is_none() {
-                        inputs.push(Input { entity: *id, action: Action::Move([0.0; 3]) });
-                    }
-                } else {
-                    crate::bots::inputs_for(
-                        &mut self.rng,
-                        *id,
-                        held.state.kind,
-                        crate::bots::SIM_ACTIVITY,
-                        &mut inputs,
-                    );
-                }
-            }
-            self.stats.inputs += inputs.len() as u64;
-            for input in inputs.drain(..) {
-                server.handle_input(input);
-            }
-        }
-    }
-
     fn inject_faults(&mut self, now: u64) {
-        let ids: Vec<ServerId> = self.nodes.keys().copied().collect();
+        let ids: Vec<ServerId> = self.nodes.iter().flat_map(|n| n.hosted().iter().map(|h| h.id)).collect::<BTreeSet<_>>().into_iter().collect();
         for id in ids {
             if self.rng.random_bool(self.plan.crash_per_tick) {
-                let node = self.nodes.get_mut(&id).expect("node exists");
-                if let Some((server, _)) = node.server.take() {
-                    Self::add(&mut self.stats, &server.stats);
+                let running = self.node_of(id).hosted().iter().any(|h| h.id == id && h.server.is_some());
+                if running {
                     let down = self.rng.random_range(self.plan.restart_ticks.0..=self.plan.restart_ticks.1);
-                    node.restart_at_tick = Some(self.tick + down);
-                    self.stats.crashes += 1;
                     let reported = self.rng.random_bool(self.plan.crash_reported);
-                    if reported {
-                        self.home(id).handle_crash_report(id, server.incarnation());
-                    }
-                    let how = if reported { "reported" } else { "silent" };
-                    self.event(format_args!(
-                        "{id} incarnation {} crashes ({how}), down {down} ticks",
-                        server.incarnation().0
-                    ));
+                    self.node_of(id).crash(id, now, down, reported);
+                    self.stats.crashes += 1;
                 }
             }
             if self.rng.random_bool(self.plan.partition) {
                 let ticks = self.rng.random_range(self.plan.partition_ticks.0..=self.plan.partition_ticks.1);
-                self.net.partition(id, now + ticks * TICK_DURATION_US);
+                self.node_of(id).wire_mut().partition(id, now + ticks * TICK_DURATION_US);
                 self.stats.partitions += 1;
                 self.event(format_args!("{id} cut off for {ticks} ticks"));
             }
         }
+        let _ = self.drain_events();
         if self.rng.random_bool(self.plan.region_ops_per_tick) {
             self.region_op();
         }
@@ -506,68 +464,38 @@ impl Simulator {
 
     /// A random split, merge or move, as a controller reacting to load would make.
     fn region_op(&mut self) {
-        let controller = &mut self.slices[0];
+        let controller = self.nodes[0].slice_mut();
         let regions: Vec<_> = controller.map().regions().iter().map(|r| r.id).collect();
         let live: Vec<ServerId> = controller.live_everywhere().iter().copied().collect();
         let pick = self.rng.random_range(0..3);
         let region = regions[self.rng.random_range(0..regions.len())];
+        let controller = self.nodes[0].slice_mut();
         let result = match pick {
             0 if regions.len() < SIM_REGION_COUNT_MAX => {
-                self.slices[0].split_region(region).map(|(a, b)| format!("split {region} into {a} and {b}"))
+                controller.split_region(region).map(|(a, b)| format!("split {region} into {a} and {b}"))
             }
             1 => {
-                let pairs = self.slices[0].map().mergeable_pairs();
+                let pairs = controller.map().mergeable_pairs();
                 if pairs.is_empty() {
                     return;
                 }
                 let (a, b) = pairs[self.rng.random_range(0..pairs.len())];
-                self.slices[0].merge_regions(a, b).map(|m| format!("merge {a} and {b} into {m}"))
+                controller.merge_regions(a, b).map(|m| format!("merge {a} and {b} into {m}"))
             }
             2 if !live.is_empty() => {
                 let to = live[self.rng.random_range(0..live.len())];
-                self.slices[0].move_region(region, to).map(|_| format!("move {region} to {to}"))
+                controller.move_region(region, to).map(|_| format!("move {region} to {to}"))
             }
             _ => return,
         };
         self.stats.region_ops += 1;
         match result {
             Ok(text) => {
-                let epoch = self.slices[0].map().epoch;
+                let epoch = self.nodes[0].slice().map().epoch;
                 self.event(format_args!("controller: {text} (map epoch {epoch})"))
             }
             Err(e) => self.event(format_args!("controller: refused: {e}")),
         }
-    }
-
-    fn transmit(&mut self, now: u64) -> Result<(), String> {
-        for slice in &mut self.slices {
-            while let Some(msg) = slice.poll_message() {
-                let server = msg.server;
-                let Some(link) = self.rl_links.get_mut(&server) else { continue };
-                link.send(encode(&msg)).map_err(|e| format!("link to {server}: {e}"))?;
-            }
-        }
-        let sids: Vec<ServerId> = self.rl_links.keys().copied().collect();
-        for sid in sids {
-            while let Some(packet) = self.rl_links.get_mut(&sid).expect("listed").poll_transmit(now) {
-                self.net.send(&mut self.rng, &self.net_plan, now, Endpoint::Replication, Endpoint::Server(sid), packet);
-            }
-        }
-        let ids: Vec<ServerId> = self.nodes.keys().copied().collect();
-        for sid in ids {
-            let Some((server, link)) = self.nodes.get_mut(&sid).and_then(|n| n.server.as_mut()) else { continue };
-            while let Some(msg) = server.poll_message() {
-                link.send(encode(&msg)).map_err(|e| format!("link from {sid}: {e}"))?;
-            }
-            let mut packets = Vec::new();
-            while let Some(packet) = link.poll_transmit(now) {
-                packets.push(packet);
-            }
-            for packet in packets {
-                self.net.send(&mut self.rng, &self.net_plan, now, Endpoint::Server(sid), Endpoint::Replication, packet);
-            }
-        }
-        Ok(())
     }
 }
 

@@ -1,5 +1,5 @@
-//! The simulator's invariant checks, run after every step with a view of every node: what the
-//! protocol promises, checked from outside it.
+//! The mesh's invariant checks, with a view of every node: what the protocol promises, checked
+//! from outside it. The simulator runs them after every step, the runtime at the end of a run.
 //!
 //! Safety (every step): one authority per live entity and it is the layer's; nothing committed
 //! is lost or goes back; items are the same set, by identity, as at the start; every server's
@@ -10,12 +10,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::protocol::replication::Record;
-use crate::protocol::{Replication, Server};
+use crate::protocol::{Committed, Replication, Server};
 use crate::world::stream::STREAM_LOAD_RADIUS_M;
 use crate::world::{EntityId, EntityKind};
 
 /// Every slice's records in one view; an entity in two slices is a duplicate.
-fn union(slices: &[Replication]) -> Result<BTreeMap<EntityId, &Record>, String> {
+fn union<'a>(slices: &[&'a Replication]) -> Result<BTreeMap<EntityId, &'a Record>, String> {
     let mut all = BTreeMap::new();
     for slice in slices {
         for (id, r) in slice.records() {
@@ -43,7 +43,7 @@ pub struct Checker {
 }
 
 impl Checker {
-    pub fn new(slices: &[Replication]) -> Self {
+    pub fn new(slices: &[&Replication]) -> Self {
         // Projectiles expire; a world read back from its log may start with some in flight.
         let persistent: BTreeMap<EntityId, EntityKind> = slices
             .iter()
@@ -61,7 +61,7 @@ impl Checker {
 
     /// Counts for a report: entities and items recorded, the persistent ones no slice has, and
     /// the ones recorded by two slices or held by two servers.
-    pub fn audit<'a>(&self, slices: &[Replication], servers: impl Iterator<Item = &'a Server>) -> Audit {
+    pub fn audit<'a>(&self, slices: &[&Replication], servers: impl Iterator<Item = &'a Server>) -> Audit {
         let mut recorded: BTreeMap<EntityId, usize> = BTreeMap::new();
         for slice in slices {
             for id in slice.records().keys() {
@@ -83,11 +83,13 @@ impl Checker {
         }
     }
 
-    /// Safety checks after a step at `now_us`.
+    /// Safety checks after a step at `now_us`; `in_transit` are the records in subtrees on their
+    /// way from one slice to another.
     pub fn check_step<'a>(
         &mut self,
         now_us: u64,
-        slices: &[Replication],
+        slices: &[&Replication],
+        in_transit: &[Committed],
         servers: impl Iterator<Item = &'a Server> + Clone,
     ) -> Result<(), String> {
         for slice in slices {
@@ -96,27 +98,34 @@ impl Checker {
             }
         }
         let records = union(slices)?;
+        // What the layer holds: its records, and the subtrees on their way between slices (a ring
+        // between cores is reliable: a transfer sent is the receiver's, not lost).
+        let mut layer: BTreeMap<EntityId, (EntityKind, u64)> =
+            records.iter().map(|(id, r)| (*id, (r.state.kind, r.commit_seq))).collect();
+        for c in in_transit {
+            if layer.insert(c.id, (c.state.kind, c.commit_seq)).is_some() {
+                return Err(format!("{} is both recorded and in transit between slices", c.id));
+            }
+        }
         for (id, kind) in &self.persistent {
-            match records.get(id) {
+            match layer.get(id) {
                 None => return Err(format!("{id} ({kind:?}) is lost: the layer has no record of it")),
-                Some(r) if r.state.kind != *kind => {
-                    return Err(format!("{id} changed kind from {kind:?} to {:?}", r.state.kind))
-                }
+                Some((k, _)) if k != kind => return Err(format!("{id} changed kind from {kind:?} to {k:?}")),
                 Some(_) => {}
             }
         }
-        let items_now = records.values().filter(|r| r.state.kind.is_item()).count();
+        let items_now = layer.values().filter(|(k, _)| k.is_item()).count();
         if items_now != self.items {
             return Err(format!("the world has {items_now} items, it started with {}", self.items));
         }
-        for (id, r) in &records {
-            let seen = self.commit_seq.entry(*id).or_insert(r.commit_seq);
-            if r.commit_seq < *seen {
-                return Err(format!("{id}: committed state went back from change {} to {}", *seen, r.commit_seq));
+        for (id, (_, commit_seq)) in &layer {
+            let seen = self.commit_seq.entry(*id).or_insert(*commit_seq);
+            if *commit_seq < *seen {
+                return Err(format!("{id}: committed state went back from change {} to {commit_seq}", *seen));
             }
-            *seen = r.commit_seq;
+            *seen = *commit_seq;
         }
-        self.commit_seq.retain(|id, _| records.contains_key(id));
+        self.commit_seq.retain(|id, _| layer.contains_key(id));
 
         let mut holder: BTreeMap<EntityId, crate::world::ServerId> = BTreeMap::new();
         for server in servers.filter(|s| s.is_acting(now_us)) {
@@ -157,7 +166,7 @@ impl Checker {
     pub fn check_restored<'a>(
         &self,
         now_us: u64,
-        slices: &[Replication],
+        slices: &[&Replication],
         servers: impl Iterator<Item = &'a Server>,
     ) -> Result<(), String> {
         let records = union(slices)?;
@@ -176,7 +185,7 @@ impl Checker {
     pub fn check_settled<'a>(
         &self,
         now_us: u64,
-        slices: &[Replication],
+        slices: &[&Replication],
         servers: impl Iterator<Item = &'a Server> + Clone,
     ) -> Result<(), String> {
         let orphans: usize = slices.iter().map(|s| s.orphans().len()).sum();
