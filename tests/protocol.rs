@@ -1,11 +1,17 @@
-//! The protocol state machines on their edge cases, driven directly (no network): a harness
-//! passes every message at once, and a test holds some back, replays or reorders them.
+//! The protocol state machines on their edge cases. A harness drives nodes tick by tick as the
+//! runtime does (servers and slice over a direct wire, nodes through mailboxes); a test holds
+//! messages back, cuts a server off, or hands a slice a replayed, reordered or late message.
+
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
 
 use glam::Vec3;
 use shardmesh::limits::{LEASE_DURATION_US, TICK_DURATION_US};
-use shardmesh::protocol::{Delta, Epoch, Incarnation, Owned, ReplicationMsg, ServerMsg, ToReplication, ToServer};
+use shardmesh::node::{Direct, Durable, LogRecord, Node, NodeConfig, NodeIo, Step, Wire};
+use shardmesh::protocol::{Delta, Epoch, Owned, ReplicationMsg, ServerMsg, SliceId, SliceMsg, ToReplication, ToServer};
 use shardmesh::protocol::{Replication, Server};
-use shardmesh::world::{Aabb, EntityId, EntityKind, EntityState, RegionId, RegionMap, ServerId};
+use shardmesh::world::{Aabb, EntityId, EntityKind, EntityState, RegionId, RegionMap, ServerId, StreamIndex};
 
 /// Three regions in a row along x: A = [0, 40) for s0, B = [40, 80) for s1, C = [80, 160) for s2.
 fn three_regions() -> RegionMap {
@@ -19,107 +25,266 @@ fn region_at(map: &RegionMap, x: f32) -> RegionId {
     map.region_at(Vec3::new(x, 10.0, 10.0)).id
 }
 
-/// Passes every message at once until none is left: servers to their core's slice, slices to
-/// each other, slices to servers (or into `held_back`, for a test that delays them).
-fn exchange(slices: &mut [Replication], servers: &mut [Server], now: u64, mut held_back: Option<&mut Vec<ToServer>>) {
-    let n = slices.len() as u32;
-    loop {
-        let mut moved = false;
-        for s in servers.iter_mut() {
-            while let Some(m) = s.poll_message() {
-                slices[(s.id().0 % n) as usize].handle(now, m);
-                moved = true;
-            }
-        }
-        for i in 0..slices.len() {
-            while let Some((to, m)) = slices[i].poll_peer() {
-                let from = slices[i].slice();
-                slices[to.0 as usize].handle_peer(from, m);
-                moved = true;
-            }
-            while let Some(m) = slices[i].poll_message() {
-                match held_back.as_deref_mut() {
-                    Some(queue) => queue.push(m),
-                    None => {
-                        if let Some(s) = servers.iter_mut().find(|s| s.id() == m.server) {
-                            s.handle(now, m);
-                        }
-                    }
-                }
-                moved = true;
-            }
-        }
-        if !moved {
-            return;
-        }
-    }
-}
-
-/// One tick of every server, then of every slice, with the messages between passed at once.
-fn tick_all(slices: &mut [Replication], servers: &mut [Server], now: u64, mut held_back: Option<&mut Vec<ToServer>>) {
-    for s in servers.iter_mut() {
-        s.tick(now);
-    }
-    exchange(slices, servers, now, held_back.as_deref_mut());
-    for slice in slices.iter_mut() {
-        slice.tick(now);
-    }
-    exchange(slices, servers, now, held_back);
-}
-
-struct Harness {
-    rl: Replication,
-    servers: Vec<Server>,
-    now: u64,
-    /// Messages to servers that are not delivered while a test holds them.
-    held_back: Vec<ToServer>,
+/// The wire between a node's servers and its slice in these tests: direct, but a test can hold
+/// the slice's messages to servers back, or cut one server off.
+#[derive(Default)]
+struct TestWire {
+    direct: Direct,
     hold: bool,
+    held_back: Vec<ToServer>,
+    cut_off: Option<ServerId>,
 }
 
-impl Harness {
-    fn new(entities: Vec<(EntityId, EntityState)>) -> Self {
-        let map = three_regions();
-        let owners = [(5.0, 0), (50.0, 1), (100.0, 2)].map(|(x, s)| (region_at(&map, x), ServerId(s)));
-        let servers = (0..3).map(|s| Server::new(ServerId(s), Incarnation(s + 1), 0)).collect();
-        let mut h =
-            Harness { rl: Replication::new(map, Vec::new()), servers, now: 0, held_back: Vec::new(), hold: false };
-        h.pump();
-        for (region, server) in owners {
-            h.rl.move_region(region, server).unwrap();
+impl Wire for TestWire {
+    fn to_slice(&mut self, now: u64, from: ServerId, msg: ToReplication) -> Result<(), String> {
+        if self.cut_off == Some(from) {
+            return Ok(());
         }
-        h.pump();
-        // The entities arrive as a world file would give them: unassigned, then granted.
-        let map = h.rl.map().clone();
-        h.rl = Replication::new(map, entities);
-        for s in &mut h.servers {
-            *s = Server::new(s.id(), Incarnation(s.incarnation().0 + 10), 0);
+        self.direct.to_slice(now, from, msg)
+    }
+    fn to_server(&mut self, now: u64, msg: ToServer) -> Result<(), String> {
+        if self.cut_off == Some(msg.server) {
+            return Ok(());
         }
-        h.pump();
-        h.rl.tick(0);
-        h.pump();
-        h
+        if self.hold {
+            self.held_back.push(msg);
+            return Ok(());
+        }
+        self.direct.to_server(now, msg)
+    }
+    fn recv_for_slice(&mut self, now: u64) -> Option<(ServerId, ToReplication)> {
+        self.direct.recv_for_slice(now)
+    }
+    fn recv_for_server(&mut self, now: u64) -> Option<ToServer> {
+        self.direct.recv_for_server(now)
+    }
+    fn server_stopped(&mut self, id: ServerId) {
+        self.direct.server_stopped(id)
+    }
+}
+
+/// Messages between nodes: a mailbox each, delivered at the receiver's next tick or exchange.
+struct TestIo<'a> {
+    me: SliceId,
+    mailboxes: &'a mut [VecDeque<(SliceId, SliceMsg)>],
+    overloaded: bool,
+    /// What the node gave its log (none of it is made durable: a test says what is).
+    log: &'a mut Vec<LogRecord>,
+}
+
+impl NodeIo for TestIo<'_> {
+    fn receive(&mut self, into: &mut Vec<(SliceId, SliceMsg)>) {
+        into.extend(self.mailboxes[self.me.0 as usize].drain(..));
+    }
+    fn send(&mut self, to: SliceId, msg: &SliceMsg) {
+        self.mailboxes[to.0 as usize].push_back((self.me, msg.clone()));
+    }
+    fn overloaded(&self) -> bool {
+        self.overloaded
+    }
+    fn log(&mut self, _tick: u64, records: &mut Vec<LogRecord>) -> Option<Result<Durable, String>> {
+        self.log.extend(records.drain(..).filter(|r| !matches!(r, LogRecord::Batch(b) if b.ops.is_empty())));
+        None
+    }
+}
+
+/// Nodes (cores) driven tick by tick, as the runtime drives them; server `s` lives on node
+/// `s % nodes`. Regions are owned from the start as `owners` says.
+struct Mesh {
+    nodes: Vec<Node<TestWire>>,
+    mailboxes: Vec<VecDeque<(SliceId, SliceMsg)>>,
+    logs: Vec<Vec<LogRecord>>,
+    now: u64,
+    /// Every node's messages for other nodes wait past their bound: servers hold back.
+    overloaded: bool,
+}
+
+impl Mesh {
+    fn new(nodes: u16, servers: u32, map: RegionMap, entities: Vec<(EntityId, EntityState)>) -> Self {
+        Self::build(nodes, servers, map, entities, None)
     }
 
+    /// Servers and slices that stream containers as players come near.
+    fn with_streaming(
+        nodes: u16,
+        servers: u32,
+        map: RegionMap,
+        entities: Vec<(EntityId, EntityState)>,
+        index: Arc<StreamIndex>,
+    ) -> Self {
+        Self::build(nodes, servers, map, entities, Some(index))
+    }
+
+    fn build(
+        nodes: u16,
+        servers: u32,
+        map: RegionMap,
+        entities: Vec<(EntityId, EntityState)>,
+        streaming: Option<Arc<StreamIndex>>,
+    ) -> Self {
+        let incarnations = Arc::new(AtomicU32::new(1));
+        let mut initial = Some(entities);
+        let nodes = (0..nodes)
+            .map(|i| {
+                let mut slice =
+                    Replication::new_slice(SliceId(i), nodes, map.clone(), initial.take().unwrap_or_default());
+                if let Some(index) = &streaming {
+                    slice = slice.with_streaming(index.clone());
+                }
+                let cfg = NodeConfig { streaming: streaming.clone(), ..NodeConfig::new(i as usize, 0) };
+                let hosted = (0..servers).filter(|s| s % nodes as u32 == i as u32).map(ServerId);
+                Node::new(cfg, slice, hosted, TestWire::default(), incarnations.clone(), 0)
+            })
+            .collect::<Vec<_>>();
+        let mut m = Mesh {
+            mailboxes: (0..nodes.len()).map(|_| VecDeque::new()).collect(),
+            logs: (0..nodes.len()).map(|_| Vec::new()).collect(),
+            nodes,
+            now: 0,
+            overloaded: false,
+        };
+        m.pump();
+        for node in &mut m.nodes {
+            node.slice_mut().tick(0);
+        }
+        m.pump();
+        m
+    }
+
+    fn io<'a>(
+        mailboxes: &'a mut [VecDeque<(SliceId, SliceMsg)>],
+        logs: &'a mut [Vec<LogRecord>],
+        node: &Node<TestWire>,
+        overloaded: bool,
+    ) -> TestIo<'a> {
+        TestIo { me: SliceId(node.index() as u16), mailboxes, overloaded, log: &mut logs[node.index()] }
+    }
+
+    /// Messages move until none is left; nothing is simulated.
     fn pump(&mut self) {
-        let held_back = if self.hold { Some(&mut self.held_back) } else { None };
-        exchange(std::slice::from_mut(&mut self.rl), &mut self.servers, self.now, held_back);
+        for _ in 0..64 {
+            for node in &mut self.nodes {
+                let mut io = Self::io(&mut self.mailboxes, &mut self.logs, node, self.overloaded);
+                node.exchange(self.now, &mut io);
+            }
+            if self.mailboxes.iter().all(|m| m.is_empty()) {
+                return;
+            }
+        }
+        panic!("messages between nodes never settled");
     }
 
+    /// One tick of every node, in node order.
     fn tick(&mut self) {
         self.now += TICK_DURATION_US;
-        let held_back = if self.hold { Some(&mut self.held_back) } else { None };
-        tick_all(std::slice::from_mut(&mut self.rl), &mut self.servers, self.now, held_back);
+        let tick = self.now / TICK_DURATION_US;
+        for node in &mut self.nodes {
+            let mut io = Self::io(&mut self.mailboxes, &mut self.logs, node, self.overloaded);
+            assert_eq!(node.advance(tick, &mut io), Step::Done);
+        }
+    }
+
+    fn servers(&self) -> impl Iterator<Item = &Server> + Clone {
+        self.nodes.iter().flat_map(|n| n.servers())
+    }
+    fn server(&self, id: u32) -> &Server {
+        self.servers().find(|s| s.id() == ServerId(id)).expect("the server runs")
+    }
+    fn server_mut(&mut self, id: u32) -> &mut Server {
+        let n = self.nodes.len() as u32;
+        self.nodes[(id % n) as usize].server_mut(ServerId(id)).expect("the server runs")
+    }
+    fn slice(&self, i: usize) -> &Replication {
+        self.nodes[i].slice()
+    }
+    fn slice_mut(&mut self, i: usize) -> &mut Replication {
+        self.nodes[i].slice_mut()
+    }
+    fn wire(&mut self, server: u32) -> &mut TestWire {
+        let n = self.nodes.len() as u32;
+        self.nodes[(server % n) as usize].wire_mut()
+    }
+    /// Server `id` crashes; its next incarnation starts at the next tick. Its slice is told
+    /// if `reported`.
+    fn crash(&mut self, id: u32, reported: bool) {
+        let n = self.nodes.len() as u32;
+        let now = self.now;
+        assert!(self.nodes[(id % n) as usize].crash(ServerId(id), now, 1, reported));
     }
 
     fn holder(&self, id: EntityId) -> Option<ServerId> {
-        let holders: Vec<ServerId> =
-            self.servers.iter().filter(|s| s.held().contains_key(&id)).map(|s| s.id()).collect();
+        let holders: Vec<ServerId> = self.servers().filter(|s| s.held().contains_key(&id)).map(|s| s.id()).collect();
         assert!(holders.len() <= 1, "{id} held by {holders:?}");
         holders.first().copied()
     }
 
+    /// Records in subtrees on their way between nodes (in a mailbox until the receiver's tick).
+    fn in_transit(&self) -> Vec<shardmesh::protocol::Committed> {
+        let mut records = Vec::new();
+        for (_, msg) in self.mailboxes.iter().flatten() {
+            if let SliceMsg::Transfer { entities, .. } = msg {
+                records.extend(entities.iter().cloned());
+            }
+        }
+        records
+    }
+
+    /// Where the layer has `id`: in a slice's records or on its way between slices.
+    fn committed_position(&self, id: EntityId) -> Option<Vec3> {
+        let recorded = self.nodes.iter().find_map(|n| n.slice().records().get(&id)).map(|r| r.state.pos());
+        recorded.or_else(|| self.in_transit().into_iter().find(|c| c.id == id).map(|c| c.state.pos()))
+    }
+
+    fn slice_of(&self, id: EntityId) -> Vec<usize> {
+        (0..self.nodes.len()).filter(|i| self.slice(*i).records().contains_key(&id)).collect()
+    }
+}
+
+/// One core: the layer and three servers, regions A, B, C owned by s0, s1, s2.
+struct Harness {
+    m: Mesh,
+}
+
+impl std::ops::Deref for Harness {
+    type Target = Mesh;
+    fn deref(&self) -> &Mesh {
+        &self.m
+    }
+}
+impl std::ops::DerefMut for Harness {
+    fn deref_mut(&mut self) -> &mut Mesh {
+        &mut self.m
+    }
+}
+
+/// Three regions owned by s0, s1 and s2 in turn.
+fn owned_regions() -> RegionMap {
+    let mut map = three_regions();
+    for (x, s) in [(5.0, 0), (50.0, 1), (100.0, 2)] {
+        map.assign(region_at(&map, x), Some(ServerId(s))).unwrap();
+    }
+    map
+}
+
+impl Harness {
+    fn new(entities: Vec<(EntityId, EntityState)>) -> Self {
+        Harness { m: Mesh::new(1, 3, owned_regions(), entities) }
+    }
+    fn rl(&self) -> &Replication {
+        self.m.slice(0)
+    }
+    fn rl_mut(&mut self) -> &mut Replication {
+        self.m.slice_mut(0)
+    }
     fn authority(&self, id: EntityId) -> Option<ServerId> {
-        self.rl.records()[&id].authority
+        self.rl().records()[&id].authority
+    }
+    /// Holds the layer's messages to servers back (or lets them go again).
+    fn hold(&mut self, hold: bool) {
+        self.m.nodes[0].wire_mut().hold = hold;
+    }
+    fn take_held_back(&mut self) -> Vec<ToServer> {
+        std::mem::take(&mut self.m.nodes[0].wire_mut().held_back)
     }
 }
 
@@ -157,52 +322,49 @@ fn an_entity_crossing_two_borders_in_one_tick_lands_on_the_far_server_with_its_s
         assert_eq!(h.holder(EntityId(id)), Some(ServerId(2)), "e{id} rides with the ship");
         assert_eq!(h.authority(EntityId(id)), Some(ServerId(2)));
     }
-    assert_eq!(h.servers[1].stats.adopted, 0, "the middle server never holds it");
-    let ship = &h.servers[2].held()[&EntityId(1)];
-    let coin = &h.servers[2].held()[&EntityId(4)];
+    assert_eq!(h.server(1).stats.adopted, 0, "the middle server never holds it");
+    let ship = &h.server(2).held()[&EntityId(1)];
+    let coin = &h.server(2).held()[&EntityId(4)];
     assert_eq!(coin.state.position, ship.state.position, "the coin in the backpack moved with the ship");
-    assert!(h.rl.check().is_empty(), "{:?}", h.rl.check());
+    assert!(h.rl().check().is_empty(), "{:?}", h.rl().check());
 }
 
 #[test]
 fn a_projectile_fired_across_two_borders_is_handed_straight_to_the_far_server() {
     let mut h = Harness::new(vec![(EntityId(1), at(EntityKind::Player, 35.0))]);
-    h.servers[0].handle_input(shardmesh::protocol::Input {
+    h.server_mut(0).handle_input(shardmesh::protocol::Input {
         entity: EntityId(1),
         action: shardmesh::protocol::Action::Fire([1.0, 0.0, 0.0]),
     });
     h.tick();
-    let projectile =
-        h.servers[2].held().iter().find(|(_, e)| e.state.kind == EntityKind::Projectile).map(|(id, _)| *id);
+    let projectile = h.server(2).held().iter().find(|(_, e)| e.state.kind == EntityKind::Projectile).map(|(id, _)| *id);
     let projectile = projectile.expect("the far server holds the projectile");
     assert_eq!(h.authority(projectile), Some(ServerId(2)));
-    assert_eq!(projectile.creator_incarnation(), h.servers[0].incarnation().0);
-    assert_eq!(h.servers[1].stats.adopted, 0);
+    assert_eq!(projectile.creator_incarnation(), h.server(0).incarnation().0);
+    assert_eq!(h.server(1).stats.adopted, 0);
 }
 
 #[test]
 fn the_handoff_target_crashing_mid_handoff_loses_nothing() {
     let mut h = Harness::new(ship_with_crew(35.0, 300.0));
-    h.hold = true;
+    h.hold(true);
     h.tick(); // 10 m into B: s0 hands off, the layer grants to s1, the adoption is held back.
     assert_eq!(h.authority(EntityId(1)), Some(ServerId(1)));
     assert_eq!(h.holder(EntityId(1)), None, "in flight");
-    let committed = h.rl.records()[&EntityId(1)].state.clone();
+    let committed = h.rl().records()[&EntityId(1)].state.clone();
     // s1 dies before it hears of the grant; its supervisor reports it.
-    let dead = h.servers[1].incarnation();
-    h.held_back.clear();
-    h.hold = false;
-    h.servers[1] = Server::new(ServerId(1), Incarnation(99), h.now);
-    h.rl.handle_crash_report(ServerId(1), dead);
+    h.take_held_back();
+    h.hold(false);
+    h.crash(1, true);
     let heir = h.authority(EntityId(1)).expect("reassigned at once, in the same call");
     assert_ne!(heir, ServerId(1));
     h.pump();
-    let held = &h.servers.iter().find(|s| s.id() == heir).unwrap().held()[&EntityId(1)];
+    let held = &h.server(heir.0).held()[&EntityId(1)];
     assert_eq!(held.state, committed, "restored from the committed state");
     for id in 1..=4 {
         assert_eq!(h.holder(EntityId(id)), Some(heir));
     }
-    assert_eq!(h.rl.records().len(), 4);
+    assert_eq!(h.rl().records().len(), 4);
 }
 
 #[test]
@@ -212,10 +374,8 @@ fn a_crash_report_moves_the_regions_and_entities_within_the_tick() {
         (EntityId(2), at(EntityKind::Item { capacity: 0 }, 55.0)),
     ]);
     assert_eq!(h.holder(EntityId(1)), Some(ServerId(1)));
-    let dead = h.servers[1].incarnation();
-    h.servers[1] = Server::new(ServerId(1), Incarnation(77), h.now);
-    h.rl.handle_crash_report(ServerId(1), dead);
-    let adopts: Vec<ToServer> = std::iter::from_fn(|| h.rl.poll_message()).collect();
+    h.crash(1, true);
+    let adopts: Vec<ToServer> = std::iter::from_fn(|| h.rl_mut().poll_message()).collect();
     let adopted: Vec<EntityId> = adopts
         .iter()
         .filter_map(|m| match &m.body {
@@ -225,24 +385,23 @@ fn a_crash_report_moves_the_regions_and_entities_within_the_tick() {
         .flatten()
         .collect();
     assert_eq!(adopted, vec![EntityId(1), EntityId(2)], "both re-granted before the next tick");
-    assert!(h.rl.map().regions_of(ServerId(1)).next().is_none());
+    assert!(h.rl().map().regions_of(ServerId(1)).next().is_none());
 }
 
 #[test]
 fn a_region_split_while_a_handoff_into_it_is_in_flight() {
     let mut h = Harness::new(ship_with_crew(35.0, 1200.0)); // 40 m a tick: to x=75, in B's right half
-    h.hold = true;
+    h.hold(true);
     h.tick();
     assert_eq!(h.authority(EntityId(1)), Some(ServerId(1)), "granted to B's server, not yet adopted");
     // The controller splits B and gives the half the ship is in to s2 while the grant travels.
-    let b = region_at(h.rl.map(), 50.0);
-    let (_low, high) = h.rl.split_region(b).unwrap();
-    h.rl.move_region(high, ServerId(2)).unwrap();
-    h.hold = false;
-    let held: Vec<ToServer> = std::mem::take(&mut h.held_back);
-    for m in held {
-        let s = h.servers.iter_mut().find(|s| s.id() == m.server).unwrap();
-        s.handle(h.now, m);
+    let b = region_at(h.rl().map(), 50.0);
+    let (_low, high) = h.rl_mut().split_region(b).unwrap();
+    h.rl_mut().move_region(high, ServerId(2)).unwrap();
+    h.hold(false);
+    let now = h.now;
+    for m in h.take_held_back() {
+        h.server_mut(m.server.0).handle(now, m);
     }
     h.pump();
     assert_eq!(h.holder(EntityId(1)), Some(ServerId(1)), "s1 adopts what it was granted...");
@@ -250,7 +409,7 @@ fn a_region_split_while_a_handoff_into_it_is_in_flight() {
     for id in 1..=4 {
         assert_eq!(h.holder(EntityId(id)), Some(ServerId(2)), "...and hands it on to the new owner");
     }
-    assert!(h.rl.check().is_empty(), "{:?}", h.rl.check());
+    assert!(h.rl().check().is_empty(), "{:?}", h.rl().check());
 }
 
 fn deltas(server: &Server, tick: u64, id: EntityId, epoch: Epoch, state: EntityState) -> ToReplication {
@@ -264,31 +423,30 @@ fn deltas(server: &Server, tick: u64, id: EntityId, epoch: Epoch, state: EntityS
 #[test]
 fn duplicated_and_reordered_deltas_never_roll_state_back() {
     let mut h = Harness::new(vec![(EntityId(1), at(EntityKind::Npc, 10.0))]);
-    let epoch = h.rl.records()[&EntityId(1)].epoch;
+    let epoch = h.rl().records()[&EntityId(1)].epoch;
     let mut older = at(EntityKind::Npc, 11.0);
     older.changed_tick = 5;
     let mut newer = at(EntityKind::Npc, 12.0);
     newer.changed_tick = 6;
-    let s0 = &h.servers[0];
+    let s0 = h.server(0);
     let (m_old, m_new) = (deltas(s0, 5, EntityId(1), epoch, older), deltas(s0, 6, EntityId(1), epoch, newer.clone()));
-    h.rl.handle(0, m_new.clone());
-    h.rl.handle(0, m_old.clone()); // reordered: the older arrives last
-    h.rl.handle(0, m_new.clone()); // duplicated
-    h.rl.handle(0, m_old);
-    assert_eq!(h.rl.records()[&EntityId(1)].state, newer);
-    assert!(h.rl.stats.stale_rejected >= 2);
+    h.rl_mut().handle(0, m_new.clone());
+    h.rl_mut().handle(0, m_old.clone()); // reordered: the older arrives last
+    h.rl_mut().handle(0, m_new.clone()); // duplicated
+    h.rl_mut().handle(0, m_old);
+    assert_eq!(h.rl().records()[&EntityId(1)].state, newer);
+    assert!(h.rl().stats.stale_rejected >= 2);
 }
 
 #[test]
 fn a_late_write_and_a_late_handoff_from_a_former_owner_are_refused() {
     let mut h = Harness::new(vec![(EntityId(1), at(EntityKind::Npc, 10.0))]);
-    let old_epoch = h.rl.records()[&EntityId(1)].epoch;
-    let former = (h.servers[0].id(), h.servers[0].incarnation());
+    let old_epoch = h.rl().records()[&EntityId(1)].epoch;
+    let former = (h.server(0).id(), h.server(0).incarnation());
     // s0 dies; the NPC is re-granted to a live server under a new epoch.
-    h.servers[0] = Server::new(ServerId(0), Incarnation(50), h.now);
-    h.rl.handle_crash_report(former.0, former.1);
+    h.crash(0, true);
     h.pump();
-    let record = h.rl.records()[&EntityId(1)].clone();
+    let record = h.rl().records()[&EntityId(1)].clone();
     assert_ne!(record.epoch, old_epoch);
     // Messages the dead incarnation sent before it died now arrive.
     let mut moved = at(EntityKind::Npc, 30.0);
@@ -301,7 +459,8 @@ fn a_late_write_and_a_late_handoff_from_a_former_owner_are_refused() {
             entries: vec![Delta::Upsert(Owned { id: EntityId(1), epoch: old_epoch, state: moved.clone() })],
         },
     };
-    h.rl.handle(h.now, late);
+    let now = h.now;
+    h.rl_mut().handle(now, late);
     let late_handoff = ToReplication {
         server: former.0,
         incarnation: former.1,
@@ -310,27 +469,30 @@ fn a_late_write_and_a_late_handoff_from_a_former_owner_are_refused() {
             entities: vec![Owned { id: EntityId(1), epoch: old_epoch, state: moved }],
         },
     };
-    h.rl.handle(h.now, late_handoff);
-    assert_eq!(h.rl.records()[&EntityId(1)], record, "nothing changed");
-    assert_eq!(h.rl.stats.protocol_errors, 0, "stale, not malformed");
+    let now = h.now;
+    h.rl_mut().handle(now, late_handoff);
+    assert_eq!(h.rl().records()[&EntityId(1)], record, "nothing changed");
+    assert_eq!(h.rl().stats.protocol_errors, 0, "stale, not malformed");
     assert!(h.holder(EntityId(1)).is_some());
 }
 
 #[test]
 fn a_replayed_adoption_is_ignored_not_held_twice() {
     let mut h = Harness::new(vec![(EntityId(1), at(EntityKind::Npc, 10.0))]);
-    let record = h.rl.records()[&EntityId(1)].clone();
+    let record = h.rl().records()[&EntityId(1)].clone();
     let replay = ToServer {
         server: ServerId(0),
-        incarnation: h.servers[0].incarnation(),
+        incarnation: h.server(0).incarnation(),
         body: ReplicationMsg::Adopt {
             entities: vec![Owned { id: EntityId(1), epoch: record.epoch, state: record.state.clone() }],
         },
     };
-    h.servers[0].handle(h.now, replay.clone());
-    h.servers[0].handle(h.now, replay);
-    assert_eq!(h.servers[0].held().len(), 1);
-    assert_eq!(h.servers[0].stats.messages_ignored, 2);
+    let now = h.now;
+    h.server_mut(0).handle(now, replay.clone());
+    let now = h.now;
+    h.server_mut(0).handle(now, replay);
+    assert_eq!(h.server(0).held().len(), 1);
+    assert_eq!(h.server(0).stats.messages_ignored, 2);
 }
 
 #[test]
@@ -338,24 +500,20 @@ fn a_server_whose_lease_runs_out_stops_acting_before_the_layer_moves_its_entitie
     let mut h = Harness::new(vec![(EntityId(1), at(EntityKind::Npc, 50.0))]);
     h.tick();
     // s1 is cut off: it ticks, but nothing it sends arrives and nothing comes back.
+    h.wire(1).cut_off = Some(ServerId(1));
     let start = h.now;
+    let s1 = h.server(1).incarnation();
     let mut s1_stopped_at = None;
     let mut layer_moved_at = None;
     while layer_moved_at.is_none() {
-        h.now += TICK_DURATION_US;
-        for s in &mut h.servers {
-            s.tick(h.now);
-        }
-        while h.servers[1].poll_message().is_some() {}
-        h.pump();
-        h.rl.tick(h.now);
-        if !h.servers[1].is_acting(h.now) && s1_stopped_at.is_none() {
+        h.tick();
+        let acting = h.servers().any(|s| s.id() == ServerId(1) && s.incarnation() == s1 && s.is_acting(h.now));
+        if !acting && s1_stopped_at.is_none() {
             s1_stopped_at = Some(h.now);
         }
         if h.authority(EntityId(1)) != Some(ServerId(1)) {
             layer_moved_at = Some(h.now);
         }
-        h.pump();
         assert!(h.now - start < 3 * LEASE_DURATION_US, "the layer never moved the entity");
     }
     assert!(s1_stopped_at.unwrap() < layer_moved_at.unwrap(), "the old holder stopped first");
@@ -369,21 +527,18 @@ fn ticks_held_back_for_longer_than_a_lease_keep_every_server_live() {
     let mut h = Harness::new(vec![(EntityId(1), at(EntityKind::Npc, 50.0)), (EntityId(2), at(EntityKind::Npc, 5.0))]);
     h.tick();
     let end = h.now + 3 * LEASE_DURATION_US;
+    h.overloaded = true;
     while h.now < end {
-        h.now += TICK_DURATION_US;
-        for s in &mut h.servers {
-            s.hold(h.now);
-        }
-        h.pump();
-        h.rl.tick(h.now);
-        h.pump();
-        assert!(h.servers.iter().all(|s| s.is_acting(h.now)), "a held-back server lost its lease");
+        h.tick();
+        assert!(h.servers().all(|s| s.is_acting(h.now)), "a held-back server lost its lease");
     }
-    assert_eq!(h.rl.stats.servers_declared_dead, 0);
-    assert_eq!(h.servers[1].stats.ticks, 1, "nothing was simulated while held back");
+    h.overloaded = false;
+    assert_eq!(h.rl().stats.servers_declared_dead, 0);
+    assert_eq!(h.server(1).stats.ticks, 1, "nothing was simulated while held back");
+    assert!(h.nodes[0].stats.ticks_held_back > 0);
     h.tick();
     assert_eq!((h.holder(EntityId(1)), h.holder(EntityId(2))), (Some(ServerId(1)), Some(ServerId(0))));
-    assert_eq!(h.servers[1].stats.ticks, 2);
+    assert_eq!(h.server(1).stats.ticks, 2);
 }
 
 /// Regression (found by the simulator, seeds 7, 10, 24, 29 and 31 of the first sweep): a player
@@ -394,10 +549,10 @@ fn ticks_held_back_for_longer_than_a_lease_keep_every_server_live() {
 fn a_passenger_leaving_in_the_tick_its_ship_is_handed_off_goes_separately() {
     let mut h = Harness::new(ship_with_crew(20.0, 0.0));
     assert_eq!(h.holder(EntityId(1)), Some(ServerId(0)));
-    let a = region_at(h.rl.map(), 20.0);
-    h.rl.move_region(a, ServerId(1)).unwrap();
+    let a = region_at(h.rl().map(), 20.0);
+    h.rl_mut().move_region(a, ServerId(1)).unwrap();
     h.pump();
-    h.servers[0].handle_input(shardmesh::protocol::Input {
+    h.server_mut(0).handle_input(shardmesh::protocol::Input {
         entity: EntityId(2),
         action: shardmesh::protocol::Action::Disembark,
     });
@@ -405,125 +560,86 @@ fn a_passenger_leaving_in_the_tick_its_ship_is_handed_off_goes_separately() {
     for id in 1..=4 {
         assert_eq!(h.holder(EntityId(id)), Some(ServerId(1)), "e{id} moved with region A");
     }
-    assert_eq!(h.rl.records()[&EntityId(2)].state.parent, None, "the player is off the ship");
-    assert_eq!(h.rl.records()[&EntityId(4)].state.parent, Some(EntityId(3)), "the coin is still packed");
-    assert_eq!(h.rl.stats.handoffs, 2, "ship and player, each with its own subtree");
-    assert!(h.rl.check().is_empty(), "{:?}", h.rl.check());
+    assert_eq!(h.rl().records()[&EntityId(2)].state.parent, None, "the player is off the ship");
+    assert_eq!(h.rl().records()[&EntityId(4)].state.parent, Some(EntityId(3)), "the coin is still packed");
+    assert_eq!(h.rl().stats.handoffs, 2, "ship and player, each with its own subtree");
+    assert!(h.rl().check().is_empty(), "{:?}", h.rl().check());
 }
 
 #[test]
 fn a_non_finite_write_is_refused_and_counted_not_a_panic() {
     let mut h = Harness::new(vec![(EntityId(1), at(EntityKind::Npc, 10.0))]);
-    let record = h.rl.records()[&EntityId(1)].clone();
+    let record = h.rl().records()[&EntityId(1)].clone();
     let mut bad = record.state.clone();
     bad.position = [f32::NAN, 0.0, f32::INFINITY];
     bad.changed_tick = 99;
-    let s0 = &h.servers[0];
+    let s0 = h.server(0);
     let msg = deltas(s0, 99, EntityId(1), record.epoch, bad.clone());
-    h.rl.handle(h.now, msg);
+    let (server, incarnation) = (s0.id(), s0.incarnation());
+    let now = h.now;
+    h.rl_mut().handle(now, msg);
     let handoff = ToReplication {
-        server: s0.id(),
-        incarnation: s0.incarnation(),
+        server,
+        incarnation,
         body: ServerMsg::Handoff {
             root: EntityId(1),
             entities: vec![Owned { id: EntityId(1), epoch: record.epoch, state: bad }],
         },
     };
-    h.rl.handle(h.now, handoff);
-    assert_eq!(h.rl.records()[&EntityId(1)].state, record.state);
-    assert_eq!(h.rl.stats.protocol_errors, 2);
-    assert_eq!(h.rl.map().owner_at(Vec3::NAN), h.rl.map().owner_at(Vec3::ZERO));
+    let now = h.now;
+    h.rl_mut().handle(now, handoff);
+    assert_eq!(h.rl().records()[&EntityId(1)].state, record.state);
+    assert_eq!(h.rl().stats.protocol_errors, 2);
+    assert_eq!(h.rl().map().owner_at(Vec3::NAN), h.rl().map().owner_at(Vec3::ZERO));
 }
 
-/// The layer cut into two slices (cores): s0 and s2 live on slice 0, s1 on slice 1.
-struct Sliced {
-    slices: Vec<Replication>,
-    servers: Vec<Server>,
-    now: u64,
-}
-
-impl Sliced {
-    fn new(entities: Vec<(EntityId, EntityState)>) -> Self {
-        use shardmesh::protocol::SliceId;
-        let map = three_regions();
-        let owners = [(5.0, 0), (50.0, 1), (100.0, 2)].map(|(x, s)| (region_at(&map, x), ServerId(s)));
-        let slices = vec![
-            Replication::new_slice(SliceId(0), 2, map.clone(), entities),
-            Replication::new_slice(SliceId(1), 2, map, Vec::new()),
-        ];
-        let servers = (0..3).map(|s| Server::new(ServerId(s), Incarnation(s + 1), 0)).collect();
-        let mut h = Sliced { slices, servers, now: 0 };
-        h.pump();
-        for (region, server) in owners {
-            h.slices[0].move_region(region, server).unwrap();
-        }
-        h.pump();
-        h.tick();
-        h
-    }
-
-    fn pump(&mut self) {
-        exchange(&mut self.slices, &mut self.servers, self.now, None);
-    }
-
-    fn tick(&mut self) {
-        self.now += TICK_DURATION_US;
-        tick_all(&mut self.slices, &mut self.servers, self.now, None);
-    }
-
-    fn slice_of(&self, id: EntityId) -> Vec<usize> {
-        (0..self.slices.len()).filter(|i| self.slices[*i].records().contains_key(&id)).collect()
-    }
-
-    fn holder(&self, id: EntityId) -> Option<ServerId> {
-        let holders: Vec<ServerId> =
-            self.servers.iter().filter(|s| s.held().contains_key(&id)).map(|s| s.id()).collect();
-        assert!(holders.len() <= 1, "{id} held by {holders:?}");
-        holders.first().copied()
-    }
+/// The layer cut into two slices (cores): s0 and s2 live on slice 0, s1 on slice 1. One tick
+/// has run.
+fn sliced(entities: Vec<(EntityId, EntityState)>) -> Mesh {
+    let mut m = Mesh::new(2, 3, owned_regions(), entities);
+    m.tick();
+    m
 }
 
 #[test]
 fn starting_entities_move_to_the_slice_of_their_servers_core() {
-    let h = Sliced::new(vec![(EntityId(1), at(EntityKind::Npc, 5.0)), (EntityId(2), at(EntityKind::Npc, 50.0))]);
+    let h = sliced(vec![(EntityId(1), at(EntityKind::Npc, 5.0)), (EntityId(2), at(EntityKind::Npc, 50.0))]);
     assert_eq!(h.slice_of(EntityId(1)), vec![0]);
     assert_eq!(h.slice_of(EntityId(2)), vec![1], "s1 lives on core 1: its entities are recorded there");
     assert_eq!(h.holder(EntityId(2)), Some(ServerId(1)));
-    for slice in &h.slices {
-        assert!(slice.check().is_empty(), "{:?}", slice.check());
+    for node in &h.nodes {
+        assert!(node.slice().check().is_empty(), "{:?}", node.slice().check());
     }
 }
 
 #[test]
 fn a_handoff_across_cores_moves_the_record_to_the_receiving_slice() {
-    let mut h = Sliced::new(ship_with_crew(25.0, 300.0)); // one tick taken: at x=35, in A
+    let mut h = sliced(ship_with_crew(25.0, 300.0)); // one tick taken: at x=35, in A
     assert_eq!(h.slice_of(EntityId(1)), vec![0]);
     h.tick(); // to x=45: into B, owned by s1 on core 1
     for id in 1..=4 {
         assert_eq!(h.slice_of(EntityId(id)), vec![1], "e{id} recorded by slice 1 alone");
         assert_eq!(h.holder(EntityId(id)), Some(ServerId(1)));
     }
-    assert_eq!(h.slices[0].stats.transfers_out, 1);
-    assert_eq!(h.slices[1].stats.transfers_in, 1);
+    assert_eq!(h.slice(0).stats.transfers_out, 1);
+    assert_eq!(h.slice(1).stats.transfers_in, 1);
     // Its deltas now go to slice 1 and are committed there.
     h.tick();
-    let record = &h.slices[1].records()[&EntityId(1)];
-    assert_eq!(record.state, h.servers[1].held()[&EntityId(1)].state);
+    let record = &h.slice(1).records()[&EntityId(1)];
+    assert_eq!(record.state, h.server(1).held()[&EntityId(1)].state);
 }
 
 #[test]
 fn a_crash_on_one_core_is_recovered_by_the_controller_on_another() {
-    let mut h = Sliced::new(vec![(EntityId(1), at(EntityKind::Npc, 50.0))]);
+    let mut h = sliced(vec![(EntityId(1), at(EntityKind::Npc, 50.0))]);
     assert_eq!(h.holder(EntityId(1)), Some(ServerId(1)));
-    let dead = h.servers[1].incarnation();
-    h.servers[1] = Server::new(ServerId(1), Incarnation(40), h.now);
-    h.slices[1].handle_crash_report(ServerId(1), dead);
+    h.crash(1, true);
     h.pump();
     let heir = h.holder(EntityId(1)).expect("re-granted within the same call");
     assert_ne!(heir, ServerId(1));
     assert_eq!(h.slice_of(EntityId(1)), vec![(heir.0 % 2) as usize]);
-    assert!(h.slices[0].map().regions_of(ServerId(1)).next().is_none());
-    assert_eq!(h.slices[0].map(), h.slices[1].map(), "both slices have the controller's map");
+    assert!(h.slice(0).map().regions_of(ServerId(1)).next().is_none());
+    assert_eq!(h.slice(0).map(), h.slice(1).map(), "both slices have the controller's map");
 }
 
 /// A client's input for a player another core holds leaves on its own, ahead of the tick's other
@@ -535,31 +651,34 @@ fn a_client_input_for_a_player_on_another_core_goes_ahead_alone_and_reaches_its_
     let player = EntityId(5);
     let mut entities = ship_with_crew(25.0, 300.0);
     entities.push((player, at(EntityKind::Player, 5.0)));
-    let mut h = Sliced::new(entities);
-    // The ship crosses into B on core 1 in this tick: slice 0 has a transfer for slice 1 queued.
-    for s in h.servers.iter_mut() {
-        s.tick(h.now + TICK_DURATION_US);
-    }
-    for s in h.servers.iter_mut() {
-        while let Some(m) = s.poll_message() {
-            let core = (s.id().0 % 2) as usize;
-            h.slices[core].handle(h.now + TICK_DURATION_US, m);
+    let mut h = sliced(entities);
+    // The ship crosses into B on core 1 in this tick: the servers have ticked and slice 0 has a
+    // transfer for slice 1 queued (stopped mid-tick, before the commit).
+    let now = h.now + TICK_DURATION_US;
+    for node in &mut h.nodes {
+        let mut sent = Vec::new();
+        for s in node.servers_mut() {
+            s.tick(now);
+            sent.extend(std::iter::from_fn(|| s.poll_message()));
+        }
+        for m in sent {
+            node.slice_mut().handle(now, m);
         }
     }
     // Slice 1 routes an input for a player slice 0 holds.
     assert_eq!(h.slice_of(player), vec![0]);
-    h.slices[1].route_input(player, 7, Action::Move([1.0, 0.0, 0.0]));
-    let Some((to, msg)) = h.slices[1].poll_peer_input() else { panic!("the input is queued to go ahead") };
+    h.slice_mut(1).route_input(player, 7, Action::Move([1.0, 0.0, 0.0]));
+    let Some((to, msg)) = h.slice_mut(1).poll_peer_input() else { panic!("the input is queued to go ahead") };
     assert_eq!(to, SliceId(0));
     assert!(matches!(msg, SliceMsg::Input { entity, seq: 7, .. } if entity == player));
-    assert!(h.slices[1].poll_peer_input().is_none(), "one other slice, one copy");
-    assert!(h.slices[0].poll_peer_input().is_none(), "the transfer is not an input: it waits for the commit");
-    let routed = h.slices[0].stats.inputs_routed;
-    h.slices[0].handle_peer(SliceId(1), msg);
-    assert_eq!(h.slices[0].stats.inputs_routed, routed + 1, "routed to the player's server");
+    assert!(h.slice_mut(1).poll_peer_input().is_none(), "one other slice, one copy");
+    assert!(h.slice_mut(0).poll_peer_input().is_none(), "the transfer is not an input: it waits for the commit");
+    let routed = h.slice(0).stats.inputs_routed;
+    h.slice_mut(0).handle_peer(SliceId(1), msg);
+    assert_eq!(h.slice(0).stats.inputs_routed, routed + 1, "routed to the player's server");
     // The transfer still goes, with the tick's other messages.
     let mut transfers = 0;
-    while let Some((_, m)) = h.slices[0].poll_peer() {
+    while let Some((_, m)) = h.slice_mut(0).poll_peer() {
         transfers += matches!(m, SliceMsg::Transfer { .. }) as usize;
     }
     assert_eq!(transfers, 1);
@@ -583,12 +702,12 @@ fn a_full_ship_swapping_passengers_in_one_tick_stays_within_capacity() {
     let mut h = Harness::new(entities);
     let leaving = EntityId(1 + capacity);
     use shardmesh::protocol::{Action, Input};
-    h.servers[0].handle_input(Input { entity: leaving, action: Action::Disembark });
-    h.servers[0].handle_input(Input { entity: newcomer, action: Action::Board });
+    h.server_mut(0).handle_input(Input { entity: leaving, action: Action::Disembark });
+    h.server_mut(0).handle_input(Input { entity: newcomer, action: Action::Board });
     h.tick();
-    assert_eq!(h.rl.stats.protocol_errors, 0, "{:?}", h.rl.first_protocol_error);
-    assert_eq!(h.rl.records()[&newcomer].state.parent, Some(ship));
-    assert_eq!(h.rl.records()[&leaving].state.parent, None);
+    assert_eq!(h.rl().stats.protocol_errors, 0, "{:?}", h.rl().first_protocol_error);
+    assert_eq!(h.rl().records()[&newcomer].state.parent, Some(ship));
+    assert_eq!(h.rl().records()[&leaving].state.parent, None);
 }
 
 #[test]
@@ -597,17 +716,17 @@ fn the_controller_moves_load_from_the_busiest_server_to_the_quietest() {
     let entities =
         (0..200u64).map(|i| (EntityId(i + 1), at(EntityKind::Npc, if i < 100 { 5.0 } else { 30.0 }))).collect();
     let mut h = Harness::new(entities);
-    assert_eq!(h.servers[0].held().len(), 200);
+    assert_eq!(h.server(0).held().len(), 200);
     for _ in 0..4 * shardmesh::protocol::replication::BALANCE_PERIOD_TICKS {
         h.tick();
     }
     // First A is split (a single region cannot move without moving the whole load), then one
     // half goes to a quiet server.
-    let held: Vec<usize> = h.servers.iter().map(|s| s.held().len()).collect();
+    let held: Vec<usize> = h.servers().map(|s| s.held().len()).collect();
     assert_eq!(held.iter().sum::<usize>(), 200);
     assert_eq!(held.iter().filter(|n| **n == 100).count(), 2, "split evenly: {held:?}");
-    assert_eq!(h.rl.stats.protocol_errors, 0);
-    assert!(h.rl.check().is_empty(), "{:?}", h.rl.check());
+    assert_eq!(h.rl().stats.protocol_errors, 0);
+    assert!(h.rl().check().is_empty(), "{:?}", h.rl().check());
 }
 
 /// DESIGN: "a rocket fired on server A at a ship on server B still hits". The target is B's, so A
@@ -618,17 +737,17 @@ fn a_projectile_on_one_server_hits_an_entity_held_by_another_through_its_ghost()
     let mut h = Harness::new(vec![(shooter, at(EntityKind::Player, 35.0)), (target, at(EntityKind::Npc, 45.0))]);
     assert_eq!(h.holder(target), Some(ServerId(1)));
     h.tick(); // ghosts exchanged: s0 now sees the NPC standing 5 m past the border
-    assert!(h.servers[0].ghosts().iter().any(|g| g.id == target && g.server == ServerId(1)));
-    assert!(!h.servers[0].ghosts().iter().any(|g| g.id == EntityId(999)));
+    assert!(h.server(0).ghosts().iter().any(|g| g.id == target && g.server == ServerId(1)));
+    assert!(!h.server(0).ghosts().iter().any(|g| g.id == EntityId(999)));
     use shardmesh::protocol::{Action, Input};
-    h.servers[0].handle_input(Input { entity: shooter, action: Action::Fire([1.0, 0.0, 0.0]) });
+    h.server_mut(0).handle_input(Input { entity: shooter, action: Action::Fire([1.0, 0.0, 0.0]) });
     h.tick(); // the projectile sweeps 37.5..87.5 m and passes through the ghost
-    assert_eq!(h.servers[0].stats.remote_hits, 1);
+    assert_eq!(h.server(0).stats.remote_hits, 1);
     h.tick(); // s1 applies the damage and commits it
-    assert_eq!(h.servers[1].stats.damage_received, 1);
-    assert_eq!(h.rl.records()[&target].state.health, 90);
+    assert_eq!(h.server(1).stats.damage_received, 1);
+    assert_eq!(h.rl().records()[&target].state.health, 90);
     assert_eq!(h.holder(target), Some(ServerId(1)), "a ghost is never simulated by the shooter's server");
-    assert!(h.servers.iter().all(|s| s.held().values().all(|e| e.state.kind != EntityKind::Projectile)));
+    assert!(h.servers().all(|s| s.held().values().all(|e| e.state.kind != EntityKind::Projectile)));
 }
 
 /// DESIGN: a rocket fired at a ship on another server hits. Ships are rapier bodies with hulls; the
@@ -641,13 +760,13 @@ fn a_projectile_hits_a_ship_held_by_another_server_through_its_ghost_hull() {
     assert_eq!(h.holder(ship), Some(ServerId(1)));
     h.tick(); // ghosts exchanged
     use shardmesh::protocol::{Action, Input};
-    h.servers[0].handle_input(Input { entity: shooter, action: Action::Fire([1.0, 0.0, 0.0]) });
+    h.server_mut(0).handle_input(Input { entity: shooter, action: Action::Fire([1.0, 0.0, 0.0]) });
     h.tick(); // the path 37.5..87.5 m runs into the hull at 46 m
-    assert_eq!(h.servers[0].stats.remote_hits, 1);
+    assert_eq!(h.server(0).stats.remote_hits, 1);
     h.tick();
-    assert_eq!(h.servers[1].stats.damage_received, 1);
-    assert_eq!(h.rl.records()[&ship].state.health, 90);
-    assert!(h.servers.iter().all(|s| s.held().values().all(|e| e.state.kind != EntityKind::Projectile)));
+    assert_eq!(h.server(1).stats.damage_received, 1);
+    assert_eq!(h.rl().records()[&ship].state.health, 90);
+    assert!(h.servers().all(|s| s.held().values().all(|e| e.state.kind != EntityKind::Projectile)));
 }
 
 /// What a projectile hits is the first thing on its path: a ship's hull between the shooter and
@@ -662,12 +781,12 @@ fn a_projectile_hits_the_first_thing_on_its_path() {
     ]);
     h.tick();
     use shardmesh::protocol::{Action, Input};
-    h.servers[0].handle_input(Input { entity: shooter, action: Action::Fire([1.0, 0.0, 0.0]) });
+    h.server_mut(0).handle_input(Input { entity: shooter, action: Action::Fire([1.0, 0.0, 0.0]) });
     h.tick();
     h.tick();
-    assert_eq!(h.rl.records()[&ship].state.health, 90);
-    assert_eq!(h.rl.records()[&npc].state.health, 100);
-    assert_eq!(h.servers[0].stats.hits, 1);
+    assert_eq!(h.rl().records()[&ship].state.health, 90);
+    assert_eq!(h.rl().records()[&npc].state.health, 100);
+    assert_eq!(h.server(0).stats.hits, 1);
 }
 
 /// A projectile handed to another server keeps its trajectory there: its state is its whole
@@ -677,9 +796,10 @@ fn a_projectile_keeps_its_trajectory_on_the_server_it_is_handed_to() {
     let shooter = EntityId(1);
     let mut h = Harness::new(vec![(shooter, at(EntityKind::Player, 35.0))]);
     use shardmesh::protocol::{Action, Input};
-    h.servers[0].handle_input(Input { entity: shooter, action: Action::Fire([1.0, 0.0, 0.0]) });
+    h.server_mut(0).handle_input(Input { entity: shooter, action: Action::Fire([1.0, 0.0, 0.0]) });
     h.tick(); // fired from 37.5 m, 50 m a tick: at 87.5 m, in C, handed to s2
-    let (id, state) = h.servers[2]
+    let (id, state) = h
+        .server(2)
         .held()
         .iter()
         .find(|(_, e)| e.state.kind == EntityKind::Projectile)
@@ -687,7 +807,7 @@ fn a_projectile_keeps_its_trajectory_on_the_server_it_is_handed_to() {
         .expect("s2 holds the projectile");
     assert!((state.pos() - Vec3::new(87.5, 10.0, 10.0)).length() < 1e-3, "{:?}", state.position);
     h.tick();
-    let moved = &h.servers[2].held()[&id].state;
+    let moved = &h.server(2).held()[&id].state;
     assert!((moved.pos() - Vec3::new(137.5, 10.0, 10.0)).length() < 1e-2, "{:?}", moved.position);
     assert_eq!(moved.velocity, [1500.0, 0.0, 0.0]);
 }
@@ -699,42 +819,38 @@ fn a_projectile_keeps_its_trajectory_on_the_server_it_is_handed_to() {
 /// snapshot is stored and every peer's marker is in, and the next starts only after.
 #[test]
 fn a_checkpoint_cuts_consistently_across_a_transfer_in_flight() {
-    use shardmesh::protocol::{JournalOp, SliceId};
+    use shardmesh::log::LogOp;
+    use shardmesh::node::LogRecord;
+    use shardmesh::protocol::JournalOp;
     let ship = EntityId(1);
-    let mut h = Sliced::new(ship_with_crew(25.0, 300.0));
+    let mut h = sliced(ship_with_crew(25.0, 300.0));
     h.tick();
     assert_eq!(h.slice_of(ship), vec![1]);
-    for s in &mut h.slices {
-        s.enable_journal(0);
+    for i in 0..2 {
+        h.slice_mut(i).enable_journal(0);
     }
     let mut in_flight = false;
     for _ in 0..60 {
-        h.now += TICK_DURATION_US;
-        for s in h.servers.iter_mut() {
-            s.tick(h.now);
-        }
-        for s in h.servers.iter_mut() {
-            while let Some(m) = s.poll_message() {
-                h.slices[(s.id().0 % 2) as usize].handle(h.now, m);
-            }
-        }
+        h.tick();
+        // Node 1 ticks after node 0: what it sent node 0 waits in node 0's mailbox.
         if h.slice_of(ship).is_empty() {
             in_flight = true;
             break;
         }
-        h.pump();
-        for s in h.slices.iter_mut() {
-            s.tick(h.now);
-        }
-        h.pump();
     }
     assert!(in_flight, "the ship never left slice 1 for slice 0");
-    h.slices[0].drain_journal();
+    let logged_out = h.logs[1].iter().any(|r| match r {
+        LogRecord::Batch(b) => {
+            b.ops.iter().any(|op| matches!(op, LogOp::Out { to: 0, entities } if entities[0].id == ship))
+        }
+        LogRecord::Checkpoint(_) => false,
+    });
+    assert!(logged_out, "slice 1 logged the ship leaving in the tick it left");
     // The transfer is sent but not delivered; now the cut.
-    assert_eq!(h.slices[0].begin_checkpoint(), Some(1));
+    assert_eq!(h.slice_mut(0).begin_checkpoint(), Some(1));
     h.pump();
-    let j0 = h.slices[0].drain_journal();
-    let j1 = h.slices[1].drain_journal();
+    let j0 = h.slice_mut(0).drain_journal();
+    let j1 = h.slice_mut(1).drain_journal();
     let snap_at = |j: &[JournalOp]| j.iter().position(|op| matches!(op, JournalOp::Snapshot(_))).expect("a snapshot");
     let snapshot_has_ship = |j: &[JournalOp]| match &j[snap_at(j)] {
         JournalOp::Snapshot(s) => s.entities.iter().any(|c| c.id == ship),
@@ -743,28 +859,26 @@ fn a_checkpoint_cuts_consistently_across_a_transfer_in_flight() {
     assert!(!snapshot_has_ship(&j0) && !snapshot_has_ship(&j1), "in flight at the cut: in no snapshot");
     let put_after = j0[snap_at(&j0)..].contains(&JournalOp::Put(ship));
     assert!(put_after, "slice 0 logs the ship's arrival after its snapshot: {j0:?}");
-    let out_at =
-        j1.iter().position(|op| matches!(op, JournalOp::Out { to: SliceId(0), entities } if entities[0].id == ship));
-    assert!(out_at.is_some_and(|o| o < snap_at(&j1)), "slice 1 logs the ship leaving before its snapshot: {j1:?}");
+    assert!(!j1.iter().any(|op| matches!(op, JournalOp::Out { .. })), "nothing left slice 1 after its snapshot");
     assert!(!j0.iter().chain(&j1).any(|op| matches!(op, JournalOp::RoundDone(_))), "no snapshot is stored yet");
-    assert_eq!(h.slices[0].begin_checkpoint(), None, "round 1 is not complete");
+    assert_eq!(h.slice_mut(0).begin_checkpoint(), None, "round 1 is not complete");
 
-    h.slices[1].snapshot_stored(1);
+    h.slice_mut(1).snapshot_stored(1);
     h.pump();
-    assert_eq!(h.slices[1].drain_journal(), vec![JournalOp::RoundDone(1)]);
-    assert_eq!(h.slices[0].begin_checkpoint(), None, "slice 0's part is not complete");
-    h.slices[0].snapshot_stored(1);
-    assert!(h.slices[0].drain_journal().contains(&JournalOp::RoundDone(1)));
-    assert_eq!(h.slices[0].checkpoint_done(), 1);
+    assert_eq!(h.slice_mut(1).drain_journal(), vec![JournalOp::RoundDone(1)]);
+    assert_eq!(h.slice_mut(0).begin_checkpoint(), None, "slice 0's part is not complete");
+    h.slice_mut(0).snapshot_stored(1);
+    assert!(h.slice_mut(0).drain_journal().contains(&JournalOp::RoundDone(1)));
+    assert_eq!(h.slice(0).checkpoint_done(), 1);
     // Round 2 would let the slices drop round 0's files: not before every slice's record that
     // round 1 is complete is durable, or a power loss now could leave no whole round.
-    assert_eq!(h.slices[0].begin_checkpoint(), None, "round 1's completion is not durable yet");
-    h.slices[0].round_done_durable(1);
+    assert_eq!(h.slice_mut(0).begin_checkpoint(), None, "round 1's completion is not durable yet");
+    h.slice_mut(0).round_done_durable(1);
     h.pump();
-    assert_eq!(h.slices[0].begin_checkpoint(), None, "slice 1's completion is not durable yet");
-    h.slices[1].round_done_durable(1);
+    assert_eq!(h.slice_mut(0).begin_checkpoint(), None, "slice 1's completion is not durable yet");
+    h.slice_mut(1).round_done_durable(1);
     h.pump();
-    assert_eq!(h.slices[0].begin_checkpoint(), Some(2));
+    assert_eq!(h.slice_mut(0).begin_checkpoint(), Some(2));
     assert_eq!(h.slice_of(ship), vec![0]);
 }
 
@@ -776,8 +890,7 @@ fn a_checkpoint_cuts_consistently_across_a_transfer_in_flight() {
 fn containers_load_as_a_player_comes_near_and_unload_once_no_player_is() {
     use shardmesh::protocol::{Action, Input};
     use shardmesh::world::stream::{STREAM_LOAD_RADIUS_M, STREAM_UNLOAD_RADIUS_M};
-    use shardmesh::world::{is_streamed, populate, ContainerTree, Population, StreamIndex};
-    use std::sync::Arc;
+    use shardmesh::world::{is_streamed, populate, ContainerTree, Population};
 
     let tree = ContainerTree::generate(11, 3, 3, 4);
     let index = Arc::new(StreamIndex::new(tree.clone()));
@@ -789,97 +902,96 @@ fn containers_load_as_a_player_comes_near_and_unload_once_no_player_is() {
     entities.push((player, EntityState::new(EntityKind::Player, corner)));
 
     let map = RegionMap::kd_split(tree.bounds(), 2);
-    let mut slices: Vec<Replication> = (0..2)
-        .map(|i| {
-            let initial = if i == 0 { entities.clone() } else { Vec::new() };
-            Replication::new_slice(shardmesh::protocol::SliceId(i), 2, map.clone(), initial)
-                .with_streaming(index.clone())
-        })
-        .collect();
-    let mut servers: Vec<Server> =
-        (0..2).map(|s| Server::new(ServerId(s), Incarnation(1), 0).with_streaming(index.clone())).collect();
-    let mut now = 0;
-    let mut run = |slices: &mut Vec<Replication>, servers: &mut Vec<Server>, ticks: usize| {
+    let mut m = Mesh::with_streaming(2, 2, map, entities, index.clone());
+    let run = |m: &mut Mesh, ticks: usize| {
         for _ in 0..ticks {
-            now += TICK_DURATION_US;
-            tick_all(slices, servers, now, None);
-            for slice in slices.iter() {
-                assert!(slice.check().is_empty(), "{:?}", slice.check());
+            m.tick();
+            for node in &m.nodes {
+                assert!(node.slice().check().is_empty(), "{:?}", node.slice().check());
             }
         }
     };
-    run(&mut slices, &mut servers, 10);
+    run(&mut m, 10);
 
-    let where_is = |slices: &[Replication], id: EntityId| -> Vec3 {
-        slices.iter().find_map(|s| s.records().get(&id)).expect("recorded").state.pos()
-    };
-    let held_items = |servers: &[Server]| -> usize {
-        servers.iter().flat_map(|s| s.held().values()).filter(|h| h.state.kind.is_item()).count()
-    };
-    let audit = |slices: &[Replication], servers: &[Server]| {
-        let recorded: usize = slices.iter().map(|s| s.records().len()).sum();
-        assert_eq!(recorded, items + 1, "every entity recorded once");
-        let resting: usize = slices.iter().map(|s| s.dormant_entities()).sum();
-        let held: usize = servers.iter().map(|s| s.held().len()).sum();
+    let where_is = |m: &Mesh, id: EntityId| -> Vec3 { m.committed_position(id).expect("recorded") };
+    let held_items =
+        |m: &Mesh| -> usize { m.servers().flat_map(|s| s.held().values()).filter(|h| h.state.kind.is_item()).count() };
+    let audit = |m: &Mesh| {
+        let recorded: usize = m.nodes.iter().map(|n| n.slice().records().len()).sum::<usize>() + m.in_transit().len();
+        assert_eq!(recorded, items + 1, "every entity recorded once (or on its way between slices)");
+        let resting: usize = m.nodes.iter().map(|n| n.slice().dormant_entities()).sum();
+        let held: usize = m.servers().map(|s| s.held().len()).sum();
         assert_eq!(held + resting, items + 1, "each entity is held by one server or at rest");
     };
     // What a server holds is what lies in containers near the player, not the world.
-    let near_items = |slices: &[Replication], at: Vec3| -> usize {
-        slices
+    let near_items = |m: &Mesh, at: Vec3| -> usize {
+        m.nodes
             .iter()
-            .flat_map(|s| s.records().values())
+            .flat_map(|n| n.slice().records().values())
             .filter(|r| is_streamed(&r.state) && index.is_near(index.locate(r.state.pos()), at, STREAM_UNLOAD_RADIUS_M))
             .count()
     };
-    audit(&slices, &servers);
-    let start_held = held_items(&servers);
-    assert!(start_held <= near_items(&slices, corner), "{start_held} items held at the start");
+    // An input for the player, once a server holds it (while it crosses from one core to the
+    // other, for a tick, none does).
+    let input = |m: &mut Mesh, action: Action| {
+        for _ in 0..3 {
+            if let Some(holder) = m.holder(player) {
+                m.server_mut(holder.0).handle_input(Input { entity: player, action });
+                return;
+            }
+            m.tick();
+        }
+        panic!("the player is held by no server for three ticks");
+    };
+    audit(&m);
+    let start_held = held_items(&m);
+    assert!(start_held <= near_items(&m, corner), "{start_held} items held at the start");
     assert!(start_held > 0 && start_held < items / 4, "{start_held} of {items} items held at the start");
 
     // Walk to the room whose items are farthest from the corner.
-    let far_item = slices[0]
+    let far_item = m
+        .slice(0)
         .records()
         .iter()
         .filter(|(_, r)| is_streamed(&r.state))
         .max_by(|a, b| a.1.state.pos().distance(corner).total_cmp(&b.1.state.pos().distance(corner)))
         .map(|(id, r)| (*id, r.state.pos()))
         .expect("items exist");
-    assert!(servers.iter().all(|s| !s.held().contains_key(&far_item.0)), "the far room starts unloaded");
+    assert!(m.servers().all(|s| !s.held().contains_key(&far_item.0)), "the far room starts unloaded");
     let mut arrived = false;
     for _ in 0..3000 {
-        let here = where_is(&slices, player);
+        let here = where_is(&m, player);
         let to = far_item.1 - here;
         let flat = Vec3::new(to.x, to.y, 0.0);
         if flat.length() < 2.0 {
             arrived = true;
             break;
         }
-        let holder = servers.iter_mut().find(|s| s.held().contains_key(&player)).expect("the player is held");
-        holder.handle_input(Input { entity: player, action: Action::Move(flat.normalize().to_array()) });
-        run(&mut slices, &mut servers, 1);
+        input(&mut m, Action::Move(flat.normalize().to_array()));
+        run(&mut m, 1);
         // Every item near enough to matter is loaded, on the server that owns its region.
-        let here = where_is(&slices, player);
-        for s in &slices {
+        let here = where_is(&m, player);
+        for s in m.nodes.iter().map(|n| n.slice()) {
             for (id, r) in s.records().iter().filter(|(_, r)| is_streamed(&r.state)) {
                 if r.state.pos().distance(here) < STREAM_LOAD_RADIUS_M - 12.0 {
                     let owner = s.map().owner_at(r.state.pos()).expect("owned");
-                    let server = servers.iter().find(|sv| sv.id() == owner).unwrap();
+                    let server = m.server(owner.0);
                     assert!(server.held().contains_key(id), "{id} is {:.1} m from the player, unloaded", {
                         r.state.pos().distance(here)
                     });
                 }
             }
         }
-        audit(&slices, &servers);
+        audit(&m);
     }
     assert!(arrived, "the player reached the far room");
-    let holder = servers.iter_mut().find(|s| s.held().contains_key(&player)).expect("the player is held");
-    holder.handle_input(Input { entity: player, action: Action::Move([0.0; 3]) });
-    holder.handle_input(Input { entity: player, action: Action::PickUp });
-    run(&mut slices, &mut servers, 2);
-    let carried: Vec<EntityId> = slices
+    input(&mut m, Action::Move([0.0; 3]));
+    input(&mut m, Action::PickUp);
+    run(&mut m, 2);
+    let carried: Vec<EntityId> = m
+        .nodes
         .iter()
-        .flat_map(|s| s.records().iter())
+        .flat_map(|n| n.slice().records().iter())
         .filter(|(_, r)| r.state.parent == Some(player))
         .map(|(id, _)| *id)
         .collect();
@@ -887,36 +999,36 @@ fn containers_load_as_a_player_comes_near_and_unload_once_no_player_is() {
 
     // Walk back to the start: the far room unloads; what the player carries goes with it.
     for _ in 0..3000 {
-        let here = where_is(&slices, player);
+        let here = where_is(&m, player);
         let to = corner - here;
         if Vec3::new(to.x, to.y, 0.0).length() < 2.0 {
             break;
         }
-        let holder = servers.iter_mut().find(|s| s.held().contains_key(&player)).expect("the player is held");
-        holder.handle_input(Input {
-            entity: player,
-            action: Action::Move(Vec3::new(to.x, to.y, 0.0).normalize().to_array()),
-        });
-        run(&mut slices, &mut servers, 1);
+        input(&mut m, Action::Move(Vec3::new(to.x, to.y, 0.0).normalize().to_array()));
+        run(&mut m, 1);
     }
-    run(&mut slices, &mut servers, 6);
-    audit(&slices, &servers);
+    run(&mut m, 6);
+    audit(&m);
     let far_room = index.locate(far_item.1);
-    let far_room_items: Vec<EntityId> = slices
+    let far_room_items: Vec<EntityId> = m
+        .nodes
         .iter()
-        .flat_map(|s| s.records().iter())
+        .flat_map(|n| n.slice().records().iter())
         .filter(|(_, r)| is_streamed(&r.state) && index.locate(r.state.pos()) == far_room)
         .map(|(id, _)| *id)
         .collect();
     assert!(!far_room_items.is_empty());
     for id in &far_room_items {
-        assert!(servers.iter().all(|s| !s.held().contains_key(id)), "{id} of the far room is still loaded");
+        assert!(m.servers().all(|s| !s.held().contains_key(id)), "{id} of the far room is still loaded");
     }
-    let end_held = held_items(&servers);
-    assert!(end_held <= near_items(&slices, corner) + 1, "{end_held} items held back at the start");
-    assert!(servers.iter().any(|s| s.held().contains_key(&carried[0])), "the carried item stayed loaded");
-    let (parked, woken): (u64, u64) =
-        slices.iter().map(|s| (s.stats.parked, s.stats.woken)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    let end_held = held_items(&m);
+    assert!(end_held <= near_items(&m, corner) + 1, "{end_held} items held back at the start");
+    assert!(m.servers().any(|s| s.held().contains_key(&carried[0])), "the carried item stayed loaded");
+    let (parked, woken): (u64, u64) = m
+        .nodes
+        .iter()
+        .map(|n| (n.slice().stats.parked, n.slice().stats.woken))
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
 
     assert!(parked > 0 && woken > 0, "parked {parked}, woken {woken}");
 }
@@ -941,9 +1053,8 @@ fn a_collision_never_pushes_a_ship_past_its_top_speed() {
     ];
     let mut h = Harness::new(ships);
     let dt = TICK_DURATION_US as f32 / 1e6;
-    let state = |h: &Harness, id: EntityId| {
-        h.servers.iter().find_map(|s| s.held().get(&id).map(|e| e.state.clone())).expect("held")
-    };
+    let state =
+        |h: &Harness, id: EntityId| h.servers().find_map(|s| s.held().get(&id).map(|e| e.state.clone())).expect("held");
     let mut last: Vec<Vec3> = (1..=5).map(|i| state(&h, EntityId(i)).pos()).collect();
     let (mut fastest, mut furthest) = (0.0f32, 0.0f32);
     for _ in 0..30 {

@@ -1,5 +1,7 @@
-//! The protocol core and the world model are sans-IO: no clock, threads, sockets, files, global
-//! randomness or runtime in them. This test reads their sources and fails on any of those.
+//! The layering, checked on the sources. The core (the node, the protocol state machines and the
+//! world model) is sans-IO: no clock, threads, sockets, files, global randomness, printing or
+//! runtime in it, and it imports none of the modules that have them. The runtime does not use the
+//! simulator, and the replication log writes and reads records without driving a state machine.
 
 use std::path::Path;
 
@@ -25,6 +27,12 @@ const FORBIDDEN: &[&str] = &[
     "from_os_rng",
     "getrandom",
     "std::env",
+    "eprintln!",
+    "crate::net",
+    "crate::runtime",
+    "crate::sim",
+    "log::writer",
+    "log::media",
 ];
 
 fn sources(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
@@ -46,7 +54,7 @@ fn offences(text: &str) -> Vec<&'static str> {
 fn the_core_touches_no_clock_thread_socket_file_or_runtime() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
-    for core in ["protocol", "world"] {
+    for core in ["node", "protocol", "world"] {
         sources(&root.join(core), &mut files);
     }
     assert!(files.len() >= 8, "found the core's sources");
@@ -58,6 +66,35 @@ fn the_core_touches_no_clock_thread_socket_file_or_runtime() {
         }
     }
     assert!(found.is_empty(), "the sans-IO core must not use these:\n{}", found.join("\n"));
+}
+
+/// `(directory, what its sources must not name, why)`.
+const LAYERS: &[(&str, &[&str], &str)] = &[
+    ("runtime", &["crate::sim", "sim::"], "the runtime runs nodes; the simulator is a driver of its own"),
+    (
+        "log",
+        &["Replication", "crate::node", "crate::protocol::replication"],
+        "the log stores what a node gives it and reads it back; it drives no state machine",
+    ),
+    ("net", &["crate::sim", "Replication"], "the gateway's sockets hold no game logic"),
+];
+
+#[test]
+fn each_layer_uses_only_what_is_below_it() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut found = Vec::new();
+    for (dir, names, why) in LAYERS {
+        let mut files = Vec::new();
+        sources(&root.join(dir), &mut files);
+        assert!(!files.is_empty(), "found {dir}'s sources");
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for name in names.iter().filter(|n| text.contains(*n)) {
+                found.push(format!("{}: {name} ({why})", file.display()));
+            }
+        }
+    }
+    assert!(found.is_empty(), "layering broken:\n{}", found.join("\n"));
 }
 
 #[test]

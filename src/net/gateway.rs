@@ -186,35 +186,7 @@ impl Seats {
     }
 }
 
-/// One entity as a core's servers hold it at the end of a tick, quantized as clients are sent it
-/// (`wire::Seen`): each entity is quantized once a tick, not once for every client that sees it.
-#[derive(Clone, Copy, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub struct ViewEntity {
-    pub id: EntityId,
-    pub kind: EntityKind,
-    /// Centimetres.
-    pub position: [i32; 3],
-    /// Decimetres a second.
-    pub velocity: [i16; 3],
-    pub carried: bool,
-    pub input_seq: u32,
-    /// Handed off this tick: where it is until another server adopts it.
-    pub leaving: bool,
-}
-
-impl ViewEntity {
-    /// An entity at `position` (metres) moving at `velocity` (metres a second).
-    pub fn new(id: EntityId, kind: EntityKind, position: [f32; 3], velocity: [f32; 3]) -> Self {
-        let (position, velocity) = Seen::quantize(position, velocity);
-        Self { id, kind, position, velocity, carried: false, input_seq: 0, leaving: false }
-    }
-    pub fn position_m(&self) -> Vec3 {
-        Vec3::from_array(self.position.map(|v| v as f32)) / 100.0
-    }
-    pub fn velocity_m_s(&self) -> Vec3 {
-        Vec3::from_array(self.velocity.map(|v| v as f32)) / 10.0
-    }
-}
+pub use crate::node::view::{ArchivedViewEntity, ViewEntity};
 
 /// Every core's view of its entities, as of its last tick: each core replaces its own, and every
 /// gateway reads them all. A view is a compact spatial snapshot: an rkyv archive in a shared

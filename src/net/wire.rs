@@ -72,9 +72,7 @@ pub struct Seen {
 
 impl Seen {
     pub fn quantize(position: [f32; 3], velocity: [f32; 3]) -> ([i32; 3], [i16; 3]) {
-        let p = position.map(|v| (v * 100.0).round() as i32);
-        let v = velocity.map(|v| (v * 10.0).round().clamp(i16::MIN as f32, i16::MAX as f32) as i16);
-        (p, v)
+        crate::node::view::quantize(position, velocity)
     }
     pub fn position_m(&self) -> glam::Vec3 {
         glam::Vec3::from_array(self.position.map(|v| v as f32 / 100.0))

@@ -22,6 +22,7 @@
 
 pub mod check;
 pub mod panic;
+pub mod view;
 pub mod wire;
 
 use std::collections::VecDeque;
@@ -35,12 +36,12 @@ use rustc_hash::FxHashSet;
 use crate::limits::TICK_DURATION_US;
 use crate::log::{Batch, LogOp, SnapshotFile};
 use crate::protocol::{
-    Action, Committed, Incarnation, Input, JournalOp, Replication, Server, ServerEvent, ServerStats, SliceId,
-    SliceMsg,
+    Action, Committed, Incarnation, Input, JournalOp, Replication, Server, ServerEvent, ServerStats, SliceId, SliceMsg,
 };
 use crate::world::{EntityId, ServerId, StreamIndex};
 pub use check::Checker;
 pub use panic::guarded;
+pub use view::ViewEntity;
 pub use wire::{Direct, Wire};
 
 /// How the bots that stand in for players drive the node's driven entities.
@@ -133,7 +134,7 @@ pub trait NodeIo {
     /// Players a client drives (bots leave them alone).
     fn seats(&mut self, _into: &mut FxHashSet<EntityId>) {}
     /// This node's entities as of `tick`, for the clients' updates.
-    fn publish_view(&mut self, _tick: u64, _view: Vec<crate::net::ViewEntity>) {}
+    fn publish_view(&mut self, _tick: u64, _view: Vec<ViewEntity>) {}
     /// The tick's records into the log and its group commit; `None` when there is no log.
     fn log(&mut self, _tick: u64, _records: &mut Vec<LogRecord>) -> Option<Result<Durable, String>> {
         None
@@ -237,8 +238,7 @@ impl<W: Wire> Node<W> {
         start_us: u64,
     ) -> Self {
         let rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ (cfg.index as u64) << 32);
-        let hosted =
-            servers.into_iter().map(|id| Hosted { id, server: None, restart_at_us: Some(start_us) }).collect();
+        let hosted = servers.into_iter().map(|id| Hosted { id, server: None, restart_at_us: Some(start_us) }).collect();
         let mut node = Self {
             slice,
             hosted,
@@ -292,6 +292,13 @@ impl<W: Wire> Node<W> {
     }
     pub fn servers_mut(&mut self) -> impl Iterator<Item = &mut Server> {
         self.hosted.iter_mut().filter_map(|h| h.server.as_mut())
+    }
+    /// Server `id`, if it runs on this node now.
+    pub fn server(&self, id: ServerId) -> Option<&Server> {
+        self.servers().find(|s| s.id() == id)
+    }
+    pub fn server_mut(&mut self, id: ServerId) -> Option<&mut Server> {
+        self.servers_mut().find(|s| s.id() == id)
     }
     pub fn hosted(&self) -> &[Hosted] {
         &self.hosted
@@ -404,6 +411,15 @@ impl<W: Wire> Node<W> {
         if received > 0 {
             self.commit(now_us, io);
         }
+        self.send(now_us, io);
+        received
+    }
+
+    /// Messages move (from other nodes, between servers and slice, to other nodes) and nothing
+    /// else happens: what a test does between ticks to see a message land.
+    pub fn exchange(&mut self, now_us: u64, io: &mut impl NodeIo) -> usize {
+        let received = self.receive(now_us, io);
+        self.pump(now_us);
         self.send(now_us, io);
         received
     }
@@ -641,7 +657,12 @@ impl<W: Wire> Node<W> {
             self.slice.handle_crash_report(id, server.incarnation());
         }
         self.stats.crashes += 1;
-        self.events.push_back(NodeEvent::Crashed { server: id, incarnation: server.incarnation(), reported, down_ticks });
+        self.events.push_back(NodeEvent::Crashed {
+            server: id,
+            incarnation: server.incarnation(),
+            reported,
+            down_ticks,
+        });
         true
     }
 
@@ -708,8 +729,7 @@ impl<W: Wire> Node<W> {
     }
 
     /// This node's entities for every gateway, as of tick `tick`.
-    fn view(&self, tick: u64) -> Vec<crate::net::ViewEntity> {
-        use crate::net::ViewEntity;
+    fn view(&self, tick: u64) -> Vec<ViewEntity> {
         let mut view = Vec::new();
         for server in self.servers().filter(|s| s.map().is_some()) {
             let world = server.world();

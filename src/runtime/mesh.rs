@@ -12,8 +12,8 @@ use hdrhistogram::Histogram;
 
 use super::ring::Ring;
 use super::shard::{self, ShardGauges, ShardReport, ShardSetup};
-use crate::protocol::{Committed, Replication, Server, SliceId};
 use crate::node::Checker;
+use crate::protocol::{Committed, Replication, Server, SliceId};
 use crate::world::{
     populate, Aabb, ContainerKind, ContainerTree, EntityId, EntityKind, EntityState, Population, RegionId, RegionMap,
     ServerId, StreamIndex,

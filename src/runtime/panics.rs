@@ -31,7 +31,6 @@ pub fn install_hook() {
     });
 }
 
-
 /// The first fatal panic of the process, by core.
 #[derive(Default)]
 pub struct Fatal {

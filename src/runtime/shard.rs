@@ -355,7 +355,8 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
         checkpoint_every_us: checkpoint_every.map(|d| d.as_micros().min(u64::MAX as u128) as u64),
         ..NodeConfig::new(setup.index, setup.seed)
     };
-    let mut node = Node::new(cfg, setup.slice, setup.servers.iter().copied(), Direct::default(), setup.incarnations, offset_us);
+    let mut node =
+        Node::new(cfg, setup.slice, setup.servers.iter().copied(), Direct::default(), setup.incarnations, offset_us);
     let mut io = ShardIo {
         index: setup.index,
         producers: setup.producers,

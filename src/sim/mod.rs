@@ -438,7 +438,13 @@ impl Simulator {
     }
 
     fn inject_faults(&mut self, now: u64) {
-        let ids: Vec<ServerId> = self.nodes.iter().flat_map(|n| n.hosted().iter().map(|h| h.id)).collect::<BTreeSet<_>>().into_iter().collect();
+        let ids: Vec<ServerId> = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.hosted().iter().map(|h| h.id))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         for id in ids {
             if self.rng.random_bool(self.plan.crash_per_tick) {
                 let running = self.node_of(id).hosted().iter().any(|h| h.id == id && h.server.is_some());
