@@ -41,7 +41,13 @@ fn map() -> RegionMap {
 fn open_fresh(dir: &std::path::Path, durability: Durability, world: u32) -> SliceLog {
     let _ = std::fs::remove_dir_all(dir);
     let media = Arc::new(Disk::open(dir).expect("bench directory"));
-    let opts = OpenOptions { slices: 1, durability, segment_bytes: smlog::SEGMENT_BYTES, salvage: false };
+    let opts = OpenOptions {
+        slices: 1,
+        durability,
+        segment_bytes: smlog::SEGMENT_BYTES,
+        salvage: false,
+        planted_replay_twice: false,
+    };
     let opened = smlog::open(media, &opts, || (map(), (0..world).map(|i| entity(i, 1)).collect())).expect("opens");
     opened.logs.into_iter().next().expect("one slice")
 }

@@ -49,6 +49,7 @@ fn five_hundred_seeds_with_every_fault_on_keep_every_invariant() {
     assert!(total(|o| o.stats.hits) > 0, "projectiles hit");
     assert!(total(|o| o.stats.remote_hits) > 0, "projectiles hit entities of other servers");
     assert!(total(|o| o.stats.damage_received) > 0, "and those servers applied the damage");
+    assert!(total(|o| o.stats.mesh_restarts) > 100, "whole-process crashes recovered from the simulated disk");
     let names = ["move", "fire", "pick up", "drop", "stow", "unstow", "board", "disembark"];
     for (i, name) in names.iter().enumerate() {
         let n: u64 = outcomes.iter().map(|o| o.stats.actions[i]).sum();
@@ -137,4 +138,14 @@ fn a_layer_that_does_not_wait_out_the_lease_is_caught() {
 fn a_server_that_acts_past_its_lease_is_caught() {
     let (seed, e) = caught("server_ignores_lease", |c| c.planted_server_ignores_lease = true);
     eprintln!("server_ignores_lease caught by seed {seed}: {e}");
+}
+
+/// Recovery that replays a slice's first frame after its checkpoint again at the end rolls
+/// entities back to a change older than the one reported durable; a seed with a process crash
+/// catches it.
+#[test]
+fn a_recovery_that_replays_a_frame_twice_is_caught() {
+    let (seed, e) = caught("replay_twice", |c| c.planted_replay_twice = true);
+    eprintln!("replay_twice caught by seed {seed}: {e}");
+    assert!(e.contains("reported durable") || e.contains("went back"), "{e}");
 }

@@ -236,10 +236,14 @@ impl Segment for DiskSegment {
 
 type Files = BTreeMap<String, Arc<Mutex<Vec<u8>>>>;
 
-/// Files in memory, for tests: a full disk past `capacity` bytes, and crash images.
+/// Files in memory, for tests and the simulator: a full disk past `capacity` bytes, and crash
+/// images. Two views of every file are kept: what was written (the page cache: `image`) and what
+/// a power loss would leave (`durable_image`): a segment's bytes only once a sync covered them,
+/// whole files and names at once (they are written to a temporary name, synced and renamed).
 #[derive(Clone, Default)]
 pub struct CrashImage {
     files: Arc<Mutex<Files>>,
+    durable: Arc<Mutex<Files>>,
     capacity: Option<usize>,
     /// Every segment sync fails (EIO) while this is set: a disk that stopped taking writes.
     pub fail_syncs: Arc<std::sync::atomic::AtomicBool>,
@@ -256,9 +260,21 @@ impl CrashImage {
         files.iter().map(|(k, v)| (k.clone(), v.lock().expect("not poisoned").clone())).collect()
     }
 
+    /// What a power loss now would leave: every segment as its syncs made it.
+    pub fn durable_image(&self) -> BTreeMap<String, Vec<u8>> {
+        let files = self.durable.lock().expect("not poisoned");
+        files.iter().map(|(k, v)| (k.clone(), v.lock().expect("not poisoned").clone())).collect()
+    }
+
     pub fn from_image(image: BTreeMap<String, Vec<u8>>) -> Self {
-        let files = image.into_iter().map(|(k, v)| (k, Arc::new(Mutex::new(v)))).collect();
-        Self { files: Arc::new(Mutex::new(files)), ..Self::default() }
+        let copy = |image: &BTreeMap<String, Vec<u8>>| -> Files {
+            image.iter().map(|(k, v)| (k.clone(), Arc::new(Mutex::new(v.clone())))).collect()
+        };
+        Self {
+            files: Arc::new(Mutex::new(copy(&image))),
+            durable: Arc::new(Mutex::new(copy(&image))),
+            ..Self::default()
+        }
     }
 
     fn used(files: &Files) -> usize {
@@ -307,30 +323,36 @@ impl Media for CrashImage {
         let replaced = files.get(path).map_or(0, |f| f.lock().expect("not poisoned").len());
         self.full(&files, len.saturating_sub(replaced))?;
         let data = Arc::new(Mutex::new(vec![0u8; len]));
+        let durable = Arc::new(Mutex::new(vec![0u8; len]));
         files.insert(path.to_string(), data.clone());
-        Ok(Arc::new(MemSegment { data, len, fail_syncs: self.fail_syncs.clone() }))
+        self.durable.lock().expect("not poisoned").insert(path.to_string(), durable.clone());
+        Ok(Arc::new(MemSegment { data, durable, len, fail_syncs: self.fail_syncs.clone() }))
     }
 
     fn put_atomic(&self, path: &str, bytes: &[u8]) -> io::Result<()> {
         let mut files = self.files.lock().expect("not poisoned");
         self.full(&files, bytes.len())?;
         files.insert(path.to_string(), Arc::new(Mutex::new(bytes.to_vec())));
+        self.durable.lock().expect("not poisoned").insert(path.to_string(), Arc::new(Mutex::new(bytes.to_vec())));
         Ok(())
     }
 
     fn remove(&self, path: &str) -> io::Result<()> {
-        let mut files = self.files.lock().expect("not poisoned");
         let prefix = format!("{path}/");
-        files.retain(|k, _| k != path && !k.starts_with(&prefix));
+        for files in [&self.files, &self.durable] {
+            files.lock().expect("not poisoned").retain(|k, _| k != path && !k.starts_with(&prefix));
+        }
         Ok(())
     }
 
     fn zero_from(&self, path: &str, offset: usize) -> io::Result<()> {
-        let files = self.files.lock().expect("not poisoned");
-        if let Some(f) = files.get(path) {
-            let mut f = f.lock().expect("not poisoned");
-            let len = f.len();
-            f[offset.min(len)..].fill(0);
+        // Recovery's cut, synced before the log is written again.
+        for files in [&self.files, &self.durable] {
+            if let Some(f) = files.lock().expect("not poisoned").get(path) {
+                let mut f = f.lock().expect("not poisoned");
+                let len = f.len();
+                f[offset.min(len)..].fill(0);
+            }
         }
         Ok(())
     }
@@ -339,6 +361,11 @@ impl Media for CrashImage {
         let mut files = self.files.lock().expect("not poisoned");
         let file = files.remove(from).ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, from.to_string()))?;
         files.insert(to.to_string(), file);
+        // The new name is taken as durable at once (the writer syncs it before anything in it).
+        let mut durable = self.durable.lock().expect("not poisoned");
+        if let Some(file) = durable.remove(from) {
+            durable.insert(to.to_string(), file);
+        }
         Ok(())
     }
 
@@ -349,6 +376,8 @@ impl Media for CrashImage {
 
 struct MemSegment {
     data: Arc<Mutex<Vec<u8>>>,
+    /// The bytes syncs have covered.
+    durable: Arc<Mutex<Vec<u8>>>,
     len: usize,
     fail_syncs: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -364,9 +393,15 @@ impl Segment for MemSegment {
         Ok(())
     }
 
-    fn sync(&self, _from: usize, _to: usize) -> io::Result<()> {
+    fn sync(&self, from: usize, to: usize) -> io::Result<()> {
         if self.fail_syncs.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        let data = self.data.lock().expect("not poisoned");
+        let mut durable = self.durable.lock().expect("not poisoned");
+        let to = to.min(data.len());
+        if from < to {
+            durable[from..to].copy_from_slice(&data[from..to]);
         }
         Ok(())
     }

@@ -39,6 +39,9 @@ pub struct OpenOptions {
     pub durability: Durability,
     pub segment_bytes: usize,
     pub salvage: bool,
+    /// A planted recovery bug, for the simulator to catch (see `recover_planted`).
+    #[doc(hidden)]
+    pub planted_replay_twice: bool,
 }
 
 /// A log directory opened for a run: the world it holds and a writer per slice.
@@ -64,7 +67,7 @@ pub fn open(
     opts: &OpenOptions,
     create: impl FnOnce() -> (RegionMap, Vec<Committed>),
 ) -> Result<Opened, LogError> {
-    let rec = recover(&*media, opts.salvage)?;
+    let rec = recover::recover_planted(&*media, opts.salvage, opts.planted_replay_twice)?;
     for repair in &rec.repairs {
         let (path, result) = match repair {
             Repair::ZeroFrom { path, offset } => (path, media.zero_from(path, *offset)),

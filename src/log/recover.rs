@@ -52,6 +52,8 @@ pub struct Report {
     pub round: u64,
     pub entities: usize,
     pub items: usize,
+    /// Entities recorded by more than one slice, each resolved to its newest change (a transfer
+    /// whose departure was lost with an unsynced tail).
     pub duplicates: usize,
     pub last_committed_tick: u64,
     /// Where a slice's log was cut back to its last whole record (a crash mid-write).
@@ -234,6 +236,33 @@ fn scan_slice(media: &dyn Media, slice: u16, salvage: bool, out: &mut Recovered)
                 Frame::Bad(why) => Some(why),
                 _ => Some(format!("record {seq} expected, found another")),
             };
+            // A segment the log moved on from whose last records were never synced (they are at
+            // or past the watermark), cut off by a power loss: the next segment was made (its
+            // name is synced at once) but nothing in it can have been synced before this one was
+            // sealed, and nothing in it was written back. The log ends here; what follows it
+            // goes. (Whole records after the gap are damage, as anywhere else.)
+            let nothing_whole_after = files[index + 1..]
+                .iter()
+                .all(|b| !matches!(format::decode_frame(b, SEGMENT_HEADER_BYTES), Frame::Whole { .. }));
+            if why.is_none()
+                && !is_last
+                && segments[index + 1].0 != seq
+                && seq >= durable_below
+                && !closed
+                && nothing_whole_after
+            {
+                let next_first = segments[index + 1].0;
+                out.report.torn_tails.push(format!(
+                    "{path} at offset {offset}: records {seq}..{next_first} were never synced (the watermark is \
+                     {durable_below}): the log ends at record {seq}"
+                ));
+                for (_, later) in &segments[index + 1..] {
+                    out.repairs.push(Repair::Remove { path: later.clone() });
+                }
+                expected = Some(seq);
+                sealed = None;
+                break 'segments;
+            }
             // What ends the segment here: the end of its records (a segment the log moved on
             // from ends where the next begins, which the next one's header says), a torn write,
             // or damage.
@@ -367,6 +396,13 @@ impl Entry {
 /// Reads the log in `media` back into a world. With `salvage`, corruption cuts the log instead of
 /// failing.
 pub fn recover(media: &dyn Media, salvage: bool) -> Result<Recovered, LogError> {
+    recover_planted(media, salvage, false)
+}
+
+/// `recover`, with a bug planted for the simulator to catch when `replay_first_twice`: each
+/// slice's first frame with a record in it after its checkpoint is replayed again after the last.
+#[doc(hidden)]
+pub fn recover_planted(media: &dyn Media, salvage: bool, replay_first_twice: bool) -> Result<Recovered, LogError> {
     let mut out = Recovered::default();
     let mut scans: BTreeMap<u16, SliceScan> = BTreeMap::new();
     for name in media.list("").map_err(|source| LogError::Io { path: ".".into(), source })? {
@@ -431,7 +467,13 @@ pub fn recover(media: &dyn Media, salvage: bool) -> Result<Recovered, LogError> 
             view.insert(c.id, Entry::Present(c.state, c.commit_seq));
         }
         let mut tick = snap.tick;
-        for (_, batch) in scan.batches.into_iter().filter(|(seq, _)| *seq >= snap.covers_below) {
+        let mut batches: Vec<(u64, Batch)> =
+            scan.batches.into_iter().filter(|(seq, _)| *seq >= snap.covers_below).collect();
+        if replay_first_twice {
+            let first = batches.iter().find(|(_, b)| b.ops.iter().any(|op| matches!(op, LogOp::Put(_)))).cloned();
+            batches.extend(first);
+        }
+        for (_, batch) in batches {
             tick = tick.max(batch.tick);
             for op in batch.ops {
                 match op {
@@ -461,8 +503,16 @@ pub fn recover(media: &dyn Media, salvage: bool) -> Result<Recovered, LogError> 
             continue;
         }
         for (id, entry) in view {
-            if matches!(entry, Entry::Present(..)) {
+            if let Entry::Present(state, seq) = &entry {
                 *present_in.entry(id).or_default() += 1;
+                // Two slices' records of one change that differ: no order of events explains it.
+                if let Some(Entry::Present(other, other_seq)) = merged.get(&id) {
+                    if other_seq == seq && other != state && out.report.errors.len() < 20 {
+                        out.report
+                            .errors
+                            .push(format!("{id} is held by two slices with different states at change {seq}"));
+                    }
+                }
             }
             match merged.get(&id) {
                 Some(old) if old.rank() >= entry.rank() => {}
@@ -472,12 +522,10 @@ pub fn recover(media: &dyn Media, salvage: bool) -> Result<Recovered, LogError> 
             }
         }
     }
+    // An entity recorded by two slices is one whose transfer's departure was in the sender's
+    // unsynced tail when the receiver's arrival was synced (the sender logs the departure before
+    // it sends, so the receiver's record is the newer): the newest change is kept, and counted.
     out.report.duplicates = present_in.values().filter(|n| **n > 1).count();
-    for (id, n) in present_in.iter().filter(|(_, n)| **n > 1) {
-        if out.report.errors.len() < 20 {
-            out.report.errors.push(format!("{id} is held by {n} slices"));
-        }
-    }
     out.map = map;
     out.last_committed_tick = ticks.iter().copied().min().unwrap_or(0);
     out.last_tick = ticks.iter().copied().max().unwrap_or(0);

@@ -55,6 +55,17 @@ impl Checker {
         Self { persistent, items, commit_seq: BTreeMap::new() }
     }
 
+    /// Whether `id` is one of the entities that are never destroyed (all but projectiles).
+    pub fn is_persistent(&self, id: EntityId) -> bool {
+        self.persistent.contains_key(&id)
+    }
+
+    /// The process restarted from its log: committed changes since the last sync may be gone
+    /// (the simulator checks those reported durable are not), so the per-entity order starts over.
+    pub fn restarted(&mut self) {
+        self.commit_seq.clear();
+    }
+
     pub fn item_count(&self) -> usize {
         self.items
     }

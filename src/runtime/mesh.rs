@@ -3,7 +3,7 @@
 //! ordered pair of cores, bots playing, a status line each second, and at the end an audit of
 //! every entity: nothing lost, nothing held twice, the same items as at the start.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,8 @@ pub struct MeshConfig {
     /// Ticks in the first part of the run are not counted in the tick-time figures: the whole
     /// world is being placed then.
     pub warmup: Duration,
+    /// Wall time between ticks; zero runs ticks back to back, each one tick of game time (the
+    /// benchmarks' free-running mode).
     pub tick: Duration,
     pub servers_per_core: usize,
     pub seed: u64,
@@ -348,6 +350,9 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
     let mut logs = logs.into_iter().map(Some).collect::<Vec<_>>();
     let gauges: Vec<Arc<ShardGauges>> = (0..cores).map(|_| Arc::new(ShardGauges::default())).collect();
     let mut handles = Vec::new();
+    let first_tick = clock_offset_us / crate::limits::TICK_DURATION_US;
+    let lockstep =
+        cfg.tick.is_zero().then(|| Arc::new((0..cores).map(|_| AtomicU64::new(first_tick)).collect::<Vec<_>>()));
     for (i, slice) in slices.into_iter().enumerate() {
         let setup = ShardSetup {
             index: i,
@@ -370,6 +375,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
             streaming: streaming.clone(),
             gateway: if gateways.is_empty() { None } else { Some(gateways.remove(0).1) },
             fatal: fatal.clone(),
+            lockstep: lockstep.clone(),
             inject_panic: cfg.inject_panic,
             pending_bytes_per_peer_max: cfg.pending_bytes_per_peer_max,
             log: logs.get_mut(i).and_then(Option::take).map(|log| shard::ShardLog {
@@ -513,6 +519,7 @@ fn open_log(
         durability: p.durability,
         segment_bytes: p.segment_bytes,
         salvage: p.salvage,
+        planted_replay_twice: false,
     };
     let began = Instant::now();
     let opened =

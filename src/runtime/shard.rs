@@ -119,6 +119,10 @@ pub struct ShardSetup {
     pub inject_panic: Option<super::panics::InjectPanic>,
     /// Bytes queued for a peer past which the servers' ticks are held back.
     pub pending_bytes_per_peer_max: usize,
+    /// Free-running (a zero tick): the last tick each core finished. A core starts its next tick
+    /// only once every core has finished the one before, so the cores' game clocks stay together
+    /// as the wall clock keeps them in a timed run.
+    pub lockstep: Option<Arc<Vec<AtomicU64>>>,
 }
 
 /// What a shard hands back when it stops.
@@ -315,6 +319,11 @@ impl Schedule {
     /// The next tick's number, and when it is due.
     fn next_tick(&mut self) -> (u64, Instant) {
         self.number += 1;
+        if self.tick.is_zero() {
+            // Free-running: each tick at once, one tick of game time after the last.
+            self.next = Instant::now();
+            return (self.number, self.next);
+        }
         let at = self.next;
         self.next += self.tick;
         (self.number, at)
@@ -325,7 +334,7 @@ impl Schedule {
     /// now. A core whose tick numbers fell behind for good would run on a clock its peers had
     /// left: leases it still believed in, the layer on another core had already given away.
     fn catch_up(&mut self, now: Instant) -> bool {
-        if now <= self.next + self.tick {
+        if self.tick.is_zero() || now <= self.next + self.tick {
             return false;
         }
         self.next = now;
@@ -395,6 +404,12 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
                     glommio::timer::sleep((at - now).min(GATEWAY_DRAIN_EVERY)).await;
                 },
                 None => glommio::timer::sleep(at - now_instant).await,
+            }
+        }
+        if let Some(done) = &setup.lockstep {
+            while done.iter().any(|d| d.load(Ordering::Acquire) + 1 < tick) && !setup.stop.load(Ordering::Relaxed) {
+                glommio::yield_if_needed().await;
+                std::hint::spin_loop();
             }
         }
         let began = Instant::now();
@@ -499,7 +514,7 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
         if let Some(gw) = &io.gateway {
             g.clients.store(gw.gateway.stats.connected, Ordering::Relaxed);
         }
-        if took_us > budget_us && warm {
+        if took_us > budget_us && warm && budget_us > 0 {
             stalls += 1;
             g.stalls.fetch_add(1, Ordering::Relaxed);
             let (worst, worst_us) = io
@@ -519,6 +534,9 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
                     worst_us as f64 / 1e3
                 ));
             }
+        }
+        if let Some(done) = &setup.lockstep {
+            done[setup.index].store(tick, Ordering::Release);
         }
         schedule.catch_up(Instant::now());
     }
@@ -590,5 +608,17 @@ mod tests {
         // A run restarted at an offset numbers on from it.
         let mut s = Schedule::new(start, tick, 100 * crate::limits::TICK_DURATION_US);
         assert_eq!(s.next_tick().0, 101);
+    }
+
+    /// A benchmark's free-running schedule (a zero tick): however far the wall clock runs ahead,
+    /// each tick is the next one, so game time (leases among it) moves a tick at a time.
+    #[test]
+    fn a_free_running_schedule_numbers_every_tick_and_never_skips() {
+        let start = Instant::now();
+        let mut s = Schedule::new(start, Duration::ZERO, 0);
+        assert_eq!(s.next_tick().0, 1);
+        assert!(!s.catch_up(start + Duration::from_secs(5)));
+        assert_eq!(s.next_tick().0, 2);
+        assert!(s.next_tick().1 >= start);
     }
 }

@@ -32,6 +32,13 @@ pub struct FaultPlan {
     pub restart_ticks: (u64, u64),
     /// Chance per tick of a split, a merge or a move by the controller.
     pub region_ops_per_tick: f64,
+    /// Each slice's log is synced every this many ticks; a crash loses the ticks since.
+    pub sync_every_ticks: u64,
+    /// Chance per tick that the whole process dies (every node, every unsynced byte) and starts
+    /// again from its log.
+    pub process_crash_per_tick: f64,
+    /// Game time between the controller's checkpoints, in ticks.
+    pub checkpoint_every_ticks: u64,
 }
 
 impl FaultPlan {
@@ -56,6 +63,9 @@ impl FaultPlan {
             crash_reported: rng.random_range(0.2..0.9),
             restart_ticks: (1, rng.random_range(2..=30)),
             region_ops_per_tick: rng.random_range(0.01..0.1),
+            sync_every_ticks: rng.random_range(1..=6),
+            process_crash_per_tick: rng.random_range(0.0005..0.005),
+            checkpoint_every_ticks: rng.random_range(20..=120),
         }
     }
 
@@ -69,6 +79,7 @@ impl FaultPlan {
             partition: 0.0,
             crash_per_tick: 0.0,
             region_ops_per_tick: 0.0,
+            process_crash_per_tick: 0.0,
             ..*self
         }
     }
@@ -79,7 +90,7 @@ impl fmt::Display for FaultPlan {
         let ms = |us: u64| us as f64 / 1000.0;
         write!(
             f,
-            "servers={} slices={} players={} loss={:.3} dup={:.3} delay={:.0}-{:.0}ms spike={:.4}x{:.0}-{:.0}ms partition={:.4}x{}-{}t crash={:.4}/t reported={:.2} restart={}-{}t region_ops={:.3}/t",
+            "servers={} slices={} players={} loss={:.3} dup={:.3} delay={:.0}-{:.0}ms spike={:.4}x{:.0}-{:.0}ms partition={:.4}x{}-{}t crash={:.4}/t reported={:.2} restart={}-{}t region_ops={:.3}/t sync={}t process_crash={:.4}/t checkpoint={}t",
             self.servers,
             self.slices,
             self.players,
@@ -98,6 +109,9 @@ impl fmt::Display for FaultPlan {
             self.restart_ticks.0,
             self.restart_ticks.1,
             self.region_ops_per_tick,
+            self.sync_every_ticks,
+            self.process_crash_per_tick,
+            self.checkpoint_every_ticks,
         )
     }
 }

@@ -25,11 +25,30 @@ pub use crate::node::Checker;
 pub use faults::FaultPlan;
 use lossy::Lossy;
 
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
 use crate::limits::TICK_DURATION_US;
-use crate::node::{Bots, Node, NodeConfig, NodeEvent, NodeIo, Step};
+use crate::log::{CrashImage, Durability, LogOp, OpenOptions, SliceLog};
+use crate::node::{Bots, Durable, LogRecord, Node, NodeConfig, NodeEvent, NodeIo, Step};
 use crate::protocol::replication::home_slice;
 use crate::protocol::{Committed, PlantedBugs, Replication, Server, SliceId, SliceMsg};
-use crate::world::{populate, ContainerTree, Population, RegionMap, ServerId, StreamIndex};
+use crate::world::{populate, ContainerTree, EntityId, Population, RegionMap, ServerId, StreamIndex};
+
+/// Segments on the simulated disk: small, so runs roll over from one to the next.
+const SIM_SEGMENT_BYTES: usize = 256 << 10;
+
+/// How the simulator opens its logs: synced only when it says (every `sync_every_ticks`).
+fn log_options(plan: &FaultPlan, cfg: &SimConfig) -> OpenOptions {
+    OpenOptions {
+        slices: plan.slices,
+        // Never on a timer: the simulator syncs at the ticks it draws, so a run is deterministic.
+        durability: Durability::Interval(std::time::Duration::from_secs(365 * 86_400)),
+        segment_bytes: SIM_SEGMENT_BYTES,
+        salvage: false,
+        planted_replay_twice: cfg.planted_replay_twice,
+    }
+}
 
 /// The initial k-d cells of the world.
 const INITIAL_REGIONS: usize = 16;
@@ -50,6 +69,8 @@ pub struct SimConfig {
     pub planted: PlantedBugs,
     /// Test-only planted bug: servers keep acting after their lease ran out.
     pub planted_server_ignores_lease: bool,
+    /// Test-only planted bug: recovery replays a frame twice.
+    pub planted_replay_twice: bool,
 }
 
 impl SimConfig {
@@ -61,6 +82,7 @@ impl SimConfig {
             verbose: false,
             planted: PlantedBugs::default(),
             planted_server_ignores_lease: false,
+            planted_replay_twice: false,
         }
     }
 }
@@ -90,6 +112,8 @@ pub struct SimStats {
     /// Item roots put to rest in unloaded containers, and woken when a server loaded them.
     pub parked: u64,
     pub woken: u64,
+    /// Whole-process crashes, each followed by recovery from the simulated disk.
+    pub mesh_restarts: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -111,6 +135,56 @@ struct SimIo<'a> {
     me: SliceId,
     mailboxes: &'a mut [VecDeque<(SliceId, Vec<u8>)>],
     decode_errors: &'a mut u64,
+    disk: Option<NodeDisk<'a>>,
+}
+
+/// One node's log on the simulated disk, and what the simulator keeps to check recovery by.
+struct NodeDisk<'a> {
+    log: &'a mut SliceLog,
+    /// This tick the log is synced (else what it writes is only in the page cache).
+    sync: bool,
+    /// What the log said is durable at its last sync.
+    durable: &'a mut Durable,
+    /// Changes written since the last sync, by entity.
+    unsynced: &'a mut Vec<(EntityId, u64)>,
+    /// The newest change of each entity that a sync made durable.
+    durable_seqs: &'a mut BTreeMap<EntityId, u64>,
+}
+
+impl NodeDisk<'_> {
+    fn write(&mut self, tick: u64, records: &mut Vec<LogRecord>) -> Result<Durable, crate::log::LogError> {
+        for record in records.drain(..) {
+            match record {
+                LogRecord::Batch(batch) => {
+                    for op in &batch.ops {
+                        match op {
+                            LogOp::Put(c) => self.unsynced.push((c.id, c.commit_seq)),
+                            LogOp::Out { entities, .. } => {
+                                self.unsynced.extend(entities.iter().map(|c| (c.id, c.commit_seq)))
+                            }
+                            _ => {}
+                        }
+                    }
+                    self.log.append(&batch)?;
+                }
+                LogRecord::Checkpoint(snapshot) => self.log.checkpoint(snapshot)?,
+            }
+        }
+        self.log.commit(tick)?;
+        if self.sync {
+            // The flusher has done everything before this: what it reports now is deterministic.
+            self.log.sync_now()?;
+            *self.durable = Durable {
+                tick: self.log.state.durable_tick.load(Ordering::Acquire),
+                stored_round: self.log.state.stored_round.load(Ordering::Acquire),
+            };
+            for (id, seq) in self.unsynced.drain(..) {
+                let d = self.durable_seqs.entry(id).or_default();
+                *d = (*d).max(seq);
+            }
+        }
+        Ok(*self.durable)
+    }
 }
 
 impl NodeIo for SimIo<'_> {
@@ -125,6 +199,11 @@ impl NodeIo for SimIo<'_> {
 
     fn send(&mut self, to: SliceId, msg: &SliceMsg) {
         self.mailboxes[to.0 as usize].push_back((self.me, encode(msg)));
+    }
+
+    fn log(&mut self, tick: u64, records: &mut Vec<LogRecord>) -> Option<Result<Durable, String>> {
+        let disk = self.disk.as_mut()?;
+        Some(disk.write(tick, records).map_err(|e| e.to_string()))
     }
 
     /// The nodes take part in the clients' input barrier (no client is connected yet, so it
@@ -147,6 +226,15 @@ pub struct Simulator {
     calm: bool,
     pub stats: SimStats,
     log: String,
+    streaming: Arc<StreamIndex>,
+    incarnations: Arc<AtomicU32>,
+    /// The simulated disk: it keeps what was written and, apart, what a sync made durable.
+    disk: CrashImage,
+    /// Each node's log writer.
+    logs: Vec<Option<SliceLog>>,
+    durable: Vec<Durable>,
+    unsynced: Vec<Vec<(EntityId, u64)>>,
+    durable_seqs: BTreeMap<EntityId, u64>,
 }
 
 impl Simulator {
@@ -164,41 +252,119 @@ impl Simulator {
         };
         let entities = populate(&tree, cfg.seed, counts);
         let map = RegionMap::kd_split(tree.bounds(), INITIAL_REGIONS);
-        let incarnations = Arc::new(AtomicU32::new(1));
-        let mut nodes = Vec::new();
-        let mut initial = Some(entities);
-        for i in 0..plan.slices {
-            let mut slice =
-                Replication::new_slice(SliceId(i), plan.slices, map.clone(), initial.take().unwrap_or_default())
-                    .with_streaming(streaming.clone());
-            slice.planted = cfg.planted;
-            let node_cfg = NodeConfig {
-                streaming: Some(streaming.clone()),
-                bots: Bots::Random { activity: crate::bots::SIM_ACTIVITY },
-                planted_server_ignores_lease: cfg.planted_server_ignores_lease,
-                ..NodeConfig::new(i as usize, cfg.seed)
-            };
-            let servers = (0..plan.servers).map(ServerId).filter(|s| home_slice(*s, plan.slices).0 == i);
-            let wire = Lossy::new(cfg.seed ^ ((i as u64 + 1) << 40), plan);
-            nodes.push(Node::new(node_cfg, slice, servers, wire, incarnations.clone(), 0));
-        }
-        let slices: Vec<&Replication> = nodes.iter().map(|n| n.slice()).collect();
-        let checker = Checker::new(&slices);
+        let initial = entities.into_iter().map(|(id, state)| Committed { id, state, commit_seq: 1 }).collect();
+        let disk = CrashImage::default();
+        let opened = crate::log::open(Arc::new(disk.clone()), &log_options(&plan, &cfg), || (map, initial))
+            .expect("a world is created on an empty simulated disk");
         let mut sim = Self {
             rng: ChaCha8Rng::seed_from_u64(cfg.seed),
             plan,
             tick: 0,
-            mailboxes: (0..nodes.len()).map(|_| VecDeque::new()).collect(),
-            nodes,
-            checker,
+            mailboxes: Vec::new(),
+            nodes: Vec::new(),
+            checker: Checker::new(&[]),
             calm: false,
             stats: SimStats::default(),
             log: String::new(),
+            streaming,
+            incarnations: Arc::new(AtomicU32::new(1)),
+            disk,
+            logs: Vec::new(),
+            durable: Vec::new(),
+            unsynced: Vec::new(),
+            durable_seqs: BTreeMap::new(),
             cfg,
         };
+        sim.start_nodes(opened);
+        let slices: Vec<&Replication> = sim.nodes.iter().map(|n| n.slice()).collect();
+        sim.checker = Checker::new(&slices);
         let _ = writeln!(sim.log, "seed={} {}", sim.cfg.seed, sim.plan);
         let _ = sim.drain_events();
         sim
+    }
+
+    /// The nodes over the world `opened` read from the disk (or created on it), each with its
+    /// log writer; servers start now.
+    fn start_nodes(&mut self, opened: crate::log::Opened) {
+        let now = self.now_us();
+        let slices = self.plan.slices;
+        self.incarnations.fetch_max(opened.incarnation_floor, Ordering::Relaxed);
+        let mut initial = Some(opened.entities);
+        self.nodes.clear();
+        for i in 0..slices {
+            let mut slice =
+                Replication::restore_slice(SliceId(i), slices, opened.map.clone(), initial.take().unwrap_or_default())
+                    .with_streaming(self.streaming.clone());
+            slice.planted = self.cfg.planted;
+            slice.enable_journal(opened.round);
+            let node_cfg = NodeConfig {
+                streaming: Some(self.streaming.clone()),
+                bots: if self.calm { Bots::Rest } else { Bots::Random { activity: crate::bots::SIM_ACTIVITY } },
+                planted_server_ignores_lease: self.cfg.planted_server_ignores_lease,
+                checkpoint_every_us: Some(self.plan.checkpoint_every_ticks * TICK_DURATION_US),
+                ..NodeConfig::new(i as usize, self.cfg.seed ^ self.stats.mesh_restarts << 48)
+            };
+            let servers = (0..self.plan.servers).map(ServerId).filter(|s| home_slice(*s, slices).0 == i);
+            let wire_seed = self.cfg.seed ^ ((i as u64 + 1) << 40) ^ (self.stats.mesh_restarts << 48);
+            let wire = Lossy::new(wire_seed, if self.calm { self.plan.calm() } else { self.plan });
+            self.nodes.push(Node::new(node_cfg, slice, servers, wire, self.incarnations.clone(), now));
+        }
+        self.mailboxes = (0..slices).map(|_| VecDeque::new()).collect();
+        self.logs = opened.logs.into_iter().map(Some).collect();
+        let floor = Durable { tick: opened.start_tick.saturating_sub(1), stored_round: opened.round };
+        self.durable = vec![floor; slices as usize];
+        self.unsynced = vec![Vec::new(); slices as usize];
+    }
+
+    /// The whole process dies: every node and every byte no sync covered. The world starts
+    /// again from what the disk kept, and what was reported durable must all be there, once.
+    fn process_crash(&mut self) -> Result<(), String> {
+        let image = self.disk.durable_image();
+        self.nodes.clear();
+        self.logs.clear();
+        let reported_tick = self.durable.iter().map(|d| d.tick).min().unwrap_or(0);
+        self.disk = CrashImage::from_image(image);
+        let opened = crate::log::open(Arc::new(self.disk.clone()), &log_options(&self.plan, &self.cfg), || {
+            unreachable!("the simulated disk holds a world")
+        })
+        .map_err(|e| format!("recovery after a process crash failed: {e}"))?;
+        let r = &opened.report;
+        if let Some(e) = r.errors.first() {
+            return Err(format!("recovery after a process crash: {e}"));
+        }
+        if r.last_committed_tick < reported_tick {
+            return Err(format!(
+                "recovery reached tick {}, but every slice had reported tick {reported_tick} durable",
+                r.last_committed_tick
+            ));
+        }
+        let mut recovered: BTreeMap<EntityId, u64> = BTreeMap::new();
+        for c in &opened.entities {
+            if recovered.insert(c.id, c.commit_seq).is_some() {
+                return Err(format!("{} is twice in the recovered world", c.id));
+            }
+        }
+        for (id, seq) in &self.durable_seqs {
+            match recovered.get(id) {
+                Some(r) if r >= seq => {}
+                Some(r) => {
+                    return Err(format!("{id}: change {seq} was reported durable, recovery brought back change {r}"))
+                }
+                None if self.checker.is_persistent(*id) => {
+                    return Err(format!("{id}: change {seq} was reported durable, recovery lost it"))
+                }
+                None => {}
+            }
+        }
+        self.stats.mesh_restarts += 1;
+        self.event(format_args!(
+            "the process crashes; recovered {} entities at tick {} (tick {reported_tick} was reported durable)",
+            opened.entities.len(),
+            r.last_committed_tick
+        ));
+        self.start_nodes(opened);
+        self.checker.restarted();
+        Ok(())
     }
 
     pub fn plan(&self) -> &FaultPlan {
@@ -264,7 +430,7 @@ impl Simulator {
             let s = sim.stats;
             let _ = writeln!(
                 sim.log,
-                "ok seed={} ticks={} handoffs={} adopted={} crashes={} fenced={} restarts={} partitions={} region_ops={} hits={} parked={} woken={} commits={} stale_rejected={}",
+                "ok seed={} ticks={} handoffs={} adopted={} crashes={} fenced={} restarts={} partitions={} region_ops={} hits={} parked={} woken={} commits={} stale_rejected={} mesh_restarts={}",
                 sim.cfg.seed,
                 s.ticks,
                 s.handoffs,
@@ -278,7 +444,8 @@ impl Simulator {
                 s.parked,
                 s.woken,
                 sim.layer_total(|s| s.commits),
-                sim.layer_total(|s| s.stale_rejected)
+                sim.layer_total(|s| s.stale_rejected),
+                s.mesh_restarts,
             );
         }
         SimOutcome {
@@ -315,20 +482,39 @@ impl Simulator {
             .map_err(|e| (self.tick, format!("liveness: {e}")))
     }
 
-    /// Every node advanced to the same point of tick `tick`.
-    fn advance_all(&mut self, tick: u64, expect: Step) -> Result<(), String> {
-        for node in &mut self.nodes {
+    /// Every node advanced to the same point of tick `tick`; with `crash_after`, the process
+    /// dies once that many nodes have.
+    fn advance_all(&mut self, tick: u64, expect: Step, crash_after: Option<usize>) -> Result<bool, String> {
+        let sync = tick % self.plan.sync_every_ticks == 0;
+        for (i, node) in self.nodes.iter_mut().enumerate() {
+            if crash_after == Some(i) {
+                return Ok(true);
+            }
+            let disk = match self.logs[i].as_mut() {
+                Some(log) => Some(NodeDisk {
+                    log,
+                    sync,
+                    durable: &mut self.durable[i],
+                    unsynced: &mut self.unsynced[i],
+                    durable_seqs: &mut self.durable_seqs,
+                }),
+                None => None,
+            };
             let mut io = SimIo {
                 me: SliceId(node.index() as u16),
                 mailboxes: &mut self.mailboxes,
                 decode_errors: &mut self.stats.decode_errors,
+                disk,
             };
             let step = node.advance(tick, &mut io);
             if step != expect {
                 return Err(format!("node {} stopped at {step:?}, not {expect:?}", node.index()));
             }
+            if let Some(e) = node.log_error() {
+                return Err(format!("node {}'s log: {e}", node.index()));
+            }
         }
-        Ok(())
+        Ok(crash_after == Some(self.nodes.len()))
     }
 
     /// One tick of the whole world, then the checks.
@@ -339,10 +525,18 @@ impl Simulator {
         if !self.calm {
             self.inject_faults(now);
         }
-        self.advance_all(self.tick, Step::AwaitInputs)?;
+        // The whole process may die in this tick, after any number of nodes committed it.
+        let crash_after = (!self.calm && self.rng.random_bool(self.plan.process_crash_per_tick))
+            .then(|| self.rng.random_range(0..=self.nodes.len()));
+        self.advance_all(self.tick, Step::AwaitInputs, None)?;
         self.checker.check_restored(now, &self.slices(), self.servers())?;
-        self.advance_all(self.tick, Step::AwaitViews)?;
-        self.advance_all(self.tick, Step::Done)?;
+        if self.advance_all(self.tick, Step::AwaitViews, crash_after)? {
+            self.process_crash()?;
+            self.stats.ticks += 1;
+            self.tick += 1;
+            return Ok(());
+        }
+        self.advance_all(self.tick, Step::Done, None)?;
         self.drain_events()?;
         if let Some(e) = self.nodes.iter().find_map(|n| n.wire_error()) {
             return Err(e.to_string());
@@ -382,8 +576,9 @@ impl Simulator {
                     me: SliceId(node.index() as u16),
                     mailboxes: &mut self.mailboxes,
                     decode_errors: &mut self.stats.decode_errors,
+                    disk: None,
                 };
-                node.settle(now, &mut io);
+                node.exchange(now, &mut io);
             }
         }
     }
