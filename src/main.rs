@@ -443,7 +443,7 @@ fn sweep(start: u64, count: u64, threads: Option<usize>, config: impl Fn(u64) ->
     let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
     let next = AtomicU64::new(start);
     let failures: Mutex<Vec<SimOutcome>> = Mutex::new(Vec::new());
-    let totals = Mutex::new((0u64, 0u64, 0u64));
+    let totals = Mutex::new((0u64, 0u64, 0u64, 0u64));
     let began = Instant::now();
     std::thread::scope(|scope| {
         for _ in 0..threads {
@@ -458,6 +458,7 @@ fn sweep(start: u64, count: u64, threads: Option<usize>, config: impl Fn(u64) ->
                     t.0 += outcome.stats.ticks;
                     t.1 += outcome.stats.handoffs;
                     t.2 += outcome.stats.crashes + outcome.stats.fenced;
+                    t.3 += outcome.stats.mesh_restarts;
                 }
                 if outcome.failure.is_some() {
                     failures.lock().expect("no worker panics while holding it").push(outcome);
@@ -472,9 +473,9 @@ fn sweep(start: u64, count: u64, threads: Option<usize>, config: impl Fn(u64) ->
         let (tick, e) = f.failure.as_ref().expect("only failures are kept");
         println!("FAIL seed={} tick={tick}: {e}  [{}]", f.seed, f.plan);
     }
-    let (ticks, handoffs, crashes) = totals.into_inner().expect("workers are done");
+    let (ticks, handoffs, crashes, mesh_restarts) = totals.into_inner().expect("workers are done");
     println!(
-        "{} seeds ({}..{}), {} failed, {:.1} s, {:.1} seeds/s, {} ticks, {} handoffs, {} crashes and fences, {} threads",
+        "{} seeds ({}..{}), {} failed, {:.1} s, {:.1} seeds/s, {} ticks, {} handoffs, {} crashes and fences, {} whole-process crashes recovered (mesh_restarts), {} threads",
         count,
         start,
         start + count,
@@ -484,6 +485,7 @@ fn sweep(start: u64, count: u64, threads: Option<usize>, config: impl Fn(u64) ->
         ticks,
         handoffs,
         crashes,
+        mesh_restarts,
         threads
     );
     if failures.is_empty() {

@@ -40,13 +40,91 @@ pub struct Region {
     pub server: Option<ServerId>,
 }
 
-#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct RegionMap {
     pub epoch: u64,
     pub world: Aabb,
     next_region: u32,
     /// Sorted by id.
     regions: Vec<Region>,
+    /// Where each point's region is, built on the first lookup after the regions change (never
+    /// sent or stored: a map read back builds its own).
+    #[rkyv(with = rkyv::with::Skip)]
+    lookup: std::sync::OnceLock<Lookup>,
+}
+
+/// Two maps are the same map whether or not either has built its lookup.
+impl PartialEq for RegionMap {
+    fn eq(&self, other: &Self) -> bool {
+        self.epoch == other.epoch
+            && self.world == other.world
+            && self.next_region == other.next_region
+            && self.regions == other.regions
+    }
+}
+
+/// Cells at most in a lookup grid; a map whose boundaries would need more is searched region by
+/// region.
+const LOOKUP_CELLS_MAX: usize = 4096;
+
+/// The grid the regions' own boundaries cut the world into: every cell lies inside exactly one
+/// region, so a point's region is three binary searches and one read. Regions made by halving
+/// (a k-d tiling) share their boundaries, so the grid stays small: 64 regions along a corridor
+/// are 64 cells, a 4x4x4 tiling 64.
+#[derive(Clone, Debug, Default)]
+struct Lookup {
+    /// Each axis's boundaries, sorted, the world's own included.
+    cuts: [Vec<f32>; 3],
+    /// The index (into `regions`) of each cell's region, x-major; empty: too many cells.
+    cells: Vec<u16>,
+}
+
+impl Lookup {
+    fn build(world: &Aabb, regions: &[Region]) -> Self {
+        let mut cuts: [Vec<f32>; 3] = Default::default();
+        for (axis, cut) in cuts.iter_mut().enumerate() {
+            cut.push(world.min()[axis]);
+            cut.push(world.max()[axis]);
+            for r in regions {
+                cut.push(r.bounds.min()[axis]);
+                cut.push(r.bounds.max()[axis]);
+            }
+            cut.sort_by(f32::total_cmp);
+            cut.dedup();
+        }
+        let n = [cuts[0].len() - 1, cuts[1].len() - 1, cuts[2].len() - 1];
+        let count = n[0].saturating_mul(n[1]).saturating_mul(n[2]);
+        if count == 0 || count > LOOKUP_CELLS_MAX || regions.len() > u16::MAX as usize {
+            return Lookup { cuts, cells: Vec::new() };
+        }
+        let mut cells = Vec::with_capacity(count);
+        for i in 0..n[0] {
+            for j in 0..n[1] {
+                for k in 0..n[2] {
+                    let mid = |axis: usize, c: usize| (cuts[axis][c] + cuts[axis][c + 1]) / 2.0;
+                    let centre = Vec3::new(mid(0, i), mid(1, j), mid(2, k));
+                    match regions.iter().position(|r| r.bounds.contains(centre)) {
+                        Some(at) => cells.push(at as u16),
+                        None => return Lookup { cuts, cells: Vec::new() },
+                    }
+                }
+            }
+        }
+        Lookup { cuts, cells }
+    }
+
+    /// The index of `p`'s region, if the grid has one for it.
+    fn find(&self, p: Vec3) -> Option<usize> {
+        if self.cells.is_empty() {
+            return None;
+        }
+        let cell = |axis: usize| {
+            let cut = &self.cuts[axis];
+            cut.partition_point(|c| *c <= p[axis]).saturating_sub(1).min(cut.len() - 2)
+        };
+        let (n1, n2) = (self.cuts[1].len() - 1, self.cuts[2].len() - 1);
+        self.cells.get((cell(0) * n1 + cell(1)) * n2 + cell(2)).map(|i| *i as usize)
+    }
 }
 
 #[derive(Debug, PartialEq, thiserror::Error)]
@@ -65,7 +143,7 @@ impl RegionMap {
     /// The world cut into `cells` regions by repeated halving of the largest region (a k-d
     /// split), none assigned yet.
     pub fn kd_split(world: Aabb, cells: usize) -> Self {
-        let mut map = RegionMap { epoch: 1, world, next_region: 1, regions: Vec::new() };
+        let mut map = RegionMap { epoch: 1, world, next_region: 1, regions: Vec::new(), lookup: Default::default() };
         map.regions.push(Region { id: RegionId(0), bounds: world, server: None });
         while map.regions.len() < cells.clamp(1, REGION_COUNT_MAX) {
             let largest = map
@@ -98,6 +176,10 @@ impl RegionMap {
     /// world's corner, so no input can make the lookup fail).
     pub fn region_at(&self, p: Vec3) -> &Region {
         let p = if p.is_finite() { self.world.clamp(p) } else { self.world.min() };
+        let lookup = self.lookup.get_or_init(|| Lookup::build(&self.world, &self.regions));
+        if let Some(r) = lookup.find(p).map(|i| &self.regions[i]).filter(|r| r.bounds.contains(p)) {
+            return r;
+        }
         self.regions
             .iter()
             .find(|r| r.bounds.contains(p))
@@ -135,6 +217,7 @@ impl RegionMap {
         self.regions.remove(i);
         self.regions.push(Region { id: a, bounds: low, server: region.server });
         self.regions.push(Region { id: b, bounds: high, server: region.server });
+        self.lookup = Default::default();
         self.epoch += 1;
         Ok((a, b))
     }
@@ -149,6 +232,7 @@ impl RegionMap {
         self.next_region += 1;
         self.regions.retain(|r| r.id != a && r.id != b);
         self.regions.push(Region { id, bounds: merged_bounds, server });
+        self.lookup = Default::default();
         self.epoch += 1;
         Ok(id)
     }
@@ -201,6 +285,40 @@ mod tests {
         for p in [Vec3::ZERO, Vec3::new(399.99, 199.99, 99.99), Vec3::new(1e9, -5.0, 50.0)] {
             let _ = map.region_at(p);
         }
+    }
+
+    /// The lookup grid finds the region a search of every region finds, for points anywhere
+    /// (boundaries, corners, outside the world), through splits and merges.
+    #[test]
+    fn the_lookup_grid_agrees_with_a_search_of_every_region() {
+        let scan = |map: &RegionMap, p: Vec3| {
+            let p = if p.is_finite() { map.world.clamp(p) } else { map.world.min() };
+            map.regions().iter().find(|r| r.bounds.contains(p)).unwrap().id
+        };
+        let mut map = RegionMap::kd_split(world(), 13);
+        let probe = |map: &RegionMap| {
+            for i in 0..2000u32 {
+                let f = |k: u32, n: f32| {
+                    ((i.wrapping_mul(2654435761).rotate_left(k) % 1000) as f32 / 1000.0) * n * 1.2 - n * 0.1
+                };
+                let mut p = Vec3::new(f(0, 400.0), f(7, 200.0), f(13, 100.0));
+                if i % 7 == 0 {
+                    // On a boundary: a region's own corner.
+                    let r = &map.regions()[i as usize % map.regions().len()];
+                    p = r.bounds.min();
+                }
+                assert_eq!(map.region_at(p).id, scan(map, p), "at {p}");
+            }
+        };
+        probe(&map);
+        let first = map.regions()[0].id;
+        let (a, b) = map.split(first).unwrap();
+        probe(&map);
+        map.merge(a, b).unwrap();
+        probe(&map);
+        let corridor = RegionMap::kd_split(Aabb::new(Vec3::ZERO, Vec3::new(3200.0, 20.0, 20.0)), 64);
+        probe(&corridor);
+        assert!(!corridor.lookup.get().unwrap().cells.is_empty(), "the corridor has a grid");
     }
 
     #[test]
