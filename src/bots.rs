@@ -5,6 +5,7 @@
 use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
 
+pub use crate::limits::COMMUTE_LEG_US;
 use crate::protocol::{Action, Input};
 use crate::world::{EntityId, EntityKind};
 
@@ -59,9 +60,6 @@ pub enum Behaviour {
     /// Wanders and shoots five times as often.
     Fight,
 }
-
-/// How long a commuter stays bound for one city before choosing the next.
-pub const COMMUTE_LEG_US: u64 = 20_000_000;
 
 /// Where bots go: city centres to commute between and one rally point to gather at.
 #[derive(Clone, Debug, Default)]

@@ -39,8 +39,8 @@ pub const BOARD_REACH_M: f32 = 3.0 * REACH_M;
 /// Distance at which a projectile hits.
 pub const HIT_RADIUS_M: f32 = 2.0;
 
-/// Lifetime of a projectile.
-pub const PROJECTILE_TTL_TICKS: u16 = 24;
+/// Lifetime of a projectile, in game time: 0.8 s, 1.2 km at its speed (24 ticks at 30 Hz).
+pub const PROJECTILE_TTL_US: u64 = 800_000;
 
 /// Messages a link holds unacknowledged before it declares the peer unreachable. A server sends
 /// about three messages a tick, so this is far beyond one lease of traffic.
@@ -81,3 +81,231 @@ pub const PROJECTILE_DAMAGE: u16 = 10;
 /// nothing moving would never settle. A millimetre a second is below what any client sees
 /// (positions are centimetres).
 pub const REST_SPEED_M_S: f32 = 1e-3;
+
+// ---- Shards (src/runtime/shard.rs)
+
+/// Bytes of messages held back per destination while its ring is full; past this the shard
+/// holds its servers' ticks back (they keep their leases, and simulate nothing) until the ring
+/// drains: the world slows, no server fails over, and the queue stops growing (what fills it
+/// comes from the servers' ticks).
+pub const PENDING_BYTES_PER_PEER_MAX: usize = 64 << 20;
+
+/// Ring frames one tick takes from each peer before moving on (the rest wait a tick).
+pub const FRAMES_PER_PEER_PER_TICK_MAX: usize = 65_536;
+
+/// How long a stopping shard keeps moving messages between cores.
+pub const SETTLE: std::time::Duration = std::time::Duration::from_millis(150);
+
+/// How often a core reads its gateway's sockets while it waits for its next tick.
+pub const GATEWAY_DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// How long a gateway waits for the other cores' view of its tick before it sends what it has.
+pub const VIEW_WAIT_MAX: std::time::Duration = std::time::Duration::from_millis(15);
+
+/// How long a core waits for the other cores' clients' inputs of its tick before its servers tick
+/// without them (those late wait for the next tick).
+pub const INPUT_WAIT_MAX: std::time::Duration = std::time::Duration::from_millis(3);
+
+// ---- The mesh (src/runtime/mesh.rs)
+
+/// Bytes of each core-to-core ring: a burst of transfers (the whole world placed at start) fits.
+pub const RING_BYTES: usize = 16 << 20;
+
+/// io_uring buffer memory per executor; the shards do no file or socket I/O yet, and the
+/// machine's locked-memory limit is shared by all executors.
+pub const IO_MEMORY_BYTES: usize = 512 << 10;
+
+/// The most players a persistent world's `world.json` may name: its containers are generated
+/// from it at every start, so a damaged file must not ask for more than a host could hold.
+pub const WORLD_PLAYERS_MAX: usize = 10_000_000;
+
+// ---- Rings between cores (src/runtime/ring.rs)
+
+/// The smallest and largest rings: below 4 KiB a 1 KiB message hardly fits twice; above 1 GiB is
+/// a configuration mistake.
+pub const RING_CAPACITY_MIN_BYTES: usize = 4 << 10;
+/// See `RING_CAPACITY_MIN_BYTES`.
+pub const RING_CAPACITY_MAX_BYTES: usize = 1 << 30;
+
+// ---- The replication log writer (src/log/writer.rs)
+
+/// Bytes of a new segment: large enough that a busy slice rolls over every few seconds, small
+/// enough that reclaiming one frees memory and disk soon.
+pub const SEGMENT_BYTES: usize = 64 << 20;
+
+/// How far ahead of the writer the flusher gets a segment's pages ready: over a hundred ticks of
+/// a slice committing a thousand writes a tick, so a writer running flat out (the append bench)
+/// stays behind it; the zeros it dirties early are written back at most once.
+pub const PREFAULT_AHEAD_BYTES: usize = 16 << 20;
+
+/// Pages the flusher prepares in one pass of its loop: about a millisecond of work.
+pub const PREFAULT_STEP_BYTES: usize = 2 << 20;
+
+/// The flusher never prepares pages closer than this to the writer's end: a page being prepared
+/// is locked (with the readahead batch around it), and a writer that stores into it waits for
+/// the whole batch. A writer that has caught up faults the gap's pages itself, a microsecond or
+/// two each, instead of queueing behind the flusher on the same pages.
+pub const PREFAULT_GAP_BYTES: usize = 1 << 20;
+
+// ---- The replication log format (src/log/format.rs)
+
+/// A frame claiming more than this is corrupt: one tick of one slice never writes that much.
+pub const FRAME_PAYLOAD_MAX: usize = 1 << 30;
+
+// ---- The gateway (src/net/gateway.rs)
+
+/// A client sees what is this near its player. Less than the container streaming radius, so
+/// everything in a bubble is loaded on its server.
+pub const BUBBLE_RADIUS_M: f32 = 40.0;
+
+/// Entities in one update at most, nearest first: about 1.5 KB.
+pub const SEEN_PER_UPDATE_MAX: usize = 48;
+
+/// How long an entity handed off and not yet adopted is still shown where it left: a handoff
+/// between cores takes a tick or two, longer while the whole world is being placed at start.
+/// (An entity that leaves every view otherwise, destroyed or unloaded, is gone at once.)
+pub const HANDOFF_HOLD_TICKS: u64 = 60;
+
+/// Update bytes a second a client is sent by default: about 530 a tick, room for every entity of
+/// a busy bubble that strayed from its prediction, or for ten that enter it at once.
+pub const CLIENT_BYTES_PER_S_DEFAULT: u32 = 16_000;
+
+/// Updates the gateway keeps per client, as baselines for later ones: half a second at most (it
+/// keeps none older than the one the client last acknowledged).
+pub const SENT_KEPT: usize = 16;
+
+/// A client's prediction of an entity is good enough while it is this close (on each axis), with
+/// the same velocity: about the error velocity quantization makes in a second.
+pub const PREDICTION_TOLERANCE_CM: i32 = 10;
+
+/// Clients one netcode endpoint holds (renetcode's own limit).
+pub const CLIENTS_PER_ENDPOINT_MAX: usize = 1024;
+
+/// Messages read from one client in one tick at most; the rest of a flood is dropped unread.
+pub const MESSAGES_PER_CLIENT_PER_TICK_MAX: usize = 8;
+
+/// Datagrams taken from one address in one tick at most (a client sends two or three): the rest
+/// of a flood is dropped before any decryption is spent on it.
+pub const PACKETS_PER_ADDRESS_PER_TICK_MAX: u32 = 32;
+
+/// Keep-alives and disconnects taken from one client's address in one tick at most (a client
+/// sends one keep-alive every 250 ms): they are counted before authentication, so junk spoofed
+/// from the address costs one decryption each up to here and nothing after.
+pub const CONTROL_PACKETS_PER_CLIENT_PER_TICK_MAX: u32 = 4;
+
+/// Datagrams read from one endpoint's socket in one read at most, so a flood cannot hold a core.
+pub const PACKETS_PER_ENDPOINT_PER_TICK_MAX: usize = 16_384;
+
+/// Bytes a gateway socket's receive queue holds: a tick and more of a flood of small datagrams
+/// from one address at full speed on loopback (each costs the kernel about 1 KB of queue), so the
+/// gateway reads the flood and drops it itself instead of the kernel dropping clients' packets.
+pub const RECEIVE_BUFFER_BYTES: usize = 32 << 20;
+
+/// Views each core keeps: a core may run this many ticks ahead of the slowest before a gateway
+/// reading the slowest's tick finds the fast one's view of it gone. A second: a core stalled for
+/// a few hundred milliseconds (a loaded machine deschedules it) has been seen 8 ticks behind.
+pub const VIEWS_KEPT: usize = 32;
+
+// ---- What clients are sent (src/net/wire.rs)
+
+/// A message is refused unread past this size: an update is a few kilobytes, an input a few
+/// dozen bytes.
+pub const MESSAGE_BYTES_MAX: usize = 16 << 10;
+
+/// An input message is refused unread past this size (the largest is under 40 bytes).
+pub const INPUT_BYTES_MAX: usize = 256;
+
+/// Entities one update describes at most (a place in the baseline is one byte).
+pub const KNOWN_MAX: usize = 255;
+
+/// A client extrapolates an entity this far past its last state at most (one second).
+pub const EXTRAPOLATE_TICKS_MAX: u64 = 30;
+
+// ---- The bots load generator (src/net/bots.rs)
+
+/// Distinct reasons kept for bots that never connected.
+pub const NEVER_CONNECTED_REASONS_MAX: usize = 8;
+
+/// What a bot knew after each of its last updates, kept as baselines for the next (the gateway
+/// uses half as many).
+pub const SNAPSHOTS_KEPT: usize = 32;
+
+// ---- The clients' transport (src/net/transport.rs)
+
+/// Ticks between two renet acknowledgement packets on one connection: a second at 30 Hz.
+pub const ACK_EVERY_TICKS: u64 = 30;
+
+// ---- The replication layer and controller (src/protocol/replication.rs)
+
+/// Ticks between load reports and between the controller's balancing moves: once a second at
+/// 30 Hz, slow enough that a move's handoffs settle before the next is judged.
+pub const BALANCE_PERIOD_TICKS: u64 = 30;
+
+/// The controller moves load only when the busiest server holds this many entities more than
+/// the quietest (and 10% more): below it, a move costs more handoffs than it saves.
+pub const BALANCE_SLACK_ENTITIES: u32 = 64;
+
+/// Transfers forwarded more than this many times wait as orphans for the next map: two slices'
+/// maps disagree for a moment at most.
+pub const TRANSFER_HOPS_MAX: u8 = 4;
+
+// ---- Game servers (src/protocol/server.rs)
+
+/// Grid cell edge: a few reaches wide, so a reach query touches at most 8 cells.
+pub const GRID_CELL_M: f32 = 16.0;
+
+/// Client inputs applied to one entity in one tick at most (a move, a shot, a pickup and one
+/// more); the rest are refused and counted.
+pub const CLIENT_INPUTS_PER_TICK_MAX: u32 = 4;
+
+// ---- World files (src/world/container.rs)
+
+/// A world file has at most this many containers; a bigger one is a mistake or an attack.
+pub const CONTAINER_COUNT_MAX: usize = 1 << 20;
+
+// ---- Container streaming (src/world/stream.rs)
+
+/// A player this near a container's bounds has it loaded on the server that owns its region.
+/// No more than the ghost margin, so a neighbouring server sees the player whose bubble
+/// reaches into its regions.
+pub const STREAM_LOAD_RADIUS_M: f32 = 48.0;
+
+/// A loaded container stays loaded while a player is this near.
+pub const STREAM_UNLOAD_RADIUS_M: f32 = crate::limits::GHOST_MARGIN_M;
+
+/// Ticks between a server's streaming decisions. A ship at 150 m/s covers 15 m in this time
+/// and the round trip to load takes two ticks more: well inside the 42 m between the load
+/// radius and a player's reach.
+pub const STREAM_PERIOD_TICKS: u64 = 3;
+
+// ---- The region map (src/world/region.rs)
+
+/// Cells at most in a lookup grid; a map whose boundaries would need more is searched region by
+/// region.
+pub const LOOKUP_CELLS_MAX: usize = 4096;
+
+// ---- Bot behaviour (src/bots.rs)
+
+/// How long a commuter stays bound for one city before choosing the next.
+pub const COMMUTE_LEG_US: u64 = 20_000_000;
+
+// ---- The simulator (src/sim/mod.rs)
+
+/// Segments on the simulated disk: small, so runs roll over from one to the next.
+pub const SIM_SEGMENT_BYTES: usize = 256 << 10;
+
+/// Rounds of delivery between nodes before the liveness check; a handoff chain settles in a few.
+pub const SETTLE_ROUNDS_MAX: usize = 16;
+
+/// Regions the controller may split up to in a run.
+pub const SIM_REGION_COUNT_MAX: usize = 48;
+
+// ---- The datagram guard (src/net/guard.rs)
+
+/// The most payload bytes one netcode packet carries (netcode 1.02's limit; renetcode keeps it
+/// private).
+pub const PAYLOAD_BYTES_MAX: usize = 1300;
+
+/// A sequence number this close to the top of the range is refused: renetcode's replay window
+/// adds to it unchecked. A real peer counts up from zero, one a packet.
+pub const SEQUENCE_MAX: u64 = u64::MAX >> 8;

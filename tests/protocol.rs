@@ -97,11 +97,13 @@ struct Mesh {
     now: u64,
     /// Every node's messages for other nodes wait past their bound: servers hold back.
     overloaded: bool,
+    /// Game time a tick is.
+    tick_us: u64,
 }
 
 impl Mesh {
     fn new(nodes: u16, servers: u32, map: RegionMap, entities: Vec<(EntityId, EntityState)>) -> Self {
-        Self::build(nodes, servers, map, entities, None)
+        Self::build(nodes, servers, map, entities, None, TICK_DURATION_US)
     }
 
     /// Servers and slices that stream containers as players come near.
@@ -112,7 +114,7 @@ impl Mesh {
         entities: Vec<(EntityId, EntityState)>,
         index: Arc<StreamIndex>,
     ) -> Self {
-        Self::build(nodes, servers, map, entities, Some(index))
+        Self::build(nodes, servers, map, entities, Some(index), TICK_DURATION_US)
     }
 
     fn build(
@@ -121,6 +123,7 @@ impl Mesh {
         map: RegionMap,
         entities: Vec<(EntityId, EntityState)>,
         streaming: Option<Arc<StreamIndex>>,
+        tick_us: u64,
     ) -> Self {
         let incarnations = Arc::new(AtomicU32::new(1));
         let mut initial = Some(entities);
@@ -131,7 +134,7 @@ impl Mesh {
                 if let Some(index) = &streaming {
                     slice = slice.with_streaming(index.clone());
                 }
-                let cfg = NodeConfig { streaming: streaming.clone(), ..NodeConfig::new(i as usize, 0) };
+                let cfg = NodeConfig { streaming: streaming.clone(), tick_us, ..NodeConfig::new(i as usize, 0) };
                 let hosted = (0..servers).filter(|s| s % nodes as u32 == i as u32).map(ServerId);
                 Node::new(cfg, slice, hosted, TestWire::default(), incarnations.clone(), 0)
             })
@@ -142,6 +145,7 @@ impl Mesh {
             nodes,
             now: 0,
             overloaded: false,
+            tick_us,
         };
         m.pump();
         for node in &mut m.nodes {
@@ -176,8 +180,8 @@ impl Mesh {
 
     /// One tick of every node, in node order.
     fn tick(&mut self) {
-        self.now += TICK_DURATION_US;
-        let tick = self.now / TICK_DURATION_US;
+        self.now += self.tick_us;
+        let tick = self.now / self.tick_us;
         for node in &mut self.nodes {
             let mut io = Self::io(&mut self.mailboxes, &mut self.logs, node, self.overloaded);
             assert_eq!(node.advance(tick, &mut io), Step::Done);
@@ -1068,4 +1072,49 @@ fn a_collision_never_pushes_a_ship_past_its_top_speed() {
     }
     assert!(fastest <= top * 1.0001, "a ship at {fastest} m/s");
     assert!(furthest <= top * dt * 1.0001, "a ship moved {furthest} m in a tick");
+}
+
+/// The tick rate sets how often the world is simulated, not how fast it moves: a second of game
+/// time at 30 Hz and at 60 Hz moves a walker, a ship and a projectile the same distance, and a
+/// projectile lives as long.
+#[test]
+fn a_tick_rate_changes_how_often_the_world_moves_not_how_fast() {
+    use shardmesh::protocol::{Action, Input};
+    let run = |tick_us: u64| {
+        // Out of the shot's line (y = 10), so it flies its whole course.
+        let mut walker = at(EntityKind::Npc, 20.0);
+        walker.position[1] = 3.0;
+        walker.velocity = [3.0, 0.0, 0.0];
+        let mut ship = at(EntityKind::Ship, 110.0);
+        ship.position[1] = 17.0;
+        ship.velocity = [-20.0, 0.0, 0.0];
+        let shooter = at(EntityKind::Player, 5.0);
+        let entities = vec![(EntityId(1), walker), (EntityId(2), ship), (EntityId(3), shooter)];
+        let mut m = Mesh::build(1, 3, owned_regions(), entities, None, tick_us);
+        let ticks_per_second = (1_000_000 / tick_us) as usize;
+        let fire = Input { entity: EntityId(3), action: Action::Fire([1.0, 0.0, 0.0]) };
+        m.server_mut(0).handle_input(fire);
+        m.tick();
+        // The projectile's life left after its first tick, in game time.
+        let ttl = m
+            .servers()
+            .flat_map(|s| s.held().values())
+            .find(|h| h.state.kind == EntityKind::Projectile)
+            .map(|h| h.state.ttl_ticks as f64 * tick_us as f64 / 1e6)
+            .expect("the shot is in flight");
+        for _ in 1..ticks_per_second {
+            m.tick();
+        }
+        let x = |id: u64| m.servers().find_map(|s| s.held().get(&EntityId(id)).map(|h| h.state.position[0])).unwrap();
+        (x(1), x(2), ttl)
+    };
+    let (walker_30, ship_30, shot_30) = run(TICK_DURATION_US);
+    let (walker_60, ship_60, shot_60) = run(TICK_DURATION_US / 2);
+    assert!((walker_30 - 23.0).abs() < 0.2, "a walker at 3 m/s for a second at 30 Hz is at {walker_30}");
+    assert!((walker_60 - walker_30).abs() < 0.2, "walker: {walker_30} at 30 Hz, {walker_60} at 60 Hz");
+    assert!((ship_60 - ship_30).abs() < 0.5, "ship: {ship_30} at 30 Hz, {ship_60} at 60 Hz");
+    assert!(
+        shot_30 > 0.5 && (shot_60 - shot_30).abs() < 0.05,
+        "a shot has {shot_30} s left at 30 Hz, {shot_60} s at 60 Hz"
+    );
 }

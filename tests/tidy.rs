@@ -97,8 +97,45 @@ fn each_layer_uses_only_what_is_below_it() {
     assert!(found.is_empty(), "layering broken:\n{}", found.join("\n"));
 }
 
+/// Every bound (a name ending in `_MAX` or `_MIN`, or with `_MAX_`/`_MIN_` in it) is defined in
+/// src/limits.rs, with its reason, and nowhere else.
+#[test]
+fn every_limit_lives_in_limits_rs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&root, &mut files);
+    let mut found = Vec::new();
+    for file in files.iter().filter(|f| !f.ends_with("limits.rs")) {
+        let text = std::fs::read_to_string(file).unwrap();
+        for line in text.lines() {
+            if let Some(name) = bound_defined(line) {
+                found.push(format!("{}: {name}", file.display()));
+            }
+        }
+    }
+    assert!(found.is_empty(), "limits defined outside src/limits.rs:\n{}", found.join("\n"));
+    let limits = std::fs::read_to_string(root.join("limits.rs")).unwrap();
+    let lines: Vec<&str> = limits.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        if line.starts_with("pub const ") {
+            assert!(i > 0 && lines[i - 1].starts_with("///"), "src/limits.rs: `{line}` has no reason above it");
+        }
+    }
+}
+
+/// The name of a bound a line defines, if it does.
+fn bound_defined(line: &str) -> Option<&str> {
+    let rest = line.trim_start().trim_start_matches("pub(crate) ").trim_start_matches("pub ");
+    let name = rest.strip_prefix("const ")?.split(':').next()?.trim();
+    let bound = name.ends_with("_MAX") || name.ends_with("_MIN") || name.contains("_MAX_") || name.contains("_MIN_");
+    bound.then_some(name)
+}
+
 #[test]
 fn the_tidy_check_itself_catches_an_offence() {
+    assert_eq!(bound_defined("    const QUEUE_DEPTH_MAX: usize = 4;"), Some("QUEUE_DEPTH_MAX"));
+    assert_eq!(bound_defined("pub const RING_CAPACITY_MIN_BYTES: usize = 1;"), Some("RING_CAPACITY_MIN_BYTES"));
+    assert_eq!(bound_defined("pub const PROTOCOL_ID: u64 = 1;"), None);
     assert_eq!(offences("let t = std::time::Instant::now();"), vec!["Instant::now", "std::time"]);
     assert_eq!(offences("glommio::LocalExecutor::default()"), vec!["glommio"]);
     assert!(offences("let x = 1;").is_empty());

@@ -36,6 +36,7 @@
 //! checker before anything reads it. A snapshot file is a 32-byte header (magic, version, CRC32C,
 //! length) followed by an rkyv-archived `SnapshotFile`.
 
+pub use crate::limits::FRAME_PAYLOAD_MAX;
 use crate::protocol::Committed;
 use crate::world::{EntityId, RegionMap};
 
@@ -46,8 +47,6 @@ pub const SEGMENT_HEADER_BYTES: usize = 64;
 pub const FRAME_HEADER_BYTES: usize = 16;
 pub const FRAME_ALIGN: usize = 16;
 pub const SNAPSHOT_HEADER_BYTES: usize = 32;
-/// A frame claiming more than this is corrupt: one tick of one slice never writes that much.
-pub const FRAME_PAYLOAD_MAX: usize = 1 << 30;
 
 /// Where the watermark lies in a segment header, and its bytes (checksum included).
 pub const WATERMARK_AT: usize = 32;

@@ -22,6 +22,8 @@ use super::format::{self, Batch, SnapshotFile, Watermark, SEGMENT_HEADER_BYTES};
 use super::media::{Media, Segment};
 use super::recover::{segment_path, snapshot_path};
 use super::LogError;
+pub use crate::limits::{PREFAULT_AHEAD_BYTES, SEGMENT_BYTES};
+use crate::limits::{PREFAULT_GAP_BYTES, PREFAULT_STEP_BYTES};
 
 /// When committed ticks are made durable, and what each mode can lose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,24 +53,6 @@ impl std::str::FromStr for Durability {
         }
     }
 }
-
-/// Bytes of a new segment: large enough that a busy slice rolls over every few seconds, small
-/// enough that reclaiming one frees memory and disk soon.
-pub const SEGMENT_BYTES: usize = 64 << 20;
-
-/// How far ahead of the writer the flusher gets a segment's pages ready: over a hundred ticks of
-/// a slice committing a thousand writes a tick, so a writer running flat out (the append bench)
-/// stays behind it; the zeros it dirties early are written back at most once.
-pub const PREFAULT_AHEAD_BYTES: usize = 16 << 20;
-
-/// Pages the flusher prepares in one pass of its loop: about a millisecond of work.
-const PREFAULT_STEP_BYTES: usize = 2 << 20;
-
-/// The flusher never prepares pages closer than this to the writer's end: a page being prepared
-/// is locked (with the readahead batch around it), and a writer that stores into it waits for
-/// the whole batch. A writer that has caught up faults the gap's pages itself, a microsecond or
-/// two each, instead of queueing behind the flusher on the same pages.
-const PREFAULT_GAP_BYTES: usize = 1 << 20;
 
 /// What the flusher reports back; read by the shard and the status line.
 #[derive(Default)]

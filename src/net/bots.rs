@@ -29,16 +29,13 @@ use super::transport::ClientTransport;
 use super::wire::{
     self, ClientMsg, Known, Notice, Snapshot, Update, WireError, INPUT_CHANNEL, NOTICE_CHANNEL, UPDATE_CHANNEL,
 };
-use crate::limits::{BOARD_REACH_M, REACH_M, TICK_DURATION_US};
+use crate::limits::{BOARD_REACH_M, NEVER_CONNECTED_REASONS_MAX, REACH_M, SNAPSHOTS_KEPT, TICK_DURATION_US};
 use crate::protocol::server::speed_of;
 use crate::protocol::Action;
 use crate::world::{EntityId, EntityKind};
 
 /// A run holds its bots only if each gets at least this share of the tick rate in updates.
 const HELD_UPDATE_SHARE: f64 = 0.9;
-
-/// Distinct reasons kept for bots that never connected.
-const NEVER_CONNECTED_REASONS_MAX: usize = 8;
 
 /// Steps of a bot's loop per server tick: it reads what arrived twice a tick.
 const STEPS_PER_TICK: u64 = 2;
@@ -47,10 +44,6 @@ const STEPS_PER_TICK: u64 = 2;
 /// common clock, so their packets spread over a tick rather than arrive together, and the
 /// server's tick finds some bots' inputs just sent and some a tick old, not all alike.
 const STEP_GROUPS: usize = 8;
-
-/// What a bot knew after each of its last updates, kept as baselines for the next (the gateway
-/// uses half as many).
-const SNAPSHOTS_KEPT: usize = 32;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Behaviour {

@@ -38,55 +38,20 @@ use super::wire::{
     self, ArchivedMoved, ArchivedSeen, ArchivedUpdate, ClientMsg, Known, Notice, Seen, Snapshot, INPUT_BYTES_MAX,
     INPUT_CHANNEL, NOTICE_CHANNEL, UPDATE_CHANNEL,
 };
-use crate::limits::TICK_DURATION_US;
+pub use crate::limits::{
+    BUBBLE_RADIUS_M, CLIENTS_PER_ENDPOINT_MAX, CLIENT_BYTES_PER_S_DEFAULT, HANDOFF_HOLD_TICKS, RECEIVE_BUFFER_BYTES,
+    SEEN_PER_UPDATE_MAX,
+};
+use crate::limits::{
+    CONTROL_PACKETS_PER_CLIENT_PER_TICK_MAX, MESSAGES_PER_CLIENT_PER_TICK_MAX, PACKETS_PER_ADDRESS_PER_TICK_MAX,
+    PACKETS_PER_ENDPOINT_PER_TICK_MAX, PREDICTION_TOLERANCE_CM, SENT_KEPT, TICK_DURATION_US, VIEWS_KEPT,
+};
 use crate::protocol::Action;
 use crate::world::{EntityId, EntityKind, Grid};
 
 /// Identifies shardmesh's netcode traffic (and its version): a token for another protocol is
 /// refused.
 pub const PROTOCOL_ID: u64 = 0x5348_4d45_5348_0001;
-
-/// A client sees what is this near its player. Less than the container streaming radius, so
-/// everything in a bubble is loaded on its server.
-pub const BUBBLE_RADIUS_M: f32 = 40.0;
-
-/// Entities in one update at most, nearest first: about 1.5 KB.
-pub const SEEN_PER_UPDATE_MAX: usize = 48;
-
-/// How long an entity handed off and not yet adopted is still shown where it left: a handoff
-/// between cores takes a tick or two, longer while the whole world is being placed at start.
-/// (An entity that leaves every view otherwise, destroyed or unloaded, is gone at once.)
-pub const HANDOFF_HOLD_TICKS: u64 = 60;
-
-/// Update bytes a second a client is sent by default: about 530 a tick, room for every entity of
-/// a busy bubble that strayed from its prediction, or for ten that enter it at once.
-pub const CLIENT_BYTES_PER_S_DEFAULT: u32 = 16_000;
-
-/// Updates the gateway keeps per client, as baselines for later ones: half a second at most (it
-/// keeps none older than the one the client last acknowledged).
-const SENT_KEPT: usize = 16;
-
-/// A client's prediction of an entity is good enough while it is this close (on each axis), with
-/// the same velocity: about the error velocity quantization makes in a second.
-const PREDICTION_TOLERANCE_CM: i32 = 10;
-
-/// Clients one netcode endpoint holds (renetcode's own limit).
-pub const CLIENTS_PER_ENDPOINT_MAX: usize = 1024;
-
-/// Messages read from one client in one tick at most; the rest of a flood is dropped unread.
-const MESSAGES_PER_CLIENT_PER_TICK_MAX: usize = 8;
-
-/// Datagrams taken from one address in one tick at most (a client sends two or three): the rest
-/// of a flood is dropped before any decryption is spent on it.
-const PACKETS_PER_ADDRESS_PER_TICK_MAX: u32 = 32;
-
-/// Keep-alives and disconnects taken from one client's address in one tick at most (a client
-/// sends one keep-alive every 250 ms): they are counted before authentication, so junk spoofed
-/// from the address costs one decryption each up to here and nothing after.
-const CONTROL_PACKETS_PER_CLIENT_PER_TICK_MAX: u32 = 4;
-
-/// Datagrams read from one endpoint's socket in one read at most, so a flood cannot hold a core.
-const PACKETS_PER_ENDPOINT_PER_TICK_MAX: usize = 16_384;
 
 /// Client inputs and server updates, both unreliable: each is overtaken by the next.
 pub fn connection_config() -> ConnectionConfig {
@@ -124,11 +89,6 @@ pub fn bind_endpoints(addr: SocketAddr, count: usize) -> std::io::Result<Vec<Udp
     }
     Ok(sockets)
 }
-
-/// Bytes a gateway socket's receive queue holds: a tick and more of a flood of small datagrams
-/// from one address at full speed on loopback (each costs the kernel about 1 KB of queue), so the
-/// gateway reads the flood and drops it itself instead of the kernel dropping clients' packets.
-pub const RECEIVE_BUFFER_BYTES: usize = 32 << 20;
 
 /// Asks for `RECEIVE_BUFFER_BYTES` of receive queue: past the system's `rmem_max` where the
 /// process may (SO_RCVBUFFORCE, as root), else as much as `rmem_max` allows. Returns the size the
@@ -232,11 +192,6 @@ impl CoreSnapshot {
 fn unpack(e: &ArchivedViewEntity) -> ViewEntity {
     rkyv::deserialize::<ViewEntity, rkyv::rancor::Infallible>(e).unwrap_or_else(|never| match never {})
 }
-
-/// Views each core keeps: a core may run this many ticks ahead of the slowest before a gateway
-/// reading the slowest's tick finds the fast one's view of it gone. A second: a core stalled for
-/// a few hundred milliseconds (a loaded machine deschedules it) has been seen 8 ticks behind.
-const VIEWS_KEPT: usize = 32;
 
 impl Views {
     pub fn new(cores: usize) -> Self {

@@ -17,6 +17,7 @@
 use renetcode::NETCODE_MAX_PACKET_BYTES;
 
 use super::wire::INPUT_CHANNEL;
+use crate::limits::{PAYLOAD_BYTES_MAX, SEQUENCE_MAX};
 
 /// netcode's packet kinds (the low four bits of the first byte).
 pub const NETCODE_REQUEST: u8 = 0;
@@ -32,12 +33,6 @@ const MAC_BYTES: usize = 16;
 const CHALLENGE_TOKEN_BYTES: usize = 300;
 /// Prefix, version info, protocol id, expiry, nonce, private token.
 pub const REQUEST_BYTES: usize = 1 + 13 + 8 + 8 + 24 + 1024;
-/// The most payload bytes one netcode packet carries.
-const PAYLOAD_BYTES_MAX: usize = 1300;
-
-/// A sequence number this close to the top of the range is refused: renetcode's replay window
-/// adds to it unchecked. A real peer counts up from zero, one a packet.
-const SEQUENCE_MAX: u64 = u64::MAX >> 8;
 
 /// renet's packet kinds a client sends us: its inputs (small unreliable messages) and its
 /// acknowledgements. Everything else (reliable messages, slices) is a channel we never opened.

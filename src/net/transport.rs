@@ -16,13 +16,11 @@ use renet::RenetClient;
 use renetcode::{ClientAuthentication, NetcodeClient, NETCODE_MAX_PACKET_BYTES};
 
 use super::guard;
+pub use crate::limits::ACK_EVERY_TICKS;
 
 /// The first byte of a renet packet that carries only acknowledgements (renet 2's wire format;
 /// a test checks it against renet itself).
 pub const RENET_ACK_PACKET: u8 = 4;
-
-/// Ticks between two renet acknowledgement packets on one connection: a second at 30 Hz.
-pub const ACK_EVERY_TICKS: u64 = 30;
 
 /// Lets one renet acknowledgement packet through every `ACK_EVERY_TICKS` ticks; everything else
 /// passes.

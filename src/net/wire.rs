@@ -5,6 +5,7 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
 use crate::limits::TICK_DURATION_US;
+pub use crate::limits::{EXTRAPOLATE_TICKS_MAX, INPUT_BYTES_MAX, KNOWN_MAX, MESSAGE_BYTES_MAX};
 use crate::protocol::Action;
 use crate::world::{EntityId, EntityKind};
 
@@ -37,13 +38,6 @@ impl std::fmt::Display for Notice {
         }
     }
 }
-
-/// A message is refused unread past this size: an update is a few kilobytes, an input a few
-/// dozen bytes.
-pub const MESSAGE_BYTES_MAX: usize = 16 << 10;
-
-/// An input message is refused unread past this size (the largest is under 40 bytes).
-pub const INPUT_BYTES_MAX: usize = 256;
 
 /// Client to gateway.
 #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -118,12 +112,6 @@ pub struct Moved {
     /// Decimetres a second.
     pub velocity: [i16; 3],
 }
-
-/// Entities one update describes at most (a place in the baseline is one byte).
-pub const KNOWN_MAX: usize = 255;
-
-/// A client extrapolates an entity this far past its last state at most (one second).
-pub const EXTRAPOLATE_TICKS_MAX: u64 = 30;
 
 /// One entity as a client knows it: a state, and the tick it is of.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

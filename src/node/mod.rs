@@ -69,6 +69,9 @@ pub struct NodeConfig {
     pub checkpoint_every_us: Option<u64>,
     /// A planted bug for the simulator to catch: servers act past their lease.
     pub planted_server_ignores_lease: bool,
+    /// Game time a tick is. The tick rate changes how often the world is simulated, not how fast
+    /// it moves: every motion, lifetime and lease is in game time.
+    pub tick_us: u64,
 }
 
 impl NodeConfig {
@@ -81,6 +84,7 @@ impl NodeConfig {
             bots: Bots::Off,
             checkpoint_every_us: None,
             planted_server_ignores_lease: false,
+            tick_us: TICK_DURATION_US,
         }
     }
 }
@@ -237,6 +241,8 @@ impl<W: Wire> Node<W> {
         incarnations: Arc<AtomicU32>,
         start_us: u64,
     ) -> Self {
+        let mut cfg = cfg;
+        cfg.tick_us = cfg.tick_us.max(1);
         let rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ (cfg.index as u64) << 32);
         let hosted = servers.into_iter().map(|id| Hosted { id, server: None, restart_at_us: Some(start_us) }).collect();
         let mut node = Self {
@@ -246,7 +252,7 @@ impl<W: Wire> Node<W> {
             incarnations,
             rng,
             phase: Phase::Start,
-            tick: start_us / TICK_DURATION_US,
+            tick: start_us / cfg.tick_us.max(1),
             overloaded: false,
             clients: false,
             received: Vec::new(),
@@ -255,7 +261,7 @@ impl<W: Wire> Node<W> {
             inputs: Vec::new(),
             records: Vec::new(),
             ops: Vec::new(),
-            last_log_tick: start_us / TICK_DURATION_US,
+            last_log_tick: start_us / cfg.tick_us.max(1),
             last_checkpoint_us: start_us,
             round_done_at: None,
             log_error: None,
@@ -326,10 +332,15 @@ impl<W: Wire> Node<W> {
         (self.slice, self.hosted.into_iter().filter_map(|h| h.server).collect())
     }
 
+    /// Game time a tick is.
+    pub fn tick_us(&self) -> u64 {
+        self.cfg.tick_us
+    }
+
     /// Runs tick `tick` until it ends or waits for the other nodes (see [`Step`]); call again
     /// with the same tick to go on.
     pub fn advance(&mut self, tick: u64, io: &mut impl NodeIo) -> Step {
-        let now = tick * TICK_DURATION_US;
+        let now = tick * self.cfg.tick_us;
         loop {
             match self.phase {
                 Phase::Start => {
@@ -591,7 +602,7 @@ impl<W: Wire> Node<W> {
                 continue;
             }
             let incarnation = Incarnation(self.incarnations.fetch_add(1, Ordering::Relaxed));
-            let mut server = Server::new(h.id, incarnation, now);
+            let mut server = Server::new(h.id, incarnation, now).with_tick_us(self.cfg.tick_us);
             if let Some(index) = &self.cfg.streaming {
                 server = server.with_streaming(index.clone());
             }
@@ -631,7 +642,7 @@ impl<W: Wire> Node<W> {
             let Some(server) = self.hosted[i].server.as_mut() else { continue };
             if let Some(ServerEvent::Fenced) = server.poll_event() {
                 let incarnation = server.incarnation();
-                self.stop(i, now + TICK_DURATION_US);
+                self.stop(i, now + self.cfg.tick_us);
                 self.stats.fenced += 1;
                 self.events.push_back(NodeEvent::Fenced { server: self.hosted[i].id, incarnation });
             }
@@ -642,7 +653,7 @@ impl<W: Wire> Node<W> {
     /// tells it, and takes back what it held (committed state: what the server had not written
     /// through is lost, as a crashed process's would be); a fresh incarnation starts next tick.
     fn server_panicked(&mut self, i: usize, now: u64, why: String) {
-        let Some(server) = self.stop(i, now + TICK_DURATION_US) else { return };
+        let Some(server) = self.stop(i, now + self.cfg.tick_us) else { return };
         self.slice.handle_crash_report(server.id(), server.incarnation());
         self.stats.server_panics += 1;
         self.events.push_back(NodeEvent::Panicked { server: server.id(), incarnation: server.incarnation(), why });
@@ -652,7 +663,7 @@ impl<W: Wire> Node<W> {
     /// at once if `reported`, else finds out when its lease runs out.
     pub fn crash(&mut self, id: ServerId, now_us: u64, down_ticks: u64, reported: bool) -> bool {
         let Some(i) = self.hosted.iter().position(|h| h.id == id) else { return false };
-        let Some(server) = self.stop(i, now_us + down_ticks * TICK_DURATION_US) else { return false };
+        let Some(server) = self.stop(i, now_us + down_ticks * self.cfg.tick_us) else { return false };
         if reported {
             self.slice.handle_crash_report(id, server.incarnation());
         }
@@ -672,7 +683,7 @@ impl<W: Wire> Node<W> {
         if self.log_error.is_some() {
             return;
         }
-        let tick = (now_us / TICK_DURATION_US).max(self.last_log_tick + 1);
+        let tick = (now_us / self.cfg.tick_us).max(self.last_log_tick + 1);
         let floor = self.incarnations.load(Ordering::Relaxed);
         self.records.clear();
         self.ops.clear();
@@ -734,7 +745,7 @@ impl<W: Wire> Node<W> {
         for server in self.servers().filter(|s| s.map().is_some()) {
             let world = server.world();
             for (id, held) in server.held() {
-                let position = held.position_at(tick, &world);
+                let position = held.position_at(tick, server.tick_us(), &world);
                 view.push(ViewEntity {
                     carried: held.state.parent.is_some(),
                     input_seq: held.input_seq,

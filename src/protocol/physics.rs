@@ -86,10 +86,15 @@ fn remove_unseen(world: &mut PhysicsWorld, bodies: &mut BTreeMap<EntityId, Rigid
 
 impl Physics {
     pub fn new() -> Self {
+        Self::with_tick_us(crate::limits::TICK_DURATION_US)
+    }
+
+    /// A world stepped once a tick of `tick_us` of game time.
+    pub fn with_tick_us(tick_us: u64) -> Self {
         let mut world = PhysicsWorld::new();
         // Space: no gravity. One step a tick.
         world.gravity = Vector::ZERO;
-        world.integration_parameters.dt = crate::limits::TICK_DURATION_US as f32 / 1e6;
+        world.integration_parameters.dt = tick_us as f32 / 1e6;
         // rapier caps speeds at 400 m/s by default; a projectile flies at 1,500.
         world.integration_parameters.normalized_max_linear_velocity = f32::MAX;
         Self { world, bodies: BTreeMap::new(), ghosts: BTreeMap::new() }

@@ -24,7 +24,8 @@ use super::messages::{
     Committed, Delta, Epoch, Ghost, Incarnation, Owned, ReplicationMsg, ServerMsg, SliceId, SliceMsg, ToReplication,
     ToServer,
 };
-use crate::limits::LEASE_DURATION_US;
+pub use crate::limits::{BALANCE_PERIOD_TICKS, BALANCE_SLACK_ENTITIES};
+use crate::limits::{LEASE_DURATION_US, TRANSFER_HOPS_MAX};
 use crate::world::{
     is_streamed, ContainerId, EntityId, EntityKind, EntityState, Forest, MapError, RegionId, RegionMap, ServerId,
     StreamIndex,
@@ -89,18 +90,6 @@ pub struct ReplicationStats {
 pub fn home_slice(server: ServerId, slices: u16) -> SliceId {
     SliceId((server.0 % slices as u32) as u16)
 }
-
-/// Ticks between load reports and between the controller's balancing moves: once a second at
-/// 30 Hz, slow enough that a move's handoffs settle before the next is judged.
-pub const BALANCE_PERIOD_TICKS: u64 = 30;
-
-/// The controller moves load only when the busiest server holds this many entities more than
-/// the quietest (and 10% more): below it, a move costs more handoffs than it saves.
-pub const BALANCE_SLACK_ENTITIES: u32 = 64;
-
-/// Transfers forwarded more than this many times wait as orphans for the next map: two slices'
-/// maps disagree for a moment at most.
-const TRANSFER_HOPS_MAX: u8 = 4;
 
 pub struct Replication {
     slice: SliceId,

@@ -17,21 +17,16 @@ use glam::Vec3;
 
 use super::messages::{Delta, Epoch, Ghost, Incarnation, Owned, ReplicationMsg, ServerMsg, ToReplication, ToServer};
 use super::physics::{self, Physics};
+pub use crate::limits::CLIENT_INPUTS_PER_TICK_MAX;
+use crate::limits::GRID_CELL_M;
 use crate::limits::{
     BOARD_REACH_M, GHOST_MARGIN_M, HANDOFFS_PER_TICK_MAX, HIT_RADIUS_M, LEASE_DURATION_US, PROJECTILE_DAMAGE,
-    PROJECTILE_TTL_TICKS, REACH_M, TICK_DURATION_US,
+    PROJECTILE_TTL_US, REACH_M, TICK_DURATION_US,
 };
 use crate::world::stream::{STREAM_LOAD_RADIUS_M, STREAM_PERIOD_TICKS, STREAM_UNLOAD_RADIUS_M};
 use crate::world::{
     is_streamed, ContainerId, EntityId, EntityKind, EntityState, Forest, Grid, RegionMap, ServerId, StreamIndex,
 };
-
-/// Grid cell edge: a few reaches wide, so a reach query touches at most 8 cells.
-const GRID_CELL_M: f32 = 16.0;
-
-/// Client inputs applied to one entity in one tick at most (a move, a shot, a pickup and one
-/// more); the rest are refused and counted.
-pub const CLIENT_INPUTS_PER_TICK_MAX: u32 = 4;
 
 /// What a bot or player asks its entity to do this tick.
 #[derive(Clone, Debug, PartialEq)]
@@ -108,15 +103,15 @@ pub struct Held {
 }
 
 impl Held {
-    /// Where the entity is as of `tick`, inside `world`. One adopted from a core that ticks ahead
-    /// carries its state of a later tick (and stays put until this server's tick reaches it): as
-    /// of `tick` it is that many ticks' motion back.
-    pub fn position_at(&self, tick: u64, world: &crate::world::Aabb) -> [f32; 3] {
+    /// Where the entity is as of `tick` (ticks of `tick_us`), inside `world`. One adopted from a
+    /// core that ticks ahead carries its state of a later tick (and stays put until this server's
+    /// tick reaches it): as of `tick` it is that many ticks' motion back.
+    pub fn position_at(&self, tick: u64, tick_us: u64, world: &crate::world::Aabb) -> [f32; 3] {
         let ahead = self.moved_until_tick.saturating_sub(tick);
         if ahead == 0 {
             return self.state.position;
         }
-        let dt = ahead as f32 * TICK_DURATION_US as f32 / 1e6;
+        let dt = ahead as f32 * tick_us as f32 / 1e6;
         world.clamp(self.state.pos() - self.state.vel() * dt).to_array()
     }
 }
@@ -207,6 +202,8 @@ pub struct Server {
     pub planted_ignore_lease: bool,
     /// Subtrees handed off per tick at most (`HANDOFFS_PER_TICK_MAX` unless a runtime sets it).
     pub handoffs_per_tick_max: usize,
+    /// Game time a tick is (see `with_tick_us`).
+    tick_us: u64,
 }
 
 impl Server {
@@ -240,6 +237,7 @@ impl Server {
             stats: ServerStats::default(),
             planted_ignore_lease: false,
             handoffs_per_tick_max: HANDOFFS_PER_TICK_MAX,
+            tick_us: TICK_DURATION_US,
         };
         server.send(ServerMsg::Register);
         server
@@ -252,6 +250,20 @@ impl Server {
         self.marks = vec![0; index.tree().containers.len()];
         self.streaming = Some(index);
         self
+    }
+
+    /// A server whose ticks are `tick_us` of game time each (the default is
+    /// `limits::TICK_DURATION_US`): the tick rate sets how often the world is simulated, and
+    /// every motion is per second of game time, so not how fast it moves.
+    pub fn with_tick_us(mut self, tick_us: u64) -> Self {
+        self.tick_us = tick_us.max(1);
+        self.physics = Physics::with_tick_us(self.tick_us);
+        self
+    }
+
+    /// Game time a tick of this server is.
+    pub fn tick_us(&self) -> u64 {
+        self.tick_us
     }
 
     /// The containers this server has loaded (with streaming on).
@@ -416,7 +428,7 @@ impl Server {
     }
 
     pub fn tick(&mut self, now_us: u64) {
-        let tick = now_us / TICK_DURATION_US;
+        let tick = now_us / self.tick_us;
         if self.phase == Phase::Active && !self.is_acting(now_us) {
             self.fence();
         }
@@ -540,7 +552,7 @@ impl Server {
                 let mut state = EntityState::new(EntityKind::Projectile, actor.pos() + dir * (HIT_RADIUS_M + 0.5));
                 state.velocity = (dir * speed_of(EntityKind::Projectile)).to_array();
                 state.face(dir);
-                state.ttl_ticks = PROJECTILE_TTL_TICKS;
+                state.ttl_ticks = PROJECTILE_TTL_US.div_ceil(self.tick_us).min(u16::MAX as u64) as u16;
                 state.source = Some(input.entity);
                 state.changed_tick = tick;
                 let held = Held {
@@ -671,7 +683,7 @@ impl Server {
     /// with ships); walkers and loose items move by their velocity. Projectiles age and vanish at
     /// the world's edge; everything else bounces off it.
     fn integrate(&mut self, tick: u64) {
-        let dt = TICK_DURATION_US as f32 / 1e6;
+        let dt = self.tick_us as f32 / 1e6;
         let world = self.world();
         let simulated = |h: &Held| h.state.parent.is_none() && physics::is_simulated(h.state.kind);
         self.physics.sync(
@@ -741,7 +753,7 @@ impl Server {
     /// held here or seen as a ghost. At 1500 m/s it moves 50 m a tick, so testing only where it
     /// ends would let it pass through. Two at the same point of the path: the smaller id.
     fn resolve_hits(&mut self, tick: u64) {
-        let dt = TICK_DURATION_US as f32 / 1e6;
+        let dt = self.tick_us as f32 / 1e6;
         let projectiles: Vec<(EntityId, Vec3, Vec3, Option<EntityId>)> = self
             .entities
             .iter()

@@ -12,19 +12,14 @@ use hdrhistogram::Histogram;
 
 use super::ring::Ring;
 use super::shard::{self, ShardGauges, ShardReport, ShardSetup};
+use crate::limits::WORLD_PLAYERS_MAX;
+pub use crate::limits::{IO_MEMORY_BYTES, RING_BYTES};
 use crate::node::Checker;
 use crate::protocol::{Committed, Replication, Server, SliceId};
 use crate::world::{
     populate, Aabb, ContainerKind, ContainerTree, EntityId, EntityKind, EntityState, Population, RegionId, RegionMap,
     ServerId, StreamIndex,
 };
-
-/// Bytes of each core-to-core ring: a burst of transfers (the whole world placed at start) fits.
-pub const RING_BYTES: usize = 16 << 20;
-
-/// io_uring buffer memory per executor; the shards do no file or socket I/O yet, and the
-/// machine's locked-memory limit is shared by all executors.
-pub const IO_MEMORY_BYTES: usize = 512 << 10;
 
 #[derive(Clone, Debug)]
 pub struct MeshConfig {
@@ -111,10 +106,6 @@ pub struct PersistConfig {
 
 /// What a persistent world was generated from, kept beside its log so that every start lays out
 /// the same containers (the bots' destinations) around the entities the log holds.
-/// The most players a persistent world's `world.json` may name: its containers are generated
-/// from it at every start, so a damaged file must not ask for more than a host could hold.
-const WORLD_PLAYERS_MAX: usize = 10_000_000;
-
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 struct WorldMeta {
     seed: u64,
@@ -296,7 +287,8 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
     let (map, initial, logs, round, incarnation_floor, clock_offset_us) = match &cfg.persist {
         None => (map, initial, Vec::new(), 0, 1, 0),
         Some(p) => {
-            let OpenedWorld(map, initial, logs, round, floor, offset) = open_log(p, cores, map, initial)?;
+            let OpenedWorld(map, initial, logs, round, floor, offset) =
+                open_log(p, cores, map, initial, shard::game_tick_us(cfg.tick))?;
             (map, initial, logs, round, floor, offset)
         }
     };
@@ -350,7 +342,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
     let mut logs = logs.into_iter().map(Some).collect::<Vec<_>>();
     let gauges: Vec<Arc<ShardGauges>> = (0..cores).map(|_| Arc::new(ShardGauges::default())).collect();
     let mut handles = Vec::new();
-    let first_tick = clock_offset_us / crate::limits::TICK_DURATION_US;
+    let first_tick = clock_offset_us / shard::game_tick_us(cfg.tick);
     let lockstep =
         cfg.tick.is_zero().then(|| Arc::new((0..cores).map(|_| AtomicU64::new(first_tick)).collect::<Vec<_>>()));
     for (i, slice) in slices.into_iter().enumerate() {
@@ -512,6 +504,7 @@ fn open_log(
     cores: usize,
     map: RegionMap,
     initial: Vec<Committed>,
+    tick_us: u64,
 ) -> Result<OpenedWorld, MeshError> {
     let disk = crate::log::Disk::open(&p.dir).map_err(|e| MeshError::Log(format!("{}: {e}", p.dir.display())))?;
     let opts = crate::log::OpenOptions {
@@ -541,7 +534,7 @@ fn open_log(
         eprintln!("world: {e}");
     }
     let max_changed = opened.entities.iter().map(|c| c.state.changed_tick).max().unwrap_or(0);
-    let offset_us = opened.start_tick.max(max_changed + 1) * crate::limits::TICK_DURATION_US;
+    let offset_us = opened.start_tick.max(max_changed + 1) * tick_us;
     Ok(OpenedWorld(opened.map, opened.entities, opened.logs, opened.round, opened.incarnation_floor, offset_us))
 }
 

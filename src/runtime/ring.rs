@@ -20,6 +20,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+pub use crate::limits::{RING_CAPACITY_MAX_BYTES, RING_CAPACITY_MIN_BYTES};
 use memmap2::{MmapMut, MmapOptions};
 use rkyv::api::high::{HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
@@ -34,11 +35,6 @@ const PAD_MAGIC: u32 = u32::from_le_bytes(*b"PAD1");
 const HEADER_BYTES: usize = 192;
 const FRAME_HEADER_BYTES: usize = 16;
 const FRAME_ALIGN: usize = 16;
-
-/// The smallest and largest rings: below 4 KiB a 1 KiB message hardly fits twice; above 1 GiB is
-/// a configuration mistake.
-pub const RING_CAPACITY_MIN_BYTES: usize = 4 << 10;
-pub const RING_CAPACITY_MAX_BYTES: usize = 1 << 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RingError {

@@ -18,32 +18,12 @@ use rustc_hash::FxHashSet;
 
 use super::panics::Watch;
 use super::ring::{access_trusted, Consumer, Producer, RingError};
+pub use crate::limits::{FRAMES_PER_PEER_PER_TICK_MAX, PENDING_BYTES_PER_PEER_MAX, SETTLE};
+use crate::limits::{GATEWAY_DRAIN_EVERY, INPUT_WAIT_MAX, VIEW_WAIT_MAX};
 use crate::node::{Bots, Direct, Durable, LogRecord, Node, NodeConfig, NodeEvent, NodeIo, Stage, Step};
 use crate::protocol::messages::ArchivedSliceMsg;
 use crate::protocol::{Action, Replication, Server, SliceId, SliceMsg};
 use crate::world::{EntityId, ServerId};
-
-/// Bytes of messages held back per destination while its ring is full; past this the shard
-/// holds its servers' ticks back (they keep their leases, and simulate nothing) until the ring
-/// drains: the world slows, no server fails over, and the queue stops growing (what fills it
-/// comes from the servers' ticks).
-pub const PENDING_BYTES_PER_PEER_MAX: usize = 64 << 20;
-
-/// Ring frames one tick takes from each peer before moving on (the rest wait a tick).
-pub const FRAMES_PER_PEER_PER_TICK_MAX: usize = 65_536;
-
-/// How long a stopping shard keeps moving messages between cores.
-pub const SETTLE: Duration = Duration::from_millis(150);
-
-/// How often a core reads its gateway's sockets while it waits for its next tick.
-const GATEWAY_DRAIN_EVERY: Duration = Duration::from_millis(2);
-
-/// How long a gateway waits for the other cores' view of its tick before it sends what it has.
-const VIEW_WAIT_MAX: Duration = Duration::from_millis(15);
-
-/// How long a core waits for the other cores' clients' inputs of its tick before its servers tick
-/// without them (those late wait for the next tick).
-const INPUT_WAIT_MAX: Duration = Duration::from_millis(3);
 
 /// The stages of a tick, for the stall report.
 pub const STAGES: [&str; 6] = ["receive", "inputs", "servers", "slice", "send", "clients"];
@@ -295,6 +275,15 @@ fn now_us(start: Instant, offset_us: u64) -> u64 {
     offset_us + start.elapsed().as_micros() as u64
 }
 
+/// Game time a tick is at the wall-clock tick `tick`: the same, so the world moves at the same
+/// speed whatever the rate; a free-running schedule (zero) runs ticks of the default length.
+pub fn game_tick_us(tick: Duration) -> u64 {
+    match tick.as_micros() {
+        0 => crate::limits::TICK_DURATION_US,
+        us => us.min(u64::MAX as u128) as u64,
+    }
+}
+
 /// Runs a shard until `stop`, then lets in-flight messages settle and reports.
 /// Which tick a core runs next, and when. Tick numbers are the protocol's clock (a core that runs
 /// a tick late still runs it as that tick, so every core agrees which tick a move was made in),
@@ -311,8 +300,8 @@ struct Schedule {
 }
 
 impl Schedule {
-    fn new(start: Instant, tick: Duration, offset_us: u64) -> Self {
-        let first = offset_us / crate::limits::TICK_DURATION_US;
+    /// A schedule whose first tick is the one after `first`.
+    fn new(start: Instant, tick: Duration, first: u64) -> Self {
         Self { start, tick, first, next: start, number: first }
     }
 
@@ -353,6 +342,7 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
         None => (None, None),
     };
     let offset_us = setup.clock_offset_us;
+    let tick_us = game_tick_us(setup.tick);
     let cfg = NodeConfig {
         streaming: setup.streaming.clone(),
         handoffs_per_tick_max: setup.handoffs_per_tick_max,
@@ -362,6 +352,7 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
             Bots::Off
         },
         checkpoint_every_us: checkpoint_every.map(|d| d.as_micros().min(u64::MAX as u128) as u64),
+        tick_us,
         ..NodeConfig::new(setup.index, setup.seed)
     };
     let mut node =
@@ -386,7 +377,7 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
     let mut stalls = 0u64;
     let mut stall_reports = Vec::new();
     let budget_us = setup.tick.as_micros() as u64;
-    let mut schedule = Schedule::new(setup.start, setup.tick, offset_us);
+    let mut schedule = Schedule::new(setup.start, setup.tick, offset_us / tick_us);
     while !setup.stop.load(Ordering::Relaxed) {
         let (tick, at) = schedule.next_tick();
         let next = schedule.next;
@@ -528,7 +519,7 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
                 stall_reports.push(format!(
                     "core {} tick at {:.3} s took {:.1} ms, budget {:.1} ms; most in `{worst}` ({:.1} ms)",
                     setup.index,
-                    (tick * crate::limits::TICK_DURATION_US) as f64 / 1e6,
+                    (tick * tick_us) as f64 / 1e6,
                     took_us as f64 / 1e3,
                     budget_us as f64 / 1e3,
                     worst_us as f64 / 1e3
@@ -606,7 +597,7 @@ mod tests {
         assert_eq!(s.next_tick(), (14, now));
         assert_eq!(s.next_tick().0, 15);
         // A run restarted at an offset numbers on from it.
-        let mut s = Schedule::new(start, tick, 100 * crate::limits::TICK_DURATION_US);
+        let mut s = Schedule::new(start, tick, 100);
         assert_eq!(s.next_tick().0, 101);
     }
 

@@ -28,15 +28,12 @@ use lossy::Lossy;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use crate::limits::TICK_DURATION_US;
+use crate::limits::{SETTLE_ROUNDS_MAX, SIM_REGION_COUNT_MAX, SIM_SEGMENT_BYTES, TICK_DURATION_US};
 use crate::log::{CrashImage, Durability, LogOp, OpenOptions, SliceLog};
 use crate::node::{Bots, Durable, LogRecord, Node, NodeConfig, NodeEvent, NodeIo, Step};
 use crate::protocol::replication::home_slice;
 use crate::protocol::{Committed, PlantedBugs, Replication, Server, SliceId, SliceMsg};
 use crate::world::{populate, ContainerTree, EntityId, Population, RegionMap, ServerId, StreamIndex};
-
-/// Segments on the simulated disk: small, so runs roll over from one to the next.
-const SIM_SEGMENT_BYTES: usize = 256 << 10;
 
 /// How the simulator opens its logs: synced only when it says (every `sync_every_ticks`).
 fn log_options(plan: &FaultPlan, cfg: &SimConfig) -> OpenOptions {
@@ -52,12 +49,6 @@ fn log_options(plan: &FaultPlan, cfg: &SimConfig) -> OpenOptions {
 
 /// The initial k-d cells of the world.
 const INITIAL_REGIONS: usize = 16;
-
-/// Rounds of delivery between nodes before the liveness check; a handoff chain settles in a few.
-const SETTLE_ROUNDS_MAX: usize = 16;
-
-/// Regions the controller may split up to in a run.
-const SIM_REGION_COUNT_MAX: usize = 48;
 
 #[derive(Clone, Debug)]
 pub struct SimConfig {

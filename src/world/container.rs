@@ -4,6 +4,7 @@
 //! Invariants: the tree has one root, the system; kinds strictly descend; every child's bounds
 //! lie inside its parent's. A file that breaks one is refused with an error naming the container.
 
+pub use crate::limits::CONTAINER_COUNT_MAX;
 use glam::Vec3;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -147,9 +148,6 @@ pub enum WorldError {
     #[error("world has {0} containers, more than the {max} allowed", max = CONTAINER_COUNT_MAX)]
     TooLarge(usize),
 }
-
-/// A world file has at most this many containers; a bigger one is a mistake or an attack.
-pub const CONTAINER_COUNT_MAX: usize = 1 << 20;
 
 #[derive(Deserialize)]
 struct ContainerSpec {

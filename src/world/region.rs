@@ -6,7 +6,7 @@
 use glam::Vec3;
 
 use super::container::Aabb;
-use crate::limits::{REGION_COUNT_MAX, REGION_EDGE_MIN_M};
+use crate::limits::{LOOKUP_CELLS_MAX, REGION_COUNT_MAX, REGION_EDGE_MIN_M};
 
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
@@ -62,10 +62,6 @@ impl PartialEq for RegionMap {
             && self.regions == other.regions
     }
 }
-
-/// Cells at most in a lookup grid; a map whose boundaries would need more is searched region by
-/// region.
-const LOOKUP_CELLS_MAX: usize = 4096;
 
 /// The grid the regions' own boundaries cut the world into: every cell lies inside exactly one
 /// region, so a point's region is three binary searches and one read. Regions made by halving

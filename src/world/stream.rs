@@ -15,22 +15,10 @@ use glam::Vec3;
 
 use super::container::{Aabb, ContainerTree};
 use super::entity::{EntityKind, EntityState};
+pub use crate::limits::{STREAM_LOAD_RADIUS_M, STREAM_PERIOD_TICKS, STREAM_UNLOAD_RADIUS_M};
 
 /// Index of a container in its tree (depth-first order; 0 is the system).
 pub type ContainerId = u32;
-
-/// A player this near a container's bounds has it loaded on the server that owns its region.
-/// No more than the ghost margin, so a neighbouring server sees the player whose bubble
-/// reaches into its regions.
-pub const STREAM_LOAD_RADIUS_M: f32 = 48.0;
-
-/// A loaded container stays loaded while a player is this near.
-pub const STREAM_UNLOAD_RADIUS_M: f32 = crate::limits::GHOST_MARGIN_M;
-
-/// Ticks between a server's streaming decisions. A ship at 150 m/s covers 15 m in this time
-/// and the round trip to load takes two ticks more: well inside the 42 m between the load
-/// radius and a player's reach.
-pub const STREAM_PERIOD_TICKS: u64 = 3;
 
 pub struct StreamIndex {
     tree: ContainerTree,
