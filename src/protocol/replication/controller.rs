@@ -1,0 +1,245 @@
+//! The controller (slice 0): servers up and down, the region map and its broadcast, failover of dead servers, and load balancing by moving and splitting regions.
+
+use super::*;
+
+impl Replication {
+    pub(super) fn tell_controller(&mut self, msg: SliceMsg) {
+        if self.is_controller() {
+            self.handle_peer(self.slice, msg);
+        } else {
+            self.peer_outbox.push_back((SliceId(0), msg));
+        }
+    }
+
+    pub(super) fn controller_server_up(&mut self, server: ServerId) {
+        debug_assert!(self.is_controller());
+        self.live_everywhere.insert(server);
+    }
+
+    /// Controller: a server died; its regions go to the least loaded live servers.
+    pub(super) fn controller_server_down(&mut self, server: ServerId) {
+        debug_assert!(self.is_controller());
+        self.live_everywhere.remove(&server);
+        let regions: Vec<RegionId> = self.map.regions_of(server).map(|r| r.id).collect();
+        for region in regions {
+            let heir = self.least_loaded();
+            self.map.assign(region, heir).expect("region exists");
+        }
+        self.broadcast_map();
+    }
+
+    /// A newer map (from the controller, or the controller's own): pass it to this core's
+    /// servers and place the orphans it gives owners to.
+    pub(super) fn apply_map(&mut self, map: RegionMap) {
+        if map.epoch <= self.map.epoch {
+            return;
+        }
+        self.map = map;
+        self.publish_map();
+    }
+
+    pub(super) fn publish_map(&mut self) {
+        self.stats.map_changes += 1;
+        self.journal(JournalOp::Map);
+        let live: Vec<ServerId> = self.live_servers().collect();
+        for server in live {
+            self.send(server, ReplicationMsg::Map(self.map.clone()));
+        }
+        self.place_orphans();
+        self.place_dormant();
+    }
+
+    /// The incarnation is gone (its lease ran out, or a newer one registered): its entities are
+    /// fenced at once under fresh epochs, and once the controller has given its regions to live
+    /// servers they go to them, from the committed state.
+    pub(super) fn declare_dead(&mut self, server: ServerId) {
+        let Some(slot) = self.servers.get_mut(&server) else { return };
+        if !slot.live {
+            return;
+        }
+        slot.live = false;
+        self.stats.servers_declared_dead += 1;
+        self.loaded.remove(&server);
+        let roots: Vec<EntityId> = self
+            .records
+            .iter()
+            .filter(|(_, r)| r.authority == Some(server) && r.state.parent.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        for root in roots {
+            self.grant(root, None);
+        }
+        // The controller reassigns the regions and sends the map back, which places the orphans.
+        self.tell_controller(SliceMsg::ServerDown { server });
+    }
+
+    /// Controller: the live server with the fewest regions.
+    pub(super) fn least_loaded(&self) -> Option<ServerId> {
+        self.live_everywhere.iter().copied().min_by_key(|s| (self.map.regions_of(*s).count(), *s))
+    }
+
+    pub(super) fn busiest(&self) -> Option<ServerId> {
+        self.live_everywhere.iter().copied().max_by_key(|s| (self.map.regions_of(*s).count(), std::cmp::Reverse(*s)))
+    }
+
+    /// Controller: the map changed; every slice (this one included) gets it.
+    pub(super) fn broadcast_map(&mut self) {
+        debug_assert!(self.is_controller());
+        for slice in 1..self.slices {
+            self.peer_outbox.push_back((SliceId(slice), SliceMsg::Map(self.map.clone())));
+        }
+        self.publish_map();
+    }
+
+    /// Entities this slice holds, per region.
+    pub(super) fn region_counts(&self) -> Vec<(RegionId, u32)> {
+        let mut counts: BTreeMap<RegionId, u32> = BTreeMap::new();
+        // Items at rest cost a server nothing: with streaming, only what servers hold counts.
+        let streaming = self.streaming.is_some();
+        for record in self.records.values().filter(|r| !streaming || r.authority.is_some()) {
+            *counts.entry(self.map.region_at(record.state.pos()).id).or_default() += 1;
+        }
+        counts.into_iter().collect()
+    }
+
+    /// Controller: entities per region, from every slice's last report.
+    pub fn region_loads(&self) -> BTreeMap<RegionId, u32> {
+        let mut total: BTreeMap<RegionId, u32> = BTreeMap::new();
+        for load in &self.loads {
+            for (region, n) in load {
+                *total.entry(*region).or_default() += n;
+            }
+        }
+        total
+    }
+
+    /// Controller, once a period: if the busiest live server holds well more than the quietest,
+    /// give the quietest the busiest's region that best halves the gap; if every region of the
+    /// busiest is too big for that, split its biggest so the next period can move half.
+    pub(super) fn balance(&mut self) {
+        let loads = self.region_loads();
+        let load_of =
+            |s: ServerId| -> u32 { self.map.regions_of(s).map(|r| loads.get(&r.id).copied().unwrap_or(0)).sum() };
+        let by_load: Vec<(u32, ServerId)> = self.live_everywhere.iter().map(|s| (load_of(*s), *s)).collect();
+        let (Some(&(high, busiest)), Some(&(low, quietest))) = (by_load.iter().max(), by_load.iter().min()) else {
+            return;
+        };
+        let gap = high - low;
+        if busiest == quietest || gap < BALANCE_SLACK_ENTITIES || gap * 10 < high {
+            return;
+        }
+        let mut regions: Vec<(u32, RegionId)> =
+            self.map.regions_of(busiest).map(|r| (loads.get(&r.id).copied().unwrap_or(0), r.id)).collect();
+        regions.sort();
+        // The biggest region that moves less than the gap: both sides end nearer the middle.
+        let movable = regions.iter().rev().find(|(n, _)| *n > 0 && *n < gap && regions.len() > 1);
+        match movable {
+            Some(&(_, region)) => {
+                self.map.assign(region, Some(quietest)).expect("region exists");
+                self.broadcast_map();
+            }
+            None => {
+                if let Some(&(_, biggest)) = regions.last() {
+                    if self.map.split(biggest).is_ok() {
+                        // The halves' loads are unknown until the next reports.
+                        for load in &mut self.loads {
+                            load.remove(&biggest);
+                        }
+                        self.broadcast_map();
+                    }
+                }
+            }
+        }
+    }
+
+    /// The controller's standing policy: every region has a live server, an idle server takes a
+    /// region from the busiest.
+    pub(super) fn controller_tick(&mut self) {
+        let mut changed = false;
+        let unowned: Vec<RegionId> = self.map.regions().iter().filter(|r| r.server.is_none()).map(|r| r.id).collect();
+        for region in unowned {
+            if let Some(heir) = self.least_loaded() {
+                self.map.assign(region, Some(heir)).expect("region exists");
+                changed = true;
+            }
+        }
+        if let (Some(idle), Some(busiest)) = (self.least_loaded(), self.busiest()) {
+            let regions_of_busiest: Vec<RegionId> = self.map.regions_of(busiest).map(|r| r.id).collect();
+            if self.map.regions_of(idle).count() == 0 && regions_of_busiest.len() >= 2 {
+                self.map.assign(regions_of_busiest[0], Some(idle)).expect("region exists");
+                changed = true;
+            }
+        }
+        if changed {
+            self.broadcast_map();
+        }
+        if self.balancing && self.ticks % BALANCE_PERIOD_TICKS == 1 {
+            self.balance();
+        }
+    }
+
+    /// Controller: cut a region in two (both halves keep its server).
+    pub fn split_region(&mut self, region: RegionId) -> Result<(RegionId, RegionId), MapError> {
+        assert!(self.is_controller(), "only the controller changes the map");
+        let halves = self.map.split(region)?;
+        self.broadcast_map();
+        Ok(halves)
+    }
+
+    /// Controller: join two regions that form a box; the union takes `a`'s server.
+    pub fn merge_regions(&mut self, a: RegionId, b: RegionId) -> Result<RegionId, MapError> {
+        assert!(self.is_controller(), "only the controller changes the map");
+        let merged = self.map.merge(a, b)?;
+        self.broadcast_map();
+        Ok(merged)
+    }
+
+    /// Controller: give a region to another live server; its entities follow by handoff.
+    pub fn move_region(&mut self, region: RegionId, server: ServerId) -> Result<(), MapError> {
+        assert!(self.is_controller(), "only the controller changes the map");
+        if !self.live_everywhere.contains(&server) {
+            return Ok(());
+        }
+        self.map.assign(region, Some(server))?;
+        self.broadcast_map();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::world::Aabb;
+    use glam::Vec3;
+
+    #[test]
+    fn every_region_operation_bumps_the_epoch_and_reaches_every_other_slice() {
+        let map = RegionMap::kd_split(Aabb::new(Vec3::ZERO, Vec3::splat(100.0)), 2);
+        let mut s: Vec<Replication> =
+            (0..3).map(|i| Replication::new_slice(SliceId(i), 3, map.clone(), Vec::new())).collect();
+        let epoch = s[0].map().epoch;
+        let first = s[0].map().regions()[0].id;
+        let (a, b) = s[0].split_region(first).unwrap();
+        let merged = s[0].merge_regions(a, b).unwrap();
+        assert!(s[0].map().epoch >= epoch + 2, "{} after {epoch}", s[0].map().epoch);
+        assert!(s[0].map().get(merged).is_some());
+        let mut maps = 0;
+        while let Some((to, msg)) = s[0].poll_peer() {
+            maps += matches!(msg, SliceMsg::Map(_)) as usize;
+            s[to.0 as usize].handle_peer(SliceId(0), msg);
+        }
+        assert!(maps >= 2, "the map went to both other slices");
+        assert_eq!(s[1].map(), s[0].map());
+        assert_eq!(s[2].map(), s[0].map());
+    }
+
+    /// A region operation asked of a slice other than 0 is a bug in the caller, not a message
+    /// from outside: it stops loudly.
+    #[test]
+    #[should_panic(expected = "only the controller")]
+    fn only_the_controller_changes_the_map() {
+        let map = RegionMap::kd_split(Aabb::new(Vec3::ZERO, Vec3::splat(100.0)), 2);
+        let mut s1 = Replication::new_slice(SliceId(1), 2, map.clone(), Vec::new());
+        let _ = s1.split_region(map.regions()[0].id);
+    }
+}
