@@ -1,17 +1,46 @@
 //! Players per core: the most bots the live mesh carries with tick p99 under the budget (33 ms
 //! at 30 Hz), on 1 core and on 2 cores in one run, and the 2-core/1-core ratio.
 //!
-//! Run: cargo bench --bench players_per_core -- [SECONDS_PER_TRIAL]
+//! Run: cargo bench --bench players_per_core -- [SECONDS_PER_TRIAL] [--json PATH]
+//!      [--against BIN]... [--at CORES:PLAYERS,...] [--rounds R]
+//!
+//! With `--against`, no search: each `--at` point (default 1:10000,2:16000) runs on this build and
+//! on every other players_per_core bench binary named (built from another commit), alternating,
+//! `R` rounds (default 3), and the median tick p50 and p99 of each build are compared. Each of
+//! those trials is `BIN SECONDS --one CORES:PLAYERS`, which runs one trial and prints one JSON line.
 //!
 //! Each trial runs the mesh for the given seconds (the first fifth is warm-up and not counted)
 //! and passes if tick p99 is under budget and the audit is clean. The search doubles the players
 //! until a trial fails, then bisects to within 10%.
 
+use std::process::Command;
 use std::time::Duration;
 
+use serde_json::{json, Value};
 use shardmesh::runtime::mesh::{run, MeshConfig};
 
 const BUDGET_MS: f64 = 33.0;
+
+/// One trial, as JSON: cores, players, tick p50 and p99, whether the audit was clean and the
+/// trial passed.
+fn trial_json(cores: usize, players: usize, secs: f64) -> Value {
+    let cfg = MeshConfig {
+        warmup: Duration::from_secs_f64(secs / 5.0),
+        seed: 7,
+        ..MeshConfig::bots(cores, players, Duration::from_secs_f64(secs))
+    };
+    let s = run(cfg).expect("the mesh starts");
+    let clean = s.audit_error.is_none() && s.lost_entities == 0 && s.duplicate_entities == 0;
+    json!({
+        "cores": cores,
+        "players": players,
+        "ticks": s.ticks,
+        "tick_p50_ms": s.tick_p50_ms,
+        "tick_p99_ms": s.tick_p99_ms,
+        "clean": clean,
+        "pass": clean && s.ticks > 0 && s.tick_p99_ms < BUDGET_MS,
+    })
+}
 
 fn trial(cores: usize, players: usize, secs: f64) -> (bool, f64, f64) {
     let cfg = MeshConfig {
@@ -63,8 +92,136 @@ fn search(cores: usize, secs: f64) -> usize {
     lo
 }
 
+/// `bin SECS --one CORES:PLAYERS`: its last JSON line.
+fn run_binary(bin: &str, secs: f64, cores: usize, players: usize) -> Result<Value, String> {
+    let out = Command::new(bin)
+        .args([secs.to_string(), "--one".into(), format!("{cores}:{players}")])
+        .output()
+        .map_err(|e| format!("{bin}: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().rev().find(|l| l.starts_with('{')).ok_or_else(|| {
+        format!(
+            "{bin} printed no JSON line (is it a players_per_core bench with --one?): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    serde_json::from_str(last).map_err(|e| format!("{bin}: {e}: {last}"))
+}
+
+fn point(text: &str) -> (usize, usize) {
+    let (c, p) = text.split_once(':').expect("CORES:PLAYERS");
+    (c.parse().expect("cores"), p.parse().expect("players"))
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs.get(xs.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn write_json(path: &str, value: &Value) {
+    match std::fs::write(path, serde_json::to_string_pretty(value).expect("JSON")) {
+        Ok(()) => println!("wrote {path}"),
+        Err(e) => println!("could not write {path}: {e}"),
+    }
+}
+
+/// Builds side by side at fixed points; false if any trial did not run or was not clean.
+fn side_by_side(secs: f64, against: &[String], at: &[(usize, usize)], rounds: usize, json_path: &str) -> bool {
+    let this = std::env::current_exe().expect("this binary's path").display().to_string();
+    let bins: Vec<String> = std::iter::once(this).chain(against.iter().cloned()).collect();
+    println!(
+        "players_per_core side by side: {} builds, {rounds} rounds, {secs} s trials (build 0 is this one)",
+        bins.len()
+    );
+    for (i, b) in bins.iter().enumerate() {
+        println!("  build {i}: {b}");
+    }
+    let mut ok = true;
+    let mut runs: Vec<(usize, (usize, usize), Value)> = Vec::new();
+    for round in 0..rounds {
+        for &(cores, players) in at {
+            for k in 0..bins.len() {
+                let i = (k + round) % bins.len();
+                match run_binary(&bins[i], secs, cores, players) {
+                    Ok(v) => {
+                        println!(
+                            "  round {round} build {i} cores={cores} players={players} p50={:.2}ms p99={:.2}ms clean={}",
+                            v["tick_p50_ms"].as_f64().unwrap_or(0.0),
+                            v["tick_p99_ms"].as_f64().unwrap_or(0.0),
+                            v["clean"]
+                        );
+                        ok &= v["clean"].as_bool() == Some(true) && v["ticks"].as_u64().unwrap_or(0) > 0;
+                        runs.push((i, (cores, players), v));
+                    }
+                    Err(e) => {
+                        println!("  round {round} build {i} cores={cores} players={players}: FAILED: {e}");
+                        ok = false;
+                    }
+                }
+            }
+        }
+    }
+    let mut results = Vec::new();
+    println!("medians (tick p50 / p99, ms):");
+    for &(cores, players) in at {
+        let mut row = format!("  cores={cores} players={players:<6}");
+        for (i, bin) in bins.iter().enumerate() {
+            let of = |key: &str| -> Vec<f64> {
+                runs.iter()
+                    .filter(|(b, p, _)| *b == i && *p == (cores, players))
+                    .filter_map(|(_, _, v)| v[key].as_f64())
+                    .collect()
+            };
+            let (p50, p99) = (median(of("tick_p50_ms")), median(of("tick_p99_ms")));
+            row += &format!("  build {i}: {p50:.2} / {p99:.2} (n={})", of("tick_p99_ms").len());
+            results.push(json!({"build": i, "bin": bin, "cores": cores, "players": players, "tick_p50_ms": p50, "tick_p99_ms": p99, "runs": of("tick_p99_ms")}));
+        }
+        println!("{row}");
+    }
+    write_json(json_path, &json!({"bench": "players_per_core", "seconds": secs, "side_by_side": results}));
+    ok
+}
+
 fn main() {
-    let secs: f64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(15.0);
+    let mut secs: f64 = 15.0;
+    let (mut json_path, mut against, mut at, mut rounds, mut one) =
+        ("target/bench-players_per_core.json".to_string(), Vec::new(), vec![(1, 10_000), (2, 16_000)], 3, None);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().unwrap_or_else(|| panic!("{name} needs a value"));
+        match arg.as_str() {
+            "--json" => json_path = value("--json"),
+            "--against" => against.push(value("--against")),
+            "--at" => at = value("--at").split(',').map(point).collect(),
+            "--rounds" => rounds = value("--rounds").parse().expect("a number of rounds"),
+            "--one" => one = Some(point(&value("--one"))),
+            "--bench" => {}
+            other => {
+                if let Ok(s) = other.parse() {
+                    secs = s;
+                }
+            }
+        }
+    }
+    if let Some((cores, players)) = one {
+        let v = trial_json(cores, players, secs);
+        println!("{v}");
+        std::process::exit(if v["clean"].as_bool() == Some(true) { 0 } else { 1 });
+    }
+    if !against.is_empty() {
+        let ok = side_by_side(secs, &against, &at, rounds, &json_path);
+        let points: Vec<String> = at.iter().map(|(c, p)| format!("{c}:{p}")).collect();
+        let others: String = against.iter().map(|b| format!(" --against {b}")).collect();
+        println!(
+            "reproduce: cargo bench --bench players_per_core -- {secs} --at {}{others} --rounds {rounds}",
+            points.join(",")
+        );
+        if !ok {
+            println!("FAILED: a trial did not run or its audit was not clean");
+            std::process::exit(1);
+        }
+        return;
+    }
     let available = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("players_per_core: tick budget {BUDGET_MS} ms (30 Hz), {secs} s trials, 2 servers per core, {available} cores here");
     let one = search(1, secs);
@@ -74,5 +231,13 @@ fn main() {
         two / 2,
         two as f64 / one.max(1) as f64
     );
+    write_json(
+        &json_path,
+        &json!({"bench": "players_per_core", "seconds": secs, "one_core_players": one, "two_core_players": two}),
+    );
     println!("reproduce: cargo bench --bench players_per_core -- {secs}");
+    if one == 0 {
+        println!("FAILED: no trial passed on one core");
+        std::process::exit(1);
+    }
 }
