@@ -1,0 +1,75 @@
+//! Container streaming on the server side: loading the containers a player comes near, unloading those none is near.
+
+use super::*;
+
+impl Server {
+    /// One streaming pass: load the containers in this server's regions that a player (held,
+    /// or a neighbour's seen as a ghost) has come near; unload the loaded ones no player is near
+    /// any more, giving their loose items back to the layer. A loose item held in a container
+    /// that is not loaded (adopted while an unload was on its way) goes back too.
+    pub(super) fn stream(&mut self) {
+        const KEEP: u8 = 1;
+        const WANT: u8 = 2;
+        let index = self.streaming.clone().expect("streaming is on");
+        let players: Vec<Vec3> = self
+            .entities
+            .values()
+            .filter(|h| h.state.kind == EntityKind::Player)
+            .map(|h| h.state.pos())
+            .chain(self.ghosts.iter().filter(|g| g.kind == EntityKind::Player).map(|g| Vec3::from_array(g.position)))
+            .collect();
+        let mut touched: Vec<ContainerId> = Vec::new();
+        for p in players {
+            let marks = &mut self.marks;
+            index.near(p, STREAM_UNLOAD_RADIUS_M, |c| {
+                let mark = &mut marks[c as usize];
+                if *mark == 0 {
+                    touched.push(c);
+                }
+                *mark |= KEEP;
+                if *mark & WANT == 0 && index.is_near(c, p, STREAM_LOAD_RADIUS_M) {
+                    *mark |= WANT;
+                }
+            });
+        }
+        let map = self.map.as_ref().expect("active servers have a map");
+        let mine: Vec<crate::world::Aabb> = map.regions_of(self.id).map(|r| r.bounds).collect();
+        let mut loads = Vec::new();
+        for &c in &touched {
+            let in_my_regions = || index.bounds(c).is_some_and(|b| mine.iter().any(|r| r.overlaps(&b)));
+            if self.marks[c as usize] & WANT != 0 && !self.loaded.contains(&c) && in_my_regions() {
+                loads.push(c);
+            }
+        }
+        let dropped: Vec<ContainerId> =
+            self.loaded.iter().copied().filter(|c| self.marks[*c as usize] & KEEP == 0).collect();
+        for c in touched {
+            self.marks[c as usize] = 0;
+        }
+        for c in &dropped {
+            self.loaded.remove(c);
+        }
+        self.loaded.extend(loads.iter().copied());
+        let mut unloads: BTreeMap<ContainerId, Vec<(EntityId, Epoch)>> =
+            dropped.into_iter().map(|c| (c, Vec::new())).collect();
+        for (id, h) in &self.entities {
+            if is_streamed(&h.state) && map.owner_at(h.state.pos()) == Some(self.id) {
+                let c = index.locate(h.state.pos());
+                if !self.loaded.contains(&c) {
+                    unloads.entry(c).or_default().push((*id, h.epoch));
+                }
+            }
+        }
+        for (container, roots) in unloads {
+            for (root, _) in &roots {
+                self.stats.roots_unloaded += 1;
+                self.remove_subtree(*root);
+            }
+            self.send(ServerMsg::Unload { container, roots });
+        }
+        for container in loads {
+            self.stats.containers_loaded += 1;
+            self.send(ServerMsg::Load { container });
+        }
+    }
+}
