@@ -1,5 +1,5 @@
 //! Clients over real sockets: the gateway the mesh's cores run (`gateway`), what travels on the
-//! wire (`wire`), the private key that signs connect tokens (`key`), and the load-generating
+//! wire (`wire`), what each client is sent (`update`, sans-IO), the private key that signs connect tokens (`key`), and the load-generating
 //! bots that connect as clients do (`bots`).
 
 pub mod bots;
@@ -9,6 +9,7 @@ pub mod guard;
 pub mod harness;
 pub mod key;
 pub mod transport;
+pub mod update;
 pub mod wire;
 
 pub use gateway::{Gateway, GatewayStats, Seats, ViewEntity, Views, CLIENT_BYTES_PER_S_DEFAULT};
