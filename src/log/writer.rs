@@ -554,9 +554,6 @@ fn flush_loop(
                 next_sync = Instant::now() + p;
             }
         }
-        for reply in replies.drain(..) {
-            let _ = reply.send(synced);
-        }
         if durability == Durability::Off && open {
             // `Off` promises nothing before the close: a segment rolled away is neither synced
             // nor sealed (the kernel writes it back in its own time).
@@ -570,6 +567,11 @@ fn flush_loop(
                 }
             }
             state.durable_tick.fetch_max(latest_tick, Ordering::Release);
+        }
+        // Answered only now, so a writer that asked for a sync reads the durable tick it made
+        // (the simulator found one reading the tick before, a race that changed a replay).
+        for reply in replies.drain(..) {
+            let _ = reply.send(synced);
         }
         // Durability first, then the pages the writer will need next, off its thread. A failed
         // prefault (an old kernel) only leaves the faults to the writer.
