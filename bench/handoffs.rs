@@ -15,11 +15,13 @@
 //! the same machine's noise. Each of those runs is `BIN SECONDS --one RUNNERS`, which measures
 //! once and prints one JSON line.
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use shardmesh::runtime::mesh::{run, MeshConfig, Scenario};
+use side_by_side::{median, run_binary, write_json};
+
+mod side_by_side;
 
 // The allocator the shardmesh binary runs with, so the figures are the binary's.
 #[global_allocator]
@@ -120,30 +122,6 @@ fn failed(v: &Value) -> bool {
         || v["audit"].as_str() != Some("clean")
 }
 
-/// `bin SECS --one RUNNERS`: its last stdout line, as JSON.
-fn run_binary(bin: &str, secs: f64, runners: usize) -> Result<Value, String> {
-    let out = Command::new(bin)
-        .args([secs.to_string(), "--one".into(), runners.to_string()])
-        .output()
-        .map_err(|e| format!("{bin}: {e}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().rev().find(|l| l.starts_with('{')).ok_or_else(|| {
-        format!(
-            "{bin} printed no JSON line (is it a handoffs bench with --one?): {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
-    serde_json::from_str(last).map_err(|e| format!("{bin}: {e}: {last}"))
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    if xs.is_empty() {
-        return 0.0;
-    }
-    xs[xs.len() / 2]
-}
-
 fn main() {
     let a = args();
     if let Some(runners) = a.one {
@@ -179,7 +157,7 @@ fn main() {
                 // Each round starts with a different build, so none always runs first.
                 for k in 0..bins.len() {
                     let i = (k + round) % bins.len();
-                    match run_binary(&bins[i], a.secs, runners) {
+                    match run_binary(&bins[i], a.secs, &runners.to_string(), "handoffs") {
                         Ok(v) => {
                             println!("{}", line(&format!("round {round} build {i} "), &v));
                             any_failed |= failed(&v);
@@ -212,12 +190,12 @@ fn main() {
         }
     }
     let out = json!({ "bench": "handoffs", "seconds": a.secs, "results": results });
-    match std::fs::write(&a.json, serde_json::to_string_pretty(&out).expect("JSON")) {
-        Ok(()) => println!("wrote {}", a.json),
-        Err(e) => println!("could not write {}: {e}", a.json),
-    }
+    write_json(&a.json, &out);
     let runners: Vec<String> = a.runners.iter().map(|r| r.to_string()).collect();
-    let against: String = a.against.iter().map(|b| format!(" --against {b}")).collect();
+    let mut against: String = a.against.iter().map(|b| format!(" --against {b}")).collect();
+    if !a.against.is_empty() {
+        against += &format!(" --rounds {}", a.rounds);
+    }
     println!("reproduce: cargo bench --bench handoffs -- {} --runners {}{against}", a.secs, runners.join(","));
     if any_failed {
         println!("FAILED: a run handed nothing off, lost or duplicated entities, or did not run");

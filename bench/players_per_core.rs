@@ -13,44 +13,53 @@
 //! and passes if tick p99 is under budget and the audit is clean. The search doubles the players
 //! until a trial fails, then bisects to within 10%.
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use shardmesh::runtime::mesh::{run, MeshConfig};
+use shardmesh::runtime::mesh::{run, MeshConfig, MeshSummary};
+use side_by_side::{median, run_binary, write_json};
+
+mod side_by_side;
 
 const BUDGET_MS: f64 = 33.0;
 
-/// One trial, as JSON: cores, players, tick p50 and p99, whether the audit was clean and the
-/// trial passed.
-fn trial_json(cores: usize, players: usize, secs: f64) -> Value {
+/// One trial: the mesh for `secs` seconds, the first fifth warm-up.
+fn run_trial(cores: usize, players: usize, secs: f64) -> MeshSummary {
     let cfg = MeshConfig {
         warmup: Duration::from_secs_f64(secs / 5.0),
         seed: 7,
         ..MeshConfig::bots(cores, players, Duration::from_secs_f64(secs))
     };
-    let s = run(cfg).expect("the mesh starts");
-    let clean = s.audit_error.is_none() && s.lost_entities == 0 && s.duplicate_entities == 0;
+    run(cfg).expect("the mesh starts")
+}
+
+fn clean(s: &MeshSummary) -> bool {
+    s.audit_error.is_none() && s.lost_entities == 0 && s.duplicate_entities == 0
+}
+
+/// A trial passes if it ticked, its audit is clean and tick p99 is under budget.
+fn passed(s: &MeshSummary) -> bool {
+    clean(s) && s.ticks > 0 && s.tick_p99_ms < BUDGET_MS
+}
+
+/// One trial, as JSON: cores, players, tick p50 and p99, whether the audit was clean and the
+/// trial passed.
+fn trial_json(cores: usize, players: usize, secs: f64) -> Value {
+    let s = run_trial(cores, players, secs);
     json!({
         "cores": cores,
         "players": players,
         "ticks": s.ticks,
         "tick_p50_ms": s.tick_p50_ms,
         "tick_p99_ms": s.tick_p99_ms,
-        "clean": clean,
-        "pass": clean && s.ticks > 0 && s.tick_p99_ms < BUDGET_MS,
+        "clean": clean(&s),
+        "pass": passed(&s),
     })
 }
 
 fn trial(cores: usize, players: usize, secs: f64) -> (bool, f64, f64) {
-    let cfg = MeshConfig {
-        warmup: Duration::from_secs_f64(secs / 5.0),
-        seed: 7,
-        ..MeshConfig::bots(cores, players, Duration::from_secs_f64(secs))
-    };
-    let s = run(cfg).expect("the mesh starts");
-    let clean = s.audit_error.is_none() && s.lost_entities == 0 && s.duplicate_entities == 0;
-    let ok = clean && s.tick_p99_ms < BUDGET_MS;
+    let s = run_trial(cores, players, secs);
+    let (clean, ok) = (clean(&s), passed(&s));
     println!(
         "  cores={cores} players={players:<6} p50={:>6.2}ms p99={:>6.2}ms max={:>6.2}ms per-core p99={:?} held={:?} handoffs={} transfers={} audit={} -> {}",
         s.tick_p50_ms,
@@ -92,37 +101,9 @@ fn search(cores: usize, secs: f64) -> usize {
     lo
 }
 
-/// `bin SECS --one CORES:PLAYERS`: its last JSON line.
-fn run_binary(bin: &str, secs: f64, cores: usize, players: usize) -> Result<Value, String> {
-    let out = Command::new(bin)
-        .args([secs.to_string(), "--one".into(), format!("{cores}:{players}")])
-        .output()
-        .map_err(|e| format!("{bin}: {e}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().rev().find(|l| l.starts_with('{')).ok_or_else(|| {
-        format!(
-            "{bin} printed no JSON line (is it a players_per_core bench with --one?): {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
-    serde_json::from_str(last).map_err(|e| format!("{bin}: {e}: {last}"))
-}
-
 fn point(text: &str) -> (usize, usize) {
     let (c, p) = text.split_once(':').expect("CORES:PLAYERS");
     (c.parse().expect("cores"), p.parse().expect("players"))
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs.get(xs.len() / 2).copied().unwrap_or(0.0)
-}
-
-fn write_json(path: &str, value: &Value) {
-    match std::fs::write(path, serde_json::to_string_pretty(value).expect("JSON")) {
-        Ok(()) => println!("wrote {path}"),
-        Err(e) => println!("could not write {path}: {e}"),
-    }
 }
 
 /// Builds side by side at fixed points; false if any trial did not run or was not clean.
@@ -142,7 +123,7 @@ fn side_by_side(secs: f64, against: &[String], at: &[(usize, usize)], rounds: us
         for &(cores, players) in at {
             for k in 0..bins.len() {
                 let i = (k + round) % bins.len();
-                match run_binary(&bins[i], secs, cores, players) {
+                match run_binary(&bins[i], secs, &format!("{cores}:{players}"), "players_per_core") {
                     Ok(v) => {
                         println!(
                             "  round {round} build {i} cores={cores} players={players} p50={:.2}ms p99={:.2}ms clean={}",

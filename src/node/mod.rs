@@ -346,7 +346,7 @@ impl<W: Wire> Node<W> {
                 Phase::Start => {
                     self.tick = tick;
                     self.start_due(now);
-                    self.receive(now, io);
+                    self.receive(io);
                     self.pump(now);
                     io.stage_done(Stage::Receive);
                     self.overloaded = io.overloaded();
@@ -371,7 +371,7 @@ impl<W: Wire> Node<W> {
                 }
                 Phase::Simulate => {
                     if self.clients {
-                        self.receive(now, io);
+                        self.receive(io);
                         self.pump(now);
                     }
                     if !self.overloaded {
@@ -417,7 +417,7 @@ impl<W: Wire> Node<W> {
     /// One round of a stopping node: no simulation, but messages between nodes still move and
     /// what arrives is committed. Returns how many messages arrived.
     pub fn settle(&mut self, now_us: u64, io: &mut impl NodeIo) -> usize {
-        let received = self.receive(now_us, io);
+        let received = self.receive(io);
         self.pump(now_us);
         if received > 0 {
             self.commit(now_us, io);
@@ -429,7 +429,7 @@ impl<W: Wire> Node<W> {
     /// Messages move (from other nodes, between servers and slice, to other nodes) and nothing
     /// else happens: what a test does between ticks to see a message land.
     pub fn exchange(&mut self, now_us: u64, io: &mut impl NodeIo) -> usize {
-        let received = self.receive(now_us, io);
+        let received = self.receive(io);
         self.pump(now_us);
         self.send(now_us, io);
         received
@@ -440,8 +440,7 @@ impl<W: Wire> Node<W> {
         self.commit(now_us, io);
     }
 
-    fn receive(&mut self, now_us: u64, io: &mut impl NodeIo) -> usize {
-        let _ = now_us;
+    fn receive(&mut self, io: &mut impl NodeIo) -> usize {
         let mut received = std::mem::take(&mut self.received);
         io.receive(&mut received);
         let n = received.len();
