@@ -33,6 +33,7 @@ use super::messages::{
     Committed, Delta, Epoch, Ghost, Incarnation, Owned, ReplicationMsg, ServerMsg, SliceId, SliceMsg, ToReplication,
     ToServer,
 };
+use super::slab::SlabMap;
 pub use crate::limits::{BALANCE_PERIOD_TICKS, BALANCE_SLACK_ENTITIES};
 use crate::limits::{LEASE_DURATION_US, TRANSFER_HOPS_MAX};
 use crate::world::{
@@ -116,7 +117,7 @@ pub struct Replication {
     ghosts_remote: Vec<Vec<Ghost>>,
     ticks: u64,
     map: RegionMap,
-    records: BTreeMap<EntityId, Record>,
+    records: SlabMap<EntityId, Record>,
     forest: Forest,
     servers: BTreeMap<ServerId, ServerSlot>,
     next_epoch: u64,
@@ -169,7 +170,7 @@ impl Replication {
             ghosts_remote: vec![Vec::new(); slices as usize],
             ticks: 0,
             map,
-            records: BTreeMap::new(),
+            records: SlabMap::new(),
             forest: Forest::default(),
             servers: BTreeMap::new(),
             next_epoch: 1,
@@ -228,7 +229,7 @@ impl Replication {
         self.loaded.get(&server)
     }
 
-    pub fn records(&self) -> &BTreeMap<EntityId, Record> {
+    pub fn records(&self) -> &SlabMap<EntityId, Record> {
         &self.records
     }
 
