@@ -50,7 +50,7 @@ impl<K: Ord + Copy, V> SlabMap<K, V> {
     /// Inserts `value` under `key`, giving back the value it replaces.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
         if let Some(&slot) = self.index.get(&key) {
-            return std::mem::replace(&mut self.slots[slot as usize], Some(value));
+            return self.slots[slot as usize].replace(value);
         }
         let slot = match self.free.pop() {
             Some(slot) => {
