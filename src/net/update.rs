@@ -1,13 +1,21 @@
-//! What each client is sent, without a socket in sight: from the entities in its bubble and the
-//! update it last acknowledged, the next update within its byte budget. Entities are weighed by
-//! size and nearness and by how long they have waited; one that moves as the client predicts costs
-//! nothing; the client's own entity always goes.
+//! What each client is sent, without a socket in sight: the world of a tick merged from every
+//! core's view, each client's bubble in it, and from the bubble and the update the client last
+//! acknowledged, the next update within its byte budget. Entities are weighed by size and nearness
+//! and by how long they have waited; one that moves as the client predicts costs nothing; the
+//! client's own entity always goes. The gateway feeds it views and sends what it makes; the
+//! simulator feeds it the same way and checks what its simulated clients make of it.
 
 use std::collections::VecDeque;
 
-use super::wire::{ArchivedMoved, ArchivedSeen, ArchivedUpdate, Known, Seen, Snapshot};
-use crate::limits::{BUBBLE_RADIUS_M, PREDICTION_TOLERANCE_CM};
+use glam::Vec3;
+use rustc_hash::FxHashMap;
+
+use super::wire::{ArchivedMoved, ArchivedSeen, ArchivedUpdate, Known, Seen, Snapshot, Update};
+use crate::limits::{
+    BUBBLE_RADIUS_M, HANDOFF_HOLD_TICKS, PREDICTION_TOLERANCE_CM, SEEN_PER_UPDATE_MAX, SENT_KEPT, TICK_DURATION_US,
+};
 use crate::node::ViewEntity;
+use crate::world::grid::Grid;
 use crate::world::{EntityId, EntityKind};
 
 /// An entity in a client's bubble this tick: its distance, its state, and the tick of the view that
@@ -174,4 +182,341 @@ pub(super) fn next_snapshot(
     let mut next = Snapshot { tick, player, input_ack, horizon_dm, known };
     next.settle(base);
     next
+}
+
+/// One client's side of the updates: what it was last shown, the updates it was sent lately, the
+/// newest it acknowledged, and each entity's claim to be sent.
+pub struct ClientView {
+    pub player: EntityId,
+    /// What the last update showed, with the tick each entity was last in a core's view, by id.
+    shown: Vec<(ViewEntity, u64)>,
+    /// Whether anything in `shown` was leaving its server.
+    shown_leaving: bool,
+    /// The updates sent lately, as the client holds each once it takes it in, oldest first.
+    sent: VecDeque<Snapshot>,
+    /// The newest update the client acknowledged.
+    acked: u64,
+    /// Each entity's claim to be sent, by id: it grows by the entity's weight every tick it
+    /// waits.
+    priority: Vec<(EntityId, f32)>,
+}
+
+/// An acknowledgement of an update that was never sent.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NeverSent;
+
+impl ClientView {
+    pub fn new(player: EntityId) -> Self {
+        Self {
+            player,
+            shown: Vec::new(),
+            shown_leaving: false,
+            sent: VecDeque::with_capacity(SENT_KEPT),
+            acked: 0,
+            priority: Vec::new(),
+        }
+    }
+
+    /// The client took in the update of `tick`: it is the baseline of the next ones, and those
+    /// older are dropped.
+    pub fn ack(&mut self, tick: u64) -> Result<(), NeverSent> {
+        if self.sent.back().is_none_or(|s| tick > s.tick) {
+            return Err(NeverSent);
+        }
+        if tick > self.acked {
+            self.acked = tick;
+            while self.sent.front().is_some_and(|s| s.tick < tick) {
+                self.sent.pop_front();
+            }
+        }
+        Ok(())
+    }
+
+    pub fn acked(&self) -> u64 {
+        self.acked
+    }
+
+    /// What the client holds once it takes in the newest update sent.
+    pub fn last_sent(&self) -> Option<&Snapshot> {
+        self.sent.back()
+    }
+}
+
+/// The world of one tick as every core's view has it, and the clients' updates made from it.
+pub struct Bubbles {
+    /// Places in `merged`, by position.
+    grid: Grid<u32>,
+    /// A client's bubble, kept between clients for its memory.
+    near: Vec<Near>,
+    scratch: Scratch,
+    /// Every entity in the views of the tick being sent, with the tick of the view it is from.
+    merged: Vec<(ViewEntity, u64)>,
+    index: FxHashMap<EntityId, usize>,
+    /// Update bytes one client is sent in one tick at most (its own entity always goes).
+    bytes_max: usize,
+    /// Test-only planted bug: updates are made against the newest update sent, acknowledged or
+    /// not (a client that lost it cannot apply them).
+    pub planted_delta_from_newest: bool,
+}
+
+impl Bubbles {
+    pub fn new(bytes_max: usize) -> Self {
+        Self {
+            grid: Grid::new(BUBBLE_RADIUS_M),
+            near: Vec::new(),
+            scratch: Scratch::default(),
+            merged: Vec::new(),
+            index: FxHashMap::default(),
+            bytes_max,
+            planted_delta_from_newest: false,
+        }
+    }
+
+    pub fn bytes_max(&self) -> usize {
+        self.bytes_max
+    }
+
+    /// The world of a tick: `entities` with the tick of the view each is from, what servers
+    /// hold first and what is in flight between them after (the first of an id counts, so an
+    /// entity caught mid-handoff in two views counts once, where it is held).
+    pub fn merge(&mut self, entities: impl IntoIterator<Item = (ViewEntity, u64)>) {
+        self.merged.clear();
+        self.index.clear();
+        self.grid.clear();
+        for (e, view_tick) in entities {
+            if self.index.contains_key(&e.id) {
+                continue;
+            }
+            self.index.insert(e.id, self.merged.len());
+            self.grid.insert(self.merged.len() as u32, e.position_m());
+            self.merged.push((e, view_tick));
+        }
+    }
+
+    /// The merged world's entity `id`, with the tick of its view.
+    pub fn get(&self, id: EntityId) -> Option<(ViewEntity, u64)> {
+        self.index.get(&id).map(|i| self.merged[*i])
+    }
+
+    /// The update of `tick` for `client`, from the merged world; `None` while its player is in
+    /// no view (between cores: the next update catches up).
+    pub fn update(&mut self, tick: u64, client: &mut ClientView) -> Option<Update> {
+        let Some((me, me_tick)) = self.get(client.player) else {
+            // What it was shown that is on its way between servers now is remembered, for the
+            // next update to hold it where it left (its neighbours often cross with it).
+            for (last, last_tick) in client.shown.iter_mut() {
+                if let Some((e, t)) = self.index.get(&last.id).map(|i| self.merged[*i]) {
+                    if e.leaving {
+                        (*last, *last_tick) = (e, t);
+                        client.shown_leaving = true;
+                    }
+                }
+            }
+            return None;
+        };
+        let pad = Vec3::splat(BUBBLE_RADIUS_M);
+        let dt = TICK_DURATION_US as f32 / 1e6;
+        // The bubble is around where the player is at `tick`, as the client reckons it: from a
+        // core whose view is behind (it skipped ticks under load), the player's state is of an
+        // earlier tick, up to a few metres back along its way.
+        let at = me.position_m() + me.velocity_m_s() * dt * tick.saturating_sub(me_tick) as f32;
+        let mut near = std::mem::take(&mut self.near);
+        near.clear();
+        let merged = &self.merged;
+        self.grid.query(at - pad, at + pad, |i, p| {
+            let d = p.distance(at);
+            if d <= BUBBLE_RADIUS_M {
+                let (e, last_tick) = merged[i as usize];
+                near.push(Near { d, e, last_tick });
+            }
+        });
+        // Held through a handoff: what was last shown leaving its server stays where it left
+        // until a server adopts it. In flight it is not simulated: shown where it left (the
+        // views carry the state a handoff gave up), as of when it left.
+        for (last, last_tick) in client.shown.iter().filter(|_| client.shown_leaving) {
+            let in_flight = last.leaving && tick <= last_tick + HANDOFF_HOLD_TICKS;
+            if !in_flight || self.index.contains_key(&last.id) {
+                continue;
+            }
+            let d = last.position_m().distance(at);
+            if d <= BUBBLE_RADIUS_M {
+                near.push(Near { d, e: *last, last_tick: *last_tick });
+            }
+        }
+        // Crowded: the nearest are shown (selected, not sorted: `next_snapshot` orders them by
+        // id), and the horizon is the first left out.
+        let horizon_m = if near.len() > SEEN_PER_UPDATE_MAX {
+            near.select_nth_unstable_by(SEEN_PER_UPDATE_MAX, |a, b| a.d.total_cmp(&b.d).then(a.e.id.cmp(&b.e.id)));
+            let horizon = near[SEEN_PER_UPDATE_MAX].d;
+            near.truncate(SEEN_PER_UPDATE_MAX);
+            horizon
+        } else {
+            BUBBLE_RADIUS_M
+        };
+        let acked =
+            if self.planted_delta_from_newest { client.sent.back().map_or(0, |s| s.tick) } else { client.acked };
+        let next = next_snapshot(
+            &client.sent,
+            acked,
+            &mut client.priority,
+            client.player,
+            (tick, me.input_seq, (horizon_m * 10.0) as u16),
+            &mut near,
+            self.bytes_max,
+            &mut self.scratch,
+        );
+        // What the client is shown (`near` is by id now, as is `next`).
+        client.shown.clear();
+        client.shown_leaving = false;
+        let mut at = 0;
+        for n in near.iter() {
+            while next.known.get(at).is_some_and(|k| k.seen.id < n.e.id) {
+                at += 1;
+            }
+            if next.known.get(at).is_some_and(|k| k.seen.id == n.e.id) {
+                client.shown.push((n.e, n.last_tick));
+                client.shown_leaving |= n.e.leaving;
+            }
+        }
+        self.near = near;
+        let update = next.delta_from(baseline(&client.sent, acked));
+        if client.sent.len() == SENT_KEPT {
+            if let Some(oldest) = client.sent.pop_front() {
+                self.scratch.known = oldest.known;
+            }
+        }
+        client.sent.push_back(next);
+        Some(update)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::wire;
+    use super::*;
+
+    fn entity(id: u64, kind: EntityKind, x: f32, vx: f32) -> ViewEntity {
+        ViewEntity::new(EntityId(id), kind, [x, 0.0, 0.0], [vx, 0.0, 0.0])
+    }
+
+    /// One tick of a client that acknowledges every update at once: the update's bytes, and what
+    /// the client holds after it.
+    fn tick(
+        sent: &mut VecDeque<Snapshot>,
+        priority: &mut Vec<(EntityId, f32)>,
+        tick: u64,
+        near: &[(f32, ViewEntity)],
+        bytes_max: usize,
+    ) -> (usize, Snapshot) {
+        let acked = sent.back().map_or(0, |s| s.tick);
+        let mut near: Vec<Near> = near.iter().map(|(d, e)| Near { d: *d, e: *e, last_tick: tick }).collect();
+        let next = next_snapshot(
+            sent,
+            acked,
+            priority,
+            EntityId(1),
+            (tick, 0, 400),
+            &mut near,
+            bytes_max,
+            &mut Scratch::default(),
+        );
+        let update = next.delta_from(baseline(sent, acked));
+        let bytes = wire::encode(&update);
+        let base = baseline(sent, acked).cloned();
+        assert_eq!(Snapshot::apply(base.as_ref(), &wire::decode(&bytes).unwrap()), Ok(next.clone()));
+        sent.push_back(next.clone());
+        (bytes.len(), next)
+    }
+
+    #[test]
+    fn a_crowd_enters_by_priority_within_the_budget_and_then_costs_nothing() {
+        let me = entity(1, EntityKind::Player, 0.0, 0.0);
+        // Twenty items at rest, from 1 m to 20 m, and a ship at the far end.
+        let mut near: Vec<(f32, ViewEntity)> = vec![(0.0, me)];
+        near.extend(
+            (0..20).map(|i| (1.0 + i as f32, entity(10 + i, EntityKind::Item { capacity: 0 }, 1.0 + i as f32, 0.0))),
+        );
+        near.push((20.0, entity(99, EntityKind::Ship, 20.0, 0.0)));
+        let bytes_max = 2 * UPDATE_BYTES + 3 * ENTERED_BYTES;
+        let (mut sent, mut priority) = (VecDeque::new(), Vec::new());
+        let mut entered_order = Vec::new();
+        for t in 1..=12 {
+            let (bytes, next) = tick(&mut sent, &mut priority, t, &near, bytes_max);
+            assert!(bytes <= bytes_max, "tick {t}: {bytes} bytes");
+            // The client's own entity always; nothing once shown leaves while in view.
+            assert!(next.get(EntityId(1)).is_some());
+            if let Some(before) = sent.iter().rev().nth(1) {
+                assert!(before.known.iter().all(|k| next.get(k.seen.id).is_some()));
+            }
+            for k in &next.known {
+                if !entered_order.contains(&k.seen.id) {
+                    entered_order.push(k.seen.id);
+                }
+            }
+        }
+        assert_eq!(entered_order.len(), 22, "everything entered: {entered_order:?}");
+        // The ship, four times an item's size at the far end, is among the first in; the items
+        // enter nearest first.
+        let place = |id| entered_order.iter().position(|e| *e == EntityId(id)).unwrap();
+        assert!(place(99) <= 4, "{entered_order:?}");
+        assert!((10..29).all(|i| place(i) < place(i + 1)), "{entered_order:?}");
+        // Nothing moves: an update is its header alone.
+        let (bytes, _) = tick(&mut sent, &mut priority, 13, &near, bytes_max);
+        assert!(bytes <= UPDATE_BYTES + 8, "{bytes}");
+    }
+
+    #[test]
+    fn what_moves_as_predicted_is_not_sent_and_a_turn_is() {
+        let me = entity(1, EntityKind::Player, 0.0, 0.0);
+        let walker = |x, vx| (x, entity(2, EntityKind::Player, x, vx));
+        let (mut sent, mut priority) = (VecDeque::new(), Vec::new());
+        let budget = 4096;
+        tick(&mut sent, &mut priority, 1, &[(0.0, me), walker(10.0, 3.0)], budget);
+        // Walking on at 3 m/s, a tenth of a metre a tick: as predicted.
+        for t in 2..=20 {
+            let x = 10.0 + 0.1 * (t - 1) as f32;
+            let (_, next) = tick(&mut sent, &mut priority, t, &[(0.0, me), walker(x, 3.0)], budget);
+            assert_eq!(next.get(EntityId(2)).unwrap().as_of, 1, "tick {t}: not sent again");
+        }
+        // It turns back: sent at once.
+        let (_, next) = tick(&mut sent, &mut priority, 21, &[(0.0, me), walker(11.9, -3.0)], budget);
+        let k = next.get(EntityId(2)).unwrap();
+        assert_eq!((k.as_of, k.seen.velocity), (21, [-30, 0, 0]));
+    }
+
+    #[test]
+    fn an_entity_held_through_a_handoff_is_as_of_when_it_left_and_sent_once() {
+        let me = Near { d: 0.0, e: entity(1, EntityKind::Player, 0.0, 0.0), last_tick: 0 };
+        let (mut sent, mut priority) = (VecDeque::new(), Vec::new());
+        // Walking at 3 m/s until tick 4; at tick 5 it turns back, and is handed off: the views of
+        // ticks 6 to 9 show it leaving from where it turned at 5 (the client moves it on).
+        for t in 1..=9u64 {
+            let e = match t {
+                1..=4 => entity(2, EntityKind::Player, 10.0 + 0.1 * (t - 1) as f32, 3.0),
+                _ => entity(2, EntityKind::Player, 10.4, -3.0),
+            };
+            let near = Near { d: 10.0, e, last_tick: t.min(5) };
+            let acked = sent.back().map_or(0, |s: &Snapshot| s.tick);
+            let mut near = vec![Near { last_tick: t, ..me }, near];
+            let next = next_snapshot(
+                &sent,
+                acked,
+                &mut priority,
+                EntityId(1),
+                (t, 0, 400),
+                &mut near,
+                4096,
+                &mut Scratch::default(),
+            );
+            let update = next.delta_from(baseline(&sent, acked));
+            let k = *next.get(EntityId(2)).unwrap();
+            match t {
+                2..=4 => assert!(k.as_of == 1 && update.moved.is_empty(), "tick {t}: as predicted from tick 1"),
+                5 => assert!(k.as_of == 5 && update.moved.len() == 1, "tick 5: turned, sent"),
+                6.. => assert!(k.as_of == 5 && update.moved.is_empty(), "tick {t}: held as of 5, not sent again"),
+                _ => {}
+            }
+            sent.push_back(next);
+        }
+    }
 }
