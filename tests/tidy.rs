@@ -57,8 +57,10 @@ fn the_core_touches_no_clock_thread_socket_file_or_runtime() {
     for core in ["node", "protocol", "world"] {
         sources(&root.join(core), &mut files);
     }
-    // What each client is sent is worked out without sockets, beside the gateway that sends it.
+    // What each client is sent, and what a client makes of it, are worked out without sockets,
+    // beside the gateway that sends it and the bots that read it.
     files.push(root.join("net").join("update.rs"));
+    files.push(root.join("net").join("viewer.rs"));
     assert!(files.len() >= 8, "found the core's sources");
     let mut found = Vec::new();
     for file in files {

@@ -21,18 +21,15 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use renet::RenetClient;
 use renet_netcode::{ClientAuthentication, ConnectToken};
-use rustc_hash::FxHashMap;
 
 use super::gateway::{connection_config, unix_now, PROTOCOL_ID};
 use super::key::Key;
 use super::transport::ClientTransport;
-use super::wire::{
-    self, ClientMsg, Known, Notice, Snapshot, Update, WireError, INPUT_CHANNEL, NOTICE_CHANNEL, UPDATE_CHANNEL,
-};
-use crate::limits::{BOARD_REACH_M, NEVER_CONNECTED_REASONS_MAX, REACH_M, SNAPSHOTS_KEPT, TICK_DURATION_US};
-use crate::protocol::server::speed_of;
+use super::viewer::{ViewCounts, Viewer};
+use super::wire::{self, ClientMsg, Notice, Update, INPUT_CHANNEL, NOTICE_CHANNEL, UPDATE_CHANNEL};
+use crate::limits::{NEVER_CONNECTED_REASONS_MAX, TICK_DURATION_US};
 use crate::protocol::Action;
-use crate::world::{EntityId, EntityKind};
+use crate::world::EntityKind;
 
 /// A run holds its bots only if each gets at least this share of the tick rate in updates.
 const HELD_UPDATE_SHARE: f64 = 0.9;
@@ -156,6 +153,14 @@ struct Counts {
 }
 
 impl Counts {
+    fn add_view(&mut self, v: &ViewCounts) {
+        self.updates += v.updates;
+        self.teleports += v.teleports;
+        self.vanished += v.vanished;
+        self.duplicates += v.duplicates;
+        self.undecodable += v.undecodable;
+    }
+
     fn add(&mut self, o: &Counts) {
         self.updates += o.updates;
         self.bytes += o.bytes;
@@ -187,11 +192,6 @@ struct Bot {
     last_failure: Option<String>,
     seq: u32,
     sent: VecDeque<(u32, Instant)>,
-    me: Option<Vec3>,
-    /// The player is aboard a ship (it cannot walk until it disembarks).
-    aboard: bool,
-    home: Option<Vec3>,
-    travel_m: f32,
     target: Option<Vec3>,
     heading: Vec3,
     next_turn: u64,
@@ -201,15 +201,10 @@ struct Bot {
     leave_at: Option<Instant>,
     back_at: Option<Instant>,
     rng: ChaCha8Rng,
-    last_tick: u64,
-    snapshots: VecDeque<Snapshot>,
     /// The newest update taken in and not yet acknowledged.
     ack: Option<u64>,
-    /// Each entity in view, as the bot knows it, by id.
-    view: Vec<Known>,
-    /// What left the view from well inside it: when it left, its last state, and whether it was
-    /// carried then.
-    gone: FxHashMap<EntityId, (u64, Known)>,
+    /// What it makes of its updates (and where its player is).
+    viewer: Viewer,
     counts: Counts,
     /// Time not yet given to renet and netcode.
     since_update: Duration,
@@ -233,10 +228,6 @@ impl Bot {
             last_failure: None,
             seq: 0,
             sent: VecDeque::new(),
-            me: None,
-            aboard: false,
-            home: None,
-            travel_m: 0.0,
             target: None,
             heading: Vec3::X,
             next_turn: 0,
@@ -245,11 +236,8 @@ impl Bot {
             leave_at: None,
             back_at: None,
             rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ seat.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
-            last_tick: 0,
-            snapshots: VecDeque::with_capacity(SNAPSHOTS_KEPT),
             ack: None,
-            view: Vec::new(),
-            gone: FxHashMap::default(),
+            viewer: Viewer::default(),
             counts: Counts::default(),
             since_update: Duration::ZERO,
             connect_us: Vec::new(),
@@ -271,12 +259,9 @@ impl Bot {
         self.attempt_began = Instant::now();
         self.since_update = Duration::ZERO;
         self.connected_at = None;
-        self.view.clear();
-        self.gone.clear();
+        self.viewer.reset();
         self.sent.clear();
-        self.snapshots.clear();
         self.ack = None;
-        self.last_tick = 0;
         Ok(())
     }
 
@@ -400,156 +385,33 @@ impl Bot {
 
     /// Takes in an update; the tick to acknowledge if it was new and fitted what the bot knew.
     fn take_update(&mut self, now: Instant, update: &Update) -> Option<u64> {
-        if update.tick <= self.last_tick {
-            return None;
-        }
-        let base = self.snapshots.iter().rev().find(|s| s.tick == update.baseline);
-        let snapshot = match Snapshot::apply(base, update) {
-            Ok(s) => s,
-            Err(WireError::Duplicate(_)) => {
-                self.counts.duplicates += 1;
-                return None;
-            }
-            Err(_) => {
-                self.counts.undecodable += 1;
-                return None;
-            }
-        };
-        self.take_snapshot(now, &snapshot);
-        if self.snapshots.len() == SNAPSHOTS_KEPT {
-            self.snapshots.pop_front();
-        }
-        self.snapshots.push_back(snapshot);
-        Some(update.tick)
-    }
-
-    fn take_snapshot(&mut self, now: Instant, snapshot: &Snapshot) {
-        let tick = snapshot.tick;
-        self.counts.updates += 1;
+        let input_ack = self.viewer.take_update(update)?.input_ack;
         // The input the update shows applied is measured; older ones its server refused (a move
         // while aboard, a pickup with nothing in reach) had no effect to see.
-        while self.sent.front().is_some_and(|(seq, _)| *seq <= snapshot.input_ack) {
+        while self.sent.front().is_some_and(|(seq, _)| *seq <= input_ack) {
             let (seq, at) = self.sent.pop_front().expect("checked");
-            if seq == snapshot.input_ack {
+            if seq == input_ack {
                 self.latency_us.push(now.duration_since(at).as_micros().max(1) as u64);
             }
         }
-        if let Some(me) = snapshot.get(snapshot.player) {
-            let at = me.position_m_at(tick);
-            self.me = Some(at);
-            self.aboard = me.seen.carried;
-            let home = *self.home.get_or_insert(at);
-            self.travel_m = self.travel_m.max(home.distance(at));
-        }
-        let dt = TICK_DURATION_US as f32 / 1e6;
-        // How far an entity can have got from a state of its, `ticks` later. What carries it
-        // moves it at a ship's speed at most, and being taken up is a jump to the carrier: a
-        // player boards a ship within `BOARD_REACH_M`, an item is picked up within `REACH_M`. An
-        // entity last seen on the ground may have been taken up since, unseen (by a carrier out
-        // of view, too), so its reach is the larger of its own and a carried one's. A carried
-        // entity also jumps with its carrier when that boards a ship.
-        let jump = |kind: EntityKind| match kind {
-            EntityKind::Player | EntityKind::Npc => Some(BOARD_REACH_M),
-            EntityKind::Item { .. } => Some(REACH_M),
-            EntityKind::Ship | EntityKind::Projectile => None,
-        };
-        let reach = |k: &Known, ticks: u64| {
-            let own = speed_of(k.seen.kind) * dt * ticks as f32;
-            let carried = speed_of(EntityKind::Ship) * dt * ticks as f32;
-            let reach = match (k.seen.carried, jump(k.seen.kind)) {
-                (true, _) => carried + BOARD_REACH_M,
-                (false, Some(jump)) => own.max(carried + jump),
-                (false, None) => own,
-            };
-            reach + 1.0
-        };
-        if self.last_tick > 0 {
-            // The view and the snapshot are both by id: walked side by side.
-            let mut at = 0;
-            for k in &snapshot.known {
-                // A new state: no further from the last one than its speed allows. Between two
-                // states on the ground it may have been taken up (a jump to its carrier) and
-                // carried off (at a ship's speed at most) without the client seeing it carried,
-                // if an update was skipped or its state waited for room in one. An item is taken
-                // up and put down in a tick each; a player boards in one tick and disembarks in
-                // a later one.
-                while self.view.get(at).is_some_and(|p| p.seen.id < k.seen.id) {
-                    at += 1;
-                }
-                if let Some(prev) = self.view.get(at).filter(|p| p.seen.id == k.seen.id) {
-                    if k.as_of > prev.as_of && !prev.seen.carried && !k.seen.carried {
-                        let ticks = k.as_of - prev.as_of;
-                        let own = speed_of(k.seen.kind) * dt * ticks as f32;
-                        let carried = speed_of(EntityKind::Ship) * dt * (ticks - 1) as f32;
-                        let allowed = match (k.seen.kind, jump(k.seen.kind)) {
-                            (EntityKind::Item { .. }, Some(jump)) => jump + carried,
-                            (_, Some(jump)) if ticks >= 2 => own.max(jump + carried),
-                            _ => own,
-                        } + 0.5;
-                        if prev.seen.position_m().distance(k.seen.position_m()) > allowed {
-                            self.counts.teleports += 1;
-                        }
-                    }
-                }
-                // Back as it was, and where it could have got by itself: a vanish. Back picked up,
-                // put down, aboard or ashore, or carried somewhere meanwhile: it jumped to (or
-                // with) what carries it, which can take it out of view for a while.
-                if let Some((_, last)) = self.gone.remove(&k.seen.id) {
-                    let ticks = k.as_of.saturating_sub(last.as_of) + 1;
-                    let by_itself = last.seen.position_m().distance(k.seen.position_m())
-                        <= speed_of(k.seen.kind) * dt * ticks as f32 + 1.0;
-                    if last.seen.carried == k.seen.carried && (last.seen.carried || by_itself) {
-                        self.counts.vanished += 1;
-                    }
-                }
-            }
-            // What left the view from well inside it (not a projectile, which ends) is watched:
-            // coming back soon is a vanish. Well inside: where it was, plus as far as it can have
-            // gone since, is still inside the horizon the update gives (the bubble, or its
-            // nearest part when crowded). A ship at the edge may leave in one tick; a player
-            // walking in the middle not.
-            if let Some(me) = self.me {
-                let horizon = snapshot.horizon_dm as f32 / 10.0;
-                let mut at = 0;
-                for prev in &self.view {
-                    while snapshot.known.get(at).is_some_and(|k| k.seen.id < prev.seen.id) {
-                        at += 1;
-                    }
-                    if snapshot.known.get(at).is_some_and(|k| k.seen.id == prev.seen.id)
-                        || prev.seen.kind == EntityKind::Projectile
-                    {
-                        continue;
-                    }
-                    let inside =
-                        prev.seen.position_m().distance(me) + reach(prev, tick - prev.as_of.min(tick)) < horizon;
-                    if inside {
-                        self.gone.insert(prev.seen.id, (tick, *prev));
-                    }
-                }
-            }
-            if !self.gone.is_empty() {
-                self.gone.retain(|_, (at, _)| tick < *at + 60);
-            }
-        }
-        self.view.clear();
-        self.view.extend_from_slice(&snapshot.known);
-        self.last_tick = tick;
+        Some(update.tick)
     }
 
     fn nearest_other_player(&self) -> Option<Vec3> {
-        let me = self.me?;
-        self.view
+        let me = self.viewer.me?;
+        self.viewer
+            .view()
             .iter()
             .filter(|k| k.seen.kind == EntityKind::Player)
-            .map(|k| k.position_m_at(self.last_tick) - me)
+            .map(|k| k.position_m_at(self.viewer.last_tick()) - me)
             .filter(|d| d.length() > 1.0)
             .min_by(|a, b| a.length().total_cmp(&b.length()))
             .map(|d| d.normalize())
     }
 
     fn decide(&mut self, behaviour: Behaviour, rally: &Mutex<Option<Vec3>>) -> Option<Action> {
-        let me = self.me?;
-        if self.aboard {
+        let me = self.viewer.me?;
+        if self.viewer.aboard {
             return Some(Action::Disembark);
         }
         let toward = |target: Vec3| {
@@ -571,7 +433,7 @@ impl Bot {
                 self.heading
             }
             Behaviour::Commute => {
-                let home = self.home.unwrap_or(me);
+                let home = self.viewer.home.unwrap_or(me);
                 let target = *self.target.get_or_insert_with(|| {
                     let a = self.rng.random_range(0.0..std::f32::consts::TAU);
                     home + Vec3::new(a.cos(), a.sin(), 0.0) * 250.0
@@ -716,8 +578,9 @@ pub fn run(cfg: &BotsConfig) -> std::io::Result<BotsReport> {
                     t.connect_us.as_mut().expect("set").saturating_record((*us).max(1));
                 }
                 t.counts.add(&bot.counts);
+                t.counts.add_view(&bot.viewer.counts);
                 t.connected_s += bot.connected_for.as_secs_f64();
-                t.max_travel_m = t.max_travel_m.max(bot.travel_m as f64);
+                t.max_travel_m = t.max_travel_m.max(bot.viewer.travel_m as f64);
             }
             Ok(())
         }));
@@ -789,104 +652,4 @@ pub fn run(cfg: &BotsConfig) -> std::io::Result<BotsReport> {
         reconnects: c.reconnects,
         max_travel_m: t.max_travel_m,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::net::wire::Seen;
-
-    fn bot() -> Bot {
-        let cfg = BotsConfig {
-            connect: "127.0.0.1:9".parse().unwrap(),
-            key: [1; 32],
-            count: 1,
-            first_seat: 0,
-            behaviour: Behaviour::Wander,
-            duration: Duration::from_secs(1),
-            threads: 1,
-            seed: 1,
-            progress: false,
-        };
-        Bot::new(0, &cfg).expect("a client needs no server to be made")
-    }
-
-    fn seen(id: u64, kind: EntityKind, at: [f32; 3], carried: bool) -> Seen {
-        let (position, velocity) = Seen::quantize(at, [0.0; 3]);
-        Seen { id: EntityId(id), kind, position, velocity, carried, age: 0 }
-    }
-
-    /// A whole update (no baseline): everything in it is new as of its tick.
-    fn update(tick: u64, seen: Vec<Seen>) -> Update {
-        let (gone, moved) = (vec![], vec![]);
-        Update { tick, baseline: 0, player: EntityId(1), input_ack: 0, horizon_dm: 400, gone, moved, entered: seen }
-    }
-
-    const ME: u64 = 1;
-
-    #[test]
-    fn the_glitch_detector_sees_a_teleport_a_vanish_and_a_duplicate() {
-        let mut b = bot();
-        let now = Instant::now();
-        let me = |x: f32| seen(ME, EntityKind::Player, [x, 0.0, 0.0], false);
-        let other = |x: f32| seen(2, EntityKind::Player, [x, 10.0, 0.0], false);
-        // Walking at full speed (1 m a tick) is no teleport; ten metres in a tick is.
-        b.take_update(now, &update(1, vec![me(0.0), other(5.0)]));
-        b.take_update(now, &update(2, vec![me(0.0), other(6.0)]));
-        assert_eq!(b.counts.teleports, 0);
-        b.take_update(now, &update(3, vec![me(0.0), other(16.0)]));
-        assert_eq!(b.counts.teleports, 1);
-        // Gone from 11 m away, where neither walking nor boarding a ship takes it out of a 40 m
-        // bubble in a tick, and back.
-        let near = |x: f32| seen(6, EntityKind::Player, [x, 10.0, 0.0], false);
-        b.take_update(now, &update(4, vec![me(0.0), near(5.0)]));
-        b.take_update(now, &update(5, vec![me(0.0)]));
-        b.take_update(now, &update(6, vec![me(0.0)]));
-        b.take_update(now, &update(7, vec![me(0.0), near(6.0)]));
-        assert_eq!(b.counts.vanished, 1);
-        // Shown twice in one update.
-        b.take_update(now, &update(8, vec![me(0.0), near(6.0), near(6.0)]));
-        assert_eq!(b.counts.duplicates, 1);
-        // An item on the floor that is somewhere else on the floor a tick later, further than
-        // any pickup reaches.
-        let item = |x: f32| seen(3, EntityKind::Item { capacity: 0 }, [x, -10.0, 0.0], false);
-        b.take_update(now, &update(9, vec![me(0.0), item(0.0)]));
-        b.take_update(now, &update(10, vec![me(0.0), item(REACH_M + 1.0)]));
-        assert_eq!(b.counts.teleports, 2);
-    }
-
-    #[test]
-    fn what_carries_an_entity_away_is_no_glitch() {
-        let mut b = bot();
-        let now = Instant::now();
-        let me = seen(ME, EntityKind::Player, [0.0; 3], false);
-        let item = |at: [f32; 3], carried| seen(3, EntityKind::Item { capacity: 0 }, at, carried);
-        // An item on the floor, picked up and carried off out of view, put down again elsewhere.
-        b.take_update(now, &update(1, vec![me, item([20.0, 0.0, 0.0], false)]));
-        b.take_update(now, &update(2, vec![me]));
-        b.take_update(now, &update(30, vec![me, item([-25.0, 0.0, 0.0], false)]));
-        // Picked up and put down again between two updates, the carry itself not seen: a jump
-        // within reach, and a tick of a carrier's motion.
-        b.take_update(now, &update(40, vec![me, item([3.0, 0.0, 0.0], false)]));
-        b.take_update(now, &update(42, vec![me, item([3.0 + REACH_M + 4.0, 0.0, 0.0], false)]));
-        // A passenger next to the bubble's edge, carried out of it by a ship in one tick.
-        let passenger = |x: f32| seen(4, EntityKind::Player, [x, 0.0, 0.0], true);
-        b.take_update(now, &update(31, vec![me, passenger(36.0)]));
-        b.take_update(now, &update(32, vec![me]));
-        b.take_update(now, &update(33, vec![me, passenger(38.0)]));
-        // Boarding: a jump to the ship, carried from then on.
-        let boarder = |x: f32, carried| seen(5, EntityKind::Player, [x, 5.0, 0.0], carried);
-        b.take_update(now, &update(34, vec![me, boarder(10.0, false)]));
-        b.take_update(now, &update(35, vec![me, boarder(25.0, true)]));
-        // Boarding a ship out of view (the jump takes it out of the bubble at once), riding, and
-        // walking back in once ashore.
-        let rider = |x: f32| seen(7, EntityKind::Player, [x, -5.0, 0.0], false);
-        b.take_update(now, &update(36, vec![me, rider(20.0)]));
-        b.take_update(now, &update(37, vec![me]));
-        b.take_update(now, &update(60, vec![me, rider(22.0)]));
-        // Aboard and ashore again between two updates: the jump to the ship, and its motion.
-        b.take_update(now, &update(61, vec![me, rider(22.0)]));
-        b.take_update(now, &update(63, vec![me, rider(22.0 + BOARD_REACH_M + 4.0)]));
-        assert_eq!((b.counts.teleports, b.counts.vanished, b.counts.duplicates), (0, 0, 0));
-    }
 }
