@@ -443,7 +443,7 @@ fn sweep(start: u64, count: u64, threads: Option<usize>, config: impl Fn(u64) ->
     let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
     let next = AtomicU64::new(start);
     let failures: Mutex<Vec<SimOutcome>> = Mutex::new(Vec::new());
-    let totals = Mutex::new((0u64, 0u64, 0u64, 0u64));
+    let totals = Mutex::new([0u64; 6]);
     let began = Instant::now();
     std::thread::scope(|scope| {
         for _ in 0..threads {
@@ -455,10 +455,12 @@ fn sweep(start: u64, count: u64, threads: Option<usize>, config: impl Fn(u64) ->
                 let outcome = Simulator::run(config(seed));
                 {
                     let mut t = totals.lock().expect("no worker panics while holding it");
-                    t.0 += outcome.stats.ticks;
-                    t.1 += outcome.stats.handoffs;
-                    t.2 += outcome.stats.crashes + outcome.stats.fenced;
-                    t.3 += outcome.stats.mesh_restarts;
+                    t[0] += outcome.stats.ticks;
+                    t[1] += outcome.stats.handoffs;
+                    t[2] += outcome.stats.crashes + outcome.stats.fenced;
+                    t[3] += outcome.stats.mesh_restarts;
+                    t[4] += outcome.stats.clients.updates_taken;
+                    t[5] += outcome.stats.clients.glitches;
                 }
                 if outcome.failure.is_some() {
                     failures.lock().expect("no worker panics while holding it").push(outcome);
@@ -473,9 +475,10 @@ fn sweep(start: u64, count: u64, threads: Option<usize>, config: impl Fn(u64) ->
         let (tick, e) = f.failure.as_ref().expect("only failures are kept");
         println!("FAIL seed={} tick={tick}: {e}  [{}]", f.seed, f.plan);
     }
-    let (ticks, handoffs, crashes, mesh_restarts) = totals.into_inner().expect("workers are done");
+    let [ticks, handoffs, crashes, mesh_restarts, client_updates, glitches] =
+        totals.into_inner().expect("workers are done");
     println!(
-        "{} seeds ({}..{}), {} failed, {:.1} s, {:.1} seeds/s, {} ticks, {} handoffs, {} crashes and fences, {} whole-process crashes recovered (mesh_restarts), {} threads",
+        "{} seeds ({}..{}), {} failed, {:.1} s, {:.1} seeds/s, {} ticks, {} handoffs, {} crashes and fences, {} whole-process crashes recovered (mesh_restarts), {} updates taken in by simulated clients ({} glitches seen), {} threads",
         count,
         start,
         start + count,
@@ -486,6 +489,8 @@ fn sweep(start: u64, count: u64, threads: Option<usize>, config: impl Fn(u64) ->
         handoffs,
         crashes,
         mesh_restarts,
+        client_updates,
+        glitches,
         threads
     );
     if failures.is_empty() {

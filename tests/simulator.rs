@@ -149,3 +149,13 @@ fn a_recovery_that_replays_a_frame_twice_is_caught() {
     eprintln!("replay_twice caught by seed {seed}: {e}");
     assert!(e.contains("reported durable") || e.contains("went back"), "{e}");
 }
+
+/// A gateway that makes each update against the newest it sent, acknowledged or not, sends a
+/// client that lost that one an update it cannot apply; a seed whose clients lose updates
+/// catches it.
+#[test]
+fn updates_made_against_an_unacknowledged_baseline_are_caught() {
+    let (seed, e) = caught("delta_from_newest", |c| c.planted_delta_from_newest = true);
+    eprintln!("delta_from_newest caught by seed {seed}: {e}");
+    assert!(e.contains("does not hold") || e.contains("gateway believes"), "{e}");
+}

@@ -32,6 +32,12 @@ pub(super) const UPDATE_BYTES: usize = std::mem::size_of::<ArchivedUpdate>();
 pub(super) const GONE_BYTES: usize = 1;
 pub(super) const MOVED_BYTES: usize = std::mem::size_of::<ArchivedMoved>();
 pub(super) const ENTERED_BYTES: usize = std::mem::size_of::<ArchivedSeen>();
+/// Padding the encoding may add between the update's lists and before its root, which the
+/// per-entity costs do not count: kept free under the budget, so an update never exceeds it.
+pub(super) const PADDING_BYTES: usize =
+    std::mem::align_of::<ArchivedMoved>() - 1 + std::mem::align_of::<ArchivedSeen>() - 1
+        + std::mem::align_of::<ArchivedUpdate>()
+        - 1;
 
 /// The update the client acknowledged, if it is still kept.
 pub(super) fn baseline(sent: &VecDeque<Snapshot>, acked: u64) -> Option<&Snapshot> {
@@ -115,6 +121,7 @@ pub(super) fn next_snapshot(
         list.get(*at).filter(|t| key(t) == id).copied()
     }
     near.sort_unstable_by_key(|n| n.e.id);
+    let bytes_max = bytes_max.saturating_sub(PADDING_BYTES);
     let base = baseline(sent, acked);
     let base_known = base.map_or(&[][..], |b| &b.known[..]);
     let last_known = sent.back().map_or(&[][..], |l| &l.known[..]);
@@ -239,6 +246,11 @@ impl ClientView {
     /// What the client holds once it takes in the newest update sent.
     pub fn last_sent(&self) -> Option<&Snapshot> {
         self.sent.back()
+    }
+
+    /// The updates sent lately that are still kept (a baseline is one of them), oldest first.
+    pub fn sent(&self) -> &VecDeque<Snapshot> {
+        &self.sent
     }
 }
 

@@ -47,6 +47,8 @@ pub struct Viewer {
     pub home: Option<Vec3>,
     pub travel_m: f32,
     pub counts: ViewCounts,
+    /// What the last glitch was, in words.
+    pub last_glitch: Option<String>,
 }
 
 impl Viewer {
@@ -63,6 +65,11 @@ impl Viewer {
         self.last_tick
     }
 
+    /// What the client held after the newest update it took in.
+    pub fn last_snapshot(&self) -> Option<&Snapshot> {
+        self.snapshots.back()
+    }
+
     /// Each entity in view, by id.
     pub fn view(&self) -> &[Known] {
         &self.view
@@ -77,8 +84,9 @@ impl Viewer {
         let base = self.snapshots.iter().rev().find(|s| s.tick == update.baseline);
         let snapshot = match Snapshot::apply(base, update) {
             Ok(s) => s,
-            Err(WireError::Duplicate(_)) => {
+            Err(WireError::Duplicate(id)) => {
                 self.counts.duplicates += 1;
+                self.last_glitch = Some(format!("tick {}: {id:?} shown twice", update.tick));
                 return None;
             }
             Err(_) => {
@@ -149,8 +157,13 @@ impl Viewer {
                             (_, Some(jump)) if ticks >= 2 => own.max(jump + carried),
                             _ => own,
                         } + 0.5;
-                        if prev.seen.position_m().distance(k.seen.position_m()) > allowed {
+                        let moved = prev.seen.position_m().distance(k.seen.position_m());
+                        if moved > allowed {
                             self.counts.teleports += 1;
+                            self.last_glitch = Some(format!(
+                                "tick {tick}: {} ({:?}) moved {moved:.1} m in {ticks} ticks, {allowed:.1} m at most",
+                                k.seen.id, k.seen.kind
+                            ));
                         }
                     }
                 }
@@ -163,6 +176,10 @@ impl Viewer {
                         <= speed_of(k.seen.kind) * dt * ticks as f32 + 1.0;
                     if last.seen.carried == k.seen.carried && (last.seen.carried || by_itself) {
                         self.counts.vanished += 1;
+                        self.last_glitch = Some(format!(
+                            "tick {tick}: {} ({:?}) came back, gone from well inside the view since tick {}",
+                            k.seen.id, k.seen.kind, last.as_of
+                        ));
                     }
                 }
             }
@@ -202,8 +219,8 @@ impl Viewer {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use super::super::wire::Seen;
+    use super::*;
 
     fn seen(id: u64, kind: EntityKind, at: [f32; 3], carried: bool) -> Seen {
         let (position, velocity) = Seen::quantize(at, [0.0; 3]);

@@ -7,6 +7,7 @@
 //! `calm_ticks` with the network clean, crashed servers back and bots at rest (liveness: the
 //! world must settle with every entity where it belongs).
 
+pub mod clients;
 pub mod faults;
 pub mod lossy;
 pub mod network;
@@ -22,17 +23,20 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
 pub use crate::node::Checker;
+use clients::{ClientStats, SimClients};
 pub use faults::FaultPlan;
 use lossy::Lossy;
+use rustc_hash::FxHashSet;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use crate::limits::{SETTLE_ROUNDS_MAX, SIM_REGION_COUNT_MAX, SIM_SEGMENT_BYTES, TICK_DURATION_US};
 use crate::log::{CrashImage, Durability, LogOp, OpenOptions, SliceLog};
+use crate::node::ViewEntity;
 use crate::node::{Bots, Durable, LogRecord, Node, NodeConfig, NodeEvent, NodeIo, Step};
 use crate::protocol::replication::home_slice;
-use crate::protocol::{Committed, PlantedBugs, Replication, Server, SliceId, SliceMsg};
+use crate::protocol::{Action, Committed, PlantedBugs, Replication, Server, SliceId, SliceMsg};
 use crate::world::{populate, ContainerTree, EntityId, Population, RegionMap, ServerId, StreamIndex};
 
 /// How the simulator opens its logs: synced only when it says (every `sync_every_ticks`).
@@ -62,6 +66,9 @@ pub struct SimConfig {
     pub planted_server_ignores_lease: bool,
     /// Test-only planted bug: recovery replays a frame twice.
     pub planted_replay_twice: bool,
+    /// Test-only planted bug: the gateways make updates against the newest sent, not the one
+    /// the client acknowledged.
+    pub planted_delta_from_newest: bool,
 }
 
 impl SimConfig {
@@ -74,6 +81,7 @@ impl SimConfig {
             planted: PlantedBugs::default(),
             planted_server_ignores_lease: false,
             planted_replay_twice: false,
+            planted_delta_from_newest: false,
         }
     }
 }
@@ -105,6 +113,8 @@ pub struct SimStats {
     pub woken: u64,
     /// Whole-process crashes, each followed by recovery from the simulated disk.
     pub mesh_restarts: u64,
+    /// What the simulated clients sent, were sent and saw.
+    pub clients: clients::ClientStats,
 }
 
 #[derive(Clone, Debug)]
@@ -127,6 +137,15 @@ struct SimIo<'a> {
     mailboxes: &'a mut [VecDeque<(SliceId, Vec<u8>)>],
     decode_errors: &'a mut u64,
     disk: Option<NodeDisk<'a>>,
+    clients: Option<ClientIo<'a>>,
+}
+
+/// A node's side of the simulated clients: their inputs to it, the players they drive, and
+/// where it publishes its view.
+struct ClientIo<'a> {
+    inputs: &'a mut Vec<(EntityId, u32, Action)>,
+    seats: &'a FxHashSet<EntityId>,
+    view: &'a mut Option<(u64, Vec<ViewEntity>)>,
 }
 
 /// One node's log on the simulated disk, and what the simulator keeps to check recovery by.
@@ -197,11 +216,29 @@ impl NodeIo for SimIo<'_> {
         Some(disk.write(tick, records).map_err(|e| e.to_string()))
     }
 
-    /// The nodes take part in the clients' input barrier (no client is connected yet, so it
-    /// carries nothing), and it is where the simulator checks what crashed servers' successors
-    /// adopted, before they simulate it.
+    /// The nodes take part in the clients' input barrier (it carries the simulated clients'
+    /// inputs), and it is where the simulator checks what crashed servers' successors adopted,
+    /// before they simulate it.
     fn has_clients(&self) -> bool {
         true
+    }
+
+    fn client_inputs(&mut self, into: &mut Vec<(EntityId, u32, Action)>) {
+        if let Some(c) = self.clients.as_mut() {
+            into.append(c.inputs);
+        }
+    }
+
+    fn seats(&mut self, into: &mut FxHashSet<EntityId>) {
+        if let Some(c) = self.clients.as_ref() {
+            into.extend(c.seats.iter().copied());
+        }
+    }
+
+    fn publish_view(&mut self, tick: u64, view: Vec<ViewEntity>) {
+        if let Some(c) = self.clients.as_mut() {
+            *c.view = Some((tick, view));
+        }
     }
 }
 
@@ -226,6 +263,8 @@ pub struct Simulator {
     durable: Vec<Durable>,
     unsynced: Vec<Vec<(EntityId, u64)>>,
     durable_seqs: BTreeMap<EntityId, u64>,
+    /// Clients driving a few players, through the gateways' update logic.
+    clients: SimClients,
 }
 
 impl Simulator {
@@ -242,6 +281,7 @@ impl Simulator {
             ships: 1 + plan.players / 10,
         };
         let entities = populate(&tree, cfg.seed, counts);
+        let clients = SimClients::new(cfg.seed, plan.slices as usize, &entities, cfg.planted_delta_from_newest);
         let map = RegionMap::kd_split(tree.bounds(), INITIAL_REGIONS);
         let initial = entities.into_iter().map(|(id, state)| Committed { id, state, commit_seq: 1 }).collect();
         let disk = CrashImage::default();
@@ -264,12 +304,13 @@ impl Simulator {
             durable: Vec::new(),
             unsynced: Vec::new(),
             durable_seqs: BTreeMap::new(),
+            clients,
             cfg,
         };
         sim.start_nodes(opened);
         let slices: Vec<&Replication> = sim.nodes.iter().map(|n| n.slice()).collect();
         sim.checker = Checker::new(&slices);
-        let _ = writeln!(sim.log, "seed={} {}", sim.cfg.seed, sim.plan);
+        let _ = writeln!(sim.log, "seed={} {} {}", sim.cfg.seed, sim.plan, sim.clients.describe());
         let _ = sim.drain_events();
         sim
     }
@@ -415,13 +456,14 @@ impl Simulator {
         sim.stats.remote_hits = servers.remote_hits;
         sim.stats.damage_received = servers.damage_received;
         sim.stats.actions = servers.actions;
+        sim.stats.clients = ClientStats { glitches: sim.clients.glitches(), ..sim.clients.stats };
         if let Some((tick, e)) = &failure {
             let _ = writeln!(sim.log, "FAIL seed={} tick={tick}: {e}", sim.cfg.seed);
         } else {
             let s = sim.stats;
             let _ = writeln!(
                 sim.log,
-                "ok seed={} ticks={} handoffs={} adopted={} crashes={} fenced={} restarts={} partitions={} region_ops={} hits={} parked={} woken={} commits={} stale_rejected={} mesh_restarts={}",
+                "ok seed={} ticks={} handoffs={} adopted={} crashes={} fenced={} restarts={} partitions={} region_ops={} hits={} parked={} woken={} commits={} stale_rejected={} mesh_restarts={} client_updates={}/{} client_glitches={}",
                 sim.cfg.seed,
                 s.ticks,
                 s.handoffs,
@@ -437,6 +479,9 @@ impl Simulator {
                 sim.layer_total(|s| s.commits),
                 sim.layer_total(|s| s.stale_rejected),
                 s.mesh_restarts,
+                s.clients.updates_taken,
+                s.clients.updates_sent,
+                s.clients.glitches,
             );
         }
         SimOutcome {
@@ -491,11 +536,17 @@ impl Simulator {
                 }),
                 None => None,
             };
+            let clients = ClientIo {
+                inputs: &mut self.clients.inputs[i],
+                seats: &self.clients.seats,
+                view: &mut self.clients.views[i],
+            };
             let mut io = SimIo {
                 me: SliceId(node.index() as u16),
                 mailboxes: &mut self.mailboxes,
                 decode_errors: &mut self.stats.decode_errors,
                 disk,
+                clients: Some(clients),
             };
             let step = node.advance(tick, &mut io);
             if step != expect {
@@ -519,13 +570,20 @@ impl Simulator {
         // The whole process may die in this tick, after any number of nodes committed it.
         let crash_after = (!self.calm && self.rng.random_bool(self.plan.process_crash_per_tick))
             .then(|| self.rng.random_range(0..=self.nodes.len()));
+        self.clients.before_tick(self.tick, self.calm)?;
         self.advance_all(self.tick, Step::AwaitInputs, None)?;
         self.checker.check_restored(now, &self.slices(), self.servers())?;
+        self.clients.views.iter_mut().for_each(|v| *v = None);
         if self.advance_all(self.tick, Step::AwaitViews, crash_after)? {
             self.process_crash()?;
+            self.clients.process_crashed();
             self.stats.ticks += 1;
             self.tick += 1;
             return Ok(());
+        }
+        self.clients.after_views(self.tick)?;
+        for e in std::mem::take(&mut self.clients.events) {
+            self.event(format_args!("{e}"));
         }
         self.advance_all(self.tick, Step::Done, None)?;
         self.drain_events()?;
@@ -568,6 +626,7 @@ impl Simulator {
                     mailboxes: &mut self.mailboxes,
                     decode_errors: &mut self.stats.decode_errors,
                     disk: None,
+                    clients: None,
                 };
                 node.exchange(now, &mut io);
             }
