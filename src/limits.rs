@@ -164,7 +164,7 @@ pub const SEEN_PER_UPDATE_MAX: usize = 48;
 /// How long an entity handed off and not yet adopted is still shown where it left: a handoff
 /// between cores takes a tick or two, longer while the whole world is being placed at start.
 /// (An entity that leaves every view otherwise, destroyed or unloaded, is gone at once.)
-pub const HANDOFF_HOLD_TICKS: u64 = 60;
+pub const HANDOFF_HOLD_US: u64 = 2_000_000;
 
 /// Update bytes a second a client is sent by default: about 530 a tick, room for every entity of
 /// a busy bubble that strayed from its prediction, or for ten that enter it at once.
@@ -218,8 +218,8 @@ pub const INPUT_BYTES_MAX: usize = 256;
 /// Entities one update describes at most (a place in the baseline is one byte).
 pub const KNOWN_MAX: usize = 255;
 
-/// A client extrapolates an entity this far past its last state at most (one second).
-pub const EXTRAPOLATE_TICKS_MAX: u64 = 30;
+/// A client extrapolates an entity this far past its last state at most.
+pub const EXTRAPOLATE_US_MAX: u64 = 1_000_000;
 
 // ---- The bots load generator (src/net/bots.rs)
 
@@ -232,14 +232,14 @@ pub const SNAPSHOTS_KEPT: usize = 32;
 
 // ---- The clients' transport (src/net/transport.rs)
 
-/// Ticks between two renet acknowledgement packets on one connection: a second at 30 Hz.
-pub const ACK_EVERY_TICKS: u64 = 30;
+/// Game time between two renet acknowledgement packets on one connection.
+pub const ACK_EVERY_US: u64 = 1_000_000;
 
 // ---- The replication layer and controller (src/protocol/replication.rs)
 
-/// Ticks between load reports and between the controller's balancing moves: once a second at
-/// 30 Hz, slow enough that a move's handoffs settle before the next is judged.
-pub const BALANCE_PERIOD_TICKS: u64 = 30;
+/// Game time between load reports and between the controller's balancing moves: slow enough
+/// that a move's handoffs settle before the next is judged.
+pub const BALANCE_PERIOD_US: u64 = 1_000_000;
 
 /// The controller moves load only when the busiest server holds this many entities more than
 /// the quietest (and 10% more): below it, a move costs more handoffs than it saves.
@@ -273,10 +273,10 @@ pub const STREAM_LOAD_RADIUS_M: f32 = 48.0;
 /// A loaded container stays loaded while a player is this near.
 pub const STREAM_UNLOAD_RADIUS_M: f32 = crate::limits::GHOST_MARGIN_M;
 
-/// Ticks between a server's streaming decisions. A ship at 150 m/s covers 15 m in this time
+/// Game time between a server's streaming decisions. A ship at 150 m/s covers 15 m in this time
 /// and the round trip to load takes two ticks more: well inside the 42 m between the load
 /// radius and a player's reach.
-pub const STREAM_PERIOD_TICKS: u64 = 3;
+pub const STREAM_PERIOD_US: u64 = 100_000;
 
 // ---- The region map (src/world/region.rs)
 
@@ -309,3 +309,14 @@ pub const PAYLOAD_BYTES_MAX: usize = 1300;
 /// A sequence number this close to the top of the range is refused: renetcode's replay window
 /// adds to it unchecked. A real peer counts up from zero, one a packet.
 pub const SEQUENCE_MAX: u64 = u64::MAX >> 8;
+
+/// Whole ticks of `tick_us` in a period of `period_us` of game time, at least one: a period kept
+/// in game time lasts as long at any tick rate.
+pub const fn ticks_in(period_us: u64, tick_us: u64) -> u64 {
+    let ticks = period_us / if tick_us == 0 { 1 } else { tick_us };
+    if ticks == 0 {
+        1
+    } else {
+        ticks
+    }
+}

@@ -721,7 +721,10 @@ fn the_controller_moves_load_from_the_busiest_server_to_the_quietest() {
         (0..200u64).map(|i| (EntityId(i + 1), at(EntityKind::Npc, if i < 100 { 5.0 } else { 30.0 }))).collect();
     let mut h = Harness::new(entities);
     assert_eq!(h.server(0).held().len(), 200);
-    for _ in 0..4 * shardmesh::protocol::replication::BALANCE_PERIOD_TICKS {
+    for _ in 0..4 * shardmesh::limits::ticks_in(
+        shardmesh::protocol::replication::BALANCE_PERIOD_US,
+        shardmesh::limits::TICK_DURATION_US,
+    ) {
         h.tick();
     }
     // First A is split (a single region cannot move without moving the whole load), then one

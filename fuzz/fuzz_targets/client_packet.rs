@@ -36,12 +36,13 @@ fuzz_target!(|data: &[u8]| {
             player: EntityId(1),
             input_ack: 0,
             horizon_dm: 400,
+            tick_us: update.tick_us,
             known: (1..4).map(|id| Known { seen: seen(id), as_of: update.baseline.saturating_sub(id) }).collect(),
         };
         for base in [None, Some(&base)] {
             if let Ok(snapshot) = Snapshot::apply(base, &update) {
                 for k in &snapshot.known {
-                    let _ = k.position_m_at(update.tick.saturating_add(40));
+                    let _ = k.position_m_at(update.tick.saturating_add(40), snapshot.tick_us);
                 }
             }
         }

@@ -17,7 +17,13 @@ fn base() -> &'static std::collections::BTreeMap<String, Vec<u8>> {
     static BASE: OnceLock<std::collections::BTreeMap<String, Vec<u8>>> = OnceLock::new();
     BASE.get_or_init(|| {
         let media = CrashImage::default();
-        let opts = OpenOptions { slices: 1, durability: Durability::Off, segment_bytes: 1 << 16, salvage: false };
+        let opts = OpenOptions {
+            slices: 1,
+            durability: Durability::Off,
+            segment_bytes: 1 << 16,
+            salvage: false,
+            planted_replay_twice: false,
+        };
         let map = RegionMap::kd_split(Aabb::new(glam::Vec3::ZERO, glam::Vec3::splat(100.0)), 2);
         drop(smlog::open(Arc::new(media.clone()), &opts, || (map, Vec::new())).expect("opens"));
         media.image()

@@ -403,7 +403,7 @@ impl Bot {
             .view()
             .iter()
             .filter(|k| k.seen.kind == EntityKind::Player)
-            .map(|k| k.position_m_at(self.viewer.last_tick()) - me)
+            .map(|k| k.position_m_at(self.viewer.last_tick(), self.viewer.tick_us()) - me)
             .filter(|d| d.length() > 1.0)
             .min_by(|a, b| a.length().total_cmp(&b.length()))
             .map(|d| d.normalize())

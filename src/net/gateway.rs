@@ -12,7 +12,7 @@
 //! the entities within `BUBBLE_RADIUS_M` of its player, read from every core's view of the tick,
 //! the nearest `SEEN_PER_UPDATE_MAX`, positions quantized. An entity that vanishes from every view
 //! while it is handed between servers (or cores) is shown where it was heading for up to
-//! `HANDOFF_HOLD_TICKS`, so the client sees no gap.
+//! `HANDOFF_HOLD_US`, so the client sees no gap.
 //!
 //! An update is a difference from the last one the client acknowledged (`wire::Snapshot`): what
 //! goes on as the client predicts from that one costs nothing. What has strayed is sent under a
@@ -32,12 +32,11 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::guard::{self, Refusal, Refused};
 use super::key::Key;
-use super::transport::{AckPacer, ACK_EVERY_TICKS};
+use super::transport::AckPacer;
 use super::update::{Bubbles, ClientView};
 use super::wire::{self, ClientMsg, Notice, INPUT_BYTES_MAX, INPUT_CHANNEL, NOTICE_CHANNEL, UPDATE_CHANNEL};
 pub use crate::limits::{
-    BUBBLE_RADIUS_M, CLIENTS_PER_ENDPOINT_MAX, CLIENT_BYTES_PER_S_DEFAULT, HANDOFF_HOLD_TICKS, RECEIVE_BUFFER_BYTES,
-    SEEN_PER_UPDATE_MAX,
+    BUBBLE_RADIUS_M, CLIENTS_PER_ENDPOINT_MAX, CLIENT_BYTES_PER_S_DEFAULT, RECEIVE_BUFFER_BYTES, SEEN_PER_UPDATE_MAX,
 };
 use crate::limits::{
     CONTROL_PACKETS_PER_CLIENT_PER_TICK_MAX, MESSAGES_PER_CLIENT_PER_TICK_MAX, PACKETS_PER_ADDRESS_PER_TICK_MAX,
@@ -332,6 +331,8 @@ struct Endpoint {
     peers: FxHashMap<ClientId, PeerCount>,
     /// Each connection's pace of renet acknowledgements, and the tick its packets were last sent.
     acks: FxHashMap<ClientId, (AckPacer, u64)>,
+    /// Game time a tick is.
+    tick_us: u64,
 }
 
 /// A connection's authenticated traffic: its packets this tick.
@@ -487,7 +488,7 @@ impl Endpoint {
 
     /// Sends what renet has queued for every client not yet sent to in `tick`.
     fn send(&mut self, tick: u64, stats: &mut GatewayStats) {
-        if tick % ACK_EVERY_TICKS == 0 {
+        if tick % AckPacer::new(self.tick_us).every() == 0 {
             let server = &self.server;
             self.acks.retain(|id, _| server.is_connected(*id));
         }
@@ -502,7 +503,8 @@ impl Endpoint {
     /// acknowledgement packet).
     fn send_client(&mut self, client_id: ClientId, tick: u64, stats: &mut GatewayStats) {
         let Ok(packets) = self.server.get_packets_to_send(client_id) else { return };
-        let (acks, sent) = self.acks.entry(client_id).or_default();
+        let tick_us = self.tick_us;
+        let (acks, sent) = self.acks.entry(client_id).or_insert_with(|| (AckPacer::new(tick_us), 0));
         *sent = tick;
         for packet in packets {
             if !acks.pass(&packet, tick) {
@@ -552,6 +554,7 @@ pub struct Gateway {
     last_poll: Instant,
     /// The tick of the last updates sent: each tick's go out once.
     last_sent_tick: u64,
+    client_bytes_per_s: u32,
     bubbles: Bubbles,
     /// Connections refused a seat, told why this tick, closed at the next poll.
     refusing: Vec<(usize, ClientId)>,
@@ -592,6 +595,7 @@ impl Gateway {
                 per_addr: FxHashMap::default(),
                 peers: FxHashMap::default(),
                 acks: FxHashMap::default(),
+                tick_us: TICK_DURATION_US,
             });
         }
         Ok(Self {
@@ -600,10 +604,22 @@ impl Gateway {
             seats,
             last_poll: Instant::now(),
             last_sent_tick: 0,
-            bubbles: Bubbles::new((client_bytes_per_s as u64 * TICK_DURATION_US / 1_000_000) as usize),
+            client_bytes_per_s,
+            bubbles: Bubbles::new(client_bytes_per_s, TICK_DURATION_US),
             refusing: Vec::new(),
             stats: GatewayStats::default(),
         })
+    }
+
+    /// A gateway of a world whose ticks are `tick_us` of game time each (the default is
+    /// `TICK_DURATION_US`): the clients' byte budget a tick, the updates' clock and how long a
+    /// handoff is held follow it.
+    pub fn with_tick_us(mut self, tick_us: u64) -> Self {
+        self.bubbles = Bubbles::new(self.client_bytes_per_s, tick_us);
+        for e in &mut self.endpoints {
+            e.tick_us = tick_us;
+        }
+        self
     }
 
     /// Takes in what arrived: connections, disconnections, and the clients' inputs, checked,

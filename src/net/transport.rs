@@ -16,20 +16,40 @@ use renet::RenetClient;
 use renetcode::{ClientAuthentication, NetcodeClient, NETCODE_MAX_PACKET_BYTES};
 
 use super::guard;
-pub use crate::limits::ACK_EVERY_TICKS;
+pub use crate::limits::ACK_EVERY_US;
+use crate::limits::{ticks_in, TICK_DURATION_US};
 
 /// The first byte of a renet packet that carries only acknowledgements (renet 2's wire format;
 /// a test checks it against renet itself).
 pub const RENET_ACK_PACKET: u8 = 4;
 
-/// Lets one renet acknowledgement packet through every `ACK_EVERY_TICKS` ticks; everything else
-/// passes.
-#[derive(Debug, Default, Clone, Copy)]
+/// Lets one renet acknowledgement packet through every `ACK_EVERY_US` of game time; everything
+/// else passes.
+#[derive(Debug, Clone, Copy)]
 pub struct AckPacer {
     next: u64,
+    /// Ticks between two acknowledgement packets.
+    every: u64,
+}
+
+impl Default for AckPacer {
+    /// A pacer for ticks of the default rate.
+    fn default() -> Self {
+        Self::new(TICK_DURATION_US)
+    }
 }
 
 impl AckPacer {
+    /// A pacer for ticks of `tick_us` each.
+    pub fn new(tick_us: u64) -> Self {
+        Self { next: 0, every: ticks_in(ACK_EVERY_US, tick_us) }
+    }
+
+    /// Ticks between two acknowledgement packets.
+    pub fn every(&self) -> u64 {
+        self.every
+    }
+
     /// Whether `packet`, one of the packets renet gave to send at `tick`, goes out.
     pub fn pass(&mut self, packet: &[u8], tick: u64) -> bool {
         if packet.first() != Some(&RENET_ACK_PACKET) {
@@ -38,7 +58,7 @@ impl AckPacer {
         if tick < self.next {
             return false;
         }
-        self.next = tick + ACK_EVERY_TICKS;
+        self.next = tick + self.every;
         true
     }
 }
@@ -205,7 +225,7 @@ mod tests {
         let ticks = 3_000;
         let (paced, largest_ack) = exchange(ticks, true);
         // Data both ways, and an acknowledgement each way a second.
-        assert!(paced <= 2 * ticks + 2 * (ticks / ACK_EVERY_TICKS + 1), "{paced} packets");
+        assert!(paced <= 2 * ticks + 2 * (ticks / AckPacer::default().every() + 1), "{paced} packets");
         // The acknowledgements still get acknowledged, so what each carries stays bounded: the
         // ranges of the second or two since the last one (each acknowledgement left out leaves a
         // gap in the sequence numbers the peer saw).
@@ -219,6 +239,6 @@ mod tests {
         assert!(!pacer.pass(&[RENET_ACK_PACKET, 2], 6));
         assert!(pacer.pass(&[1, 2, 3], 6));
         assert!(pacer.pass(&[], 6));
-        assert!(pacer.pass(&[RENET_ACK_PACKET], 5 + ACK_EVERY_TICKS));
+        assert!(pacer.pass(&[RENET_ACK_PACKET], 5 + pacer.every()));
     }
 }

@@ -12,7 +12,7 @@ use rustc_hash::FxHashMap;
 
 use super::wire::{ArchivedMoved, ArchivedSeen, ArchivedUpdate, Known, Seen, Snapshot, Update};
 use crate::limits::{
-    BUBBLE_RADIUS_M, HANDOFF_HOLD_TICKS, PREDICTION_TOLERANCE_CM, SEEN_PER_UPDATE_MAX, SENT_KEPT, TICK_DURATION_US,
+    ticks_in, BUBBLE_RADIUS_M, HANDOFF_HOLD_US, PREDICTION_TOLERANCE_CM, SEEN_PER_UPDATE_MAX, SENT_KEPT,
 };
 use crate::node::ViewEntity;
 use crate::world::grid::Grid;
@@ -58,21 +58,23 @@ pub(super) fn weight(kind: EntityKind, distance_m: f32) -> f32 {
     size * (0.1 + nearness * nearness)
 }
 
-/// Bytes an entity costs in an update: `state` what the client is to hold, `base` what its
-/// baseline has.
-pub(super) fn cost(state: Option<&Known>, base: Option<&Known>) -> usize {
+/// Bytes an entity costs in the update of `tick` (ticks of `tick_us`): `state` what the client
+/// is to hold, `base` what its baseline has. A new state too far from the baseline's for a
+/// `Moved` goes as gone and entered again.
+pub(super) fn cost(state: Option<&Known>, base: Option<&Known>, tick: u64, tick_us: u32) -> usize {
     match (state, base) {
         (None, None) => 0,
         (None, Some(_)) => GONE_BYTES,
         (Some(s), Some(b)) if s == b => 0,
-        (Some(_), Some(_)) => MOVED_BYTES,
+        (Some(s), Some(b)) if super::wire::fits_moved(b, s, tick, tick_us) => MOVED_BYTES,
+        (Some(_), Some(_)) => GONE_BYTES + ENTERED_BYTES,
         (Some(_), None) => ENTERED_BYTES,
     }
 }
 
-/// Whether a client holding `k` sees `fresh`'s state well enough.
-pub(super) fn predicts(k: &Known, fresh: &Known) -> bool {
-    let at = k.position_at(fresh.as_of);
+/// Whether a client holding `k` sees `fresh`'s state well enough (ticks of `tick_us`).
+pub(super) fn predicts(k: &Known, fresh: &Known, tick_us: u32) -> bool {
+    let at = k.position_at(fresh.as_of, tick_us);
     k.seen.velocity == fresh.seen.velocity
         && k.seen.carried == fresh.seen.carried
         && (0..3).all(|i| (at[i] as i64 - fresh.seen.position[i] as i64).abs() <= PREDICTION_TOLERANCE_CM as i64)
@@ -108,7 +110,7 @@ pub(super) fn next_snapshot(
     acked: u64,
     priority: &mut Vec<(EntityId, f32)>,
     player: EntityId,
-    (tick, input_ack, horizon_dm): (u64, u32, u16),
+    (tick, tick_us, input_ack, horizon_dm): (u64, u32, u32, u16),
     near: &mut [Near],
     bytes_max: usize,
     scratch: &mut Scratch,
@@ -141,14 +143,14 @@ pub(super) fn next_snapshot(
         let current = find(last_known, &mut at_last, e.id, |k| k.seen.id);
         let base = find(base_known, &mut at_base, e.id, |k| k.seen.id);
         in_base += base.is_some() as usize;
-        let old = cost(current.as_ref(), base.as_ref());
+        let old = cost(current.as_ref(), base.as_ref(), tick, tick_us);
         bytes += old;
         let preferred = match (base, current) {
-            (Some(b), _) if predicts(&b, &fresh) => b,
-            (_, Some(k)) if predicts(&k, &fresh) => k,
+            (Some(b), _) if predicts(&b, &fresh, tick_us) => b,
+            (_, Some(k)) if predicts(&k, &fresh, tick_us) => k,
             _ => fresh,
         };
-        let extra = cost(Some(&preferred), base.as_ref()) as isize - old as isize;
+        let extra = cost(Some(&preferred), base.as_ref(), tick, tick_us) as isize - old as isize;
         wanted += extra.max(0) as usize;
         let waited = find(priority, &mut at_priority, e.id, |p| p.0).map_or(0.0, |p| p.1);
         let p = waited + weight(e.kind, n.d);
@@ -186,7 +188,7 @@ pub(super) fn next_snapshot(
     let mut known = std::mem::take(&mut scratch.known);
     known.clear();
     known.extend(candidates.iter().filter_map(|c| c.current));
-    let mut next = Snapshot { tick, player, input_ack, horizon_dm, known };
+    let mut next = Snapshot { tick, player, input_ack, horizon_dm, tick_us, known };
     next.settle(base);
     next
 }
@@ -266,20 +268,26 @@ pub struct Bubbles {
     index: FxHashMap<EntityId, usize>,
     /// Update bytes one client is sent in one tick at most (its own entity always goes).
     bytes_max: usize,
+    /// Game time a tick is.
+    tick_us: u32,
     /// Test-only planted bug: updates are made against the newest update sent, acknowledged or
     /// not (a client that lost it cannot apply them).
     pub planted_delta_from_newest: bool,
 }
 
 impl Bubbles {
-    pub fn new(bytes_max: usize) -> Self {
+    /// Bubbles for clients sent `bytes_per_s` of updates a second at most, by a world whose
+    /// ticks are `tick_us` of game time each.
+    pub fn new(bytes_per_s: u32, tick_us: u64) -> Self {
+        let tick_us = tick_us.clamp(1, u32::MAX as u64);
         Self {
             grid: Grid::new(BUBBLE_RADIUS_M),
             near: Vec::new(),
             scratch: Scratch::default(),
             merged: Vec::new(),
             index: FxHashMap::default(),
-            bytes_max,
+            bytes_max: (bytes_per_s as u64 * tick_us / 1_000_000) as usize,
+            tick_us: tick_us as u32,
             planted_delta_from_newest: false,
         }
     }
@@ -327,7 +335,7 @@ impl Bubbles {
             return None;
         };
         let pad = Vec3::splat(BUBBLE_RADIUS_M);
-        let dt = TICK_DURATION_US as f32 / 1e6;
+        let dt = self.tick_us as f32 / 1e6;
         // The bubble is around where the player is at `tick`, as the client reckons it: from a
         // core whose view is behind (it skipped ticks under load), the player's state is of an
         // earlier tick, up to a few metres back along its way.
@@ -346,7 +354,7 @@ impl Bubbles {
         // until a server adopts it. In flight it is not simulated: shown where it left (the
         // views carry the state a handoff gave up), as of when it left.
         for (last, last_tick) in client.shown.iter().filter(|_| client.shown_leaving) {
-            let in_flight = last.leaving && tick <= last_tick + HANDOFF_HOLD_TICKS;
+            let in_flight = last.leaving && tick <= last_tick + ticks_in(HANDOFF_HOLD_US, self.tick_us as u64);
             if !in_flight || self.index.contains_key(&last.id) {
                 continue;
             }
@@ -372,7 +380,7 @@ impl Bubbles {
             acked,
             &mut client.priority,
             client.player,
-            (tick, me.input_seq, (horizon_m * 10.0) as u16),
+            (tick, self.tick_us, me.input_seq, (horizon_m * 10.0) as u16),
             &mut near,
             self.bytes_max,
             &mut self.scratch,
@@ -407,6 +415,8 @@ mod tests {
     use super::super::wire;
     use super::*;
 
+    const TICK_US: u32 = crate::limits::TICK_DURATION_US as u32;
+
     fn entity(id: u64, kind: EntityKind, x: f32, vx: f32) -> ViewEntity {
         ViewEntity::new(EntityId(id), kind, [x, 0.0, 0.0], [vx, 0.0, 0.0])
     }
@@ -427,7 +437,7 @@ mod tests {
             acked,
             priority,
             EntityId(1),
-            (tick, 0, 400),
+            (tick, TICK_US, 0, 400),
             &mut near,
             bytes_max,
             &mut Scratch::default(),
@@ -515,7 +525,7 @@ mod tests {
                 acked,
                 &mut priority,
                 EntityId(1),
-                (t, 0, 400),
+                (t, TICK_US, 0, 400),
                 &mut near,
                 4096,
                 &mut Scratch::default(),

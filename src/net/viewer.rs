@@ -65,6 +65,11 @@ impl Viewer {
         self.last_tick
     }
 
+    /// Game time a tick is, as the updates say (`TICK_DURATION_US` until one has).
+    pub fn tick_us(&self) -> u32 {
+        self.snapshots.back().map_or(TICK_DURATION_US as u32, |s| s.tick_us)
+    }
+
     /// What the client held after the newest update it took in.
     pub fn last_snapshot(&self) -> Option<&Snapshot> {
         self.snapshots.back()
@@ -106,13 +111,13 @@ impl Viewer {
         let tick = snapshot.tick;
         self.counts.updates += 1;
         if let Some(me) = snapshot.get(snapshot.player) {
-            let at = me.position_m_at(tick);
+            let at = me.position_m_at(tick, snapshot.tick_us);
             self.me = Some(at);
             self.aboard = me.seen.carried;
             let home = *self.home.get_or_insert(at);
             self.travel_m = self.travel_m.max(home.distance(at));
         }
-        let dt = TICK_DURATION_US as f32 / 1e6;
+        let dt = snapshot.tick_us as f32 / 1e6;
         // How far an entity can have got from a state of its, `ticks` later. What carries it
         // moves it at a ship's speed at most, and being taken up is a jump to the carrier: a
         // player boards a ship within `BOARD_REACH_M`, an item is picked up within `REACH_M`. An
@@ -230,7 +235,18 @@ mod tests {
     /// A whole update (no baseline): everything in it is new as of its tick.
     fn update(tick: u64, seen: Vec<Seen>) -> Update {
         let (gone, moved) = (vec![], vec![]);
-        Update { tick, baseline: 0, player: EntityId(1), input_ack: 0, horizon_dm: 400, gone, moved, entered: seen }
+        let tick_us = TICK_DURATION_US as u32;
+        Update {
+            tick,
+            baseline: 0,
+            player: EntityId(1),
+            input_ack: 0,
+            horizon_dm: 400,
+            tick_us,
+            gone,
+            moved,
+            entered: seen,
+        }
     }
 
     const ME: u64 = 1;

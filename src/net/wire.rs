@@ -4,8 +4,7 @@
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
-use crate::limits::TICK_DURATION_US;
-pub use crate::limits::{EXTRAPOLATE_TICKS_MAX, INPUT_BYTES_MAX, KNOWN_MAX, MESSAGE_BYTES_MAX};
+pub use crate::limits::{EXTRAPOLATE_US_MAX, INPUT_BYTES_MAX, KNOWN_MAX, MESSAGE_BYTES_MAX};
 use crate::protocol::Action;
 use crate::world::{EntityId, EntityKind};
 
@@ -91,6 +90,9 @@ pub struct Update {
     /// Decimetres from the player within which the client is shown every entity (or will be, as
     /// its turn to enter comes): the bubble's radius, or less where the bubble is crowded.
     pub horizon_dm: u16,
+    /// Microseconds of game time a tick is: ticks are the update's clock, and the client moves
+    /// entities on between states by it. It stays the same for a connection.
+    pub tick_us: u32,
     /// Entities of the baseline no longer shown, by their place in it (ordered by id).
     pub gone: Vec<u8>,
     /// Entities of the baseline with a new state, by their place in it.
@@ -121,11 +123,10 @@ pub struct Known {
 }
 
 impl Known {
-    /// Where the entity is at `tick`, in centimetres: moved on from its state at its velocity,
-    /// for at most `EXTRAPOLATE_TICKS_MAX`.
-    pub fn position_at(&self, tick: u64) -> [i32; 3] {
-        let ticks = tick.saturating_sub(self.as_of).min(EXTRAPOLATE_TICKS_MAX) as i64;
-        let us = ticks * TICK_DURATION_US as i64;
+    /// Where the entity is at `tick` (ticks of `tick_us`), in centimetres: moved on from its
+    /// state at its velocity, for `EXTRAPOLATE_US_MAX` at most.
+    pub fn position_at(&self, tick: u64, tick_us: u32) -> [i32; 3] {
+        let us = (tick.saturating_sub(self.as_of).saturating_mul(tick_us as u64)).min(EXTRAPOLATE_US_MAX) as i64;
         // Decimetres a second times microseconds, in centimetres: divided by 100,000, rounded.
         std::array::from_fn(|i| {
             let moved = (self.seen.velocity[i] as i64 * us + 50_000).div_euclid(100_000);
@@ -133,8 +134,8 @@ impl Known {
             cm.clamp(i32::MIN as i64, i32::MAX as i64) as i32
         })
     }
-    pub fn position_m_at(&self, tick: u64) -> glam::Vec3 {
-        glam::Vec3::from_array(self.position_at(tick).map(|v| v as f32 / 100.0))
+    pub fn position_m_at(&self, tick: u64, tick_us: u32) -> glam::Vec3 {
+        glam::Vec3::from_array(self.position_at(tick, tick_us).map(|v| v as f32 / 100.0))
     }
 }
 
@@ -146,12 +147,14 @@ pub struct Snapshot {
     pub player: EntityId,
     pub input_ack: u32,
     pub horizon_dm: u16,
+    /// Microseconds of game time a tick is (the update's `tick_us`).
+    pub tick_us: u32,
     pub known: Vec<Known>,
 }
 
 impl Snapshot {
-    pub fn empty() -> Self {
-        Self { tick: 0, player: EntityId(0), input_ack: 0, horizon_dm: 0, known: Vec::new() }
+    pub fn empty(tick_us: u32) -> Self {
+        Self { tick: 0, player: EntityId(0), input_ack: 0, horizon_dm: 0, tick_us, known: Vec::new() }
     }
 
     pub fn get(&self, id: EntityId) -> Option<&Known> {
@@ -164,7 +167,7 @@ impl Snapshot {
         for k in &mut self.known {
             let old = self.tick.saturating_sub(k.as_of) > u8::MAX as u64;
             if old && base.and_then(|b| b.get(k.seen.id)) != Some(k) {
-                k.seen.position = k.position_at(self.tick);
+                k.seen.position = k.position_at(self.tick, self.tick_us);
                 k.as_of = self.tick;
             }
         }
@@ -175,7 +178,7 @@ impl Snapshot {
     /// too far from the baseline's prediction for a `Moved` is sent as gone and entered again.
     pub fn delta_from(&self, base: Option<&Snapshot>) -> Update {
         debug_assert!(self.known.len() <= KNOWN_MAX && self.known.windows(2).all(|w| w[0].seen.id < w[1].seen.id));
-        let empty = Snapshot::empty();
+        let empty = Snapshot::empty(self.tick_us);
         let b = base.unwrap_or(&empty);
         let mut update = Update {
             tick: self.tick,
@@ -183,6 +186,7 @@ impl Snapshot {
             player: self.player,
             input_ack: self.input_ack,
             horizon_dm: self.horizon_dm,
+            tick_us: self.tick_us,
             gone: Vec::new(),
             moved: Vec::new(),
             entered: Vec::new(),
@@ -193,7 +197,7 @@ impl Snapshot {
             match (b.known.get(i), self.known.get(j)) {
                 (Some(o), Some(n)) if o.seen.id == n.seen.id => {
                     if o != n {
-                        match moved(i, o, n, self.tick) {
+                        match moved(i, o, n, self.tick, self.tick_us) {
                             Some(m) => update.moved.push(m),
                             None => {
                                 update.gone.push(i as u8);
@@ -225,12 +229,16 @@ impl Snapshot {
     /// What a client that holds `base` (the update's baseline, or `None` when it names none)
     /// knows after `update`. Checked: an update that does not fit its baseline is an error.
     pub fn apply(base: Option<&Snapshot>, update: &Update) -> Result<Snapshot, WireError> {
-        let empty = Snapshot::empty();
+        let empty = Snapshot::empty(update.tick_us);
         let b = match (update.baseline, base) {
             (0, _) => &empty,
             (tick, Some(b)) if b.tick == tick && tick < update.tick => b,
             (tick, _) => return Err(WireError::Baseline(tick)),
         };
+        if b.tick_us != update.tick_us {
+            // A connection's tick rate does not change.
+            return Err(WireError::Malformed);
+        }
         let as_of = |age: u8| update.tick.checked_sub(age as u64).ok_or(WireError::Malformed);
         // Each place of the baseline: kept, gone, or moved; touched at most once (a bit each:
         // a baseline has 255 places at most).
@@ -254,7 +262,7 @@ impl Snapshot {
             let i = touch(m.index)?;
             let o = b.known[i];
             let as_of = as_of(m.age)?;
-            let at = o.position_at(as_of);
+            let at = o.position_at(as_of, update.tick_us);
             let position = std::array::from_fn(|k| at[k].saturating_add(m.offset[k] as i32));
             let seen = Seen { position, velocity: m.velocity, carried: m.carried, ..o.seen };
             known[i] = Known { seen, as_of };
@@ -278,17 +286,22 @@ impl Snapshot {
             return Err(WireError::Malformed);
         }
         let (tick, player, input_ack, horizon_dm) = (update.tick, update.player, update.input_ack, update.horizon_dm);
-        Ok(Snapshot { tick, player, input_ack, horizon_dm, known })
+        Ok(Snapshot { tick, player, input_ack, horizon_dm, tick_us: update.tick_us, known })
     }
 }
 
+/// Whether `new` can be sent as a difference from `old` in the update of `tick`.
+pub fn fits_moved(old: &Known, new: &Known, tick: u64, tick_us: u32) -> bool {
+    old.seen.id == new.seen.id && moved(0, old, new, tick, tick_us).is_some()
+}
+
 /// `new` as a difference from `old` (at place `index` of the baseline), if it fits.
-fn moved(index: usize, old: &Known, new: &Known, tick: u64) -> Option<Moved> {
+fn moved(index: usize, old: &Known, new: &Known, tick: u64, tick_us: u32) -> Option<Moved> {
     let age = u8::try_from(tick.checked_sub(new.as_of)?).ok()?;
     if old.seen.kind != new.seen.kind {
         return None;
     }
-    let at = old.position_at(new.as_of);
+    let at = old.position_at(new.as_of, tick_us);
     let mut offset = [0i16; 3];
     for k in 0..3 {
         offset[k] = i16::try_from(new.seen.position[k] as i64 - at[k] as i64).ok()?;
@@ -355,6 +368,7 @@ mod tests {
             player: EntityId(3),
             input_ack: 7,
             horizon_dm: 400,
+            tick_us: 33_333,
             gone: vec![],
             moved: vec![],
             entered: vec![Seen {
@@ -387,8 +401,17 @@ mod tests {
     fn what_goes_on_as_predicted_is_not_sent() {
         // Walking at 3 m/s along x, as of tick 10.
         let walker = known(1, [0, 0, 0], [30, 0, 0], 10);
-        let base = Snapshot { tick: 10, player: EntityId(1), input_ack: 0, horizon_dm: 400, known: vec![walker] };
-        assert_eq!(walker.position_at(13), [30, 0, 0]);
+        let base = Snapshot {
+            tick: 10,
+            player: EntityId(1),
+            input_ack: 0,
+            horizon_dm: 400,
+            tick_us: 33_333,
+            known: vec![walker],
+        };
+        assert_eq!(walker.position_at(13, 33_333), [30, 0, 0]);
+        // At 60 Hz, three ticks are half the time, and half the way.
+        assert_eq!(walker.position_at(13, 16_667), [15, 0, 0]);
         // Three ticks on, still walking the same way: nothing to send.
         let mut next = Snapshot { tick: 13, ..base.clone() };
         next.settle(Some(&base));
@@ -421,7 +444,7 @@ mod tests {
                 entities.into_iter().map(|((id, p, v), as_of)| known(id, p, v, as_of)).collect();
             known.sort_by_key(|k| k.seen.id);
             known.dedup_by_key(|k| k.seen.id);
-            Snapshot { tick, player: EntityId(0), input_ack: 0, horizon_dm: 400, known }
+            Snapshot { tick, player: EntityId(0), input_ack: 0, horizon_dm: 400, tick_us: 33_333, known }
         })
     }
 

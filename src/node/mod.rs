@@ -244,6 +244,8 @@ impl<W: Wire> Node<W> {
         let mut cfg = cfg;
         cfg.tick_us = cfg.tick_us.max(1);
         let rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ (cfg.index as u64) << 32);
+        let mut slice = slice;
+        slice.set_tick_us(cfg.tick_us);
         let hosted = servers.into_iter().map(|id| Hosted { id, server: None, restart_at_us: Some(start_us) }).collect();
         let mut node = Self {
             slice,

@@ -34,7 +34,7 @@ use super::messages::{
     ToServer,
 };
 use super::slab::SlabMap;
-pub use crate::limits::{BALANCE_PERIOD_TICKS, BALANCE_SLACK_ENTITIES};
+pub use crate::limits::{BALANCE_PERIOD_US, BALANCE_SLACK_ENTITIES};
 use crate::limits::{LEASE_DURATION_US, TRANSFER_HOPS_MAX};
 use crate::world::{
     is_streamed, ContainerId, EntityId, EntityKind, EntityState, Forest, MapError, RegionId, RegionMap, ServerId,
@@ -116,6 +116,8 @@ pub struct Replication {
     ghosts_local: BTreeMap<ServerId, Vec<Ghost>>,
     ghosts_remote: Vec<Vec<Ghost>>,
     ticks: u64,
+    /// Ticks between load reports and balancing moves (`BALANCE_PERIOD_US` of game time).
+    balance_every_ticks: u64,
     map: RegionMap,
     records: SlabMap<EntityId, Record>,
     forest: Forest,
@@ -169,6 +171,7 @@ impl Replication {
             ghosts_local: BTreeMap::new(),
             ghosts_remote: vec![Vec::new(); slices as usize],
             ticks: 0,
+            balance_every_ticks: crate::limits::ticks_in(BALANCE_PERIOD_US, crate::limits::TICK_DURATION_US),
             map,
             records: SlabMap::new(),
             forest: Forest::default(),
@@ -209,6 +212,12 @@ impl Replication {
     /// Turns container streaming on (servers must stream with the same index): a loose item
     /// goes to its region's server only while that server has its container loaded, and rests
     /// here, with no authority, while it has not.
+    /// A slice whose ticks are `tick_us` of game time each: its periods (load reports and
+    /// balancing) last as long at any tick rate.
+    pub fn set_tick_us(&mut self, tick_us: u64) {
+        self.balance_every_ticks = crate::limits::ticks_in(BALANCE_PERIOD_US, tick_us);
+    }
+
     pub fn with_streaming(mut self, index: Arc<StreamIndex>) -> Self {
         self.streaming = Some(index);
         self
@@ -462,7 +471,7 @@ impl Replication {
             self.declare_dead(server);
         }
         self.ticks += 1;
-        if self.ticks % BALANCE_PERIOD_TICKS == 0 {
+        if self.ticks % self.balance_every_ticks == 0 {
             let counts = self.region_counts();
             self.tell_controller(SliceMsg::Load { counts });
         }

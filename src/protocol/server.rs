@@ -28,7 +28,7 @@ use crate::limits::{
     BOARD_REACH_M, GHOST_MARGIN_M, GRID_CELL_M, HANDOFFS_PER_TICK_MAX, HIT_RADIUS_M, LEASE_DURATION_US,
     PROJECTILE_DAMAGE, PROJECTILE_TTL_US, REACH_M, TICK_DURATION_US,
 };
-use crate::world::stream::{STREAM_LOAD_RADIUS_M, STREAM_PERIOD_TICKS, STREAM_UNLOAD_RADIUS_M};
+use crate::world::stream::{STREAM_LOAD_RADIUS_M, STREAM_PERIOD_US, STREAM_UNLOAD_RADIUS_M};
 use crate::world::{
     is_streamed, ContainerId, EntityId, EntityKind, EntityState, Forest, Grid, RegionMap, ServerId, StreamIndex,
 };
@@ -482,7 +482,7 @@ impl Server {
         for root in leaving {
             self.hand_off(root);
         }
-        if self.streaming.is_some() && tick % STREAM_PERIOD_TICKS == 0 {
+        if self.streaming.is_some() && tick % crate::limits::ticks_in(STREAM_PERIOD_US, self.tick_us) == 0 {
             self.stream();
         }
         let ghosts = self.border_ghosts();

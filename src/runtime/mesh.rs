@@ -295,7 +295,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
     let entities_start = initial.len();
     let mut gateways = match &cfg.gateway {
         None => Vec::new(),
-        Some(g) => open_gateways(g, cores, &initial)?,
+        Some(g) => open_gateways(g, cores, &initial, shard::game_tick_us(cfg.tick))?,
     };
     let listen = gateways.first().map(|(addr, _)| addr.to_string());
     let mut initial = Some(initial);
@@ -473,6 +473,7 @@ fn open_gateways(
     g: &GatewayConfig,
     cores: usize,
     initial: &[Committed],
+    tick_us: u64,
 ) -> Result<Vec<(std::net::SocketAddr, shard::ShardGateway)>, MeshError> {
     let per_core = g.endpoints_per_core.max(1);
     let io = |e: std::io::Error| MeshError::Config(format!("gateway on {}: {e}", g.listen));
@@ -487,6 +488,7 @@ fn open_gateways(
     for _ in 0..cores {
         let mine: Vec<std::net::UdpSocket> = sockets.drain(..per_core).collect();
         let gateway = crate::net::Gateway::new(mine, public, g.key, g.insecure, g.client_bytes_per_s, seats.clone())
+            .map(|gw| gw.with_tick_us(tick_us))
             .map_err(io)?;
         out.push((public, shard::ShardGateway { gateway, seats: seats.clone(), views: views.clone() }));
     }

@@ -95,6 +95,7 @@ pub struct SimClients {
     pub seats: FxHashSet<EntityId>,
     rng: ChaCha8Rng,
     loss: f64,
+    bytes_per_s: u32,
     bytes_max: usize,
     planted_delta_from_newest: bool,
     /// Calm ticks so far (inputs stop once calm).
@@ -122,10 +123,10 @@ impl SimClients {
         }
         // A budget as the live default, or one a quarter of it, where priority decides a lot.
         let per_s = if rng.random_bool(0.5) { CLIENT_BYTES_PER_S_DEFAULT } else { CLIENT_BYTES_PER_S_DEFAULT / 4 };
-        let bytes_max = (per_s as u64 * TICK_DURATION_US / 1_000_000) as usize;
+        let bytes_max = gateway(per_s, false).bytes_max();
         let loss = rng.random_range(0.0..0.1);
         let clients: Vec<SimClient> = chosen.iter().enumerate().map(|(i, p)| SimClient::new(i % nodes, *p)).collect();
-        let gateways = (0..nodes).map(|_| gateway(bytes_max, planted_delta_from_newest)).collect();
+        let gateways = (0..nodes).map(|_| gateway(per_s, planted_delta_from_newest)).collect();
         Self {
             seats: chosen.iter().copied().collect(),
             stats: ClientStats { clients: clients.len() as u64, ..Default::default() },
@@ -135,6 +136,7 @@ impl SimClients {
             inputs: vec![Vec::new(); nodes],
             rng,
             loss,
+            bytes_per_s: per_s,
             bytes_max,
             planted_delta_from_newest,
             calm_ticks: 0,
@@ -289,7 +291,7 @@ impl SimClients {
                         e.position_m().distance(me.position_m())
                     ));
                 };
-                let at = k.position_at(last.tick);
+                let at = k.position_at(last.tick, last.tick_us);
                 if (0..3).any(|i| (at[i] - e.position[i]).abs() > PREDICTION_TOLERANCE_CM + 1) {
                     return Err(format!(
                         "client of {}: calm for {} ticks, {} is shown at {at:?} cm, it is at {:?}",
@@ -309,7 +311,7 @@ impl SimClients {
             self.stats.reconnects += 1;
         }
         for g in &mut self.gateways {
-            *g = gateway(self.bytes_max, self.planted_delta_from_newest);
+            *g = gateway(self.bytes_per_s, self.planted_delta_from_newest);
         }
     }
 
@@ -319,8 +321,8 @@ impl SimClients {
     }
 }
 
-fn gateway(bytes_max: usize, planted_delta_from_newest: bool) -> Bubbles {
-    let mut g = Bubbles::new(bytes_max);
+fn gateway(bytes_per_s: u32, planted_delta_from_newest: bool) -> Bubbles {
+    let mut g = Bubbles::new(bytes_per_s, TICK_DURATION_US);
     g.planted_delta_from_newest = planted_delta_from_newest;
     g
 }
@@ -372,7 +374,7 @@ fn check_own(update: &Update, me: &ViewEntity, sent: Option<&Snapshot>) -> Resul
     let Some(k) = sent.and_then(|s| s.get(me.id)) else {
         return Err(format!("the update of tick {} for {} does not hold its own entity", update.tick, me.id));
     };
-    let at = k.position_at(update.tick);
+    let at = k.position_at(update.tick, update.tick_us);
     if (0..3).any(|i| (at[i] - me.position[i]).abs() > PREDICTION_TOLERANCE_CM + 1) {
         return Err(format!(
             "the update of tick {} shows {} at {at:?} cm, its view has it at {:?}",

@@ -15,7 +15,7 @@ use glam::Vec3;
 
 use super::container::{Aabb, ContainerTree};
 use super::entity::{EntityKind, EntityState};
-pub use crate::limits::{STREAM_LOAD_RADIUS_M, STREAM_PERIOD_TICKS, STREAM_UNLOAD_RADIUS_M};
+pub use crate::limits::{STREAM_LOAD_RADIUS_M, STREAM_PERIOD_US, STREAM_UNLOAD_RADIUS_M};
 
 /// Index of a container in its tree (depth-first order; 0 is the system).
 pub type ContainerId = u32;

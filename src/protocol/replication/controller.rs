@@ -173,7 +173,7 @@ impl Replication {
         if changed {
             self.broadcast_map();
         }
-        if self.balancing && self.ticks % BALANCE_PERIOD_TICKS == 1 {
+        if self.balancing && self.ticks % self.balance_every_ticks == 1 % self.balance_every_ticks {
             self.balance();
         }
     }
