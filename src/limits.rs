@@ -166,9 +166,14 @@ pub const SEEN_PER_UPDATE_MAX: usize = 48;
 /// (An entity that leaves every view otherwise, destroyed or unloaded, is gone at once.)
 pub const HANDOFF_HOLD_US: u64 = 2_000_000;
 
-/// Update bytes a second a client is sent by default: about 530 a tick, room for every entity of
-/// a busy bubble that strayed from its prediction, or for ten that enter it at once.
+/// Update bytes a second a client is sent by default: about 530 a tick at 30 Hz, room for every
+/// entity of a busy bubble that strayed from its prediction, or for ten that enter it at once.
 pub const CLIENT_BYTES_PER_S_DEFAULT: u32 = 16_000;
+
+/// How much of its byte rate a client may save up, in game time: what a tick's update leaves
+/// unused goes to the next ones, so at a high tick rate (or a low byte rate) an entity too large
+/// for one tick's share still goes, a tick or two later.
+pub const CLIENT_BYTES_SAVED_US: u64 = 133_333;
 
 /// Updates the gateway keeps per client, as baselines for later ones: half a second at most (it
 /// keeps none older than the one the client last acknowledged).

@@ -749,8 +749,7 @@ impl Gateway {
         let skipped = if skipped_from > 0 { views.leaving_between(skipped_from, tick) } else { Vec::new() };
         self.bubbles.merge(held.chain(left).chain(skipped));
         for (client_id, client) in self.clients.iter_mut() {
-            let Some(update) = self.bubbles.update(tick, &mut client.view) else { continue };
-            let bytes = wire::encode(&update);
+            let Some((update, bytes)) = self.bubbles.update(tick, &mut client.view) else { continue };
             self.stats.updates += 1;
             self.stats.delta_updates += (update.baseline > 0) as u64;
             self.stats.update_bytes += bytes.len() as u64;

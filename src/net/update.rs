@@ -12,7 +12,8 @@ use rustc_hash::FxHashMap;
 
 use super::wire::{ArchivedMoved, ArchivedSeen, ArchivedUpdate, Known, Seen, Snapshot, Update};
 use crate::limits::{
-    ticks_in, BUBBLE_RADIUS_M, HANDOFF_HOLD_US, PREDICTION_TOLERANCE_CM, SEEN_PER_UPDATE_MAX, SENT_KEPT,
+    ticks_in, BUBBLE_RADIUS_M, CLIENT_BYTES_SAVED_US, HANDOFF_HOLD_US, PREDICTION_TOLERANCE_CM, SEEN_PER_UPDATE_MAX,
+    SENT_KEPT,
 };
 use crate::node::ViewEntity;
 use crate::world::grid::Grid;
@@ -208,6 +209,11 @@ pub struct ClientView {
     /// Each entity's claim to be sent, by id: it grows by the entity's weight every tick it
     /// waits.
     priority: Vec<(EntityId, f32)>,
+    /// Update bytes saved up from its byte rate (less than nothing after an update that had to
+    /// go over).
+    saved: i64,
+    /// The budget the latest update was made within.
+    last_budget: usize,
 }
 
 /// An acknowledgement of an update that was never sent.
@@ -223,7 +229,19 @@ impl ClientView {
             sent: VecDeque::with_capacity(SENT_KEPT),
             acked: 0,
             priority: Vec::new(),
+            saved: 0,
+            last_budget: 0,
         }
+    }
+
+    /// The budget the latest update was made within.
+    pub fn last_budget(&self) -> usize {
+        self.last_budget
+    }
+
+    /// Update bytes the client may be sent now (its latest update was made within it).
+    pub fn budget(&self) -> usize {
+        self.saved.max(0) as usize
     }
 
     /// The client took in the update of `tick`: it is the baseline of the next ones, and those
@@ -266,8 +284,9 @@ pub struct Bubbles {
     /// Every entity in the views of the tick being sent, with the tick of the view it is from.
     merged: Vec<(ViewEntity, u64)>,
     index: FxHashMap<EntityId, usize>,
-    /// Update bytes one client is sent in one tick at most (its own entity always goes).
-    bytes_max: usize,
+    /// Update bytes a client is given each tick, and how many it may have saved up at most.
+    bytes_per_tick: usize,
+    bytes_saved_max: usize,
     /// Game time a tick is.
     tick_us: u32,
     /// Test-only planted bug: updates are made against the newest update sent, acknowledged or
@@ -286,14 +305,16 @@ impl Bubbles {
             scratch: Scratch::default(),
             merged: Vec::new(),
             index: FxHashMap::default(),
-            bytes_max: (bytes_per_s as u64 * tick_us / 1_000_000) as usize,
+            bytes_per_tick: (bytes_per_s as u64 * tick_us / 1_000_000) as usize,
+            bytes_saved_max: (bytes_per_s as u64 * CLIENT_BYTES_SAVED_US.max(tick_us) / 1_000_000) as usize,
             tick_us: tick_us as u32,
             planted_delta_from_newest: false,
         }
     }
 
-    pub fn bytes_max(&self) -> usize {
-        self.bytes_max
+    /// Update bytes a client is given each tick.
+    pub fn bytes_per_tick(&self) -> usize {
+        self.bytes_per_tick
     }
 
     /// The world of a tick: `entities` with the tick of the view each is from, what servers
@@ -318,9 +339,11 @@ impl Bubbles {
         self.index.get(&id).map(|i| self.merged[*i])
     }
 
-    /// The update of `tick` for `client`, from the merged world; `None` while its player is in
-    /// no view (between cores: the next update catches up).
-    pub fn update(&mut self, tick: u64, client: &mut ClientView) -> Option<Update> {
+    /// The update of `tick` for `client`, from the merged world, and its bytes; `None` while its
+    /// player is in no view (between cores: the next update catches up). It stays within what
+    /// the client has saved of its byte rate (see `ClientView::budget`).
+    pub fn update(&mut self, tick: u64, client: &mut ClientView) -> Option<(Update, Vec<u8>)> {
+        client.saved = (client.saved + self.bytes_per_tick as i64).min(self.bytes_saved_max as i64);
         let Some((me, me_tick)) = self.get(client.player) else {
             // What it was shown that is on its way between servers now is remembered, for the
             // next update to hold it where it left (its neighbours often cross with it).
@@ -363,6 +386,8 @@ impl Bubbles {
                 near.push(Near { d, e: *last, last_tick: *last_tick });
             }
         }
+        let budget = client.budget();
+        client.last_budget = budget;
         // Crowded: the nearest are shown (selected, not sorted: `next_snapshot` orders them by
         // id), and the horizon is the first left out.
         let horizon_m = if near.len() > SEEN_PER_UPDATE_MAX {
@@ -382,7 +407,7 @@ impl Bubbles {
             client.player,
             (tick, self.tick_us, me.input_seq, (horizon_m * 10.0) as u16),
             &mut near,
-            self.bytes_max,
+            budget,
             &mut self.scratch,
         );
         // What the client is shown (`near` is by id now, as is `next`).
@@ -400,13 +425,15 @@ impl Bubbles {
         }
         self.near = near;
         let update = next.delta_from(baseline(&client.sent, acked));
+        let bytes = super::wire::encode(&update);
+        client.saved -= bytes.len() as i64;
         if client.sent.len() == SENT_KEPT {
             if let Some(oldest) = client.sent.pop_front() {
                 self.scratch.known = oldest.known;
             }
         }
         client.sent.push_back(next);
-        Some(update)
+        Some((update, bytes))
     }
 }
 

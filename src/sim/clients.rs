@@ -20,7 +20,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rustc_hash::FxHashSet;
 
-use crate::limits::{BUBBLE_RADIUS_M, CLIENT_BYTES_PER_S_DEFAULT, PREDICTION_TOLERANCE_CM, TICK_DURATION_US};
+use crate::limits::{BUBBLE_RADIUS_M, CLIENT_BYTES_PER_S_DEFAULT, PREDICTION_TOLERANCE_CM};
 use crate::net::update::{Bubbles, ClientView};
 use crate::net::viewer::Viewer;
 use crate::net::wire::{self, Snapshot, Update};
@@ -32,8 +32,8 @@ use crate::world::{EntityId, EntityKind, EntityState};
 const CLIENTS: usize = 4;
 /// Ticks an update or an acknowledgement may be held on its way, at most.
 const DELAY_TICKS_MAX: u64 = 3;
-/// Calm ticks after which every client must see what is around it.
-const CONVERGED_AFTER_TICKS: u64 = 60;
+/// Calm game time after which every client must see what is around it.
+const CONVERGED_AFTER_US: u64 = 2_000_000;
 
 /// What the simulated clients did and saw, summed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -96,6 +96,9 @@ pub struct SimClients {
     rng: ChaCha8Rng,
     loss: f64,
     bytes_per_s: u32,
+    tick_us: u64,
+    /// Calm ticks after which every client must see what is around it.
+    converged_after_ticks: u64,
     bytes_max: usize,
     planted_delta_from_newest: bool,
     /// Calm ticks so far (inputs stop once calm).
@@ -109,7 +112,13 @@ impl SimClients {
     /// Clients for up to `CLIENTS` of the world's players, spread over `nodes` gateways; the
     /// draws come from their own stream of the seed, so the rest of the seed's scenario is as
     /// it was without them.
-    pub fn new(seed: u64, nodes: usize, entities: &[(EntityId, EntityState)], planted_delta_from_newest: bool) -> Self {
+    pub fn new(
+        seed: u64,
+        nodes: usize,
+        tick_us: u64,
+        entities: &[(EntityId, EntityState)],
+        planted_delta_from_newest: bool,
+    ) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xc11e_47c1_1e47_c11e);
         let players: Vec<EntityId> =
             entities.iter().filter(|(_, s)| s.kind == EntityKind::Player).map(|(id, _)| *id).collect();
@@ -121,12 +130,13 @@ impl SimClients {
                 chosen.push(p);
             }
         }
-        // A budget as the live default, or one a quarter of it, where priority decides a lot.
-        let per_s = if rng.random_bool(0.5) { CLIENT_BYTES_PER_S_DEFAULT } else { CLIENT_BYTES_PER_S_DEFAULT / 4 };
-        let bytes_max = gateway(per_s, false).bytes_max();
+        // A budget as the live default, or half of it, where priority decides a lot. (Less is
+        // no budget for a world of 60 Hz: an update's fixed part is 64 bytes, 3.8 KB a second.)
+        let per_s = if rng.random_bool(0.5) { CLIENT_BYTES_PER_S_DEFAULT } else { CLIENT_BYTES_PER_S_DEFAULT / 2 };
+        let bytes_max = gateway(per_s, tick_us, false).bytes_per_tick();
         let loss = rng.random_range(0.0..0.1);
         let clients: Vec<SimClient> = chosen.iter().enumerate().map(|(i, p)| SimClient::new(i % nodes, *p)).collect();
-        let gateways = (0..nodes).map(|_| gateway(per_s, planted_delta_from_newest)).collect();
+        let gateways = (0..nodes).map(|_| gateway(per_s, tick_us, planted_delta_from_newest)).collect();
         Self {
             seats: chosen.iter().copied().collect(),
             stats: ClientStats { clients: clients.len() as u64, ..Default::default() },
@@ -137,6 +147,8 @@ impl SimClients {
             rng,
             loss,
             bytes_per_s: per_s,
+            tick_us,
+            converged_after_ticks: crate::limits::ticks_in(CONVERGED_AFTER_US, tick_us),
             bytes_max,
             planted_delta_from_newest,
             calm_ticks: 0,
@@ -185,14 +197,14 @@ impl SimClients {
             gateway.merge(held.chain(left));
             for c in self.clients.iter_mut().filter(|c| c.node == g) {
                 let before = c.view.sent().clone();
-                let Some(update) = gateway.update(tick, &mut c.view) else { continue };
-                let bytes = wire::encode(&update);
+                let Some((update, bytes)) = gateway.update(tick, &mut c.view) else { continue };
                 self.stats.updates_sent += 1;
                 self.stats.bytes += bytes.len() as u64;
                 self.stats.delta_updates += (update.baseline > 0) as u64;
                 let next = c.view.last_sent().expect("an update was just made");
-                check_budget(&update, bytes.len(), self.bytes_max, &before, next)?;
-                self.stats.full_budget += (bytes.len() + 64 > self.bytes_max) as u64;
+                let budget = c.view.last_budget();
+                check_budget(&update, bytes.len(), budget, &before, next)?;
+                self.stats.full_budget += (bytes.len() + 64 > budget) as u64;
                 if let Some((me, _)) = gateway.get(c.player) {
                     check_own(&update, &me, c.view.last_sent())?;
                 }
@@ -218,7 +230,7 @@ impl SimClients {
                 let taken = c.viewer.take_update(&update).map(|held| *held == expected);
                 if c.viewer.counts.glitches() > glitches {
                     let what = c.viewer.last_glitch.as_deref().unwrap_or("?");
-                    if self.calm_ticks >= CONVERGED_AFTER_TICKS {
+                    if self.calm_ticks >= self.converged_after_ticks {
                         return Err(format!(
                             "client of {}: calm for {} ticks, saw a glitch: {what}",
                             c.player, self.calm_ticks
@@ -259,7 +271,7 @@ impl SimClients {
                 }
             }
         }
-        if self.calm_ticks >= CONVERGED_AFTER_TICKS {
+        if self.calm_ticks >= self.converged_after_ticks {
             self.check_converged(tick)?;
         }
         Ok(())
@@ -311,7 +323,7 @@ impl SimClients {
             self.stats.reconnects += 1;
         }
         for g in &mut self.gateways {
-            *g = gateway(self.bytes_per_s, self.planted_delta_from_newest);
+            *g = gateway(self.bytes_per_s, self.tick_us, self.planted_delta_from_newest);
         }
     }
 
@@ -321,8 +333,8 @@ impl SimClients {
     }
 }
 
-fn gateway(bytes_per_s: u32, planted_delta_from_newest: bool) -> Bubbles {
-    let mut g = Bubbles::new(bytes_per_s, TICK_DURATION_US);
+fn gateway(bytes_per_s: u32, tick_us: u64, planted_delta_from_newest: bool) -> Bubbles {
+    let mut g = Bubbles::new(bytes_per_s, tick_us);
     g.planted_delta_from_newest = planted_delta_from_newest;
     g
 }

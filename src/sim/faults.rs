@@ -39,6 +39,8 @@ pub struct FaultPlan {
     pub process_crash_per_tick: f64,
     /// Game time between the controller's checkpoints, in ticks.
     pub checkpoint_every_ticks: u64,
+    /// Game time a tick is: the world runs at 20, 30 or 60 Hz, and must move as fast at each.
+    pub tick_us: u64,
 }
 
 impl FaultPlan {
@@ -66,6 +68,7 @@ impl FaultPlan {
             sync_every_ticks: rng.random_range(1..=6),
             process_crash_per_tick: rng.random_range(0.0005..0.005),
             checkpoint_every_ticks: rng.random_range(20..=120),
+            tick_us: [TICK_DURATION_US, 1_000_000 / 60, 1_000_000 / 20][rng.random_range(0..3usize)],
         }
     }
 
@@ -90,7 +93,7 @@ impl fmt::Display for FaultPlan {
         let ms = |us: u64| us as f64 / 1000.0;
         write!(
             f,
-            "servers={} slices={} players={} loss={:.3} dup={:.3} delay={:.0}-{:.0}ms spike={:.4}x{:.0}-{:.0}ms partition={:.4}x{}-{}t crash={:.4}/t reported={:.2} restart={}-{}t region_ops={:.3}/t sync={}t process_crash={:.4}/t checkpoint={}t",
+            "servers={} slices={} players={} loss={:.3} dup={:.3} delay={:.0}-{:.0}ms spike={:.4}x{:.0}-{:.0}ms partition={:.4}x{}-{}t crash={:.4}/t reported={:.2} restart={}-{}t region_ops={:.3}/t sync={}t process_crash={:.4}/t checkpoint={}t hz={:.0}",
             self.servers,
             self.slices,
             self.players,
@@ -112,6 +115,7 @@ impl fmt::Display for FaultPlan {
             self.sync_every_ticks,
             self.process_crash_per_tick,
             self.checkpoint_every_ticks,
+            1e6 / self.tick_us as f64,
         )
     }
 }

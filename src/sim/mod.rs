@@ -31,7 +31,7 @@ use rustc_hash::FxHashSet;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use crate::limits::{SETTLE_ROUNDS_MAX, SIM_REGION_COUNT_MAX, SIM_SEGMENT_BYTES, TICK_DURATION_US};
+use crate::limits::{SETTLE_ROUNDS_MAX, SIM_REGION_COUNT_MAX, SIM_SEGMENT_BYTES};
 use crate::log::{CrashImage, Durability, LogOp, OpenOptions, SliceLog};
 use crate::node::ViewEntity;
 use crate::node::{Bots, Durable, LogRecord, Node, NodeConfig, NodeEvent, NodeIo, Step};
@@ -281,7 +281,8 @@ impl Simulator {
             ships: 1 + plan.players / 10,
         };
         let entities = populate(&tree, cfg.seed, counts);
-        let clients = SimClients::new(cfg.seed, plan.slices as usize, &entities, cfg.planted_delta_from_newest);
+        let clients =
+            SimClients::new(cfg.seed, plan.slices as usize, plan.tick_us, &entities, cfg.planted_delta_from_newest);
         let map = RegionMap::kd_split(tree.bounds(), INITIAL_REGIONS);
         let initial = entities.into_iter().map(|(id, state)| Committed { id, state, commit_seq: 1 }).collect();
         let disk = CrashImage::default();
@@ -333,7 +334,8 @@ impl Simulator {
                 streaming: Some(self.streaming.clone()),
                 bots: if self.calm { Bots::Rest } else { Bots::Random { activity: crate::bots::SIM_ACTIVITY } },
                 planted_server_ignores_lease: self.cfg.planted_server_ignores_lease,
-                checkpoint_every_us: Some(self.plan.checkpoint_every_ticks * TICK_DURATION_US),
+                checkpoint_every_us: Some(self.plan.checkpoint_every_ticks * self.plan.tick_us),
+                tick_us: self.plan.tick_us,
                 ..NodeConfig::new(i as usize, self.cfg.seed ^ self.stats.mesh_restarts << 48)
             };
             let servers = (0..self.plan.servers).map(ServerId).filter(|s| home_slice(*s, slices).0 == i);
@@ -422,7 +424,7 @@ impl Simulator {
     }
 
     fn now_us(&self) -> u64 {
-        self.tick * TICK_DURATION_US
+        self.tick * self.plan.tick_us
     }
 
     fn event(&mut self, text: std::fmt::Arguments<'_>) {
@@ -702,7 +704,8 @@ impl Simulator {
             }
             if self.rng.random_bool(self.plan.partition) {
                 let ticks = self.rng.random_range(self.plan.partition_ticks.0..=self.plan.partition_ticks.1);
-                self.node_of(id).wire_mut().partition(id, now + ticks * TICK_DURATION_US);
+                let until = now + ticks * self.plan.tick_us;
+                self.node_of(id).wire_mut().partition(id, until);
                 self.stats.partitions += 1;
                 self.event(format_args!("{id} cut off for {ticks} ticks"));
             }
