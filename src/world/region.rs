@@ -48,9 +48,9 @@ pub struct RegionMap {
     /// Sorted by id.
     regions: Vec<Region>,
     /// Where each point's region is, built on the first lookup after the regions change (never
-    /// sent or stored: a map read back builds its own).
+    /// sent or stored: a map read back builds its own). Boxed, so a map is small to move.
     #[rkyv(with = rkyv::with::Skip)]
-    lookup: std::sync::OnceLock<Lookup>,
+    lookup: std::sync::OnceLock<Box<Lookup>>,
 }
 
 /// Two maps are the same map whether or not either has built its lookup.
@@ -217,7 +217,7 @@ impl RegionMap {
     /// world's corner, so no input can make the lookup fail).
     pub fn region_at(&self, p: Vec3) -> &Region {
         let p = if p.is_finite() { self.world.clamp(p) } else { self.world.min() };
-        let lookup = self.lookup.get_or_init(|| Lookup::build(&self.world, &self.regions));
+        let lookup = self.lookup.get_or_init(|| Box::new(Lookup::build(&self.world, &self.regions)));
         if let Some(r) = lookup.find(p).map(|i| &self.regions[i]).filter(|r| r.bounds.contains(p)) {
             return r;
         }
