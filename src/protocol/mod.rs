@@ -8,7 +8,6 @@ pub mod messages;
 pub mod physics;
 pub mod replication;
 pub mod server;
-pub mod slab;
 
 pub use journal::{JournalOp, SliceSnapshot};
 pub use link::{Link, LinkPacket};
@@ -18,4 +17,3 @@ pub use messages::{
 };
 pub use replication::{PlantedBugs, Record, Replication, ReplicationStats};
 pub use server::{Action, Input, Server, ServerEvent, ServerStats};
-pub use slab::SlabMap;

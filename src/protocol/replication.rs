@@ -33,7 +33,6 @@ use super::messages::{
     Committed, Delta, Epoch, Ghost, Incarnation, Owned, ReplicationMsg, ServerMsg, SliceId, SliceMsg, ToReplication,
     ToServer,
 };
-use super::slab::SlabMap;
 pub use crate::limits::{BALANCE_PERIOD_US, BALANCE_SLACK_ENTITIES};
 use crate::limits::{LEASE_DURATION_US, TRANSFER_HOPS_MAX};
 use crate::world::{
@@ -119,7 +118,7 @@ pub struct Replication {
     /// Ticks between load reports and balancing moves (`BALANCE_PERIOD_US` of game time).
     balance_every_ticks: u64,
     map: RegionMap,
-    records: SlabMap<EntityId, Record>,
+    records: BTreeMap<EntityId, Record>,
     forest: Forest,
     servers: BTreeMap<ServerId, ServerSlot>,
     next_epoch: u64,
@@ -173,7 +172,7 @@ impl Replication {
             ticks: 0,
             balance_every_ticks: crate::limits::ticks_in(BALANCE_PERIOD_US, crate::limits::TICK_DURATION_US),
             map,
-            records: SlabMap::new(),
+            records: BTreeMap::new(),
             forest: Forest::default(),
             servers: BTreeMap::new(),
             next_epoch: 1,
@@ -238,7 +237,7 @@ impl Replication {
         self.loaded.get(&server)
     }
 
-    pub fn records(&self) -> &SlabMap<EntityId, Record> {
+    pub fn records(&self) -> &BTreeMap<EntityId, Record> {
         &self.records
     }
 

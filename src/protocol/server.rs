@@ -22,7 +22,6 @@ use glam::Vec3;
 
 use super::messages::{Delta, Epoch, Ghost, Incarnation, Owned, ReplicationMsg, ServerMsg, ToReplication, ToServer};
 use super::physics::{self, Physics};
-use super::slab::SlabMap;
 pub use crate::limits::CLIENT_INPUTS_PER_TICK_MAX;
 use crate::limits::{
     BOARD_REACH_M, GHOST_MARGIN_M, GRID_CELL_M, HANDOFFS_PER_TICK_MAX, HIT_RADIUS_M, LEASE_DURATION_US,
@@ -174,7 +173,7 @@ pub struct Server {
     next_counter: u32,
     lease_until_us: u64,
     started_at_us: u64,
-    entities: SlabMap<EntityId, Held>,
+    entities: BTreeMap<EntityId, Held>,
     forest: Forest,
     destroyed: Vec<(EntityId, Epoch)>,
     /// Inputs for the next tick, each with its client sequence number (0: not a client's).
@@ -222,7 +221,7 @@ impl Server {
             next_counter: 0,
             lease_until_us: 0,
             started_at_us: now_us,
-            entities: SlabMap::new(),
+            entities: BTreeMap::new(),
             forest: Forest::default(),
             destroyed: Vec::new(),
             inputs: Vec::new(),
@@ -289,7 +288,7 @@ impl Server {
         self.phase == Phase::Active && (now_us < self.lease_until_us || self.planted_ignore_lease)
     }
 
-    pub fn held(&self) -> &SlabMap<EntityId, Held> {
+    pub fn held(&self) -> &BTreeMap<EntityId, Held> {
         &self.entities
     }
 
