@@ -36,7 +36,8 @@ enum Command {
         /// Ticks with faults on, before the calm phase.
         #[arg(long, default_value_t = 300)]
         fault_ticks: u64,
-        /// Ticks of the calm phase, after which the world must have settled.
+        /// Ticks of the calm phase at 30 Hz (as long in game time at the seed's rate), after which
+        /// the world must have settled.
         #[arg(long, default_value_t = 120)]
         calm_ticks: u64,
         /// Worker threads for a sweep (default: all cores).

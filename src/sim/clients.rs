@@ -9,8 +9,10 @@
 //! What is checked, every update: it decodes; it stays within the budget (the client's own
 //! entity always goes, so only an update carrying nothing else may exceed it); the client,
 //! applying it to what it holds, gets exactly what the gateway believes it sent; its own entity
-//! is where the views have it (within the prediction tolerance). Once the world has been calm a
-//! while: every entity near a client is shown to it where it is, and no client sees a glitch
+//! is where the views have it (within the prediction tolerance). Once the world has been quiet a
+//! while (calm, and no server started, fenced, crashed or cut off for `CONVERGED_AFTER_US`):
+//! every client's inputs show as applied, every entity near it is shown to it where it is, and
+//! no client sees a glitch
 //! (under faults glitches are counted and logged, not failed: see `after_views`). A whole-process
 //! crash takes the gateways with it: the clients connect again.
 
@@ -32,7 +34,7 @@ use crate::world::{EntityId, EntityKind, EntityState};
 const CLIENTS: usize = 4;
 /// Ticks an update or an acknowledgement may be held on its way, at most.
 const DELAY_TICKS_MAX: u64 = 3;
-/// Calm game time after which every client must see what is around it.
+/// Quiet game time after which every client must see what is around it.
 const CONVERGED_AFTER_US: u64 = 2_000_000;
 
 /// What the simulated clients did and saw, summed.
@@ -50,6 +52,8 @@ pub struct ClientStats {
     pub full_budget: u64,
     pub reconnects: u64,
     pub glitches: u64,
+    /// Ticks on which the settled world's checks ran (every client shown what is near it).
+    pub settled_checks: u64,
 }
 
 struct SimClient {
@@ -60,6 +64,8 @@ struct SimClient {
     /// The client's side.
     viewer: Viewer,
     seq: u32,
+    /// The newest input sent before the world went calm.
+    seq_at_calm: u32,
     heading: [f32; 3],
     /// Updates on their way: when each arrives, its bytes, and what the gateway believes the
     /// client holds once it takes it in.
@@ -76,6 +82,7 @@ impl SimClient {
             view: ClientView::new(player),
             viewer: Viewer::default(),
             seq: 0,
+            seq_at_calm: 0,
             heading: [1.0, 0.0, 0.0],
             updates: VecDeque::new(),
             acks: VecDeque::new(),
@@ -103,6 +110,9 @@ pub struct SimClients {
     planted_delta_from_newest: bool,
     /// Calm ticks so far (inputs stop once calm).
     calm_ticks: u64,
+    /// Calm ticks since a server last started, fenced, crashed or was cut off: the clients'
+    /// world has settled once this reaches `converged_after_ticks`.
+    quiet_ticks: u64,
     pub stats: ClientStats,
     /// What happened that the simulator's log should say.
     pub events: Vec<String>,
@@ -152,6 +162,7 @@ impl SimClients {
             bytes_max,
             planted_delta_from_newest,
             calm_ticks: 0,
+            quiet_ticks: 0,
             events: Vec::new(),
         }
     }
@@ -164,6 +175,10 @@ impl SimClients {
     /// sends its node an input (none once the world is calm).
     pub fn before_tick(&mut self, tick: u64, calm: bool) -> Result<(), String> {
         self.calm_ticks = if calm { self.calm_ticks + 1 } else { 0 };
+        self.quiet_ticks = if calm { self.quiet_ticks + 1 } else { 0 };
+        if self.calm_ticks == 1 {
+            self.clients.iter_mut().for_each(|c| c.seq_at_calm = c.seq);
+        }
         for c in &mut self.clients {
             while c.acks.front().is_some_and(|(at, _)| *at <= tick) {
                 let (_, acked) = c.acks.pop_front().expect("checked");
@@ -180,8 +195,10 @@ impl SimClients {
             }
             c.seq += 1;
             self.stats.inputs += 1;
+            // Aboard a ship, a player cannot walk: it disembarks first, as the bots do.
+            let action = if c.viewer.aboard { Action::Disembark } else { Action::Move(c.heading) };
             if !self.rng.random_bool(self.loss) {
-                self.inputs[c.node].push((c.player, c.seq, Action::Move(c.heading)));
+                self.inputs[c.node].push((c.player, c.seq, action));
             }
         }
         Ok(())
@@ -230,10 +247,10 @@ impl SimClients {
                 let taken = c.viewer.take_update(&update).map(|held| *held == expected);
                 if c.viewer.counts.glitches() > glitches {
                     let what = c.viewer.last_glitch.as_deref().unwrap_or("?");
-                    if self.calm_ticks >= self.converged_after_ticks {
+                    if self.quiet_ticks >= self.converged_after_ticks {
                         return Err(format!(
-                            "client of {}: calm for {} ticks, saw a glitch: {what}",
-                            c.player, self.calm_ticks
+                            "client of {}: quiet for {} ticks, saw a glitch: {what}",
+                            c.player, self.quiet_ticks
                         ));
                     }
                     // Under faults a client may see one: a server cut off from its slice shows
@@ -271,7 +288,8 @@ impl SimClients {
                 }
             }
         }
-        if self.calm_ticks >= self.converged_after_ticks {
+        if self.quiet_ticks >= self.converged_after_ticks {
+            self.stats.settled_checks += 1;
             self.check_converged(tick)?;
         }
         Ok(())
@@ -289,6 +307,17 @@ impl SimClients {
                 // Its newest updates are still on their way, or were lost.
                 continue;
             }
+            // Its inputs are applied: one sent since the world went calm shows in its updates.
+            let applied = c.viewer.last_snapshot().map_or(0, |s| s.input_ack);
+            if applied <= c.seq_at_calm {
+                return Err(format!(
+                    "client of {}: quiet for {} ticks, {} inputs sent since, its updates show input {applied} applied (view: {:?})",
+                    c.player,
+                    self.quiet_ticks,
+                    c.seq - c.seq_at_calm,
+                    me
+                ));
+            }
             let horizon_m = (last.horizon_dm as f32 / 10.0).min(BUBBLE_RADIUS_M) - 1.0;
             for e in views.iter().flat_map(|(_, v)| v.iter()).filter(|e| !e.leaving) {
                 if e.position_m().distance(me.position_m()) > horizon_m {
@@ -296,9 +325,9 @@ impl SimClients {
                 }
                 let Some(k) = last.get(e.id) else {
                     return Err(format!(
-                        "client of {}: calm for {} ticks, {} is {:.1} m away and not shown",
+                        "client of {}: quiet for {} ticks, {} is {:.1} m away and not shown",
                         c.player,
-                        self.calm_ticks,
+                        self.quiet_ticks,
                         e.id,
                         e.position_m().distance(me.position_m())
                     ));
@@ -306,13 +335,18 @@ impl SimClients {
                 let at = k.position_at(last.tick, last.tick_us);
                 if (0..3).any(|i| (at[i] - e.position[i]).abs() > PREDICTION_TOLERANCE_CM + 1) {
                     return Err(format!(
-                        "client of {}: calm for {} ticks, {} is shown at {at:?} cm, it is at {:?}",
-                        c.player, self.calm_ticks, e.id, e.position
+                        "client of {}: quiet for {} ticks, {} is shown at {at:?} cm, it is at {:?}",
+                        c.player, self.quiet_ticks, e.id, e.position
                     ));
                 }
             }
         }
         Ok(())
+    }
+
+    /// A server started, fenced or crashed, or one is cut off: the world is not settled.
+    pub fn disturbed(&mut self) {
+        self.quiet_ticks = 0;
     }
 
     /// The whole process died: the gateways with it. Every client connects again.

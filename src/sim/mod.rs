@@ -31,7 +31,7 @@ use rustc_hash::FxHashSet;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use crate::limits::{SETTLE_ROUNDS_MAX, SIM_REGION_COUNT_MAX, SIM_SEGMENT_BYTES};
+use crate::limits::{SETTLE_ROUNDS_MAX, SIM_REGION_COUNT_MAX, SIM_SEGMENT_BYTES, TICK_DURATION_US};
 use crate::log::{CrashImage, Durability, LogOp, OpenOptions, SliceLog};
 use crate::node::ViewEntity;
 use crate::node::{Bots, Durable, LogRecord, Node, NodeConfig, NodeEvent, NodeIo, Step};
@@ -58,6 +58,7 @@ const INITIAL_REGIONS: usize = 16;
 pub struct SimConfig {
     pub seed: u64,
     pub fault_ticks: u64,
+    /// The calm phase, in ticks of 30 Hz: as long in game time at the seed's tick rate.
     pub calm_ticks: u64,
     /// Log every event, not just the outcome.
     pub verbose: bool,
@@ -465,7 +466,7 @@ impl Simulator {
             let s = sim.stats;
             let _ = writeln!(
                 sim.log,
-                "ok seed={} ticks={} handoffs={} adopted={} crashes={} fenced={} restarts={} partitions={} region_ops={} hits={} parked={} woken={} commits={} stale_rejected={} mesh_restarts={} client_updates={}/{} client_glitches={}",
+                "ok seed={} ticks={} handoffs={} adopted={} crashes={} fenced={} restarts={} partitions={} region_ops={} hits={} parked={} woken={} commits={} stale_rejected={} mesh_restarts={} client_updates={}/{} client_glitches={} client_settled_checks={}",
                 sim.cfg.seed,
                 s.ticks,
                 s.handoffs,
@@ -484,6 +485,7 @@ impl Simulator {
                 s.clients.updates_taken,
                 s.clients.updates_sent,
                 s.clients.glitches,
+                s.clients.settled_checks,
             );
         }
         SimOutcome {
@@ -510,7 +512,9 @@ impl Simulator {
             node.set_bots(Bots::Rest);
             node.restart_all(now);
         }
-        for _ in 0..self.cfg.calm_ticks {
+        // The calm phase lasts as long in game time at every tick rate.
+        let calm_ticks = (self.cfg.calm_ticks * TICK_DURATION_US).div_ceil(self.plan.tick_us);
+        for _ in 0..calm_ticks {
             self.step().map_err(|e| (self.tick, e))?;
         }
         self.settle();
@@ -582,6 +586,9 @@ impl Simulator {
             self.stats.ticks += 1;
             self.tick += 1;
             return Ok(());
+        }
+        if self.nodes.iter().any(|n| n.wire().net.any_partitioned(now)) {
+            self.clients.disturbed();
         }
         self.clients.after_views(self.tick)?;
         for e in std::mem::take(&mut self.clients.events) {
@@ -660,6 +667,10 @@ impl Simulator {
             while let Some(event) = node.poll_event() {
                 events.push(event);
             }
+        }
+        if !events.is_empty() {
+            // A server started, fenced or crashed: the clients' world is not settled yet.
+            self.clients.disturbed();
         }
         for event in events {
             match event {

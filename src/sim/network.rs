@@ -41,6 +41,11 @@ impl Network {
         self.partitions.insert(server, until_us);
     }
 
+    /// Whether any server is cut off at `now_us`.
+    pub fn any_partitioned(&self, now_us: u64) -> bool {
+        self.partitions.values().any(|until| now_us < *until)
+    }
+
     pub fn is_partitioned(&self, server: ServerId, now_us: u64) -> bool {
         self.partitions.get(&server).is_some_and(|until| now_us < *until)
     }
