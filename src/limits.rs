@@ -305,6 +305,10 @@ pub const SETTLE_ROUNDS_MAX: usize = 16;
 /// Regions the controller may split up to in a run.
 pub const SIM_REGION_COUNT_MAX: usize = 48;
 
+/// Ticks a simulated client's update or acknowledgement may be held on its way, at most: enough
+/// to reorder them, as a real network does.
+pub const SIM_CLIENT_DELAY_TICKS_MAX: u64 = 3;
+
 // ---- The datagram guard (src/net/guard.rs)
 
 /// The most payload bytes one netcode packet carries (netcode 1.02's limit; renetcode keeps it

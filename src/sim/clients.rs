@@ -22,7 +22,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rustc_hash::FxHashSet;
 
-use crate::limits::{BUBBLE_RADIUS_M, CLIENT_BYTES_PER_S_DEFAULT, PREDICTION_TOLERANCE_CM};
+use crate::limits::{BUBBLE_RADIUS_M, CLIENT_BYTES_PER_S_DEFAULT, PREDICTION_TOLERANCE_CM, SIM_CLIENT_DELAY_TICKS_MAX};
 use crate::net::update::{Bubbles, ClientView};
 use crate::net::viewer::Viewer;
 use crate::net::wire::{self, Snapshot, Update};
@@ -32,8 +32,6 @@ use crate::world::{EntityId, EntityKind, EntityState};
 
 /// Clients per seed at most.
 const CLIENTS: usize = 4;
-/// Ticks an update or an acknowledgement may be held on its way, at most.
-const DELAY_TICKS_MAX: u64 = 3;
 /// Quiet game time after which every client must see what is around it.
 const CONVERGED_AFTER_US: u64 = 2_000_000;
 
@@ -168,11 +166,11 @@ impl SimClients {
     }
 
     pub fn describe(&self) -> String {
-        format!("clients={} bytes_max={} client_loss={:.3}", self.clients.len(), self.bytes_max, self.loss)
+        format!("clients={} bytes_per_tick={} client_loss={:.3}", self.clients.len(), self.bytes_max, self.loss)
     }
 
     /// Before tick `tick`: acknowledgements that arrive reach their gateway, and every client
-    /// sends its node an input (none once the world is calm).
+    /// sends its node an input (once the world is calm, one that stops its player).
     pub fn before_tick(&mut self, tick: u64, calm: bool) -> Result<(), String> {
         self.calm_ticks = if calm { self.calm_ticks + 1 } else { 0 };
         self.quiet_ticks = if calm { self.quiet_ticks + 1 } else { 0 };
@@ -230,7 +228,7 @@ impl SimClients {
                     self.stats.updates_lost += 1;
                     continue;
                 }
-                let at = tick + self.rng.random_range(0..=DELAY_TICKS_MAX);
+                let at = tick + self.rng.random_range(0..=SIM_CLIENT_DELAY_TICKS_MAX);
                 // Held updates may pass each other: kept in arrival order.
                 let place = c.updates.partition_point(|(t, _, _)| *t <= at);
                 c.updates.insert(place, (at, bytes, expected));
@@ -273,7 +271,7 @@ impl SimClients {
                     Some(true) => {
                         self.stats.updates_taken += 1;
                         if !self.rng.random_bool(self.loss) {
-                            let at = tick + self.rng.random_range(0..=DELAY_TICKS_MAX);
+                            let at = tick + self.rng.random_range(0..=SIM_CLIENT_DELAY_TICKS_MAX);
                             let place = c.acks.partition_point(|(t, _)| *t <= at);
                             c.acks.insert(place, (at, update.tick));
                         }
@@ -303,7 +301,7 @@ impl SimClients {
         for c in &self.clients {
             let Some(me) = truth(c.player) else { continue };
             let Some(last) = c.view.last_sent() else { continue };
-            if last.tick + DELAY_TICKS_MAX + 2 < tick || c.viewer.last_tick() < last.tick {
+            if last.tick + SIM_CLIENT_DELAY_TICKS_MAX + 2 < tick || c.viewer.last_tick() < last.tick {
                 // Its newest updates are still on their way, or were lost.
                 continue;
             }
