@@ -186,7 +186,9 @@ pub const PREDICTION_TOLERANCE_CM: i32 = 10;
 /// Clients one netcode endpoint holds (renetcode's own limit).
 pub const CLIENTS_PER_ENDPOINT_MAX: usize = 1024;
 
-/// Messages read from one client in one tick at most; the rest of a flood is dropped unread.
+/// Messages read from one client in one tick at most; the rest of a flood is dropped unread. At a
+/// slow tick rate the cap is the share of `CLIENT_INPUTS_PER_S_MAX` a tick is, twice (an input
+/// and an acknowledgement each), if that is more.
 pub const MESSAGES_PER_CLIENT_PER_TICK_MAX: usize = 8;
 
 /// Datagrams taken from one address in one tick at most (a client sends two or three): the rest
@@ -260,8 +262,24 @@ pub const TRANSFER_HOPS_MAX: u8 = 4;
 pub const GRID_CELL_M: f32 = 16.0;
 
 /// Client inputs applied to one entity in one tick at most (a move, a shot, a pickup and one
-/// more); the rest are refused and counted.
+/// more); the rest are refused and counted. At a slow tick rate the cap is the share of
+/// `CLIENT_INPUTS_PER_S_MAX` a tick is, if that is more (`client_inputs_per_tick`).
 pub const CLIENT_INPUTS_PER_TICK_MAX: u32 = 4;
+
+/// Client inputs a second one entity may have applied at most: a client sends one a frame, at
+/// up to 60 frames a second, and a few actions besides.
+pub const CLIENT_INPUTS_PER_S_MAX: u64 = 120;
+
+/// Client inputs applied to one entity in one tick of `tick_us` at most: a client sends at its
+/// own rate, so a world ticking slowly takes more of them a tick.
+pub const fn client_inputs_per_tick(tick_us: u64) -> u32 {
+    let share = (CLIENT_INPUTS_PER_S_MAX * tick_us).div_ceil(1_000_000);
+    if share > CLIENT_INPUTS_PER_TICK_MAX as u64 {
+        share as u32
+    } else {
+        CLIENT_INPUTS_PER_TICK_MAX
+    }
+}
 
 // ---- World files (src/world/container.rs)
 

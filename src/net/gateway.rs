@@ -663,12 +663,14 @@ impl Gateway {
                     }
                 }
             }
+            let messages_max = MESSAGES_PER_CLIENT_PER_TICK_MAX
+                .max(2 * crate::limits::client_inputs_per_tick(endpoint.tick_us) as usize);
             for client_id in endpoint.server.clients_id() {
                 let Some(client) = self.clients.get_mut(&client_id).filter(|c| c.endpoint == e) else { continue };
                 let mut read = 0;
                 while let Some(bytes) = endpoint.server.receive_message(client_id, INPUT_CHANNEL) {
                     read += 1;
-                    if read > MESSAGES_PER_CLIENT_PER_TICK_MAX {
+                    if read > messages_max {
                         self.stats.flooded += 1;
                         continue;
                     }

@@ -450,7 +450,7 @@ impl Server {
                 let count = client_inputs.entry(input.entity).or_default();
                 *count += 1;
                 let stale = self.entities.get(&input.entity).is_some_and(|h| h.input_seq >= seq);
-                if *count > CLIENT_INPUTS_PER_TICK_MAX || stale {
+                if *count > crate::limits::client_inputs_per_tick(self.tick_us) || stale {
                     self.stats.inputs_rate_limited += 1;
                     continue;
                 }

@@ -174,6 +174,22 @@ mod tests {
         assert_eq!(s.held()[&far].state.parent, None, "out of reach stays where it is");
     }
 
+    /// A client sends at its own rate: six inputs in one tick are too many at 30 Hz, and what a
+    /// 30 Hz client sends in a tick of a world at 5 Hz.
+    #[test]
+    fn the_cap_on_a_client_s_inputs_a_tick_follows_the_tick_rate() {
+        for (tick_us, limited) in [(33_333, 2), (200_000, 0)] {
+            let mut s = holding(vec![(EntityId(1), at(EntityKind::Player, 50.0))]).with_tick_us(tick_us);
+            for seq in 1..=6 {
+                let dir = if seq % 2 == 0 { [1.0, 0.0, 0.0] } else { [0.0, 1.0, 0.0] };
+                s.handle_client_input(Input { entity: EntityId(1), action: Action::Move(dir) }, seq);
+            }
+            s.tick(tick_us);
+            assert_eq!(s.stats.inputs_rate_limited, limited, "at {tick_us} us a tick");
+            assert_eq!(s.stats.inputs_applied, 6 - limited);
+        }
+    }
+
     #[test]
     fn an_input_for_an_entity_the_server_does_not_hold_is_refused() {
         let mut s = holding(vec![(EntityId(1), at(EntityKind::Player, 50.0))]);
