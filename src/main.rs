@@ -444,7 +444,7 @@ fn sweep(start: u64, count: u64, threads: Option<usize>, config: impl Fn(u64) ->
     let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
     let next = AtomicU64::new(start);
     let failures: Mutex<Vec<SimOutcome>> = Mutex::new(Vec::new());
-    let totals = Mutex::new([0u64; 6]);
+    let totals = Mutex::new([0u64; 7]);
     let began = Instant::now();
     std::thread::scope(|scope| {
         for _ in 0..threads {
@@ -462,6 +462,7 @@ fn sweep(start: u64, count: u64, threads: Option<usize>, config: impl Fn(u64) ->
                     t[3] += outcome.stats.mesh_restarts;
                     t[4] += outcome.stats.clients.updates_taken;
                     t[5] += outcome.stats.clients.glitches;
+                    t[6] += outcome.stats.clients.settled_checks;
                 }
                 if outcome.failure.is_some() {
                     failures.lock().expect("no worker panics while holding it").push(outcome);
@@ -476,10 +477,10 @@ fn sweep(start: u64, count: u64, threads: Option<usize>, config: impl Fn(u64) ->
         let (tick, e) = f.failure.as_ref().expect("only failures are kept");
         println!("FAIL seed={} tick={tick}: {e}  [{}]", f.seed, f.plan);
     }
-    let [ticks, handoffs, crashes, mesh_restarts, client_updates, glitches] =
+    let [ticks, handoffs, crashes, mesh_restarts, client_updates, glitches, settled_checks] =
         totals.into_inner().expect("workers are done");
     println!(
-        "{} seeds ({}..{}), {} failed, {:.1} s, {:.1} seeds/s, {} ticks, {} handoffs, {} crashes and fences, {} whole-process crashes recovered (mesh_restarts), {} updates taken in by simulated clients ({} glitches seen), {} threads",
+        "{} seeds ({}..{}), {} failed, {:.1} s, {:.1} seeds/s, {} ticks, {} handoffs, {} crashes and fences, {} whole-process crashes recovered (mesh_restarts), {} updates taken in by simulated clients ({} glitches seen under faults, {} ticks of settled-world checks), {} threads",
         count,
         start,
         start + count,
@@ -492,9 +493,16 @@ fn sweep(start: u64, count: u64, threads: Option<usize>, config: impl Fn(u64) ->
         mesh_restarts,
         client_updates,
         glitches,
+        settled_checks,
         threads
     );
-    if failures.is_empty() {
+    // The simulated clients' settled-world checks must have run somewhere in a sweep of any
+    // size: a sweep where the world never settled for them checked nothing of the clients.
+    let unchecked = count >= 50 && settled_checks == 0;
+    if unchecked {
+        println!("FAIL: no seed's clients reached a settled world, so their settled checks never ran");
+    }
+    if failures.is_empty() && !unchecked {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -143,32 +143,20 @@ struct Totals {
 /// What a bot counts, and all bots together.
 #[derive(Clone, Copy, Debug, Default)]
 struct Counts {
-    updates: u64,
     bytes: u64,
-    teleports: u64,
-    vanished: u64,
-    duplicates: u64,
+    /// Messages that did not decode (what did but did not fit the bot's baselines is in `view`).
     undecodable: u64,
     dropped: u64,
     connect_failures: u64,
     reconnects: u64,
+    /// What the bots' viewers counted: updates taken in and glitches.
+    view: ViewCounts,
 }
 
 impl Counts {
-    fn add_view(&mut self, v: &ViewCounts) {
-        self.updates += v.updates;
-        self.teleports += v.teleports;
-        self.vanished += v.vanished;
-        self.duplicates += v.duplicates;
-        self.undecodable += v.undecodable;
-    }
-
     fn add(&mut self, o: &Counts) {
-        self.updates += o.updates;
+        self.view.add(&o.view);
         self.bytes += o.bytes;
-        self.teleports += o.teleports;
-        self.vanished += o.vanished;
-        self.duplicates += o.duplicates;
         self.undecodable += o.undecodable;
         self.dropped += o.dropped;
         self.connect_failures += o.connect_failures;
@@ -579,8 +567,7 @@ pub fn run(cfg: &BotsConfig) -> std::io::Result<BotsReport> {
                 for us in &bot.connect_us {
                     t.connect_us.as_mut().expect("set").saturating_record((*us).max(1));
                 }
-                t.counts.add(&bot.counts);
-                t.counts.add_view(&bot.viewer.counts);
+                t.counts.add(&Counts { view: bot.viewer.counts, ..bot.counts });
                 t.connected_s += bot.connected_for.as_secs_f64();
                 t.max_travel_m = t.max_travel_m.max(bot.viewer.travel_m as f64);
                 if bot.viewer.last_tick() > 0 {
@@ -613,7 +600,7 @@ pub fn run(cfg: &BotsConfig) -> std::io::Result<BotsReport> {
     let (connect, latency) = (t.connect_us.as_ref().expect("set"), t.latency_us.as_ref().expect("set"));
     let ms = |h: &Histogram<u64>, q: f64| if h.is_empty() { 0.0 } else { h.value_at_quantile(q) as f64 / 1e3 };
     let per_s = |n: u64| if t.connected_s > 0.0 { n as f64 / t.connected_s } else { 0.0 };
-    let updates_per_s = per_s(c.updates);
+    let updates_per_s = per_s(c.view.updates);
     let mut not_held = Vec::new();
     let stayed = if cfg.behaviour == Behaviour::Churn { t.ever_connected } else { t.connected };
     if stayed < cfg.count {
@@ -649,11 +636,11 @@ pub fn run(cfg: &BotsConfig) -> std::io::Result<BotsReport> {
         latency_samples: latency.len(),
         updates_per_s,
         bytes_per_client_s: per_s(c.bytes),
-        glitches: c.teleports + c.vanished + c.duplicates,
-        teleports: c.teleports,
-        vanished: c.vanished,
-        duplicates: c.duplicates,
-        undecodable: c.undecodable,
+        glitches: c.view.glitches(),
+        teleports: c.view.teleports,
+        vanished: c.view.vanished,
+        duplicates: c.view.duplicates,
+        undecodable: c.undecodable + c.view.undecodable,
         dropped: c.dropped,
         reconnects: c.reconnects,
         max_travel_m: t.max_travel_m,

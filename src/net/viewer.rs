@@ -27,6 +27,14 @@ pub struct ViewCounts {
 }
 
 impl ViewCounts {
+    pub fn add(&mut self, o: &ViewCounts) {
+        self.updates += o.updates;
+        self.teleports += o.teleports;
+        self.vanished += o.vanished;
+        self.duplicates += o.duplicates;
+        self.undecodable += o.undecodable;
+    }
+
     pub fn glitches(&self) -> u64 {
         self.teleports + self.vanished + self.duplicates
     }

@@ -208,15 +208,15 @@ impl Replication {
         &self.map
     }
 
-    /// Turns container streaming on (servers must stream with the same index): a loose item
-    /// goes to its region's server only while that server has its container loaded, and rests
-    /// here, with no authority, while it has not.
     /// A slice whose ticks are `tick_us` of game time each: its periods (load reports and
     /// balancing) last as long at any tick rate.
     pub fn set_tick_us(&mut self, tick_us: u64) {
         self.balance_every_ticks = crate::limits::ticks_in(BALANCE_PERIOD_US, tick_us);
     }
 
+    /// Turns container streaming on (servers must stream with the same index): a loose item
+    /// goes to its region's server only while that server has its container loaded, and rests
+    /// here, with no authority, while it has not.
     pub fn with_streaming(mut self, index: Arc<StreamIndex>) -> Self {
         self.streaming = Some(index);
         self

@@ -46,8 +46,6 @@ pub struct ClientStats {
     pub updates_taken: u64,
     pub delta_updates: u64,
     pub bytes: u64,
-    /// Updates that went out at the byte budget (priority decided what waited).
-    pub full_budget: u64,
     pub reconnects: u64,
     pub glitches: u64,
     /// Ticks on which the settled world's checks ran (every client shown what is near it).
@@ -104,7 +102,6 @@ pub struct SimClients {
     tick_us: u64,
     /// Calm ticks after which every client must see what is around it.
     converged_after_ticks: u64,
-    bytes_max: usize,
     planted_delta_from_newest: bool,
     /// Calm ticks so far (inputs stop once calm).
     calm_ticks: u64,
@@ -141,7 +138,6 @@ impl SimClients {
         // A budget as the live default, or half of it, where priority decides a lot. (Less is
         // no budget for a world of 60 Hz: an update's fixed part is 64 bytes, 3.8 KB a second.)
         let per_s = if rng.random_bool(0.5) { CLIENT_BYTES_PER_S_DEFAULT } else { CLIENT_BYTES_PER_S_DEFAULT / 2 };
-        let bytes_max = gateway(per_s, tick_us, false).bytes_per_tick();
         let loss = rng.random_range(0.0..0.1);
         let clients: Vec<SimClient> = chosen.iter().enumerate().map(|(i, p)| SimClient::new(i % nodes, *p)).collect();
         let gateways = (0..nodes).map(|_| gateway(per_s, tick_us, planted_delta_from_newest)).collect();
@@ -157,7 +153,6 @@ impl SimClients {
             bytes_per_s: per_s,
             tick_us,
             converged_after_ticks: crate::limits::ticks_in(CONVERGED_AFTER_US, tick_us),
-            bytes_max,
             planted_delta_from_newest,
             calm_ticks: 0,
             quiet_ticks: 0,
@@ -166,7 +161,12 @@ impl SimClients {
     }
 
     pub fn describe(&self) -> String {
-        format!("clients={} bytes_per_tick={} client_loss={:.3}", self.clients.len(), self.bytes_max, self.loss)
+        format!(
+            "clients={} bytes_per_tick={} client_loss={:.3}",
+            self.clients.len(),
+            self.gateways[0].bytes_per_tick(),
+            self.loss
+        )
     }
 
     /// Before tick `tick`: acknowledgements that arrive reach their gateway, and every client
@@ -219,7 +219,6 @@ impl SimClients {
                 let next = c.view.last_sent().expect("an update was just made");
                 let budget = c.view.last_budget();
                 check_budget(&update, bytes.len(), budget, &before, next)?;
-                self.stats.full_budget += (bytes.len() + 64 > budget) as u64;
                 if let Some((me, _)) = gateway.get(c.player) {
                     check_own(&update, &me, c.view.last_sent())?;
                 }
