@@ -26,12 +26,12 @@ const PUTS_PER_TICK: u32 = 1_000;
 fn entity(i: u32, t: u64) -> Committed {
     let mut state = EntityState::new(EntityKind::Player, Vec3::new(i as f32, t as f32 * 0.1, 3.0));
     state.velocity = [1.0, 0.5, 0.0];
-    state.changed_tick = t;
+    state.changed_tick = shardmesh::Tick(t);
     Committed { id: EntityId::new(1, i), state, commit_seq: t }
 }
 
 fn tick_batch(t: u64) -> Batch {
-    Batch { tick: t, ops: (0..PUTS_PER_TICK).map(|i| LogOp::Put(entity(i, t))).collect() }
+    Batch { tick: shardmesh::Tick(t), ops: (0..PUTS_PER_TICK).map(|i| LogOp::Put(entity(i, t))).collect() }
 }
 
 fn map() -> RegionMap {
@@ -129,7 +129,7 @@ fn commit_latency(root: &std::path::Path, durability: Durability, secs: f64) -> 
     while Instant::now() < until {
         t += 1;
         log.append(&tick_batch(t)).expect("append");
-        log.commit(t).expect("commit");
+        log.commit(shardmesh::Tick(t)).expect("commit");
         next += tick;
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
@@ -145,7 +145,7 @@ fn recovery(root: &std::path::Path, world: u32, tail_ticks: u64) -> (usize, f64,
     let mut log = open_fresh(&dir, Durability::Off, world);
     for t in 2..2 + tail_ticks {
         log.append(&tick_batch(t)).expect("append");
-        log.commit(t).expect("commit");
+        log.commit(shardmesh::Tick(t)).expect("commit");
     }
     log.close().expect("close");
     let media = Disk::open(&dir).expect("dir");

@@ -17,4 +17,4 @@ pub mod world;
 
 pub use protocol::{Replication, Server};
 pub use sim::{FaultPlan, SimConfig, SimOutcome, Simulator};
-pub use world::{ContainerTree, EntityId, EntityKind, EntityState, RegionMap, ServerId};
+pub use world::{ContainerTree, EntityId, EntityKind, EntityState, RegionMap, ServerId, Tick};

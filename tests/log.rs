@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use shardmesh::log::format::{self, Frame, SEGMENT_HEADER_BYTES};
 use shardmesh::log::{self as smlog, Batch, CrashImage, Durability, LogError, LogOp, Media, OpenOptions, SliceLog};
 use shardmesh::protocol::Committed;
-use shardmesh::world::{Aabb, EntityId, EntityKind, EntityState, RegionMap};
+use shardmesh::world::{Aabb, EntityId, EntityKind, EntityState, RegionMap, Tick};
 
 fn world(n: u32) -> (RegionMap, Vec<Committed>) {
     let map = RegionMap::kd_split(Aabb::new(Vec3::ZERO, Vec3::splat(100.0)), 2);
@@ -49,8 +49,8 @@ fn log_written(records: u64, opts: OpenOptions) -> CrashImage {
     let opened = smlog::open(Arc::new(media.clone()), &opts, || world(10)).unwrap();
     let mut log = opened.logs.into_iter().next().unwrap();
     for t in 1..=records {
-        log.append(&Batch { tick: t, ops: vec![put((t % 10) as u32, 1000.0 + t as f32, 1 + t)] }).unwrap();
-        log.commit(t).unwrap();
+        log.append(&Batch { tick: Tick(t), ops: vec![put((t % 10) as u32, 1000.0 + t as f32, 1 + t)] }).unwrap();
+        log.commit(Tick(t)).unwrap();
     }
     log.close().unwrap();
     media
@@ -101,7 +101,7 @@ fn a_clean_log_reads_back_whole() {
     let media = log_with_records(25, 1 << 20);
     let rec = smlog::recover(&media, false).unwrap();
     assert_eq!(rec.entities.len(), 10);
-    assert_eq!(rec.last_committed_tick, 25);
+    assert_eq!(rec.last_committed_tick.get(), 25);
     for t in 16..=25u64 {
         assert_eq!(x_of(&rec.entities, (t % 10) as u32), Some(1000.0 + t as f32));
     }
@@ -131,7 +131,7 @@ fn a_torn_write_at_every_byte_of_a_record_cuts_back_to_the_record_before() {
         // The last record moved item 5 to x = 1005; torn, item 5 is where the world began.
         assert_eq!(x_of(&rec.entities, 5), Some(5.0), "torn at {cut}");
         assert_eq!(x_of(&rec.entities, 4), Some(1004.0), "the record before survives (torn at {cut})");
-        assert_eq!(rec.last_committed_tick, 4);
+        assert_eq!(rec.last_committed_tick.get(), 4);
         assert_eq!(rec.report.torn_tails.len(), usize::from(cut > start), "torn at {cut}: {:?}", rec.report);
     }
 }
@@ -150,7 +150,7 @@ fn a_flipped_bit_in_the_middle_is_an_error_naming_file_and_offset_and_salvage_cu
     let rec = smlog::recover(&CrashImage::from_image(bad.clone()), true).unwrap();
     assert_eq!(rec.report.salvaged.len(), 1, "{:?}", rec.report);
     // Frame 0 is the start-up checkpoint's; frames 1..=3 are ticks 1..=3, and tick 4 is cut.
-    assert_eq!(rec.last_committed_tick, 3);
+    assert_eq!(rec.last_committed_tick.get(), 3);
     assert_eq!(x_of(&rec.entities, 3), Some(1003.0));
     assert_eq!(x_of(&rec.entities, 4), Some(4.0));
 
@@ -198,7 +198,7 @@ fn a_missing_or_truncated_segment_is_found() {
     last.truncate(start + (end - start) / 2);
     let rec = smlog::recover(&CrashImage::from_image(short_tail), false).unwrap();
     assert_eq!(rec.report.torn_tails.len(), 1);
-    assert_eq!(rec.last_committed_tick, 39);
+    assert_eq!(rec.last_committed_tick.get(), 39);
 }
 
 #[test]
@@ -209,8 +209,9 @@ fn a_full_disk_is_a_clear_error_and_what_was_committed_stays() {
     let mut last_ok = 0;
     let error = (1..10_000u64)
         .find_map(|t| {
-            let result = log.append(&Batch { tick: t, ops: vec![put((t % 10) as u32, 1000.0 + t as f32, 1 + t)] });
-            match result.and_then(|()| log.commit(t)) {
+            let result =
+                log.append(&Batch { tick: Tick(t), ops: vec![put((t % 10) as u32, 1000.0 + t as f32, 1 + t)] });
+            match result.and_then(|()| log.commit(Tick(t))) {
                 Ok(()) => {
                     last_ok = t;
                     None
@@ -225,7 +226,7 @@ fn a_full_disk_is_a_clear_error_and_what_was_committed_stays() {
     }
     drop(log);
     let rec = smlog::recover(&media, false).unwrap();
-    assert_eq!(rec.last_committed_tick, last_ok);
+    assert_eq!(rec.last_committed_tick.get(), last_ok);
     assert_eq!(x_of(&rec.entities, (last_ok % 10) as u32), Some(1000.0 + last_ok as f32));
 }
 
@@ -265,8 +266,8 @@ proptest! {
                     None => LogOp::Destroy { id: EntityId::new(0, *i), seq },
                 }
             }).collect();
-            log.append(&Batch { tick: 1 + t as u64, ops }).unwrap();
-            log.commit(1 + t as u64).unwrap();
+            log.append(&Batch { tick: Tick(1 + t as u64), ops }).unwrap();
+            log.commit(Tick(1 + t as u64)).unwrap();
         }
         log.close().unwrap();
         let mut image = media.image();
@@ -281,7 +282,7 @@ proptest! {
         let cut = from + ((used - from) as f64 * cut_at) as usize;
         last[cut..].fill(0);
         let rec = smlog::recover(&CrashImage::from_image(image), false).unwrap();
-        let upto = rec.last_committed_tick as usize;
+        let upto = rec.last_committed_tick.get() as usize;
         prop_assert!(upto <= ticks.len());
         let got: BTreeMap<u32, f32> = rec.entities.iter().map(|c| ((c.id.0 & 0xffff_ffff) as u32, c.state.position[0])).collect();
         prop_assert_eq!(got, model_after(&ticks, upto));
@@ -336,8 +337,8 @@ fn the_next_segment_is_prepared_ahead_and_a_crash_with_it_in_place_recovers_clea
     let mut log = opened.logs.into_iter().next().unwrap();
     let mut crashed_with_prepared = None;
     for t in 1..=120u64 {
-        log.append(&Batch { tick: t, ops: vec![put((t % 10) as u32, 1000.0 + t as f32, 1 + t)] }).unwrap();
-        log.commit(t).unwrap();
+        log.append(&Batch { tick: Tick(t), ops: vec![put((t % 10) as u32, 1000.0 + t as f32, 1 + t)] }).unwrap();
+        log.commit(Tick(t)).unwrap();
         // Give the flusher a moment, as the ticks between two commits would.
         for _ in 0..20 {
             if log.next_segment_ready() {
@@ -353,7 +354,7 @@ fn the_next_segment_is_prepared_ahead_and_a_crash_with_it_in_place_recovers_clea
     log.close().unwrap();
     assert!(!media.image().keys().any(|k| k.ends_with(".tmp")), "closing removes the unused prepared segment");
     let rec = smlog::recover(&media, false).unwrap();
-    assert_eq!(rec.last_committed_tick, 120);
+    assert_eq!(rec.last_committed_tick.get(), 120);
     assert_eq!(x_of(&rec.entities, 0), Some(1120.0));
 
     // A crash with a prepared segment in place: it is not part of the log, and the next start
@@ -362,7 +363,7 @@ fn the_next_segment_is_prepared_ahead_and_a_crash_with_it_in_place_recovers_clea
     let stale: Vec<String> = image.keys().filter(|k| k.ends_with(".tmp")).cloned().collect();
     assert_eq!(stale.len(), 1);
     let rec = smlog::recover(&CrashImage::from_image(image.clone()), false).unwrap();
-    assert_eq!(rec.last_committed_tick, t);
+    assert_eq!(rec.last_committed_tick.get(), t);
     assert!(rec.report.errors.is_empty(), "{:?}", rec.report);
     let restarted = CrashImage::from_image(image);
     let opened = smlog::open(Arc::new(restarted.clone()), &options(4096), || world(10)).unwrap();
@@ -521,9 +522,9 @@ fn a_crash_image_at_every_step_of_a_roll_over_reopens() {
             .unwrap_or_else(|e| panic!("{step}: reopening: {e}"));
         assert!(!opened.created, "{step}");
         let mut log = opened.logs.into_iter().next().unwrap();
-        let t = rec.last_tick + 1;
-        log.append(&Batch { tick: t, ops: vec![put(3, 7.0, 500)] }).unwrap();
-        log.commit(t).unwrap();
+        let t = rec.last_tick.get() + 1;
+        log.append(&Batch { tick: Tick(t), ops: vec![put(3, 7.0, 500)] }).unwrap();
+        log.commit(Tick(t)).unwrap();
         log.close().unwrap();
         let again = smlog::recover(&media, false).unwrap_or_else(|e| panic!("{step}: after a run: {e}"));
         assert!(again.report.errors.is_empty(), "{step}: {:?}", again.report);
@@ -544,15 +545,17 @@ fn a_failing_sync_never_advances_the_durable_tick() {
         }
     };
     for t in 1..=5 {
-        log.append(&Batch { tick: t, ops: vec![put(1, t as f32, 10 + t)] }).unwrap();
-        log.commit(t).unwrap();
+        log.append(&Batch { tick: Tick(t), ops: vec![put(1, t as f32, 10 + t)] }).unwrap();
+        log.commit(Tick(t)).unwrap();
     }
     wait_for(&log, 5);
     assert_eq!(durable(&log), 5);
     media.fail_syncs.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut refused = None;
     for t in 6..=40 {
-        let result = log.append(&Batch { tick: t, ops: vec![put(1, t as f32, 10 + t)] }).and_then(|()| log.commit(t));
+        let result = log
+            .append(&Batch { tick: Tick(t), ops: vec![put(1, t as f32, 10 + t)] })
+            .and_then(|()| log.commit(Tick(t)));
         if let Err(e) = result {
             refused = Some(e);
             break;
@@ -608,8 +611,8 @@ fn a_power_loss_right_after_a_roll_over_is_a_torn_tail() {
     // Records until the log rolls to a new segment; the sync stops a few records short of it.
     while segments(&media) == before {
         t += 1;
-        log.append(&Batch { tick: t, ops: vec![put((t % 10) as u32, 1000.0 + t as f32, 1 + t)] }).unwrap();
-        log.commit(t).unwrap();
+        log.append(&Batch { tick: Tick(t), ops: vec![put((t % 10) as u32, 1000.0 + t as f32, 1 + t)] }).unwrap();
+        log.commit(Tick(t)).unwrap();
         if t % 8 == 0 {
             log.sync_now().unwrap();
             synced_to = t;
@@ -620,7 +623,11 @@ fn a_power_loss_right_after_a_roll_over_is_a_torn_tail() {
     drop(log);
     let rec = smlog::recover(&CrashImage::from_image(image.clone()), false).expect("a torn tail, not corruption");
     assert!(rec.report.torn_tails.iter().any(|t| t.contains("never synced")), "{:?}", rec.report);
-    assert!(rec.last_committed_tick >= synced_to, "synced to {synced_to}, recovered {}", rec.last_committed_tick);
+    assert!(
+        rec.last_committed_tick.get() >= synced_to,
+        "synced to {synced_to}, recovered {}",
+        rec.last_committed_tick.get()
+    );
     for i in 0..10u32 {
         let last_synced = (1..=synced_to).rev().find(|s| s % 10 == i as u64);
         if let Some(s) = last_synced {

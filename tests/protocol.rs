@@ -11,7 +11,7 @@ use shardmesh::limits::{LEASE_DURATION_US, TICK_DURATION_US};
 use shardmesh::node::{Direct, Durable, LogRecord, Node, NodeConfig, NodeIo, Step, Wire};
 use shardmesh::protocol::{Delta, Epoch, Owned, ReplicationMsg, ServerMsg, SliceId, SliceMsg, ToReplication, ToServer};
 use shardmesh::protocol::{Replication, Server};
-use shardmesh::world::{Aabb, EntityId, EntityKind, EntityState, RegionId, RegionMap, ServerId, StreamIndex};
+use shardmesh::world::{Aabb, EntityId, EntityKind, EntityState, RegionId, RegionMap, ServerId, StreamIndex, Tick};
 
 /// Three regions in a row along x: A = [0, 40) for s0, B = [40, 80) for s1, C = [80, 160) for s2.
 fn three_regions() -> RegionMap {
@@ -82,7 +82,7 @@ impl NodeIo for TestIo<'_> {
     fn overloaded(&self) -> bool {
         self.overloaded
     }
-    fn log(&mut self, _tick: u64, records: &mut Vec<LogRecord>) -> Option<Result<Durable, String>> {
+    fn log(&mut self, _tick: Tick, records: &mut Vec<LogRecord>) -> Option<Result<Durable, String>> {
         self.log.extend(records.drain(..).filter(|r| !matches!(r, LogRecord::Batch(b) if b.ops.is_empty())));
         None
     }
@@ -181,7 +181,7 @@ impl Mesh {
     /// One tick of every node, in node order.
     fn tick(&mut self) {
         self.now += self.tick_us;
-        let tick = self.now / self.tick_us;
+        let tick = Tick::at_game_us(self.now, self.tick_us);
         for node in &mut self.nodes {
             let mut io = Self::io(&mut self.mailboxes, &mut self.logs, node, self.overloaded);
             assert_eq!(node.advance(tick, &mut io), Step::Done);
@@ -420,7 +420,7 @@ fn deltas(server: &Server, tick: u64, id: EntityId, epoch: Epoch, state: EntityS
     ToReplication {
         server: server.id(),
         incarnation: server.incarnation(),
-        body: ServerMsg::Deltas { tick, entries: vec![Delta::Upsert(Owned { id, epoch, state })] },
+        body: ServerMsg::Deltas { tick: Tick(tick), entries: vec![Delta::Upsert(Owned { id, epoch, state })] },
     }
 }
 
@@ -429,9 +429,9 @@ fn duplicated_and_reordered_deltas_never_roll_state_back() {
     let mut h = Harness::new(vec![(EntityId(1), at(EntityKind::Npc, 10.0))]);
     let epoch = h.rl().records()[&EntityId(1)].epoch;
     let mut older = at(EntityKind::Npc, 11.0);
-    older.changed_tick = 5;
+    older.changed_tick = Tick(5);
     let mut newer = at(EntityKind::Npc, 12.0);
-    newer.changed_tick = 6;
+    newer.changed_tick = Tick(6);
     let s0 = h.server(0);
     let (m_old, m_new) = (deltas(s0, 5, EntityId(1), epoch, older), deltas(s0, 6, EntityId(1), epoch, newer.clone()));
     h.rl_mut().handle(0, m_new.clone());
@@ -454,12 +454,12 @@ fn a_late_write_and_a_late_handoff_from_a_former_owner_are_refused() {
     assert_ne!(record.epoch, old_epoch);
     // Messages the dead incarnation sent before it died now arrive.
     let mut moved = at(EntityKind::Npc, 30.0);
-    moved.changed_tick = 1_000;
+    moved.changed_tick = Tick(1_000);
     let late = ToReplication {
         server: former.0,
         incarnation: former.1,
         body: ServerMsg::Deltas {
-            tick: 1_000,
+            tick: Tick(1_000),
             entries: vec![Delta::Upsert(Owned { id: EntityId(1), epoch: old_epoch, state: moved.clone() })],
         },
     };
@@ -576,7 +576,7 @@ fn a_non_finite_write_is_refused_and_counted_not_a_panic() {
     let record = h.rl().records()[&EntityId(1)].clone();
     let mut bad = record.state.clone();
     bad.position = [f32::NAN, 0.0, f32::INFINITY];
-    bad.changed_tick = 99;
+    bad.changed_tick = Tick(99);
     let s0 = h.server(0);
     let msg = deltas(s0, 99, EntityId(1), record.epoch, bad.clone());
     let (server, incarnation) = (s0.id(), s0.incarnation());

@@ -135,8 +135,42 @@ fn bound_defined(line: &str) -> Option<&str> {
     bound.then_some(name)
 }
 
+/// A tick number is a `Tick`, never a bare integer: outside tests, no source names a tick (a
+/// `tick`, `*_tick`, `as_of` or `baseline` value) as `u64`. Counts of ticks (`*_ticks`) and
+/// shared atomics stay integers.
+#[test]
+fn tick_numbers_are_ticks() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&root, &mut files);
+    let mut found = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap_or("");
+        for (i, line) in code.lines().enumerate() {
+            if let Some(name) = bare_tick(line) {
+                found.push(format!("{}:{}: {name}", file.display(), i + 1));
+            }
+        }
+    }
+    assert!(found.is_empty(), "tick numbers as bare integers (use world::Tick):\n{}", found.join("\n"));
+}
+
+/// The tick a line declares as a bare `u64`, if it does.
+fn bare_tick(line: &str) -> Option<&str> {
+    let (before, _) = line.split_once(": u64")?;
+    let name = before.rsplit(|c: char| !(c.is_alphanumeric() || c == '_')).next()?;
+    let tick = name == "tick" || name.ends_with("_tick") || name == "as_of" || name == "baseline";
+    tick.then_some(name)
+}
+
 #[test]
 fn the_tidy_check_itself_catches_an_offence() {
+    assert_eq!(bare_tick("    pub tick: u64,"), Some("tick"));
+    assert_eq!(bare_tick("fn f(&self, last_tick: u64) {"), Some("last_tick"));
+    assert_eq!(bare_tick("    pub down_ticks: u64,"), None);
+    assert_eq!(bare_tick("    tick_us: u64,"), None);
+    assert_eq!(bare_tick("    tick: Tick,"), None);
     assert_eq!(bound_defined("    const QUEUE_DEPTH_MAX: usize = 4;"), Some("QUEUE_DEPTH_MAX"));
     assert_eq!(bound_defined("pub const RING_CAPACITY_MIN_BYTES: usize = 1;"), Some("RING_CAPACITY_MIN_BYTES"));
     assert_eq!(bound_defined("pub const PROTOCOL_ID: u64 = 1;"), None);

@@ -37,12 +37,12 @@ fuzz_target!(|data: &[u8]| {
             input_ack: 0,
             horizon_dm: 400,
             tick_us: update.tick_us,
-            known: (1..4).map(|id| Known { seen: seen(id), as_of: update.baseline.saturating_sub(id) }).collect(),
+            known: (1..4).map(|id| Known { seen: seen(id), as_of: update.baseline.before(id) }).collect(),
         };
         for base in [None, Some(&base)] {
             if let Ok(snapshot) = Snapshot::apply(base, &update) {
                 for k in &snapshot.known {
-                    let _ = k.position_m_at(update.tick.saturating_add(40), snapshot.tick_us);
+                    let _ = k.position_m_at(update.tick.after(40), snapshot.tick_us);
                 }
             }
         }

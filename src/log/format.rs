@@ -38,7 +38,7 @@
 
 pub use crate::limits::FRAME_PAYLOAD_MAX;
 use crate::protocol::Committed;
-use crate::world::{EntityId, RegionMap};
+use crate::world::{EntityId, RegionMap, Tick};
 
 pub const SEGMENT_MAGIC: &[u8; 8] = b"SMLOGSEG";
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"SMSNAPSH";
@@ -126,7 +126,7 @@ pub enum LogOp {
 /// One group commit: a slice's changes in one tick.
 #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Batch {
-    pub tick: u64,
+    pub tick: Tick,
     pub ops: Vec<LogOp>,
 }
 
@@ -138,7 +138,7 @@ pub struct SnapshotFile {
     pub slices: u16,
     /// The first log sequence number the snapshot does not cover: recovery replays from here.
     pub covers_below: u64,
-    pub tick: u64,
+    pub tick: Tick,
     /// Server incarnations below this may have created entities: a new process starts above.
     pub incarnation_floor: u32,
     pub map: RegionMap,
@@ -297,7 +297,7 @@ mod tests {
     #[test]
     fn a_frame_round_trips_and_any_flipped_bit_is_caught() {
         let mut seg = encode_segment_header(3, 40).to_vec();
-        let batch = Batch { tick: 7, ops: vec![LogOp::RoundDone { round: 2 }] };
+        let batch = Batch { tick: Tick(7), ops: vec![LogOp::RoundDone { round: 2 }] };
         let payload = rkyv::to_bytes::<rkyv::rancor::Error>(&batch).unwrap();
         encode_frame(40, &payload, &mut seg);
         let end = seg.len();

@@ -19,7 +19,7 @@ pub use recover::{recover, Recovered, Repair, Report};
 pub use writer::{Durability, SliceLog, SEGMENT_BYTES};
 
 use crate::protocol::Committed;
-use crate::world::RegionMap;
+use crate::world::{RegionMap, Tick};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -53,7 +53,7 @@ pub struct Opened {
     pub entities: Vec<Committed>,
     pub map: RegionMap,
     /// The first tick this run commits.
-    pub start_tick: u64,
+    pub start_tick: Tick,
     pub incarnation_floor: u32,
     pub logs: Vec<SliceLog>,
     /// What reading the log found.
@@ -78,7 +78,7 @@ pub fn open(
     let created = rec.round == 0;
     let (map, entities, last_tick) = if created {
         let (map, entities) = create();
-        (map, entities, 0)
+        (map, entities, Tick::ZERO)
     } else {
         let map = rec.map.clone().ok_or_else(|| LogError::NoCheckpoint("no region map".into()))?;
         (map, rec.entities.clone(), rec.last_tick)
@@ -130,7 +130,7 @@ pub fn open(
             media.remove(&name).map_err(io(name.clone()))?;
         }
     }
-    Ok(Opened { created, round, entities, map, start_tick: last_tick + 1, incarnation_floor: floor, logs, report })
+    Ok(Opened { created, round, entities, map, start_tick: last_tick.next(), incarnation_floor: floor, logs, report })
 }
 
 /// Reads a log directory and says what it holds and whether it is whole.

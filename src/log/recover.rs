@@ -21,7 +21,7 @@ use super::media::Media;
 use super::LogError;
 use crate::limits::GRAPH_DEPTH_MAX;
 use crate::protocol::Committed;
-use crate::world::{EntityId, EntityKind, EntityState, RegionMap};
+use crate::world::{EntityId, EntityKind, EntityState, RegionMap, Tick};
 
 pub fn slice_dir(slice: u16) -> String {
     format!("slice-{slice}")
@@ -55,7 +55,7 @@ pub struct Report {
     /// Entities recorded by more than one slice, each resolved to its newest change (a transfer
     /// whose departure was lost with an unsynced tail).
     pub duplicates: usize,
-    pub last_committed_tick: u64,
+    pub last_committed_tick: Tick,
     /// Where a slice's log was cut back to its last whole record (a crash mid-write).
     pub torn_tails: Vec<String>,
     /// What salvage cut away.
@@ -73,9 +73,9 @@ pub struct Recovered {
     pub entities: Vec<Committed>,
     pub map: Option<RegionMap>,
     /// Every slice has committed every tick up to this one.
-    pub last_committed_tick: u64,
+    pub last_committed_tick: Tick,
     /// The newest tick any slice committed.
-    pub last_tick: u64,
+    pub last_tick: Tick,
     pub incarnation_floor: u32,
     /// The next sequence number of each slice directory found (by slice number).
     pub next_seq: BTreeMap<u16, u64>,
@@ -527,8 +527,8 @@ pub fn recover_planted(media: &dyn Media, salvage: bool, replay_first_twice: boo
     // it sends, so the receiver's record is the newer): the newest change is kept, and counted.
     out.report.duplicates = present_in.values().filter(|n| **n > 1).count();
     out.map = map;
-    out.last_committed_tick = ticks.iter().copied().min().unwrap_or(0);
-    out.last_tick = ticks.iter().copied().max().unwrap_or(0);
+    out.last_committed_tick = ticks.iter().copied().min().unwrap_or_default();
+    out.last_tick = ticks.iter().copied().max().unwrap_or_default();
     out.report.last_committed_tick = out.last_committed_tick;
 
     let live: Vec<Committed> = merged

@@ -24,6 +24,7 @@ use super::recover::{segment_path, snapshot_path};
 use super::LogError;
 pub use crate::limits::{PREFAULT_AHEAD_BYTES, SEGMENT_BYTES};
 use crate::limits::{PREFAULT_GAP_BYTES, PREFAULT_STEP_BYTES};
+use crate::world::Tick;
 
 /// When committed ticks are made durable, and what each mode can lose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +72,13 @@ pub struct FlushState {
     prepared: Mutex<Option<Prepared>>,
 }
 
+impl FlushState {
+    /// The newest tick whose group commit is durable.
+    pub fn durable(&self) -> Tick {
+        Tick(self.durable_tick.load(Ordering::Acquire))
+    }
+}
+
 struct Prepared {
     path: String,
     segment: Arc<dyn Segment>,
@@ -84,7 +92,8 @@ enum FlushMsg {
         first_seq: u64,
         seq_end: u64,
         end: usize,
-        tick: u64,
+        /// The tick whose group commit this is; `None` for a segment's last write at a rollover.
+        tick: Option<Tick>,
         at: Instant,
     },
     Snapshot {
@@ -199,7 +208,7 @@ impl SliceLog {
     }
 
     /// The tick's appends are all in: let the flusher make them durable.
-    pub fn commit(&mut self, tick: u64) -> Result<(), LogError> {
+    pub fn commit(&mut self, tick: Tick) -> Result<(), LogError> {
         self.check_flusher()?;
         let first_seq = self.segments.last().expect("one segment at least").0;
         let msg = FlushMsg::Written {
@@ -207,7 +216,7 @@ impl SliceLog {
             first_seq,
             seq_end: self.next_seq,
             end: self.offset,
-            tick,
+            tick: Some(tick),
             at: Instant::now(),
         };
         self.send(msg)
@@ -260,7 +269,7 @@ impl SliceLog {
         let old = std::mem::replace(&mut self.active, segment);
         let first_seq = self.segments.last().expect("one segment at least").0;
         let (seq_end, end, at) = (self.next_seq, self.offset, Instant::now());
-        self.send(FlushMsg::Written { segment: old, first_seq, seq_end, end, tick: 0, at })?;
+        self.send(FlushMsg::Written { segment: old, first_seq, seq_end, end, tick: None, at })?;
         self.segments.push((self.next_seq, path));
         self.offset = SEGMENT_HEADER_BYTES;
         Ok(())
@@ -392,8 +401,8 @@ fn flush_loop(
     }
     let mut current: Option<Pending> = None;
     let mut older: Vec<Pending> = Vec::new();
-    let mut latest_tick = 0u64;
-    let mut waiting: Vec<(u64, Instant)> = Vec::new();
+    let mut latest_tick = Tick::ZERO;
+    let mut waiting: Vec<(Tick, Instant)> = Vec::new();
     let period = match durability {
         Durability::Interval(d) => Some(d),
         _ => None,
@@ -495,7 +504,7 @@ fn flush_loop(
                             });
                         }
                     }
-                    if tick > 0 {
+                    if let Some(tick) = tick {
                         latest_tick = latest_tick.max(tick);
                         waiting.push((tick, at));
                     }
@@ -566,7 +575,7 @@ fn flush_loop(
                     h.saturating_record((now - at).as_micros().max(1) as u64);
                 }
             }
-            state.durable_tick.fetch_max(latest_tick, Ordering::Release);
+            state.durable_tick.fetch_max(latest_tick.get(), Ordering::Release);
         }
         // Answered only now, so a writer that asked for a sync reads the durable tick it made
         // (the simulator found one reading the tick before, a race that changed a replay).

@@ -29,7 +29,7 @@ use super::viewer::{ViewCounts, Viewer};
 use super::wire::{self, ClientMsg, Notice, Update, INPUT_CHANNEL, NOTICE_CHANNEL, UPDATE_CHANNEL};
 use crate::limits::{NEVER_CONNECTED_REASONS_MAX, TICK_DURATION_US};
 use crate::protocol::Action;
-use crate::world::EntityKind;
+use crate::world::{EntityKind, Tick};
 
 /// A run holds its bots only if each gets at least this share of the tick rate in updates.
 const HELD_UPDATE_SHARE: f64 = 0.9;
@@ -192,7 +192,7 @@ struct Bot {
     back_at: Option<Instant>,
     rng: ChaCha8Rng,
     /// The newest update taken in and not yet acknowledged.
-    ack: Option<u64>,
+    ack: Option<Tick>,
     /// What it makes of its updates (and where its player is).
     viewer: Viewer,
     counts: Counts,
@@ -302,7 +302,7 @@ impl Bot {
         }
         if !self.client.is_connected() {
             if let Some(t) = self.transport.as_mut() {
-                let _ = t.send_packets(&mut self.client, self.ticks);
+                let _ = t.send_packets(&mut self.client, Tick(self.ticks));
             }
             return;
         }
@@ -349,7 +349,7 @@ impl Bot {
         // Packets go out with the inputs only: renet acknowledges every packet it receives with
         // one of its own on each send (paced to one a second by the transport).
         if let Some(t) = self.transport.as_mut().filter(|_| input_step) {
-            let _ = t.send_packets(&mut self.client, self.ticks);
+            let _ = t.send_packets(&mut self.client, Tick(self.ticks));
         }
         if self.leave_at.is_some_and(|at| now >= at) {
             self.leave_at = None;
@@ -374,7 +374,7 @@ impl Bot {
     }
 
     /// Takes in an update; the tick to acknowledge if it was new and fitted what the bot knew.
-    fn take_update(&mut self, now: Instant, update: &Update) -> Option<u64> {
+    fn take_update(&mut self, now: Instant, update: &Update) -> Option<Tick> {
         let input_ack = self.viewer.take_update(update)?.input_ack;
         // The input the update shows applied is measured; older ones its server refused (a move
         // while aboard, a pickup with nothing in reach) had no effect to see.
@@ -570,7 +570,7 @@ pub fn run(cfg: &BotsConfig) -> std::io::Result<BotsReport> {
                 t.counts.add(&Counts { view: bot.viewer.counts, ..bot.counts });
                 t.connected_s += bot.connected_for.as_secs_f64();
                 t.max_travel_m = t.max_travel_m.max(bot.viewer.travel_m as f64);
-                if bot.viewer.last_tick() > 0 {
+                if bot.viewer.last_tick() > Tick::ZERO {
                     t.tick_us = t.tick_us.max(bot.viewer.tick_us());
                 }
             }

@@ -43,7 +43,7 @@ use crate::limits::{
     PACKETS_PER_ENDPOINT_PER_TICK_MAX, TICK_DURATION_US, VIEWS_KEPT,
 };
 use crate::protocol::Action;
-use crate::world::EntityId;
+use crate::world::{EntityId, Tick};
 
 /// Identifies shardmesh's netcode traffic (and its version): a token for another protocol is
 /// refused.
@@ -159,14 +159,14 @@ type View = Arc<CoreSnapshot>;
 
 /// One core's entities as of one tick, archived in a read-only shared mapping.
 pub struct CoreSnapshot {
-    tick: u64,
+    tick: Tick,
     map: memmap2::Mmap,
     /// The archive's length (the mapping is whole pages).
     len: usize,
 }
 
 impl CoreSnapshot {
-    fn new(tick: u64, entities: &Vec<ViewEntity>) -> Self {
+    fn new(tick: Tick, entities: &Vec<ViewEntity>) -> Self {
         let archive = rkyv::to_bytes::<rkyv::rancor::Error>(entities).expect("plain data serializes");
         // A mapping is page-aligned, so the archive keeps the alignment rkyv gave it. Failing to
         // map a few pages is running out of memory, as failing to allocate is.
@@ -191,39 +191,39 @@ fn unpack(e: &ArchivedViewEntity) -> ViewEntity {
 
 impl Views {
     pub fn new(cores: usize) -> Self {
-        let empty = || Arc::new(CoreSnapshot::new(0, &Vec::new()));
+        let empty = || Arc::new(CoreSnapshot::new(Tick::ZERO, &Vec::new()));
         Self {
             slots: (0..cores).map(|_| Mutex::new(std::array::from_fn(|_| empty()))).collect(),
             inputs_sent: (0..cores).map(|_| AtomicU64::new(0)).collect(),
         }
     }
     /// Core `core` has sent the other cores the inputs its gateway took in tick `tick`.
-    pub fn inputs_sent(&self, core: usize, tick: u64) {
-        self.inputs_sent[core].fetch_max(tick, Ordering::Release);
+    pub fn inputs_sent(&self, core: usize, tick: Tick) {
+        self.inputs_sent[core].fetch_max(tick.get(), Ordering::Release);
     }
     /// Whether every core has sent on its clients' inputs of `tick` (or a later one).
-    pub fn all_inputs_sent(&self, tick: u64) -> bool {
-        self.inputs_sent.iter().all(|t| t.load(Ordering::Acquire) >= tick)
+    pub fn all_inputs_sent(&self, tick: Tick) -> bool {
+        self.inputs_sent.iter().all(|t| t.load(Ordering::Acquire) >= tick.get())
     }
     /// Core `core`'s entities as of the end of its tick `tick`.
-    pub fn publish(&self, core: usize, tick: u64, view: Vec<ViewEntity>) {
+    pub fn publish(&self, core: usize, tick: Tick, view: Vec<ViewEntity>) {
         let snapshot = Arc::new(CoreSnapshot::new(tick, &view));
         let mut slot = self.slots[core].lock().expect("not poisoned");
         slot.rotate_right(1);
         slot[0] = snapshot;
     }
     /// Whether every core has published its view of `tick` (or a later one).
-    pub fn all_reached(&self, tick: u64) -> bool {
+    pub fn all_reached(&self, tick: Tick) -> bool {
         self.slots.iter().all(|s| s.lock().expect("not poisoned")[0].tick >= tick)
     }
     /// The newest tick every core has a view of, up to `tick`.
-    fn common_tick(&self, tick: u64) -> u64 {
-        self.slots.iter().map(|s| s.lock().expect("not poisoned")[0].tick).min().unwrap_or(0).min(tick)
+    fn common_tick(&self, tick: Tick) -> Tick {
+        self.slots.iter().map(|s| s.lock().expect("not poisoned")[0].tick).min().unwrap_or_default().min(tick)
     }
     /// What every core handed off in its views of the ticks after `after` and before `before`:
     /// a gateway that skipped those ticks still learns where those entities left from.
     /// Each with the tick of its view.
-    fn leaving_between(&self, after: u64, before: u64) -> Vec<(ViewEntity, u64)> {
+    fn leaving_between(&self, after: Tick, before: Tick) -> Vec<(ViewEntity, Tick)> {
         let mut out = Vec::new();
         for s in &self.slots {
             let slot = s.lock().expect("not poisoned");
@@ -235,7 +235,7 @@ impl Views {
     }
 
     /// Each core's view of `tick` (or, if it has run too far ahead to keep it, its oldest).
-    fn at(&self, tick: u64) -> Vec<View> {
+    fn at(&self, tick: Tick) -> Vec<View> {
         self.slots
             .iter()
             .map(|s| {
@@ -330,7 +330,7 @@ struct Endpoint {
     /// What each connection sent this tick, counted once netcode has authenticated it.
     peers: FxHashMap<ClientId, PeerCount>,
     /// Each connection's pace of renet acknowledgements, and the tick its packets were last sent.
-    acks: FxHashMap<ClientId, (AckPacer, u64)>,
+    acks: FxHashMap<ClientId, (AckPacer, Tick)>,
     /// Game time a tick is.
     tick_us: u64,
 }
@@ -487,8 +487,8 @@ impl Endpoint {
     }
 
     /// Sends what renet has queued for every client not yet sent to in `tick`.
-    fn send(&mut self, tick: u64, stats: &mut GatewayStats) {
-        if tick % AckPacer::new(self.tick_us).every() == 0 {
+    fn send(&mut self, tick: Tick, stats: &mut GatewayStats) {
+        if tick.is_every(AckPacer::new(self.tick_us).every()) {
             let server = &self.server;
             self.acks.retain(|id, _| server.is_connected(*id));
         }
@@ -501,10 +501,10 @@ impl Endpoint {
 
     /// Sends what renet has queued for one client (once a tick: each call has renet make an
     /// acknowledgement packet).
-    fn send_client(&mut self, client_id: ClientId, tick: u64, stats: &mut GatewayStats) {
+    fn send_client(&mut self, client_id: ClientId, tick: Tick, stats: &mut GatewayStats) {
         let Ok(packets) = self.server.get_packets_to_send(client_id) else { return };
         let tick_us = self.tick_us;
-        let (acks, sent) = self.acks.entry(client_id).or_insert_with(|| (AckPacer::new(tick_us), 0));
+        let (acks, sent) = self.acks.entry(client_id).or_insert_with(|| (AckPacer::new(tick_us), Tick::ZERO));
         *sent = tick;
         for packet in packets {
             if !acks.pass(&packet, tick) {
@@ -553,7 +553,7 @@ pub struct Gateway {
     seats: Arc<Seats>,
     last_poll: Instant,
     /// The tick of the last updates sent: each tick's go out once.
-    last_sent_tick: u64,
+    last_sent_tick: Tick,
     client_bytes_per_s: u32,
     bubbles: Bubbles,
     /// Connections refused a seat, told why this tick, closed at the next poll.
@@ -603,7 +603,7 @@ impl Gateway {
             clients: FxHashMap::default(),
             seats,
             last_poll: Instant::now(),
-            last_sent_tick: 0,
+            last_sent_tick: Tick::ZERO,
             client_bytes_per_s,
             bubbles: Bubbles::new(client_bytes_per_s, TICK_DURATION_US),
             refusing: Vec::new(),
@@ -722,7 +722,7 @@ impl Gateway {
 
     /// Sends every client its bubble as of `tick`, from every core's view of it; if a core has
     /// not got that far, as of the newest tick every core has (and nothing if that was sent).
-    pub fn send_updates(&mut self, now_tick: u64, views: &Views) {
+    pub fn send_updates(&mut self, now_tick: Tick, views: &Views) {
         let tick = views.common_tick(now_tick);
         if tick <= self.last_sent_tick {
             for endpoint in &mut self.endpoints {
@@ -748,12 +748,12 @@ impl Gateway {
             all.iter().flat_map(|v| v.entities().iter().filter(|e| !e.leaving).map(|e| (unpack(e), v.tick.min(tick))));
         let left =
             all.iter().flat_map(|v| v.entities().iter().filter(|e| e.leaving).map(|e| (unpack(e), v.tick.min(tick))));
-        let skipped = if skipped_from > 0 { views.leaving_between(skipped_from, tick) } else { Vec::new() };
+        let skipped = if skipped_from > Tick::ZERO { views.leaving_between(skipped_from, tick) } else { Vec::new() };
         self.bubbles.merge(held.chain(left).chain(skipped));
         for (client_id, client) in self.clients.iter_mut() {
             let Some((update, bytes)) = self.bubbles.update(tick, &mut client.view) else { continue };
             self.stats.updates += 1;
-            self.stats.delta_updates += (update.baseline > 0) as u64;
+            self.stats.delta_updates += (update.baseline > Tick::ZERO) as u64;
             self.stats.update_bytes += bytes.len() as u64;
             // Out at once: the clients after this one do not hold it up.
             let endpoint = &mut self.endpoints[client.endpoint];
@@ -798,17 +798,17 @@ mod tests {
         let views = Views::new(2);
         let mut leaving = entity(7, EntityKind::Ship, -12.345, 150.0);
         leaving.leaving = true;
-        views.publish(0, 5, vec![entity(1, EntityKind::Player, 1.0, 3.0), leaving]);
-        views.publish(1, 5, vec![]);
-        views.publish(1, 6, vec![entity(2, EntityKind::Item { capacity: 4 }, 2.5, 0.0)]);
-        let at5 = views.at(5);
-        assert_eq!((at5[0].tick, at5[1].tick), (5, 5));
+        views.publish(0, Tick(5), vec![entity(1, EntityKind::Player, 1.0, 3.0), leaving]);
+        views.publish(1, Tick(5), vec![]);
+        views.publish(1, Tick(6), vec![entity(2, EntityKind::Item { capacity: 4 }, 2.5, 0.0)]);
+        let at5 = views.at(Tick(5));
+        assert_eq!((at5[0].tick, at5[1].tick), (Tick(5), Tick(5)));
         let read: Vec<ViewEntity> = at5[0].entities().iter().map(unpack).collect();
         assert_eq!(read, vec![entity(1, EntityKind::Player, 1.0, 3.0), leaving]);
         assert_eq!(read[1].position, [-1235, 0, 0], "centimetres");
         assert!(at5[1].entities().is_empty());
-        assert_eq!(views.at(6)[1].entities().len(), 1);
-        assert_eq!(views.leaving_between(4, 6), vec![(leaving, 5)]);
+        assert_eq!(views.at(Tick(6))[1].entities().len(), 1);
+        assert_eq!(views.leaving_between(Tick(4), Tick(6)), vec![(leaving, Tick(5))]);
     }
 
     /// A player crossing between cores with a neighbour: in the tick the player is in flight the
@@ -825,20 +825,24 @@ mod tests {
         let me = |x: f32| entity(1, EntityKind::Player, x, 0.0);
         let neighbour = |leaving| ViewEntity { leaving, ..entity(2, EntityKind::Player, 3.0, 0.0) };
         let shown = |g: &Gateway| g.clients[&1].view.last_sent().and_then(|s| s.get(EntityId(2)).copied());
-        views.publish(0, 1, vec![me(0.0), neighbour(false)]);
-        views.publish(1, 1, vec![]);
-        g.send_updates(1, &views);
+        views.publish(0, Tick(1), vec![me(0.0), neighbour(false)]);
+        views.publish(1, Tick(1), vec![]);
+        g.send_updates(Tick(1), &views);
         assert!(shown(&g).is_some());
         // Tick 2: both handed from core 0 to core 1; the player is in no view.
-        views.publish(0, 2, vec![neighbour(true)]);
-        views.publish(1, 2, vec![]);
-        g.send_updates(2, &views);
-        assert_eq!(g.clients[&1].view.last_sent().map(|s| s.tick), Some(1), "no update while the player is in flight");
+        views.publish(0, Tick(2), vec![neighbour(true)]);
+        views.publish(1, Tick(2), vec![]);
+        g.send_updates(Tick(2), &views);
+        assert_eq!(
+            g.clients[&1].view.last_sent().map(|s| s.tick),
+            Some(Tick(1)),
+            "no update while the player is in flight"
+        );
         // Tick 3: core 1 has adopted the player, not yet the neighbour.
-        views.publish(0, 3, vec![]);
-        views.publish(1, 3, vec![me(0.1)]);
-        g.send_updates(3, &views);
-        assert_eq!(g.clients[&1].view.last_sent().map(|s| s.tick), Some(3));
+        views.publish(0, Tick(3), vec![]);
+        views.publish(1, Tick(3), vec![me(0.1)]);
+        g.send_updates(Tick(3), &views);
+        assert_eq!(g.clients[&1].view.last_sent().map(|s| s.tick), Some(Tick(3)));
         assert!(shown(&g).is_some(), "the neighbour in flight is held where it left");
     }
 }

@@ -18,6 +18,7 @@ use renetcode::{ClientAuthentication, NetcodeClient, NETCODE_MAX_PACKET_BYTES};
 use super::guard;
 pub use crate::limits::ACK_EVERY_US;
 use crate::limits::{ticks_in, TICK_DURATION_US};
+use crate::world::Tick;
 
 /// The first byte of a renet packet that carries only acknowledgements (renet 2's wire format;
 /// a test checks it against renet itself).
@@ -27,7 +28,7 @@ pub const RENET_ACK_PACKET: u8 = 4;
 /// else passes.
 #[derive(Debug, Clone, Copy)]
 pub struct AckPacer {
-    next: u64,
+    next: Tick,
     /// Ticks between two acknowledgement packets.
     every: u64,
 }
@@ -42,7 +43,7 @@ impl Default for AckPacer {
 impl AckPacer {
     /// A pacer for ticks of `tick_us` each.
     pub fn new(tick_us: u64) -> Self {
-        Self { next: 0, every: ticks_in(ACK_EVERY_US, tick_us) }
+        Self { next: Tick::ZERO, every: ticks_in(ACK_EVERY_US, tick_us) }
     }
 
     /// Ticks between two acknowledgement packets.
@@ -51,14 +52,14 @@ impl AckPacer {
     }
 
     /// Whether `packet`, one of the packets renet gave to send at `tick`, goes out.
-    pub fn pass(&mut self, packet: &[u8], tick: u64) -> bool {
+    pub fn pass(&mut self, packet: &[u8], tick: Tick) -> bool {
         if packet.first() != Some(&RENET_ACK_PACKET) {
             return true;
         }
         if tick < self.next {
             return false;
         }
-        self.next = tick + self.every;
+        self.next = tick.after(self.every);
         true
     }
 }
@@ -141,7 +142,7 @@ impl ClientTransport {
     }
 
     /// Sends what `client` has queued, as of the client's `tick` (which paces acknowledgements).
-    pub fn send_packets(&mut self, client: &mut RenetClient, tick: u64) -> std::io::Result<()> {
+    pub fn send_packets(&mut self, client: &mut RenetClient, tick: Tick) -> std::io::Result<()> {
         if let Some(reason) = self.netcode.disconnect_reason() {
             return Err(std::io::Error::other(format!("disconnected: {reason}")));
         }
@@ -197,7 +198,7 @@ mod tests {
                 if packet[0] == RENET_ACK_PACKET {
                     largest_ack = largest_ack.max(packet.len());
                 }
-                let pass = !paced || pacer.pass(packet, tick);
+                let pass = !paced || pacer.pass(packet, Tick(tick));
                 sent += pass as u64;
                 pass
             };
@@ -235,10 +236,10 @@ mod tests {
     #[test]
     fn data_always_passes() {
         let mut pacer = AckPacer::default();
-        assert!(pacer.pass(&[RENET_ACK_PACKET, 1], 5));
-        assert!(!pacer.pass(&[RENET_ACK_PACKET, 2], 6));
-        assert!(pacer.pass(&[1, 2, 3], 6));
-        assert!(pacer.pass(&[], 6));
-        assert!(pacer.pass(&[RENET_ACK_PACKET], 5 + pacer.every()));
+        assert!(pacer.pass(&[RENET_ACK_PACKET, 1], Tick(5)));
+        assert!(!pacer.pass(&[RENET_ACK_PACKET, 2], Tick(6)));
+        assert!(pacer.pass(&[1, 2, 3], Tick(6)));
+        assert!(pacer.pass(&[], Tick(6)));
+        assert!(pacer.pass(&[RENET_ACK_PACKET], Tick(5 + pacer.every())));
     }
 }

@@ -17,7 +17,7 @@ use crate::limits::{
 };
 use crate::node::ViewEntity;
 use crate::world::grid::Grid;
-use crate::world::{EntityId, EntityKind};
+use crate::world::{EntityId, EntityKind, Tick};
 
 /// An entity in a client's bubble this tick: its distance, its state, and the tick of the view that
 /// state is from (earlier than now for one held through a handoff, whose state is where it left).
@@ -25,7 +25,7 @@ use crate::world::{EntityId, EntityKind};
 pub(super) struct Near {
     pub(super) d: f32,
     pub(super) e: ViewEntity,
-    pub(super) last_tick: u64,
+    pub(super) last_tick: Tick,
 }
 
 /// Bytes an update takes before its entities, and each entity in it: gone, moved, entered.
@@ -41,8 +41,8 @@ pub(super) const PADDING_BYTES: usize =
         - 1;
 
 /// The update the client acknowledged, if it is still kept.
-pub(super) fn baseline(sent: &VecDeque<Snapshot>, acked: u64) -> Option<&Snapshot> {
-    sent.iter().rev().find(|s| acked > 0 && s.tick == acked)
+pub(super) fn baseline(sent: &VecDeque<Snapshot>, acked: Tick) -> Option<&Snapshot> {
+    sent.iter().rev().find(|s| acked > Tick::ZERO && s.tick == acked)
 }
 
 /// How much sending an entity matters each tick it waits: larger and nearer first, and even the
@@ -62,7 +62,7 @@ pub(super) fn weight(kind: EntityKind, distance_m: f32) -> f32 {
 /// Bytes an entity costs in the update of `tick` (ticks of `tick_us`): `state` what the client
 /// is to hold, `base` what its baseline has. A new state too far from the baseline's for a
 /// `Moved` goes as gone and entered again.
-pub(super) fn cost(state: Option<&Known>, base: Option<&Known>, tick: u64, tick_us: u32) -> usize {
+pub(super) fn cost(state: Option<&Known>, base: Option<&Known>, tick: Tick, tick_us: u32) -> usize {
     match (state, base) {
         (None, None) => 0,
         (None, Some(_)) => GONE_BYTES,
@@ -108,10 +108,10 @@ pub(super) struct Scratch {
 #[allow(clippy::too_many_arguments)]
 pub(super) fn next_snapshot(
     sent: &VecDeque<Snapshot>,
-    acked: u64,
+    acked: Tick,
     priority: &mut Vec<(EntityId, f32)>,
     player: EntityId,
-    (tick, tick_us, input_ack, horizon_dm): (u64, u32, u32, u16),
+    (tick, tick_us, input_ack, horizon_dm): (Tick, u32, u32, u16),
     near: &mut [Near],
     bytes_max: usize,
     scratch: &mut Scratch,
@@ -199,13 +199,13 @@ pub(super) fn next_snapshot(
 pub struct ClientView {
     pub player: EntityId,
     /// What the last update showed, with the tick each entity was last in a core's view, by id.
-    shown: Vec<(ViewEntity, u64)>,
+    shown: Vec<(ViewEntity, Tick)>,
     /// Whether anything in `shown` was leaving its server.
     shown_leaving: bool,
     /// The updates sent lately, as the client holds each once it takes it in, oldest first.
     sent: VecDeque<Snapshot>,
     /// The newest update the client acknowledged.
-    acked: u64,
+    acked: Tick,
     /// Each entity's claim to be sent, by id: it grows by the entity's weight every tick it
     /// waits.
     priority: Vec<(EntityId, f32)>,
@@ -227,7 +227,7 @@ impl ClientView {
             shown: Vec::new(),
             shown_leaving: false,
             sent: VecDeque::with_capacity(SENT_KEPT),
-            acked: 0,
+            acked: Tick::ZERO,
             priority: Vec::new(),
             saved: 0,
             last_budget: 0,
@@ -246,7 +246,7 @@ impl ClientView {
 
     /// The client took in the update of `tick`: it is the baseline of the next ones, and those
     /// older are dropped.
-    pub fn ack(&mut self, tick: u64) -> Result<(), NeverSent> {
+    pub fn ack(&mut self, tick: Tick) -> Result<(), NeverSent> {
         if self.sent.back().is_none_or(|s| tick > s.tick) {
             return Err(NeverSent);
         }
@@ -259,7 +259,7 @@ impl ClientView {
         Ok(())
     }
 
-    pub fn acked(&self) -> u64 {
+    pub fn acked(&self) -> Tick {
         self.acked
     }
 
@@ -282,7 +282,7 @@ pub struct Bubbles {
     near: Vec<Near>,
     scratch: Scratch,
     /// Every entity in the views of the tick being sent, with the tick of the view it is from.
-    merged: Vec<(ViewEntity, u64)>,
+    merged: Vec<(ViewEntity, Tick)>,
     index: FxHashMap<EntityId, usize>,
     /// Update bytes a client is given each tick, and how many it may have saved up at most.
     bytes_per_tick: usize,
@@ -320,7 +320,7 @@ impl Bubbles {
     /// The world of a tick: `entities` with the tick of the view each is from, what servers
     /// hold first and what is in flight between them after (the first of an id counts, so an
     /// entity caught mid-handoff in two views counts once, where it is held).
-    pub fn merge(&mut self, entities: impl IntoIterator<Item = (ViewEntity, u64)>) {
+    pub fn merge(&mut self, entities: impl IntoIterator<Item = (ViewEntity, Tick)>) {
         self.merged.clear();
         self.index.clear();
         self.grid.clear();
@@ -335,14 +335,14 @@ impl Bubbles {
     }
 
     /// The merged world's entity `id`, with the tick of its view.
-    pub fn get(&self, id: EntityId) -> Option<(ViewEntity, u64)> {
+    pub fn get(&self, id: EntityId) -> Option<(ViewEntity, Tick)> {
         self.index.get(&id).map(|i| self.merged[*i])
     }
 
     /// The update of `tick` for `client`, from the merged world, and its bytes; `None` while its
     /// player is in no view (between cores: the next update catches up). It stays within what
     /// the client has saved of its byte rate (see `ClientView::budget`).
-    pub fn update(&mut self, tick: u64, client: &mut ClientView) -> Option<(Update, Vec<u8>)> {
+    pub fn update(&mut self, tick: Tick, client: &mut ClientView) -> Option<(Update, Vec<u8>)> {
         client.saved = (client.saved + self.bytes_per_tick as i64).min(self.bytes_saved_max as i64);
         let Some((me, me_tick)) = self.get(client.player) else {
             // What it was shown that is on its way between servers now is remembered, for the
@@ -362,7 +362,7 @@ impl Bubbles {
         // The bubble is around where the player is at `tick`, as the client reckons it: from a
         // core whose view is behind (it skipped ticks under load), the player's state is of an
         // earlier tick, up to a few metres back along its way.
-        let at = me.position_m() + me.velocity_m_s() * dt * tick.saturating_sub(me_tick) as f32;
+        let at = me.position_m() + me.velocity_m_s() * dt * tick.since(me_tick) as f32;
         let mut near = std::mem::take(&mut self.near);
         near.clear();
         let merged = &self.merged;
@@ -377,7 +377,7 @@ impl Bubbles {
         // until a server adopts it. In flight it is not simulated: shown where it left (the
         // views carry the state a handoff gave up), as of when it left.
         for (last, last_tick) in client.shown.iter().filter(|_| client.shown_leaving) {
-            let in_flight = last.leaving && tick <= last_tick + ticks_in(HANDOFF_HOLD_US, self.tick_us as u64);
+            let in_flight = last.leaving && tick <= last_tick.after(ticks_in(HANDOFF_HOLD_US, self.tick_us as u64));
             if !in_flight || self.index.contains_key(&last.id) {
                 continue;
             }
@@ -398,8 +398,11 @@ impl Bubbles {
         } else {
             BUBBLE_RADIUS_M
         };
-        let acked =
-            if self.planted_delta_from_newest { client.sent.back().map_or(0, |s| s.tick) } else { client.acked };
+        let acked = if self.planted_delta_from_newest {
+            client.sent.back().map_or(Tick::ZERO, |s| s.tick)
+        } else {
+            client.acked
+        };
         let next = next_snapshot(
             &client.sent,
             acked,
@@ -457,7 +460,8 @@ mod tests {
         near: &[(f32, ViewEntity)],
         bytes_max: usize,
     ) -> (usize, Snapshot) {
-        let acked = sent.back().map_or(0, |s| s.tick);
+        let tick = Tick(tick);
+        let acked = sent.back().map_or(Tick::ZERO, |s| s.tick);
         let mut near: Vec<Near> = near.iter().map(|(d, e)| Near { d: *d, e: *e, last_tick: tick }).collect();
         let next = next_snapshot(
             sent,
@@ -525,17 +529,17 @@ mod tests {
         for t in 2..=20 {
             let x = 10.0 + 0.1 * (t - 1) as f32;
             let (_, next) = tick(&mut sent, &mut priority, t, &[(0.0, me), walker(x, 3.0)], budget);
-            assert_eq!(next.get(EntityId(2)).unwrap().as_of, 1, "tick {t}: not sent again");
+            assert_eq!(next.get(EntityId(2)).unwrap().as_of, Tick(1), "tick {t}: not sent again");
         }
         // It turns back: sent at once.
         let (_, next) = tick(&mut sent, &mut priority, 21, &[(0.0, me), walker(11.9, -3.0)], budget);
         let k = next.get(EntityId(2)).unwrap();
-        assert_eq!((k.as_of, k.seen.velocity), (21, [-30, 0, 0]));
+        assert_eq!((k.as_of, k.seen.velocity), (Tick(21), [-30, 0, 0]));
     }
 
     #[test]
     fn an_entity_held_through_a_handoff_is_as_of_when_it_left_and_sent_once() {
-        let me = Near { d: 0.0, e: entity(1, EntityKind::Player, 0.0, 0.0), last_tick: 0 };
+        let me = Near { d: 0.0, e: entity(1, EntityKind::Player, 0.0, 0.0), last_tick: Tick::ZERO };
         let (mut sent, mut priority) = (VecDeque::new(), Vec::new());
         // Walking at 3 m/s until tick 4; at tick 5 it turns back, and is handed off: the views of
         // ticks 6 to 9 show it leaving from where it turned at 5 (the client moves it on).
@@ -544,15 +548,15 @@ mod tests {
                 1..=4 => entity(2, EntityKind::Player, 10.0 + 0.1 * (t - 1) as f32, 3.0),
                 _ => entity(2, EntityKind::Player, 10.4, -3.0),
             };
-            let near = Near { d: 10.0, e, last_tick: t.min(5) };
-            let acked = sent.back().map_or(0, |s: &Snapshot| s.tick);
-            let mut near = vec![Near { last_tick: t, ..me }, near];
+            let near = Near { d: 10.0, e, last_tick: Tick(t.min(5)) };
+            let acked = sent.back().map_or(Tick::ZERO, |s: &Snapshot| s.tick);
+            let mut near = vec![Near { last_tick: Tick(t), ..me }, near];
             let next = next_snapshot(
                 &sent,
                 acked,
                 &mut priority,
                 EntityId(1),
-                (t, TICK_US, 0, 400),
+                (Tick(t), TICK_US, 0, 400),
                 &mut near,
                 4096,
                 &mut Scratch::default(),
@@ -560,9 +564,9 @@ mod tests {
             let update = next.delta_from(baseline(&sent, acked));
             let k = *next.get(EntityId(2)).unwrap();
             match t {
-                2..=4 => assert!(k.as_of == 1 && update.moved.is_empty(), "tick {t}: as predicted from tick 1"),
-                5 => assert!(k.as_of == 5 && update.moved.len() == 1, "tick 5: turned, sent"),
-                6.. => assert!(k.as_of == 5 && update.moved.is_empty(), "tick {t}: held as of 5, not sent again"),
+                2..=4 => assert!(k.as_of == Tick(1) && update.moved.is_empty(), "tick {t}: as predicted from tick 1"),
+                5 => assert!(k.as_of == Tick(5) && update.moved.len() == 1, "tick 5: turned, sent"),
+                6.. => assert!(k.as_of == Tick(5) && update.moved.is_empty(), "tick {t}: held as of 5, not sent again"),
                 _ => {}
             }
             sent.push_back(next);

@@ -12,7 +12,7 @@ use rustc_hash::FxHashMap;
 use super::wire::{Known, Snapshot, Update, WireError};
 use crate::limits::{BOARD_REACH_M, REACH_M, SNAPSHOTS_KEPT, TICK_DURATION_US};
 use crate::protocol::server::speed_of;
-use crate::world::{EntityId, EntityKind};
+use crate::world::{EntityId, EntityKind, Tick};
 
 /// What a client saw go wrong in its updates.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -42,12 +42,12 @@ impl ViewCounts {
 
 #[derive(Default)]
 pub struct Viewer {
-    last_tick: u64,
+    last_tick: Tick,
     snapshots: VecDeque<Snapshot>,
     /// Each entity in view, as the client knows it, by id.
     view: Vec<Known>,
     /// What left the view from well inside it: when it left, and its last state.
-    gone: FxHashMap<EntityId, (u64, Known)>,
+    gone: FxHashMap<EntityId, (Tick, Known)>,
     /// Where the client's own entity is, whether it is aboard a ship, where it was first seen,
     /// and the furthest it has been from there.
     pub me: Option<Vec3>,
@@ -65,11 +65,11 @@ impl Viewer {
         self.view.clear();
         self.gone.clear();
         self.snapshots.clear();
-        self.last_tick = 0;
+        self.last_tick = Tick::ZERO;
     }
 
     /// The tick of the newest update taken in.
-    pub fn last_tick(&self) -> u64 {
+    pub fn last_tick(&self) -> Tick {
         self.last_tick
     }
 
@@ -147,7 +147,7 @@ impl Viewer {
             };
             reach + 1.0
         };
-        if self.last_tick > 0 {
+        if self.last_tick > Tick::ZERO {
             // The view and the snapshot are both by id: walked side by side.
             let mut at = 0;
             for k in &snapshot.known {
@@ -162,7 +162,7 @@ impl Viewer {
                 }
                 if let Some(prev) = self.view.get(at).filter(|p| p.seen.id == k.seen.id) {
                     if k.as_of > prev.as_of && !prev.seen.carried && !k.seen.carried {
-                        let ticks = k.as_of - prev.as_of;
+                        let ticks = k.as_of.since(prev.as_of);
                         let own = speed_of(k.seen.kind) * dt * ticks as f32;
                         let carried = speed_of(EntityKind::Ship) * dt * (ticks - 1) as f32;
                         let allowed = match (k.seen.kind, jump(k.seen.kind)) {
@@ -184,7 +184,7 @@ impl Viewer {
                 // put down, aboard or ashore, or carried somewhere meanwhile: it jumped to (or
                 // with) what carries it, which can take it out of view for a while.
                 if let Some((_, last)) = self.gone.remove(&k.seen.id) {
-                    let ticks = k.as_of.saturating_sub(last.as_of) + 1;
+                    let ticks = k.as_of.since(last.as_of) + 1;
                     let by_itself = last.seen.position_m().distance(k.seen.position_m())
                         <= speed_of(k.seen.kind) * dt * ticks as f32 + 1.0;
                     if last.seen.carried == k.seen.carried && (last.seen.carried || by_itself) {
@@ -213,15 +213,14 @@ impl Viewer {
                     {
                         continue;
                     }
-                    let inside =
-                        prev.seen.position_m().distance(me) + reach(prev, tick - prev.as_of.min(tick)) < horizon;
+                    let inside = prev.seen.position_m().distance(me) + reach(prev, tick.since(prev.as_of)) < horizon;
                     if inside {
                         self.gone.insert(prev.seen.id, (tick, *prev));
                     }
                 }
             }
             if !self.gone.is_empty() {
-                self.gone.retain(|_, (at, _)| tick < *at + 60);
+                self.gone.retain(|_, (at, _)| tick < at.after(60));
             }
         }
         self.view.clear();
@@ -245,8 +244,8 @@ mod tests {
         let (gone, moved) = (vec![], vec![]);
         let tick_us = TICK_DURATION_US as u32;
         Update {
-            tick,
-            baseline: 0,
+            tick: Tick(tick),
+            baseline: Tick::ZERO,
             player: EntityId(1),
             input_ack: 0,
             horizon_dm: 400,

@@ -6,7 +6,7 @@ use rkyv::util::AlignedVec;
 
 pub use crate::limits::{EXTRAPOLATE_US_MAX, INPUT_BYTES_MAX, KNOWN_MAX, MESSAGE_BYTES_MAX};
 use crate::protocol::Action;
-use crate::world::{EntityId, EntityKind};
+use crate::world::{EntityId, EntityKind, Tick};
 
 /// renet channel for client inputs (unreliable: a lost input is overtaken by the next).
 pub const INPUT_CHANNEL: u8 = 0;
@@ -45,7 +45,7 @@ pub enum ClientMsg {
     /// the newest one its server applied.
     Input { seq: u32, action: Action },
     /// The newest update the client took in: the gateway sends later ones as differences from it.
-    Ack { tick: u64 },
+    Ack { tick: Tick },
 }
 
 /// One entity in a client's bubble, quantized.
@@ -81,9 +81,9 @@ impl Seen {
 /// is sent as a difference from where the baseline puts it.
 #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Update {
-    pub tick: u64,
+    pub tick: Tick,
     /// The tick of the update this one is a difference from; 0 for none.
-    pub baseline: u64,
+    pub baseline: Tick,
     /// The client's own entity, and the newest of its inputs that its server applied.
     pub player: EntityId,
     pub input_ack: u32,
@@ -119,14 +119,14 @@ pub struct Moved {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Known {
     pub seen: Seen,
-    pub as_of: u64,
+    pub as_of: Tick,
 }
 
 impl Known {
     /// Where the entity is at `tick` (ticks of `tick_us`), in centimetres: moved on from its
     /// state at its velocity, for `EXTRAPOLATE_US_MAX` at most.
-    pub fn position_at(&self, tick: u64, tick_us: u32) -> [i32; 3] {
-        let us = (tick.saturating_sub(self.as_of).saturating_mul(tick_us as u64)).min(EXTRAPOLATE_US_MAX) as i64;
+    pub fn position_at(&self, tick: Tick, tick_us: u32) -> [i32; 3] {
+        let us = (tick.since(self.as_of).saturating_mul(tick_us as u64)).min(EXTRAPOLATE_US_MAX) as i64;
         // Decimetres a second times microseconds, in centimetres: divided by 100,000, rounded.
         std::array::from_fn(|i| {
             let moved = (self.seen.velocity[i] as i64 * us + 50_000).div_euclid(100_000);
@@ -134,7 +134,7 @@ impl Known {
             cm.clamp(i32::MIN as i64, i32::MAX as i64) as i32
         })
     }
-    pub fn position_m_at(&self, tick: u64, tick_us: u32) -> glam::Vec3 {
+    pub fn position_m_at(&self, tick: Tick, tick_us: u32) -> glam::Vec3 {
         glam::Vec3::from_array(self.position_at(tick, tick_us).map(|v| v as f32 / 100.0))
     }
 }
@@ -143,7 +143,7 @@ impl Known {
 /// acknowledgement, and every entity in its bubble, ordered by id.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Snapshot {
-    pub tick: u64,
+    pub tick: Tick,
     pub player: EntityId,
     pub input_ack: u32,
     pub horizon_dm: u16,
@@ -154,7 +154,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn empty(tick_us: u32) -> Self {
-        Self { tick: 0, player: EntityId(0), input_ack: 0, horizon_dm: 0, tick_us, known: Vec::new() }
+        Self { tick: Tick::ZERO, player: EntityId(0), input_ack: 0, horizon_dm: 0, tick_us, known: Vec::new() }
     }
 
     pub fn get(&self, id: EntityId) -> Option<&Known> {
@@ -165,7 +165,7 @@ impl Snapshot {
     /// to name its tick (and differs from `base`'s, so it must be sent).
     pub fn settle(&mut self, base: Option<&Snapshot>) {
         for k in &mut self.known {
-            let old = self.tick.saturating_sub(k.as_of) > u8::MAX as u64;
+            let old = self.tick.since(k.as_of) > u8::MAX as u64;
             if old && base.and_then(|b| b.get(k.seen.id)) != Some(k) {
                 k.seen.position = k.position_at(self.tick, self.tick_us);
                 k.as_of = self.tick;
@@ -182,7 +182,7 @@ impl Snapshot {
         let b = base.unwrap_or(&empty);
         let mut update = Update {
             tick: self.tick,
-            baseline: base.map_or(0, |b| b.tick),
+            baseline: base.map_or(Tick::ZERO, |b| b.tick),
             player: self.player,
             input_ack: self.input_ack,
             horizon_dm: self.horizon_dm,
@@ -191,7 +191,7 @@ impl Snapshot {
             moved: Vec::new(),
             entered: Vec::new(),
         };
-        let age = |k: &Known| self.tick.saturating_sub(k.as_of).min(u8::MAX as u64) as u8;
+        let age = |k: &Known| self.tick.since(k.as_of).min(u8::MAX as u64) as u8;
         let (mut i, mut j) = (0, 0);
         while i < b.known.len() || j < self.known.len() {
             match (b.known.get(i), self.known.get(j)) {
@@ -231,7 +231,7 @@ impl Snapshot {
     pub fn apply(base: Option<&Snapshot>, update: &Update) -> Result<Snapshot, WireError> {
         let empty = Snapshot::empty(update.tick_us);
         let b = match (update.baseline, base) {
-            (0, _) => &empty,
+            (Tick::ZERO, _) => &empty,
             (tick, Some(b)) if b.tick == tick && tick < update.tick => b,
             (tick, _) => return Err(WireError::Baseline(tick)),
         };
@@ -239,7 +239,7 @@ impl Snapshot {
             // A connection's tick rate does not change.
             return Err(WireError::Malformed);
         }
-        let as_of = |age: u8| update.tick.checked_sub(age as u64).ok_or(WireError::Malformed);
+        let as_of = |age: u8| update.tick.checked_before(age as u64).ok_or(WireError::Malformed);
         // Each place of the baseline: kept, gone, or moved; touched at most once (a bit each:
         // a baseline has 255 places at most).
         let mut touched = [0u64; 4];
@@ -291,13 +291,13 @@ impl Snapshot {
 }
 
 /// Whether `new` can be sent as a difference from `old` in the update of `tick`.
-pub fn fits_moved(old: &Known, new: &Known, tick: u64, tick_us: u32) -> bool {
+pub fn fits_moved(old: &Known, new: &Known, tick: Tick, tick_us: u32) -> bool {
     old.seen.id == new.seen.id && moved(0, old, new, tick, tick_us).is_some()
 }
 
 /// `new` as a difference from `old` (at place `index` of the baseline), if it fits.
-fn moved(index: usize, old: &Known, new: &Known, tick: u64, tick_us: u32) -> Option<Moved> {
-    let age = u8::try_from(tick.checked_sub(new.as_of)?).ok()?;
+fn moved(index: usize, old: &Known, new: &Known, tick: Tick, tick_us: u32) -> Option<Moved> {
+    let age = u8::try_from(tick.checked_since(new.as_of)?).ok()?;
     if old.seen.kind != new.seen.kind {
         return None;
     }
@@ -325,7 +325,7 @@ pub enum WireError {
     #[error("malformed message")]
     Malformed,
     #[error("an update against baseline {0}, which the client does not hold")]
-    Baseline(u64),
+    Baseline(Tick),
     #[error("entity {0:?} twice in one update")]
     Duplicate(EntityId),
 }
@@ -352,19 +352,19 @@ mod tests {
 
     fn known(id: u64, position: [i32; 3], velocity: [i16; 3], as_of: u64) -> Known {
         let seen = Seen { id: EntityId(id), kind: EntityKind::Player, position, velocity, carried: false, age: 0 };
-        Known { seen, as_of }
+        Known { seen, as_of: Tick(as_of) }
     }
 
     #[test]
     fn messages_round_trip_and_garbage_is_an_error() {
         let input = ClientMsg::Input { seq: 7, action: Action::Move([1.0, 0.0, 0.0]) };
         assert_eq!(decode::<ClientMsg>(&encode(&input)), Ok(input.clone()));
-        let ack = ClientMsg::Ack { tick: 12 };
+        let ack = ClientMsg::Ack { tick: Tick(12) };
         assert_eq!(decode::<ClientMsg>(&encode(&ack)), Ok(ack));
         let (position, velocity) = Seen::quantize([1.234, -5.0, 99.99], [30.0, -1500.0, 0.0]);
         let update = Update {
-            tick: 9,
-            baseline: 0,
+            tick: Tick(9),
+            baseline: Tick::ZERO,
             player: EntityId(3),
             input_ack: 7,
             horizon_dm: 400,
@@ -402,23 +402,23 @@ mod tests {
         // Walking at 3 m/s along x, as of tick 10.
         let walker = known(1, [0, 0, 0], [30, 0, 0], 10);
         let base = Snapshot {
-            tick: 10,
+            tick: Tick(10),
             player: EntityId(1),
             input_ack: 0,
             horizon_dm: 400,
             tick_us: 33_333,
             known: vec![walker],
         };
-        assert_eq!(walker.position_at(13, 33_333), [30, 0, 0]);
+        assert_eq!(walker.position_at(Tick(13), 33_333), [30, 0, 0]);
         // At 60 Hz, three ticks are half the time, and half the way.
-        assert_eq!(walker.position_at(13, 16_667), [15, 0, 0]);
+        assert_eq!(walker.position_at(Tick(13), 16_667), [15, 0, 0]);
         // Three ticks on, still walking the same way: nothing to send.
-        let mut next = Snapshot { tick: 13, ..base.clone() };
+        let mut next = Snapshot { tick: Tick(13), ..base.clone() };
         next.settle(Some(&base));
         let update = next.delta_from(Some(&base));
         assert!(update.moved.is_empty() && update.gone.is_empty() && update.entered.is_empty());
         // It stopped 10 cm short of the prediction: 10 cm back from where it is predicted.
-        let mut next = Snapshot { tick: 13, known: vec![known(1, [20, 0, 0], [0, 0, 0], 13)], ..base.clone() };
+        let mut next = Snapshot { tick: Tick(13), known: vec![known(1, [20, 0, 0], [0, 0, 0], 13)], ..base.clone() };
         next.settle(Some(&base));
         let update = next.delta_from(Some(&base));
         assert_eq!(
@@ -427,9 +427,9 @@ mod tests {
         );
         assert_eq!(Snapshot::apply(Some(&base), &update), Ok(next));
         // Against a baseline the client does not hold: an error, not a guess.
-        assert_eq!(Snapshot::apply(None, &update), Err(WireError::Baseline(10)));
-        let other = Snapshot { tick: 11, ..base.clone() };
-        assert_eq!(Snapshot::apply(Some(&other), &update), Err(WireError::Baseline(10)));
+        assert_eq!(Snapshot::apply(None, &update), Err(WireError::Baseline(Tick(10))));
+        let other = Snapshot { tick: Tick(11), ..base.clone() };
+        assert_eq!(Snapshot::apply(Some(&other), &update), Err(WireError::Baseline(Tick(10))));
         // A place named twice, or past the end of the baseline: malformed.
         let twice = Update { gone: vec![0], ..update.clone() };
         assert_eq!(Snapshot::apply(Some(&base), &twice), Err(WireError::Malformed));
@@ -444,7 +444,7 @@ mod tests {
                 entities.into_iter().map(|((id, p, v), as_of)| known(id, p, v, as_of)).collect();
             known.sort_by_key(|k| k.seen.id);
             known.dedup_by_key(|k| k.seen.id);
-            Snapshot { tick, player: EntityId(0), input_ack: 0, horizon_dm: 400, tick_us: 33_333, known }
+            Snapshot { tick: Tick(tick), player: EntityId(0), input_ack: 0, horizon_dm: 400, tick_us: 33_333, known }
         })
     }
 

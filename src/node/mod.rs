@@ -38,7 +38,7 @@ use crate::log::{Batch, LogOp, SnapshotFile};
 use crate::protocol::{
     Action, Committed, Incarnation, Input, JournalOp, Replication, Server, ServerEvent, ServerStats, SliceId, SliceMsg,
 };
-use crate::world::{EntityId, ServerId, StreamIndex};
+use crate::world::{EntityId, ServerId, StreamIndex, Tick};
 pub use check::Checker;
 pub use panic::guarded;
 pub use view::ViewEntity;
@@ -100,7 +100,7 @@ pub enum LogRecord {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Durable {
     /// Every group commit up to this tick is synced.
-    pub tick: u64,
+    pub tick: Tick,
     /// The latest checkpoint round whose snapshot is synced.
     pub stored_round: u64,
 }
@@ -138,9 +138,9 @@ pub trait NodeIo {
     /// Players a client drives (bots leave them alone).
     fn seats(&mut self, _into: &mut FxHashSet<EntityId>) {}
     /// This node's entities as of `tick`, for the clients' updates.
-    fn publish_view(&mut self, _tick: u64, _view: Vec<ViewEntity>) {}
+    fn publish_view(&mut self, _tick: Tick, _view: Vec<ViewEntity>) {}
     /// The tick's records into the log and its group commit; `None` when there is no log.
-    fn log(&mut self, _tick: u64, _records: &mut Vec<LogRecord>) -> Option<Result<Durable, String>> {
+    fn log(&mut self, _tick: Tick, _records: &mut Vec<LogRecord>) -> Option<Result<Durable, String>> {
         None
     }
     /// A stage of the tick ended (the runtime times them).
@@ -210,7 +210,7 @@ pub struct Node<W: Wire = Direct> {
     incarnations: Arc<AtomicU32>,
     rng: ChaCha8Rng,
     phase: Phase,
-    tick: u64,
+    tick: Tick,
     overloaded: bool,
     clients: bool,
     received: Vec<(SliceId, SliceMsg)>,
@@ -219,10 +219,10 @@ pub struct Node<W: Wire = Direct> {
     inputs: Vec<Input>,
     records: Vec<LogRecord>,
     ops: Vec<LogOp>,
-    last_log_tick: u64,
+    last_log_tick: Tick,
     last_checkpoint_us: u64,
     /// A checkpoint round whose last record is in the log at this tick; done once that is durable.
-    round_done_at: Option<(u64, u64)>,
+    round_done_at: Option<(u64, Tick)>,
     log_error: Option<String>,
     wire_error: Option<String>,
     inject_server_panic: bool,
@@ -254,7 +254,7 @@ impl<W: Wire> Node<W> {
             incarnations,
             rng,
             phase: Phase::Start,
-            tick: start_us / cfg.tick_us.max(1),
+            tick: Tick::at_game_us(start_us, cfg.tick_us),
             overloaded: false,
             clients: false,
             received: Vec::new(),
@@ -263,7 +263,7 @@ impl<W: Wire> Node<W> {
             inputs: Vec::new(),
             records: Vec::new(),
             ops: Vec::new(),
-            last_log_tick: start_us / cfg.tick_us.max(1),
+            last_log_tick: Tick::at_game_us(start_us, cfg.tick_us),
             last_checkpoint_us: start_us,
             round_done_at: None,
             log_error: None,
@@ -341,8 +341,8 @@ impl<W: Wire> Node<W> {
 
     /// Runs tick `tick` until it ends or waits for the other nodes (see [`Step`]); call again
     /// with the same tick to go on.
-    pub fn advance(&mut self, tick: u64, io: &mut impl NodeIo) -> Step {
-        let now = tick * self.cfg.tick_us;
+    pub fn advance(&mut self, tick: Tick, io: &mut impl NodeIo) -> Step {
+        let now = tick.game_us(self.cfg.tick_us);
         loop {
             match self.phase {
                 Phase::Start => {
@@ -684,7 +684,7 @@ impl<W: Wire> Node<W> {
         if self.log_error.is_some() {
             return;
         }
-        let tick = (now_us / self.cfg.tick_us).max(self.last_log_tick + 1);
+        let tick = Tick::at_game_us(now_us, self.cfg.tick_us).max(self.last_log_tick.next());
         let floor = self.incarnations.load(Ordering::Relaxed);
         self.records.clear();
         self.ops.clear();
@@ -741,7 +741,7 @@ impl<W: Wire> Node<W> {
     }
 
     /// This node's entities for every gateway, as of tick `tick`.
-    fn view(&self, tick: u64) -> Vec<ViewEntity> {
+    fn view(&self, tick: Tick) -> Vec<ViewEntity> {
         let mut view = Vec::new();
         for server in self.servers().filter(|s| s.map().is_some()) {
             let world = server.world();

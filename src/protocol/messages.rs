@@ -5,7 +5,7 @@
 //! authority epoch it was made under, so the replication layer can tell a late message from a
 //! former owner and refuse it.
 
-use crate::world::{ContainerId, EntityId, EntityState, RegionId, RegionMap, ServerId};
+use crate::world::{ContainerId, EntityId, EntityState, RegionId, RegionMap, ServerId, Tick};
 
 /// One life of a logical server: a restart is a new incarnation, never reused.
 #[derive(
@@ -67,7 +67,7 @@ pub enum ServerMsg {
     /// Sent every tick; the answer extends the lease.
     Heartbeat { sent_at_us: u64 },
     /// What changed this tick, parents before children.
-    Deltas { tick: u64, entries: Vec<Delta> },
+    Deltas { tick: Tick, entries: Vec<Delta> },
     /// The server gives up a root entity and its subtree (parents first): it left the server's
     /// regions. Sent after the tick's deltas, on the same ordered link.
     Handoff { root: EntityId, entities: Vec<Owned> },

@@ -29,7 +29,7 @@ use crate::limits::{
 };
 use crate::world::stream::{STREAM_LOAD_RADIUS_M, STREAM_PERIOD_US, STREAM_UNLOAD_RADIUS_M};
 use crate::world::{
-    is_streamed, ContainerId, EntityId, EntityKind, EntityState, Forest, Grid, RegionMap, ServerId, StreamIndex,
+    is_streamed, ContainerId, EntityId, EntityKind, EntityState, Forest, Grid, RegionMap, ServerId, StreamIndex, Tick,
 };
 
 /// What a bot or player asks its entity to do this tick.
@@ -102,7 +102,7 @@ pub struct Held {
     /// The tick its state had been moved to when this server adopted it: a server on a core
     /// that ticks a little behind may adopt, within one tick, what its last holder already
     /// moved in that tick, and must not move it twice.
-    moved_until_tick: u64,
+    moved_until_tick: Tick,
     dirty: bool,
 }
 
@@ -110,8 +110,8 @@ impl Held {
     /// Where the entity is as of `tick` (ticks of `tick_us`), inside `world`. One adopted from a
     /// core that ticks ahead carries its state of a later tick (and stays put until this server's
     /// tick reaches it): as of `tick` it is that many ticks' motion back.
-    pub fn position_at(&self, tick: u64, tick_us: u64, world: &crate::world::Aabb) -> [f32; 3] {
-        let ahead = self.moved_until_tick.saturating_sub(tick);
+    pub fn position_at(&self, tick: Tick, tick_us: u64, world: &crate::world::Aabb) -> [f32; 3] {
+        let ahead = self.moved_until_tick.since(tick);
         if ahead == 0 {
             return self.state.position;
         }
@@ -432,7 +432,7 @@ impl Server {
     }
 
     pub fn tick(&mut self, now_us: u64) {
-        let tick = now_us / self.tick_us;
+        let tick = Tick::at_game_us(now_us, self.tick_us);
         if self.phase == Phase::Active && !self.is_acting(now_us) {
             self.fence();
         }
@@ -481,7 +481,7 @@ impl Server {
         for root in leaving {
             self.hand_off(root);
         }
-        if self.streaming.is_some() && tick % crate::limits::ticks_in(STREAM_PERIOD_US, self.tick_us) == 0 {
+        if self.streaming.is_some() && tick.is_every(crate::limits::ticks_in(STREAM_PERIOD_US, self.tick_us)) {
             self.stream();
         }
         let ghosts = self.border_ghosts();
@@ -518,7 +518,7 @@ impl Server {
         self.map.as_ref().expect("active servers have a map").world
     }
 
-    fn touch(&mut self, id: EntityId, tick: u64) -> &mut EntityState {
+    fn touch(&mut self, id: EntityId, tick: Tick) -> &mut EntityState {
         let held = self.entities.get_mut(&id).expect("touched entities are held");
         held.dirty = true;
         held.state.changed_tick = tick;

@@ -535,8 +535,8 @@ fn open_log(
     for e in &r.errors {
         eprintln!("world: {e}");
     }
-    let max_changed = opened.entities.iter().map(|c| c.state.changed_tick).max().unwrap_or(0);
-    let offset_us = opened.start_tick.max(max_changed + 1) * tick_us;
+    let max_changed = opened.entities.iter().map(|c| c.state.changed_tick).max().unwrap_or_default();
+    let offset_us = opened.start_tick.max(max_changed.next()).game_us(tick_us);
     Ok(OpenedWorld(opened.map, opened.entities, opened.logs, opened.round, opened.incarnation_floor, offset_us))
 }
 

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, Once};
 
 pub use crate::node::panic::guarded;
 use crate::node::panic::{remember, take_last};
+use crate::world::Tick;
 
 /// Installs (once per process) a panic hook that keeps each thread's last panic message for
 /// `guarded` and `Watch`, then does what the previous hook did (print it).
@@ -70,7 +71,7 @@ impl Drop for Watch {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InjectPanic {
     pub core: usize,
-    pub tick: u64,
+    pub tick: Tick,
     pub in_server: bool,
 }
 
@@ -85,7 +86,7 @@ impl std::str::FromStr for InjectPanic {
             Some("shard") => false,
             _ => return Err(bad()),
         };
-        let tick = parts.next().and_then(|t| t.parse().ok()).ok_or_else(bad)?;
+        let tick = Tick(parts.next().and_then(|t| t.parse().ok()).ok_or_else(bad)?);
         let core = match parts.next() {
             Some(c) => c.parse().map_err(|_| bad())?,
             None => 0,
@@ -128,8 +129,8 @@ mod tests {
 
     #[test]
     fn injections_parse() {
-        assert_eq!("server@90".parse(), Ok(InjectPanic { core: 0, tick: 90, in_server: true }));
-        assert_eq!("shard@5@1".parse(), Ok(InjectPanic { core: 1, tick: 5, in_server: false }));
+        assert_eq!("server@90".parse(), Ok(InjectPanic { core: 0, tick: Tick(90), in_server: true }));
+        assert_eq!("shard@5@1".parse(), Ok(InjectPanic { core: 1, tick: Tick(5), in_server: false }));
         assert!("server".parse::<InjectPanic>().is_err());
         assert!("disk@4".parse::<InjectPanic>().is_err());
     }

@@ -23,7 +23,7 @@ use crate::limits::{GATEWAY_DRAIN_EVERY, INPUT_WAIT_MAX, VIEW_WAIT_MAX};
 use crate::node::{Bots, Direct, Durable, LogRecord, Node, NodeConfig, NodeEvent, NodeIo, Stage, Step};
 use crate::protocol::messages::ArchivedSliceMsg;
 use crate::protocol::{Action, Replication, Server, SliceId, SliceMsg};
-use crate::world::{EntityId, ServerId};
+use crate::world::{EntityId, ServerId, Tick};
 
 /// The stages of a tick, for the stall report.
 pub const STAGES: [&str; 6] = ["receive", "inputs", "servers", "slice", "send", "clients"];
@@ -230,13 +230,13 @@ impl NodeIo for ShardIo {
         }
     }
 
-    fn publish_view(&mut self, tick: u64, view: Vec<crate::net::ViewEntity>) {
+    fn publish_view(&mut self, tick: Tick, view: Vec<crate::net::ViewEntity>) {
         if let Some(gw) = self.gateway.as_mut() {
             gw.views.publish(self.index, tick, view);
         }
     }
 
-    fn log(&mut self, tick: u64, records: &mut Vec<LogRecord>) -> Option<Result<Durable, String>> {
+    fn log(&mut self, tick: Tick, records: &mut Vec<LogRecord>) -> Option<Result<Durable, String>> {
         let log = self.log.as_mut()?;
         let mut write = || -> Result<Durable, crate::log::LogError> {
             for record in records.drain(..) {
@@ -246,10 +246,7 @@ impl NodeIo for ShardIo {
                 }
             }
             log.commit(tick)?;
-            Ok(Durable {
-                tick: log.state.durable_tick.load(Ordering::Acquire),
-                stored_round: log.state.stored_round.load(Ordering::Acquire),
-            })
+            Ok(Durable { tick: log.state.durable(), stored_round: log.state.stored_round.load(Ordering::Acquire) })
         };
         Some(write().map_err(|e| e.to_string()))
     }
@@ -306,16 +303,16 @@ impl Schedule {
     }
 
     /// The next tick's number, and when it is due.
-    fn next_tick(&mut self) -> (u64, Instant) {
+    fn next_tick(&mut self) -> (Tick, Instant) {
         self.number += 1;
         if self.tick.is_zero() {
             // Free-running: each tick at once, one tick of game time after the last.
             self.next = Instant::now();
-            return (self.number, self.next);
+            return (Tick(self.number), self.next);
         }
         let at = self.next;
         self.next += self.tick;
-        (self.number, at)
+        (Tick(self.number), at)
     }
 
     /// After a tick that ended at `now`: far behind (more than a tick), skip the ticks that
@@ -398,7 +395,8 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
             }
         }
         if let Some(done) = &setup.lockstep {
-            while done.iter().any(|d| d.load(Ordering::Acquire) + 1 < tick) && !setup.stop.load(Ordering::Relaxed) {
+            while done.iter().any(|d| d.load(Ordering::Acquire) + 1 < tick.get()) && !setup.stop.load(Ordering::Relaxed)
+            {
                 glommio::yield_if_needed().await;
                 std::hint::spin_loop();
             }
@@ -519,7 +517,7 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
                 stall_reports.push(format!(
                     "core {} tick at {:.3} s took {:.1} ms, budget {:.1} ms; most in `{worst}` ({:.1} ms)",
                     setup.index,
-                    (tick * tick_us) as f64 / 1e6,
+                    tick.game_us(tick_us) as f64 / 1e6,
                     took_us as f64 / 1e3,
                     budget_us as f64 / 1e3,
                     worst_us as f64 / 1e3
@@ -527,7 +525,7 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
             }
         }
         if let Some(done) = &setup.lockstep {
-            done[setup.index].store(tick, Ordering::Release);
+            done[setup.index].store(tick.get(), Ordering::Release);
         }
         schedule.catch_up(Instant::now());
     }
@@ -585,20 +583,20 @@ mod tests {
     fn a_core_that_fell_far_behind_takes_up_the_schedule_where_it_is_now() {
         let (start, tick) = (Instant::now(), Duration::from_millis(33));
         let mut s = Schedule::new(start, tick, 0);
-        assert_eq!(s.next_tick(), (1, start));
-        assert_eq!(s.next_tick(), (2, start + tick));
+        assert_eq!(s.next_tick(), (Tick(1), start));
+        assert_eq!(s.next_tick(), (Tick(2), start + tick));
         // A little late: the schedule holds, the next tick runs at once to make it up.
         assert!(!s.catch_up(start + tick * 2 + Duration::from_millis(20)));
-        assert_eq!(s.next_tick(), (3, start + tick * 2));
+        assert_eq!(s.next_tick(), (Tick(3), start + tick * 2));
         // Stalled for ten ticks: the next tick is the one the wall clock is in, as on every
         // other core, not the one after the last this core ran.
         let now = start + tick * 13 + Duration::from_millis(5);
         assert!(s.catch_up(now));
-        assert_eq!(s.next_tick(), (14, now));
-        assert_eq!(s.next_tick().0, 15);
+        assert_eq!(s.next_tick(), (Tick(14), now));
+        assert_eq!(s.next_tick().0, Tick(15));
         // A run restarted at an offset numbers on from it.
         let mut s = Schedule::new(start, tick, 100);
-        assert_eq!(s.next_tick().0, 101);
+        assert_eq!(s.next_tick().0, Tick(101));
     }
 
     /// A benchmark's free-running schedule (a zero tick): however far the wall clock runs ahead,
@@ -607,9 +605,9 @@ mod tests {
     fn a_free_running_schedule_numbers_every_tick_and_never_skips() {
         let start = Instant::now();
         let mut s = Schedule::new(start, Duration::ZERO, 0);
-        assert_eq!(s.next_tick().0, 1);
+        assert_eq!(s.next_tick().0, Tick(1));
         assert!(!s.catch_up(start + Duration::from_secs(5)));
-        assert_eq!(s.next_tick().0, 2);
+        assert_eq!(s.next_tick().0, Tick(2));
         assert!(s.next_tick().1 >= start);
     }
 }

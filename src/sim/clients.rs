@@ -28,7 +28,7 @@ use crate::net::viewer::Viewer;
 use crate::net::wire::{self, Snapshot, Update};
 use crate::node::ViewEntity;
 use crate::protocol::Action;
-use crate::world::{EntityId, EntityKind, EntityState};
+use crate::world::{EntityId, EntityKind, EntityState, Tick};
 
 /// Clients per seed at most.
 const CLIENTS: usize = 4;
@@ -65,9 +65,9 @@ struct SimClient {
     heading: [f32; 3],
     /// Updates on their way: when each arrives, its bytes, and what the gateway believes the
     /// client holds once it takes it in.
-    updates: VecDeque<(u64, Vec<u8>, Snapshot)>,
+    updates: VecDeque<(Tick, Vec<u8>, Snapshot)>,
     /// Acknowledgements on their way: when each arrives, and the tick it acknowledges.
-    acks: VecDeque<(u64, u64)>,
+    acks: VecDeque<(Tick, Tick)>,
 }
 
 impl SimClient {
@@ -91,7 +91,7 @@ pub struct SimClients {
     /// One gateway's bubbles per node.
     gateways: Vec<Bubbles>,
     /// Each node's view of the tick, as it published it.
-    pub views: Vec<Option<(u64, Vec<ViewEntity>)>>,
+    pub views: Vec<Option<(Tick, Vec<ViewEntity>)>>,
     /// The clients' inputs for each node this tick.
     pub inputs: Vec<Vec<(EntityId, u32, Action)>>,
     /// Players the clients drive.
@@ -171,7 +171,7 @@ impl SimClients {
 
     /// Before tick `tick`: acknowledgements that arrive reach their gateway, and every client
     /// sends its node an input (once the world is calm, one that stops its player).
-    pub fn before_tick(&mut self, tick: u64, calm: bool) -> Result<(), String> {
+    pub fn before_tick(&mut self, tick: Tick, calm: bool) -> Result<(), String> {
         self.calm_ticks = if calm { self.calm_ticks + 1 } else { 0 };
         self.quiet_ticks = if calm { self.quiet_ticks + 1 } else { 0 };
         if self.calm_ticks == 1 {
@@ -204,8 +204,8 @@ impl SimClients {
 
     /// Every node published its view of `tick`: each gateway makes its clients' updates, and
     /// those that arrive are taken in and checked.
-    pub fn after_views(&mut self, tick: u64) -> Result<(), String> {
-        let views: Vec<&(u64, Vec<ViewEntity>)> = self.views.iter().flatten().collect();
+    pub fn after_views(&mut self, tick: Tick) -> Result<(), String> {
+        let views: Vec<&(Tick, Vec<ViewEntity>)> = self.views.iter().flatten().collect();
         for (g, gateway) in self.gateways.iter_mut().enumerate() {
             let held = views.iter().flat_map(|(t, v)| v.iter().filter(|e| !e.leaving).map(|e| (*e, *t)));
             let left = views.iter().flat_map(|(t, v)| v.iter().filter(|e| e.leaving).map(|e| (*e, *t)));
@@ -215,7 +215,7 @@ impl SimClients {
                 let Some((update, bytes)) = gateway.update(tick, &mut c.view) else { continue };
                 self.stats.updates_sent += 1;
                 self.stats.bytes += bytes.len() as u64;
-                self.stats.delta_updates += (update.baseline > 0) as u64;
+                self.stats.delta_updates += (update.baseline > Tick::ZERO) as u64;
                 let next = c.view.last_sent().expect("an update was just made");
                 let budget = c.view.last_budget();
                 check_budget(&update, bytes.len(), budget, &before, next)?;
@@ -227,7 +227,7 @@ impl SimClients {
                     self.stats.updates_lost += 1;
                     continue;
                 }
-                let at = tick + self.rng.random_range(0..=SIM_CLIENT_DELAY_TICKS_MAX);
+                let at = tick.after(self.rng.random_range(0..=SIM_CLIENT_DELAY_TICKS_MAX));
                 // Held updates may pass each other: kept in arrival order.
                 let place = c.updates.partition_point(|(t, _, _)| *t <= at);
                 c.updates.insert(place, (at, bytes, expected));
@@ -270,7 +270,7 @@ impl SimClients {
                     Some(true) => {
                         self.stats.updates_taken += 1;
                         if !self.rng.random_bool(self.loss) {
-                            let at = tick + self.rng.random_range(0..=SIM_CLIENT_DELAY_TICKS_MAX);
+                            let at = tick.after(self.rng.random_range(0..=SIM_CLIENT_DELAY_TICKS_MAX));
                             let place = c.acks.partition_point(|(t, _)| *t <= at);
                             c.acks.insert(place, (at, update.tick));
                         }
@@ -294,13 +294,13 @@ impl SimClients {
 
     /// The world has been calm a while: each client holds every entity the views have near it,
     /// where it is.
-    fn check_converged(&self, tick: u64) -> Result<(), String> {
-        let views: Vec<&(u64, Vec<ViewEntity>)> = self.views.iter().flatten().collect();
+    fn check_converged(&self, tick: Tick) -> Result<(), String> {
+        let views: Vec<&(Tick, Vec<ViewEntity>)> = self.views.iter().flatten().collect();
         let truth = |id: EntityId| views.iter().flat_map(|(_, v)| v.iter()).find(|e| e.id == id && !e.leaving);
         for c in &self.clients {
             let Some(me) = truth(c.player) else { continue };
             let Some(last) = c.view.last_sent() else { continue };
-            if last.tick + SIM_CLIENT_DELAY_TICKS_MAX + 2 < tick || c.viewer.last_tick() < last.tick {
+            if last.tick.after(SIM_CLIENT_DELAY_TICKS_MAX + 2) < tick || c.viewer.last_tick() < last.tick {
                 // Its newest updates are still on their way, or were lost.
                 continue;
             }
@@ -384,7 +384,7 @@ fn check_budget(
     if bytes <= bytes_max {
         return Ok(());
     }
-    let base = before.iter().find(|s| update.baseline > 0 && s.tick == update.baseline);
+    let base = before.iter().find(|s| update.baseline > Tick::ZERO && s.tick == update.baseline);
     let prev = before.back();
     // What an entity's state costs against the baseline: nothing when it is the baseline's.
     let cost = |s: Option<&Snapshot>, id: EntityId| {

@@ -37,7 +37,7 @@ use crate::node::ViewEntity;
 use crate::node::{Bots, Durable, LogRecord, Node, NodeConfig, NodeEvent, NodeIo, Step};
 use crate::protocol::replication::home_slice;
 use crate::protocol::{Action, Committed, PlantedBugs, Replication, Server, SliceId, SliceMsg};
-use crate::world::{populate, ContainerTree, EntityId, Population, RegionMap, ServerId, StreamIndex};
+use crate::world::{populate, ContainerTree, EntityId, Population, RegionMap, ServerId, StreamIndex, Tick};
 
 /// How the simulator opens its logs: synced only when it says (every `sync_every_ticks`).
 fn log_options(plan: &FaultPlan, cfg: &SimConfig) -> OpenOptions {
@@ -123,7 +123,7 @@ pub struct SimOutcome {
     pub seed: u64,
     pub plan: FaultPlan,
     /// The first broken invariant, with the tick it broke at.
-    pub failure: Option<(u64, String)>,
+    pub failure: Option<(Tick, String)>,
     pub stats: SimStats,
     pub entities: usize,
     pub items: usize,
@@ -146,7 +146,7 @@ struct SimIo<'a> {
 struct ClientIo<'a> {
     inputs: &'a mut Vec<(EntityId, u32, Action)>,
     seats: &'a FxHashSet<EntityId>,
-    view: &'a mut Option<(u64, Vec<ViewEntity>)>,
+    view: &'a mut Option<(Tick, Vec<ViewEntity>)>,
 }
 
 /// One node's log on the simulated disk, and what the simulator keeps to check recovery by.
@@ -163,7 +163,7 @@ struct NodeDisk<'a> {
 }
 
 impl NodeDisk<'_> {
-    fn write(&mut self, tick: u64, records: &mut Vec<LogRecord>) -> Result<Durable, crate::log::LogError> {
+    fn write(&mut self, tick: Tick, records: &mut Vec<LogRecord>) -> Result<Durable, crate::log::LogError> {
         for record in records.drain(..) {
             match record {
                 LogRecord::Batch(batch) => {
@@ -186,7 +186,7 @@ impl NodeDisk<'_> {
             // The flusher has done everything before this: what it reports now is deterministic.
             self.log.sync_now()?;
             *self.durable = Durable {
-                tick: self.log.state.durable_tick.load(Ordering::Acquire),
+                tick: self.log.state.durable(),
                 stored_round: self.log.state.stored_round.load(Ordering::Acquire),
             };
             for (id, seq) in self.unsynced.drain(..) {
@@ -212,7 +212,7 @@ impl NodeIo for SimIo<'_> {
         self.mailboxes[to.0 as usize].push_back((self.me, encode(msg)));
     }
 
-    fn log(&mut self, tick: u64, records: &mut Vec<LogRecord>) -> Option<Result<Durable, String>> {
+    fn log(&mut self, tick: Tick, records: &mut Vec<LogRecord>) -> Option<Result<Durable, String>> {
         let disk = self.disk.as_mut()?;
         Some(disk.write(tick, records).map_err(|e| e.to_string()))
     }
@@ -236,7 +236,7 @@ impl NodeIo for SimIo<'_> {
         }
     }
 
-    fn publish_view(&mut self, tick: u64, view: Vec<ViewEntity>) {
+    fn publish_view(&mut self, tick: Tick, view: Vec<ViewEntity>) {
         if let Some(c) = self.clients.as_mut() {
             *c.view = Some((tick, view));
         }
@@ -247,7 +247,7 @@ pub struct Simulator {
     cfg: SimConfig,
     plan: FaultPlan,
     rng: ChaCha8Rng,
-    tick: u64,
+    tick: Tick,
     /// One node per replication slice; node 0's slice is also the controller.
     nodes: Vec<Node<Lossy>>,
     mailboxes: Vec<VecDeque<(SliceId, Vec<u8>)>>,
@@ -292,7 +292,7 @@ impl Simulator {
         let mut sim = Self {
             rng: ChaCha8Rng::seed_from_u64(cfg.seed),
             plan,
-            tick: 0,
+            tick: Tick::ZERO,
             mailboxes: Vec::new(),
             nodes: Vec::new(),
             checker: Checker::new(&[]),
@@ -346,7 +346,7 @@ impl Simulator {
         }
         self.mailboxes = (0..slices).map(|_| VecDeque::new()).collect();
         self.logs = opened.logs.into_iter().map(Some).collect();
-        let floor = Durable { tick: opened.start_tick.saturating_sub(1), stored_round: opened.round };
+        let floor = Durable { tick: opened.start_tick.before(1), stored_round: opened.round };
         self.durable = vec![floor; slices as usize];
         self.unsynced = vec![Vec::new(); slices as usize];
     }
@@ -357,7 +357,7 @@ impl Simulator {
         let image = self.disk.durable_image();
         self.nodes.clear();
         self.logs.clear();
-        let reported_tick = self.durable.iter().map(|d| d.tick).min().unwrap_or(0);
+        let reported_tick = self.durable.iter().map(|d| d.tick).min().unwrap_or_default();
         self.disk = CrashImage::from_image(image);
         let opened = crate::log::open(Arc::new(self.disk.clone()), &log_options(&self.plan, &self.cfg), || {
             unreachable!("the simulated disk holds a world")
@@ -425,7 +425,7 @@ impl Simulator {
     }
 
     fn now_us(&self) -> u64 {
-        self.tick * self.plan.tick_us
+        self.tick.game_us(self.plan.tick_us)
     }
 
     fn event(&mut self, text: std::fmt::Arguments<'_>) {
@@ -499,7 +499,7 @@ impl Simulator {
         }
     }
 
-    fn run_phases(&mut self) -> Result<(), (u64, String)> {
+    fn run_phases(&mut self) -> Result<(), (Tick, String)> {
         for _ in 0..self.cfg.fault_ticks {
             self.step().map_err(|e| (self.tick, e))?;
         }
@@ -526,8 +526,8 @@ impl Simulator {
 
     /// Every node advanced to the same point of tick `tick`; with `crash_after`, the process
     /// dies once that many nodes have.
-    fn advance_all(&mut self, tick: u64, expect: Step, crash_after: Option<usize>) -> Result<bool, String> {
-        let sync = tick % self.plan.sync_every_ticks == 0;
+    fn advance_all(&mut self, tick: Tick, expect: Step, crash_after: Option<usize>) -> Result<bool, String> {
+        let sync = tick.is_every(self.plan.sync_every_ticks);
         for (i, node) in self.nodes.iter_mut().enumerate() {
             if crash_after == Some(i) {
                 return Ok(true);
@@ -584,7 +584,7 @@ impl Simulator {
             self.process_crash()?;
             self.clients.process_crashed();
             self.stats.ticks += 1;
-            self.tick += 1;
+            self.tick = self.tick.next();
             return Ok(());
         }
         if self.nodes.iter().any(|n| n.wire().net.any_partitioned(now)) {
@@ -600,14 +600,14 @@ impl Simulator {
             return Err(e.to_string());
         }
         self.stats.ticks += 1;
-        if self.cfg.verbose && self.tick % 30 == 29 {
+        if self.cfg.verbose && self.tick.get() % 30 == 29 {
             self.status_line(now);
         }
         let in_transit = self.in_transit();
         let slices: Vec<&Replication> = self.nodes.iter().map(|n| n.slice()).collect();
         let servers = self.nodes.iter().flat_map(|n| n.servers());
         self.checker.check_step(now, &slices, &in_transit, servers)?;
-        self.tick += 1;
+        self.tick = self.tick.next();
         Ok(())
     }
 

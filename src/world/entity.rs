@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use glam::{Quat, Vec3};
 
+use super::Tick;
 use crate::limits::{GRAPH_DEPTH_MAX, HANDS_CAPACITY_COUNT, SHIP_CAPACITY_COUNT};
 
 /// Globally unique without coordination: the high 32 bits are the incarnation of the server
@@ -84,7 +85,7 @@ pub struct EntityState {
     /// Who fired a projectile.
     pub source: Option<EntityId>,
     /// Tick of the last change made by the entity's authority.
-    pub changed_tick: u64,
+    pub changed_tick: Tick,
 }
 
 impl EntityState {
@@ -98,7 +99,7 @@ impl EntityState {
             health: 100,
             ttl_ticks: 0,
             source: None,
-            changed_tick: 0,
+            changed_tick: Tick::ZERO,
         }
     }
     pub fn pos(&self) -> Vec3 {

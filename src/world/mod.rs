@@ -7,6 +7,7 @@ pub mod generate;
 pub mod grid;
 pub mod region;
 pub mod stream;
+pub mod tick;
 
 pub use container::{Aabb, Container, ContainerKind, ContainerTree, WorldError};
 pub use entity::{EntityId, EntityKind, EntityState, Forest};
@@ -14,3 +15,4 @@ pub use generate::{populate, Population};
 pub use grid::Grid;
 pub use region::{MapError, Region, RegionId, RegionMap, ServerId};
 pub use stream::{is_streamed, ContainerId, StreamIndex};
+pub use tick::Tick;

@@ -51,7 +51,7 @@ impl Server {
 
     /// Every change of the tick, leaving entities included: a handoff may only carry what the
     /// layer already knows the shape of, or a child dropped this tick would travel with it.
-    pub(super) fn flush_deltas(&mut self, tick: u64) {
+    pub(super) fn flush_deltas(&mut self, tick: Tick) {
         let mut entries: Vec<Delta> = Vec::new();
         // Every root first, then the children, parents before their own children: whatever left
         // a parent this tick (and is a root now) is off its parent's list before anything joins

@@ -3,7 +3,7 @@
 use super::*;
 
 impl Server {
-    pub(super) fn place_subtree(&mut self, tick: u64, root: EntityId, position: [f32; 3]) {
+    pub(super) fn place_subtree(&mut self, tick: Tick, root: EntityId, position: [f32; 3]) {
         if self.forest.child_count(root) == 0 {
             let held = self.entities.get_mut(&root).expect("placed entities are held");
             if held.state.position != position {
@@ -26,7 +26,7 @@ impl Server {
     /// Moves every root; children ride along. rapier moves ships and projectiles (ships collide
     /// with ships); walkers and loose items move by their velocity. Projectiles age and vanish at
     /// the world's edge; everything else bounces off it.
-    pub(super) fn integrate(&mut self, tick: u64) {
+    pub(super) fn integrate(&mut self, tick: Tick) {
         let dt = self.tick_us as f32 / 1e6;
         let world = self.world();
         let simulated = |h: &Held| h.state.parent.is_none() && physics::is_simulated(h.state.kind);
@@ -96,7 +96,7 @@ impl Server {
     /// player or NPC that came within reach of the path, or a ship's hull (rapier's ray cast),
     /// held here or seen as a ghost. At 1500 m/s it moves 50 m a tick, so testing only where it
     /// ends would let it pass through. Two at the same point of the path: the smaller id.
-    pub(super) fn resolve_hits(&mut self, tick: u64) {
+    pub(super) fn resolve_hits(&mut self, tick: Tick) {
         let dt = self.tick_us as f32 / 1e6;
         let projectiles: Vec<(EntityId, Vec3, Vec3, Option<EntityId>)> = self
             .entities

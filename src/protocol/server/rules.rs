@@ -4,7 +4,7 @@ use super::*;
 
 impl Server {
     /// Applies one input under the game rules; false if refused.
-    pub(super) fn apply(&mut self, tick: u64, input: &Input) -> bool {
+    pub(super) fn apply(&mut self, tick: Tick, input: &Input) -> bool {
         let Some(actor) = self.state(input.entity).cloned() else { return false };
         match &input.action {
             Action::Move(dir) => {
@@ -38,7 +38,7 @@ impl Server {
                     epoch: self.create_epoch,
                     adopted_at_us: 0,
                     input_seq: 0,
-                    moved_until_tick: 0,
+                    moved_until_tick: Tick::ZERO,
                     dirty: true,
                 };
                 self.entities.insert(id, held);
@@ -110,7 +110,7 @@ impl Server {
     }
 
     /// Moves `child` (and its subtree) under `parent`, if the graph rules allow it.
-    pub(super) fn attach(&mut self, tick: u64, child: EntityId, parent: EntityId) -> bool {
+    pub(super) fn attach(&mut self, tick: Tick, child: EntityId, parent: EntityId) -> bool {
         let (Some(c), Some(p)) = (self.state(child), self.state(parent)) else { return false };
         if child == parent || p.kind.capacity_for(c.kind) <= self.forest.child_count(parent) {
             return false;
@@ -130,7 +130,7 @@ impl Server {
         true
     }
 
-    pub(super) fn detach(&mut self, tick: u64, child: EntityId) -> bool {
+    pub(super) fn detach(&mut self, tick: Tick, child: EntityId) -> bool {
         let Some(parent) = self.state(child).and_then(|s| s.parent) else { return false };
         self.forest.unlink(child, parent);
         self.touch(child, tick).parent = None;
@@ -169,7 +169,7 @@ mod tests {
             (far, at(EntityKind::Item { capacity: 0 }, 50.0 + REACH_M * 4.0)),
         ]);
         s.rebuild_input_grids();
-        assert!(s.apply(1, &Input { entity: player, action: Action::PickUp }), "the near item");
+        assert!(s.apply(Tick(1), &Input { entity: player, action: Action::PickUp }), "the near item");
         assert_eq!(s.held()[&near].state.parent, Some(player));
         assert_eq!(s.held()[&far].state.parent, None, "out of reach stays where it is");
     }
@@ -194,6 +194,6 @@ mod tests {
     fn an_input_for_an_entity_the_server_does_not_hold_is_refused() {
         let mut s = holding(vec![(EntityId(1), at(EntityKind::Player, 50.0))]);
         s.rebuild_input_grids();
-        assert!(!s.apply(1, &Input { entity: EntityId(9), action: Action::Move([1.0, 0.0, 0.0]) }));
+        assert!(!s.apply(Tick(1), &Input { entity: EntityId(9), action: Action::Move([1.0, 0.0, 0.0]) }));
     }
 }
