@@ -12,6 +12,13 @@ pub const TICK_DURATION_US: u64 = 33_333;
 /// without a false alarm. A crash the host's supervisor sees is acted on at once instead.
 pub const LEASE_DURATION_US: u64 = 30 * TICK_DURATION_US;
 
+/// A slice keeps a crashed server's regions for its fresh incarnation when the host restarts it
+/// within this long (a server whose code panicked restarts the next tick): the new incarnation
+/// adopts the committed state on the same core, a failover of about a tick with no map change and
+/// no entity crossing cores. A server that is not back by then has its regions given to others
+/// by the controller. Three ticks at 30 Hz.
+pub const CRASH_RESTART_WAIT_MAX_US: u64 = 100_000;
+
 /// Regions in one region map. A k-d split of a 4 km world down to 16 m cells stays far below it;
 /// the map is sent whole on every change, so it must stay small.
 pub const REGION_COUNT_MAX: usize = 1024;

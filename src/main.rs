@@ -164,6 +164,11 @@ struct MeshArgs {
     /// shard (`shard@TICK`, which ends the process non-zero); `@CORE` picks a core other than 0.
     #[arg(long, hide = true)]
     inject_panic: Option<shardmesh::runtime::panics::InjectPanic>,
+    /// Crash a random server every SECONDS (its code panics halfway through a tick) once the
+    /// warm-up is over: live servers take over what it held from the committed state, and the
+    /// summary gives the ticks each failover took.
+    #[arg(long, value_name = "SECONDS")]
+    chaos_crash_every: Option<f64>,
 }
 
 impl MeshArgs {
@@ -178,6 +183,7 @@ impl MeshArgs {
             bot_activity: if players == 0 { 0.0 } else { self.activity.clamp(1e-3, 1.0) },
             status: true,
             inject_panic: self.inject_panic,
+            chaos_crash_every: self.chaos_crash_every.map(|s| Duration::from_secs_f64(s.clamp(0.01, 86_400.0))),
             ..MeshConfig::bots(cores, players, duration)
         }
     }
@@ -552,6 +558,19 @@ fn demo(cfg: MeshConfig, json: Option<std::path::PathBuf>) -> ExitCode {
     );
     if let (Some(tick), Some(round)) = (summary.committed_tick, summary.checkpoint_round) {
         println!("committed_tick={tick} checkpoint={round}");
+    }
+    if summary.server_crashes > 0 || summary.chaos_drills > 0 {
+        let ticks = |t: Option<u64>| t.map_or("-".to_string(), |t| t.to_string());
+        println!(
+            "server_crashes={} failover_ticks_p50={} failover_ticks_p99={} failover_ticks_max={} unfinished={} chaos_drills={}/{}",
+            summary.server_crashes,
+            ticks(summary.failover_ticks_p50),
+            ticks(summary.failover_ticks_p99),
+            ticks(summary.failover_ticks_max),
+            summary.failovers_unfinished.len(),
+            summary.chaos_drills_carried_out,
+            summary.chaos_drills,
+        );
     }
     if let Some(e) = &summary.log_error {
         println!("replication log FAILED: {e}");

@@ -45,6 +45,32 @@ fn a_server_whose_code_panics_is_crashed_replaced_and_loses_nothing_committed() 
     assert!(summary.ticks >= 10, "the world went on ticking: {} ticks", summary.ticks);
 }
 
+/// Crash drills every quarter second: each crashes a random server halfway through a tick; a
+/// fresh incarnation takes over what it held from the committed state, and the audit finds
+/// every entity held once, as committed. The failovers are measured, and each ends.
+#[test]
+fn servers_crashed_mid_tick_again_and_again_are_replaced_and_lose_nothing() {
+    let cfg = MeshConfig {
+        warmup: Duration::from_millis(500),
+        seed: 13,
+        bot_activity: 0.5,
+        chaos_crash_every: Some(Duration::from_millis(250)),
+        ..MeshConfig::bots(2, 600, Duration::from_secs(3))
+    };
+    let summary = run(cfg).expect("crashed servers do not stop the mesh");
+    assert!(summary.chaos_drills >= 5, "{} drills in 2.5 s", summary.chaos_drills);
+    assert!(summary.chaos_drills_carried_out >= 5, "{} drills reached a server", summary.chaos_drills_carried_out);
+    assert_eq!(summary.server_crashes, summary.chaos_drills_carried_out as u64, "every drill was one crash");
+    assert_eq!(summary.audit_error, None);
+    assert_eq!((summary.lost_entities, summary.duplicate_entities), (0, 0));
+    assert_eq!(summary.items_end, summary.items_start);
+    // Every failover ended, but perhaps one from the last ticks; none took a second of game time
+    // (a liveness bound, not a timing one: the figures are the benchmark's).
+    let max = summary.failover_ticks_max.expect("failovers were measured");
+    assert!(max <= 30, "a failover took {max} ticks");
+    assert!(summary.failovers_unfinished.len() <= 1, "unfinished: {:?}", summary.failovers_unfinished);
+}
+
 #[test]
 fn a_shard_that_panics_ends_the_process_non_zero_naming_its_core_and_the_log_reopens() {
     use std::process::Command;

@@ -228,7 +228,10 @@ impl Views {
         for s in &self.slots {
             let slot = s.lock().expect("not poisoned");
             for view in slot.iter().filter(|v| v.tick > after && v.tick < before) {
-                out.extend(view.entities().iter().filter(|e| e.leaving).map(|e| (unpack(e), view.tick)));
+                out.extend(view.entities().iter().filter(|e| e.leaving).map(|e| {
+                    let e = unpack(e);
+                    (e, e.as_of(view.tick))
+                }));
             }
         }
         out
@@ -744,10 +747,12 @@ impl Gateway {
         // count as of `tick`.
         let all = views.at(tick);
         self.stats.late_views += all.iter().filter(|v| v.tick > tick).count() as u64;
-        let held =
-            all.iter().flat_map(|v| v.entities().iter().filter(|e| !e.leaving).map(|e| (unpack(e), v.tick.min(tick))));
-        let left =
-            all.iter().flat_map(|v| v.entities().iter().filter(|e| e.leaving).map(|e| (unpack(e), v.tick.min(tick))));
+        let as_of = |e: &ArchivedViewEntity, v: &View| {
+            let e = unpack(e);
+            (e, e.as_of(v.tick.min(tick)))
+        };
+        let held = all.iter().flat_map(|v| v.entities().iter().filter(|e| !e.leaving).map(move |e| as_of(e, v)));
+        let left = all.iter().flat_map(|v| v.entities().iter().filter(|e| e.leaving).map(move |e| as_of(e, v)));
         let skipped = if skipped_from > Tick::ZERO { views.leaving_between(skipped_from, tick) } else { Vec::new() };
         self.bubbles.merge(held.chain(left).chain(skipped));
         for (client_id, client) in self.clients.iter_mut() {

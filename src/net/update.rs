@@ -12,8 +12,8 @@ use rustc_hash::FxHashMap;
 
 use super::wire::{ArchivedMoved, ArchivedSeen, ArchivedUpdate, Known, Seen, Snapshot, Update};
 use crate::limits::{
-    ticks_in, BUBBLE_RADIUS_M, CLIENT_BYTES_SAVED_US, HANDOFF_HOLD_US, PREDICTION_TOLERANCE_CM, SEEN_PER_UPDATE_MAX,
-    SENT_KEPT,
+    ticks_in, BUBBLE_RADIUS_M, CLIENT_BYTES_SAVED_US, EXTRAPOLATE_US_MAX, HANDOFF_HOLD_US, PREDICTION_TOLERANCE_CM,
+    SEEN_PER_UPDATE_MAX, SENT_KEPT,
 };
 use crate::node::ViewEntity;
 use crate::world::grid::Grid;
@@ -358,11 +358,12 @@ impl Bubbles {
             return None;
         };
         let pad = Vec3::splat(BUBBLE_RADIUS_M);
-        let dt = self.tick_us as f32 / 1e6;
-        // The bubble is around where the player is at `tick`, as the client reckons it: from a
-        // core whose view is behind (it skipped ticks under load), the player's state is of an
-        // earlier tick, up to a few metres back along its way.
-        let at = me.position_m() + me.velocity_m_s() * dt * tick.since(me_tick) as f32;
+        // The bubble is around where the player is at `tick`, as the client reckons it (moved on
+        // for `EXTRAPOLATE_US_MAX` at most): from a core whose view is behind (it skipped ticks
+        // under load), or a state committed a while ago, the player's state is of an earlier
+        // tick, up to a few metres back along its way.
+        let ahead_s = (tick.since(me_tick).saturating_mul(self.tick_us as u64)).min(EXTRAPOLATE_US_MAX) as f32 / 1e6;
+        let at = me.position_m() + me.velocity_m_s() * ahead_s;
         let mut near = std::mem::take(&mut self.near);
         near.clear();
         let merged = &self.merged;
@@ -373,6 +374,10 @@ impl Bubbles {
                 near.push(Near { d, e, last_tick });
             }
         });
+        if !near.iter().any(|n| n.e.id == me.id) {
+            // Its own entity, whatever its reckoning: always shown.
+            near.push(Near { d: 0.0, e: me, last_tick: me_tick });
+        }
         // Held through a handoff: what was last shown leaving its server stays where it left
         // until a server adopts it. In flight it is not simulated: shown where it left (the
         // views carry the state a handoff gave up), as of when it left.

@@ -38,7 +38,7 @@ use crate::log::{Batch, LogOp, SnapshotFile};
 use crate::protocol::{
     Action, Committed, Incarnation, Input, JournalOp, Replication, Server, ServerEvent, ServerStats, SliceId, SliceMsg,
 };
-use crate::world::{EntityId, ServerId, StreamIndex, Tick};
+use crate::world::{EntityId, EntityKind, ServerId, StreamIndex, Tick};
 pub use check::Checker;
 pub use panic::guarded;
 pub use view::ViewEntity;
@@ -170,10 +170,28 @@ enum Phase {
 /// Something that happened to one of the node's servers, for the driver to report.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeEvent {
-    Started { server: ServerId, incarnation: Incarnation },
-    Fenced { server: ServerId, incarnation: Incarnation },
-    Panicked { server: ServerId, incarnation: Incarnation, why: String },
-    Crashed { server: ServerId, incarnation: Incarnation, reported: bool, down_ticks: u64 },
+    Started {
+        server: ServerId,
+        incarnation: Incarnation,
+    },
+    Fenced {
+        server: ServerId,
+        incarnation: Incarnation,
+    },
+    /// The server's code panicked: a crash. `held` is what its slice had it hold (committed
+    /// state, projectiles left out), which live servers take over.
+    Panicked {
+        server: ServerId,
+        incarnation: Incarnation,
+        why: String,
+        held: Vec<EntityId>,
+    },
+    Crashed {
+        server: ServerId,
+        incarnation: Incarnation,
+        reported: bool,
+        down_ticks: u64,
+    },
 }
 
 /// Counters of a node's life.
@@ -215,6 +233,9 @@ pub struct Node<W: Wire = Direct> {
     clients: bool,
     received: Vec<(SliceId, SliceMsg)>,
     client_inputs: Vec<(EntityId, u32, Action)>,
+    /// With clients: what this tick sent to other nodes' slices, shown in flight until they
+    /// place it.
+    transferred: Vec<ViewEntity>,
     seats: FxHashSet<EntityId>,
     inputs: Vec<Input>,
     records: Vec<LogRecord>,
@@ -259,6 +280,7 @@ impl<W: Wire> Node<W> {
             clients: false,
             received: Vec::new(),
             client_inputs: Vec::new(),
+            transferred: Vec::new(),
             seats: FxHashSet::default(),
             inputs: Vec::new(),
             records: Vec::new(),
@@ -318,6 +340,17 @@ impl<W: Wire> Node<W> {
     pub fn inject_server_panic(&mut self) {
         self.inject_server_panic = true;
     }
+    /// Server `id`'s next tick panics halfway through (a crash drill); false if it is not running
+    /// on this node now.
+    pub fn panic_server_mid_tick(&mut self, id: ServerId) -> bool {
+        match self.server_mut(id) {
+            Some(server) => {
+                server.panic_mid_tick();
+                true
+            }
+            None => false,
+        }
+    }
     /// Why the log stopped taking commits, if it did.
     pub fn log_error(&self) -> Option<&str> {
         self.log_error.as_deref()
@@ -347,6 +380,7 @@ impl<W: Wire> Node<W> {
             match self.phase {
                 Phase::Start => {
                     self.tick = tick;
+                    self.transferred.clear();
                     self.start_due(now);
                     self.receive(io);
                     self.pump(now);
@@ -455,6 +489,15 @@ impl<W: Wire> Node<W> {
 
     fn send(&mut self, now_us: u64, io: &mut impl NodeIo) {
         while let Some((to, msg)) = self.slice.poll_peer() {
+            if let (true, SliceMsg::Transfer { entities, .. }) = (self.clients, &msg) {
+                let tick = self.tick;
+                self.transferred.extend(entities.iter().map(|c| ViewEntity {
+                    carried: c.state.parent.is_some(),
+                    leaving: true,
+                    behind: tick.since(c.state.changed_tick).min(u8::MAX as u64) as u8,
+                    ..ViewEntity::new(c.id, c.state.kind, c.state.position, c.state.velocity)
+                }));
+            }
             io.send(to, &msg);
         }
         io.flush();
@@ -620,6 +663,18 @@ impl<W: Wire> Node<W> {
         }
     }
 
+    /// A down server slot's next incarnation starts no sooner than `at_us` (a driver's host that
+    /// is slower to bring it back than it said). False if the slot is running.
+    pub fn postpone_restart(&mut self, id: ServerId, at_us: u64) -> bool {
+        match self.hosted.iter_mut().find(|h| h.id == id && h.server.is_none()) {
+            Some(h) => {
+                h.restart_at_us = Some(at_us);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Every server slot restarts at once if it is down (the simulator's calm phase).
     pub fn restart_all(&mut self, now_us: u64) {
         for h in &mut self.hosted {
@@ -654,19 +709,27 @@ impl<W: Wire> Node<W> {
     /// tells it, and takes back what it held (committed state: what the server had not written
     /// through is lost, as a crashed process's would be); a fresh incarnation starts next tick.
     fn server_panicked(&mut self, i: usize, now: u64, why: String) {
-        let Some(server) = self.stop(i, now + self.cfg.tick_us) else { return };
-        self.slice.handle_crash_report(server.id(), server.incarnation());
+        let restart_at = now + self.cfg.tick_us;
+        let Some(server) = self.stop(i, restart_at) else { return };
+        let held = self.slice.held_by(server.id());
+        self.slice.handle_crash_report(now, server.id(), server.incarnation(), Some(restart_at));
         self.stats.server_panics += 1;
-        self.events.push_back(NodeEvent::Panicked { server: server.id(), incarnation: server.incarnation(), why });
+        self.events.push_back(NodeEvent::Panicked {
+            server: server.id(),
+            incarnation: server.incarnation(),
+            why,
+            held,
+        });
     }
 
     /// A driver crashes server `id` (a fault): it is down for `down_ticks`, and its slice is told
     /// at once if `reported`, else finds out when its lease runs out.
     pub fn crash(&mut self, id: ServerId, now_us: u64, down_ticks: u64, reported: bool) -> bool {
         let Some(i) = self.hosted.iter().position(|h| h.id == id) else { return false };
-        let Some(server) = self.stop(i, now_us + down_ticks * self.cfg.tick_us) else { return false };
+        let restart_at = now_us + down_ticks * self.cfg.tick_us;
+        let Some(server) = self.stop(i, restart_at) else { return false };
         if reported {
-            self.slice.handle_crash_report(id, server.incarnation());
+            self.slice.handle_crash_report(now_us, id, server.incarnation(), Some(restart_at));
         }
         self.stats.crashes += 1;
         self.events.push_back(NodeEvent::Crashed {
@@ -740,19 +803,36 @@ impl<W: Wire> Node<W> {
         }
     }
 
-    /// This node's entities for every gateway, as of tick `tick`.
+    /// This node's entities for every gateway, as of tick `tick`: what its slice has committed,
+    /// never a move a server made that a crash could still take back, so a client sees at most a
+    /// hold when a server dies, never a step back.
     fn view(&self, tick: Tick) -> Vec<ViewEntity> {
+        let world = self.slice.map().world;
+        let dt = self.cfg.tick_us as f32 / 1e6;
         let mut view = Vec::new();
+        for (id, record) in self.slice.records() {
+            let Some(holder) = record.authority else { continue };
+            let state = &record.state;
+            // The newest input its server applied, for the client's acknowledgement.
+            let input_seq = match state.kind {
+                EntityKind::Player => self.server(holder).and_then(|s| s.held().get(id)).map_or(0, |h| h.input_seq),
+                _ => 0,
+            };
+            // Committed by a core that ticks ahead (adopted from it within one tick): as of
+            // `tick` it is that many ticks' motion back.
+            let ahead = state.changed_tick.since(tick);
+            let position = match ahead {
+                0 => state.position,
+                _ => world.clamp(state.pos() - state.vel() * dt * ahead as f32).to_array(),
+            };
+            view.push(ViewEntity {
+                carried: state.parent.is_some(),
+                input_seq,
+                behind: tick.since(state.changed_tick).min(u8::MAX as u64) as u8,
+                ..ViewEntity::new(*id, state.kind, position, state.velocity)
+            });
+        }
         for server in self.servers().filter(|s| s.map().is_some()) {
-            let world = server.world();
-            for (id, held) in server.held() {
-                let position = held.position_at(tick, server.tick_us(), &world);
-                view.push(ViewEntity {
-                    carried: held.state.parent.is_some(),
-                    input_seq: held.input_seq,
-                    ..ViewEntity::new(*id, held.state.kind, position, held.state.velocity)
-                });
-            }
             for (id, state) in server.leaving() {
                 view.push(ViewEntity {
                     carried: state.parent.is_some(),
@@ -760,6 +840,17 @@ impl<W: Wire> Node<W> {
                     ..ViewEntity::new(*id, state.kind, state.position, state.velocity)
                 });
             }
+        }
+        // Sent to another node's slice this tick: shown where it left, as a handoff is.
+        view.extend_from_slice(&self.transferred);
+        // Waiting for a server (its holder crashed or was fenced, or it is between slices): held
+        // still at its committed state, where the next holder takes it up.
+        for (id, state) in self.slice.in_flight() {
+            view.push(ViewEntity {
+                carried: state.parent.is_some(),
+                leaving: true,
+                ..ViewEntity::new(id, state.kind, state.position, [0.0; 3])
+            });
         }
         view
     }

@@ -25,16 +25,23 @@ pub struct ViewEntity {
     pub input_seq: u32,
     /// Handed off this tick: where it is until another server adopts it.
     pub leaving: bool,
+    /// Ticks before the view's tick that this state is of: a committed state is of the tick its
+    /// holder last changed it in (255: that long or longer).
+    pub behind: u8,
 }
 
 impl ViewEntity {
     /// An entity at `position` (metres) moving at `velocity` (metres a second).
     pub fn new(id: EntityId, kind: EntityKind, position: [f32; 3], velocity: [f32; 3]) -> Self {
         let (position, velocity) = quantize(position, velocity);
-        Self { id, kind, position, velocity, carried: false, input_seq: 0, leaving: false }
+        Self { id, kind, position, velocity, carried: false, input_seq: 0, leaving: false, behind: 0 }
     }
     pub fn position_m(&self) -> Vec3 {
         Vec3::from_array(self.position.map(|v| v as f32)) / 100.0
+    }
+    /// The tick this state is of, in a view of tick `view_tick`.
+    pub fn as_of(&self, view_tick: crate::world::Tick) -> crate::world::Tick {
+        view_tick.before(self.behind as u64)
     }
     pub fn velocity_m_s(&self) -> Vec3 {
         Vec3::from_array(self.velocity.map(|v| v as f32)) / 10.0

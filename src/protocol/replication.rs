@@ -34,7 +34,7 @@ use super::messages::{
     ToServer,
 };
 pub use crate::limits::{BALANCE_PERIOD_US, BALANCE_SLACK_ENTITIES};
-use crate::limits::{LEASE_DURATION_US, TRANSFER_HOPS_MAX};
+use crate::limits::{CRASH_RESTART_WAIT_MAX_US, LEASE_DURATION_US, TRANSFER_HOPS_MAX};
 use crate::world::{
     is_streamed, ContainerId, EntityId, EntityKind, EntityState, Forest, MapError, RegionId, RegionMap, ServerId,
     StreamIndex,
@@ -58,6 +58,9 @@ pub struct ServerSlot {
     pub last_heard_us: u64,
     pub live: bool,
     fenced_sent: bool,
+    /// Crashed, with a fresh incarnation due: the controller is told only if none registers by
+    /// this time (see `CRASH_RESTART_WAIT_MAX_US`).
+    restart_due_us: Option<u64>,
 }
 
 /// Deliberate bugs, for tests that prove the simulator catches a broken protocol. Off in every
@@ -263,6 +266,25 @@ impl Replication {
         &self.orphans
     }
 
+    /// What this slice has `server` hold, as committed, projectiles left out (they end by
+    /// themselves): what must be simulated again if it dies.
+    pub fn held_by(&self, server: ServerId) -> Vec<EntityId> {
+        self.records
+            .iter()
+            .filter(|(_, r)| r.authority == Some(server) && r.state.kind != EntityKind::Projectile)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The subtrees waiting for a server (their last holder died or handed them off, or they
+    /// arrived from another slice), as committed: what a client is shown of them meanwhile.
+    pub fn in_flight(&self) -> impl Iterator<Item = (EntityId, &EntityState)> + '_ {
+        self.orphans
+            .iter()
+            .flat_map(|root| self.forest.subtree(*root))
+            .filter_map(|id| self.records.get(&id).map(|r| (id, &r.state)))
+    }
+
     pub fn poll_message(&mut self) -> Option<ToServer> {
         self.outbox.pop_front()
     }
@@ -366,7 +388,14 @@ impl Replication {
         }
         self.loaded.remove(&server);
         let create_epoch = self.fresh_epoch();
-        let slot = ServerSlot { incarnation: inc, create_epoch, last_heard_us: now_us, live: true, fenced_sent: false };
+        let slot = ServerSlot {
+            incarnation: inc,
+            create_epoch,
+            last_heard_us: now_us,
+            live: true,
+            fenced_sent: false,
+            restart_due_us: None,
+        };
         self.servers.insert(server, slot);
         let map = self.map.clone();
         self.send(server, ReplicationMsg::Welcome { create_epoch, map });
@@ -376,9 +405,27 @@ impl Replication {
     /// The host's supervisor saw this incarnation die (its thread or process is gone), so it
     /// cannot act any more and nothing need wait for its lease: its regions and entities move
     /// now, within the tick.
-    pub fn handle_crash_report(&mut self, server: ServerId, incarnation: Incarnation) {
-        if self.is_live(server, incarnation) {
-            self.declare_dead(server);
+    ///
+    /// When the host restarts it by `restart_at_us` and that is soon (`CRASH_RESTART_WAIT_MAX_US`),
+    /// its regions wait for the fresh incarnation, which adopts its entities here; the controller
+    /// is told only if it is not back in time.
+    pub fn handle_crash_report(
+        &mut self,
+        now_us: u64,
+        server: ServerId,
+        incarnation: Incarnation,
+        restart_at_us: Option<u64>,
+    ) {
+        if !self.is_live(server, incarnation) {
+            return;
+        }
+        let wait_until = now_us + CRASH_RESTART_WAIT_MAX_US;
+        match restart_at_us.filter(|at| *at <= wait_until) {
+            Some(_) => {
+                self.servers.get_mut(&server).expect("live").restart_due_us = Some(wait_until);
+                self.fence_and_orphan(server);
+            }
+            None => self.declare_dead(server),
         }
     }
 
@@ -468,6 +515,18 @@ impl Replication {
             .collect();
         for server in expired {
             self.declare_dead(server);
+        }
+        let overdue: Vec<ServerId> = self
+            .servers
+            .iter_mut()
+            .filter(|(_, s)| !s.live && s.restart_due_us.is_some_and(|due| now_us > due))
+            .map(|(id, s)| {
+                s.restart_due_us = None;
+                *id
+            })
+            .collect();
+        for server in overdue {
+            self.tell_controller(SliceMsg::ServerDown { server });
         }
         self.ticks += 1;
         if self.ticks % self.balance_every_ticks == 0 {

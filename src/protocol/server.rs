@@ -120,6 +120,10 @@ impl Held {
     }
 }
 
+/// How a crash drill's panic begins (`Server::panic_mid_tick`): a runtime's panic hook keeps it
+/// quiet (no backtrace to print and resolve mid-tick), and the driver reports it in a line.
+pub const DRILL_PANIC: &str = "a crash drill";
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServerStats {
     pub ticks: u64,
@@ -204,6 +208,11 @@ pub struct Server {
     pub stats: ServerStats,
     /// Test-only planted bug: keep acting after the lease ran out.
     pub planted_ignore_lease: bool,
+    /// Whether this incarnation has run a streaming pass yet.
+    streamed: bool,
+    /// A drill: the next tick panics halfway, its entities moved and nothing of it sent (what
+    /// `--chaos-crash-every` does to a random server).
+    panic_mid_tick: bool,
     /// Subtrees handed off per tick at most (`HANDOFFS_PER_TICK_MAX` unless a runtime sets it).
     pub handoffs_per_tick_max: usize,
     /// Game time a tick is (see `with_tick_us`).
@@ -240,6 +249,8 @@ impl Server {
             marks: Vec::new(),
             stats: ServerStats::default(),
             planted_ignore_lease: false,
+            panic_mid_tick: false,
+            streamed: false,
             handoffs_per_tick_max: HANDOFFS_PER_TICK_MAX,
             tick_us: TICK_DURATION_US,
         };
@@ -259,6 +270,12 @@ impl Server {
     /// A server whose ticks are `tick_us` of game time each (the default is
     /// `limits::TICK_DURATION_US`): the tick rate sets how often the world is simulated, and
     /// every motion is per second of game time, so not how fast it moves.
+    /// A crash drill: this server's next tick panics halfway through, after its entities moved
+    /// and before any of it is sent.
+    pub fn panic_mid_tick(&mut self) {
+        self.panic_mid_tick = true;
+    }
+
     pub fn with_tick_us(mut self, tick_us: u64) -> Self {
         self.tick_us = tick_us.max(1);
         self.physics = Physics::with_tick_us(self.tick_us);
@@ -473,6 +490,9 @@ impl Server {
             }
         }
         self.integrate(tick);
+        if std::mem::take(&mut self.panic_mid_tick) {
+            panic!("{}: server {} panics halfway through tick {tick}", DRILL_PANIC, self.id);
+        }
         self.rebuild_grid();
         self.resolve_hits(tick);
         let mut leaving = self.roots_outside_regions();
@@ -481,8 +501,14 @@ impl Server {
         for root in leaving {
             self.hand_off(root);
         }
-        if self.streaming.is_some() && tick.is_every(crate::limits::ticks_in(STREAM_PERIOD_US, self.tick_us)) {
+        // A fresh incarnation streams in as soon as it holds something (a failover: the items
+        // around its players wait at rest until it has loaded their containers), then once a
+        // period.
+        let first = !self.streamed && !self.entities.is_empty();
+        if self.streaming.is_some() && (first || tick.is_every(crate::limits::ticks_in(STREAM_PERIOD_US, self.tick_us)))
+        {
             self.stream();
+            self.streamed |= !self.entities.is_empty();
         }
         let ghosts = self.border_ghosts();
         self.send(ServerMsg::Ghosts { ghosts });

@@ -54,6 +54,9 @@ pub struct MeshConfig {
     /// whose ring is full before the core holds its servers' ticks back.
     pub ring_bytes: usize,
     pub pending_bytes_per_peer_max: usize,
+    /// Crash a random server every this long (its code panics halfway through a tick), to show
+    /// failover under load (`None`: no drills).
+    pub chaos_crash_every: Option<Duration>,
 }
 
 impl MeshConfig {
@@ -78,6 +81,7 @@ impl MeshConfig {
             inject_panic: None,
             ring_bytes: RING_BYTES,
             pending_bytes_per_peer_max: shard::PENDING_BYTES_PER_PEER_MAX,
+            chaos_crash_every: None,
         }
     }
 }
@@ -211,6 +215,17 @@ pub struct MeshSummary {
     pub ticks_held_back: u64,
     /// Servers their slices declared dead (a silent lease, a crash report).
     pub servers_declared_dead: u64,
+    /// Crashes of a server's code (drills included): each a failover, measured in ticks from the
+    /// crash to every entity the server held being held by a live server again.
+    pub server_crashes: u64,
+    pub failover_ticks_p50: Option<u64>,
+    pub failover_ticks_p99: Option<u64>,
+    pub failover_ticks_max: Option<u64>,
+    /// Failovers not finished when the run ended (server, crash tick, entities still waiting).
+    pub failovers_unfinished: Vec<(u32, crate::world::Tick, usize)>,
+    /// Crash drills asked for (`--chaos-crash-every`), and those that reached a running server.
+    pub chaos_drills: u32,
+    pub chaos_drills_carried_out: u32,
     pub ring_errors: u64,
     /// With a replication log: the tick every slice had committed durably at the end, and the
     /// last checkpoint round every slice completed.
@@ -345,6 +360,8 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
     let first_tick = clock_offset_us / shard::game_tick_us(cfg.tick);
     let lockstep =
         cfg.tick.is_zero().then(|| Arc::new((0..cores).map(|_| AtomicU64::new(first_tick)).collect::<Vec<_>>()));
+    let chaos = cfg.chaos_crash_every.map(|_| Arc::new(super::failover::Chaos::new(cores)));
+    let failovers = Arc::new(super::failover::FailoverWatch::default());
     for (i, slice) in slices.into_iter().enumerate() {
         let setup = ShardSetup {
             index: i,
@@ -369,6 +386,8 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
             fatal: fatal.clone(),
             lockstep: lockstep.clone(),
             inject_panic: cfg.inject_panic,
+            chaos: chaos.clone(),
+            failovers: failovers.clone(),
             pending_bytes_per_peer_max: cfg.pending_bytes_per_peer_max,
             log: logs.get_mut(i).and_then(Option::take).map(|log| shard::ShardLog {
                 log,
@@ -392,8 +411,23 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
     let stop_asked = || cfg.stop_signal.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
     let mut next_status = start + Duration::from_secs(1);
     let mut announced = listen.is_none();
+    let mut drills = cfg.chaos_crash_every.map(|every| {
+        (
+            every,
+            start + cfg.warmup + every,
+            <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(cfg.seed ^ 0xc4a05),
+        )
+    });
     while Instant::now() < end && !stop_asked() && !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(50).min(end.saturating_duration_since(Instant::now())));
+        let nap = Duration::from_millis(if drills.is_some() { 5 } else { 50 });
+        std::thread::sleep(nap.min(end.saturating_duration_since(Instant::now())));
+        if let (Some((every, next, rng)), Some(chaos)) = (drills.as_mut(), chaos.as_ref()) {
+            if Instant::now() >= *next {
+                *next += *every;
+                let victim = ServerId(rand::RngExt::random_range(rng, 0..servers as u32));
+                chaos.ask(crate::protocol::replication::home_slice(victim, cores as u16).0 as usize, victim);
+            }
+        }
         if !announced && start.elapsed() >= cfg.warmup {
             announced = true;
             eprintln!("listening for clients on {} (udp, netcode)", listen.as_deref().unwrap_or(""));
@@ -464,6 +498,13 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
     summary.checkpoint_round = persisted.map(|p| p.1);
     summary.log_error = log_error;
     summary.listen = listen;
+    let failover = failovers.report();
+    summary.server_crashes = failover.crashes;
+    summary.failover_ticks_p50 = failover.quantile(0.5);
+    summary.failover_ticks_p99 = failover.quantile(0.99);
+    summary.failover_ticks_max = failover.quantile(1.0);
+    summary.failovers_unfinished = failover.unfinished;
+    (summary.chaos_drills, summary.chaos_drills_carried_out) = chaos.map_or((0, 0), |c| c.counts());
     Ok(summary)
 }
 
@@ -610,6 +651,13 @@ fn audit(
         server_panics,
         ticks_held_back,
         servers_declared_dead,
+        server_crashes: 0,
+        failover_ticks_p50: None,
+        failover_ticks_p99: None,
+        failover_ticks_max: None,
+        failovers_unfinished: Vec::new(),
+        chaos_drills: 0,
+        chaos_drills_carried_out: 0,
         ring_errors,
         committed_tick: None,
         checkpoint_round: None,

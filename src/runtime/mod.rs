@@ -2,6 +2,7 @@
 //! memory. It drives the same protocol state machines the simulator drives.
 
 pub mod alloc;
+pub mod failover;
 pub mod mesh;
 pub mod panics;
 pub mod ring;

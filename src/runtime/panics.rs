@@ -26,8 +26,11 @@ pub fn install_hook() {
                 .or_else(|| info.payload().downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a panic with no message".into());
             let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+            let drill = what.starts_with(crate::protocol::server::DRILL_PANIC);
             remember(format!("{what}{at}"));
-            previous(info);
+            if !drill {
+                previous(info);
+            }
         }));
     });
 }

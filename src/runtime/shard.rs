@@ -103,6 +103,10 @@ pub struct ShardSetup {
     /// only once every core has finished the one before, so the cores' game clocks stay together
     /// as the wall clock keeps them in a timed run.
     pub lockstep: Option<Arc<Vec<AtomicU64>>>,
+    /// Crash drills for this core's servers (`--chaos-crash-every`).
+    pub chaos: Option<Arc<super::failover::Chaos>>,
+    /// Every server crash's failover, measured across the cores.
+    pub failovers: Arc<super::failover::FailoverWatch>,
 }
 
 /// What a shard hands back when it stops.
@@ -415,6 +419,11 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
                 panic!("a panic injected into core {}'s shard at tick {tick}", setup.index);
             }
         }
+        if let Some(server) = setup.chaos.as_ref().and_then(|c| c.take(setup.index)) {
+            if node.panic_server_mid_tick(server) {
+                setup.chaos.as_ref().expect("taken from it").carried_out();
+            }
+        }
         let held_back_before = node.stats.ticks_held_back;
         // The protocol's clock is the schedule's, not the wall's: a core that runs a tick late
         // still runs it as that tick, so every core agrees which tick a move was made in.
@@ -447,13 +456,19 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
         }
         debug_assert_eq!(step, Step::Done);
         while let Some(event) = node.poll_event() {
-            if let NodeEvent::Panicked { server, incarnation, why } = event {
+            if let NodeEvent::Panicked { server, incarnation, why, held } = event {
                 eprintln!(
-                    "core {}: server {server} incarnation {} panicked: {why}; its slice took back its regions, \
-                     a fresh incarnation replaces it",
-                    setup.index, incarnation.0,
+                    "core {}: server {server} incarnation {} panicked: {why}; its slice took back its regions \
+                     and {} entities, live servers take them over",
+                    setup.index,
+                    incarnation.0,
+                    held.len(),
                 );
+                setup.failovers.crashed(server, tick, held);
             }
+        }
+        if setup.failovers.active() {
+            setup.failovers.seen_held(tick, |id| node.servers().any(|s| s.held().contains_key(&id)));
         }
         let held_back = node.stats.ticks_held_back;
         if held_back > held_back_before && (held_back == 1 || held_back % 300 == 0) {

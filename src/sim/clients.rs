@@ -207,8 +207,8 @@ impl SimClients {
     pub fn after_views(&mut self, tick: Tick) -> Result<(), String> {
         let views: Vec<&(Tick, Vec<ViewEntity>)> = self.views.iter().flatten().collect();
         for (g, gateway) in self.gateways.iter_mut().enumerate() {
-            let held = views.iter().flat_map(|(t, v)| v.iter().filter(|e| !e.leaving).map(|e| (*e, *t)));
-            let left = views.iter().flat_map(|(t, v)| v.iter().filter(|e| e.leaving).map(|e| (*e, *t)));
+            let held = views.iter().flat_map(|(t, v)| v.iter().filter(|e| !e.leaving).map(|e| (*e, e.as_of(*t))));
+            let left = views.iter().flat_map(|(t, v)| v.iter().filter(|e| e.leaving).map(|e| (*e, e.as_of(*t))));
             gateway.merge(held.chain(left));
             for c in self.clients.iter_mut().filter(|c| c.node == g) {
                 let before = c.view.sent().clone();
@@ -219,8 +219,8 @@ impl SimClients {
                 let next = c.view.last_sent().expect("an update was just made");
                 let budget = c.view.last_budget();
                 check_budget(&update, bytes.len(), budget, &before, next)?;
-                if let Some((me, _)) = gateway.get(c.player) {
-                    check_own(&update, &me, c.view.last_sent())?;
+                if let Some((me, as_of)) = gateway.get(c.player) {
+                    check_own(&update, &me, as_of, c.view.last_sent())?;
                 }
                 let expected = c.view.last_sent().expect("an update was just made").clone();
                 if self.rng.random_bool(self.loss) {
@@ -316,7 +316,9 @@ impl SimClients {
                 ));
             }
             let horizon_m = (last.horizon_dm as f32 / 10.0).min(BUBBLE_RADIUS_M) - 1.0;
-            for e in views.iter().flat_map(|(_, v)| v.iter()).filter(|e| !e.leaving) {
+            for (e, as_of) in
+                views.iter().flat_map(|(t, v)| v.iter().map(|e| (e, e.as_of(*t)))).filter(|(e, _)| !e.leaving)
+            {
                 if e.position_m().distance(me.position_m()) > horizon_m {
                     continue;
                 }
@@ -329,7 +331,7 @@ impl SimClients {
                         e.position_m().distance(me.position_m())
                     ));
                 };
-                let at = k.position_at(last.tick, last.tick_us);
+                let at = k.position_at(as_of, last.tick_us);
                 if (0..3).any(|i| (at[i] - e.position[i]).abs() > PREDICTION_TOLERANCE_CM + 1) {
                     return Err(format!(
                         "client of {}: quiet for {} ticks, {} is shown at {at:?} cm, it is at {:?}",
@@ -413,11 +415,11 @@ fn check_budget(
 }
 
 /// The client's own entity is in its update, where the views have it.
-fn check_own(update: &Update, me: &ViewEntity, sent: Option<&Snapshot>) -> Result<(), String> {
+fn check_own(update: &Update, me: &ViewEntity, as_of: Tick, sent: Option<&Snapshot>) -> Result<(), String> {
     let Some(k) = sent.and_then(|s| s.get(me.id)) else {
         return Err(format!("the update of tick {} for {} does not hold its own entity", update.tick, me.id));
     };
-    let at = k.position_at(update.tick, update.tick_us);
+    let at = k.position_at(as_of.min(update.tick), update.tick_us);
     if (0..3).any(|i| (at[i] - me.position[i]).abs() > PREDICTION_TOLERANCE_CM + 1) {
         return Err(format!(
             "the update of tick {} shows {} at {at:?} cm, its view has it at {:?}",

@@ -687,7 +687,7 @@ impl Simulator {
                         incarnation.0
                     ))
                 }
-                NodeEvent::Panicked { server, incarnation, why } => {
+                NodeEvent::Panicked { server, incarnation, why, .. } => {
                     return Err(format!("{server} incarnation {} panicked: {why}", incarnation.0))
                 }
             }

@@ -53,9 +53,18 @@ impl Replication {
     /// fenced at once under fresh epochs, and once the controller has given its regions to live
     /// servers they go to them, from the committed state.
     pub(super) fn declare_dead(&mut self, server: ServerId) {
-        let Some(slot) = self.servers.get_mut(&server) else { return };
+        if self.fence_and_orphan(server) {
+            // The controller reassigns the regions and sends the map back, which places the orphans.
+            self.tell_controller(SliceMsg::ServerDown { server });
+        }
+    }
+
+    /// The incarnation is gone: its entities are fenced under fresh epochs and wait for a server.
+    /// False if it was not live.
+    pub(super) fn fence_and_orphan(&mut self, server: ServerId) -> bool {
+        let Some(slot) = self.servers.get_mut(&server) else { return false };
         if !slot.live {
-            return;
+            return false;
         }
         slot.live = false;
         self.stats.servers_declared_dead += 1;
@@ -69,8 +78,7 @@ impl Replication {
         for root in roots {
             self.grant(root, None);
         }
-        // The controller reassigns the regions and sends the map back, which places the orphans.
-        self.tell_controller(SliceMsg::ServerDown { server });
+        true
     }
 
     /// Controller: the live server with the fewest regions.
