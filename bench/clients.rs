@@ -13,9 +13,12 @@
 //! compared side by side, on the same machine's noise. The server and the bots share the
 //! machine's cores, so the figure is for both.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use serve::{read_json, serve_listening};
+
+mod serve;
 
 const BIN: &str = env!("CARGO_BIN_EXE_shardmesh");
 
@@ -45,31 +48,13 @@ fn trial(bin: &str, count: usize, secs: u64) -> Trial {
     std::fs::create_dir_all(&dir).expect("bench directory");
     // The world's players are the seats: one per bot and a few hundred driven in-process.
     let players = count + 300;
-    let mut server = Command::new(bin)
-        .args(["serve", "--data"])
-        .arg(&dir)
-        .args(["--bots", &players.to_string(), "--listen", "127.0.0.1:0", "--durability", "100ms"])
-        .args(["--duration", &(secs + 12).to_string(), "--json"])
-        .arg(dir.join("serve.json"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("serve starts");
-    let stderr = server.stderr.take().expect("piped");
-    let mut lines = BufReader::new(stderr).lines();
-    let began = Instant::now();
-    let addr = loop {
-        match lines.next() {
-            Some(Ok(line)) => {
-                if let Some(a) = line.strip_prefix("listening for clients on ") {
-                    break a.split_whitespace().next().unwrap_or("").to_string();
-                }
-            }
-            _ => panic!("serve stopped before it listened"),
-        }
-        assert!(began.elapsed() < Duration::from_secs(60), "serve never listened");
-    };
-    std::thread::spawn(move || for _ in lines.by_ref() {});
+    let args: Vec<String> =
+        ["--bots", &players.to_string(), "--durability", "100ms", "--duration", &(secs + 12).to_string()]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["--json".to_string(), dir.join("serve.json").display().to_string()])
+            .collect();
+    let (mut server, addr) = serve_listening(bin, &dir, &args);
     let mut bots = Command::new(bin)
         .args(["bots", "--connect", &addr, "--key-file"])
         .arg(dir.join("gateway.key"))
@@ -90,10 +75,7 @@ fn trial(bin: &str, count: usize, secs: u64) -> Trial {
     let _ = bots.wait().expect("bots run");
     // A server that ends with a failed audit says so in its summary, which the trial reports.
     let _ = server.wait().expect("serve ends");
-    let read = |name: &str| -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(dir.join(name)).expect("a report")).expect("JSON")
-    };
-    let trial = Trial { report: read("bots.json"), summary: read("serve.json"), cpu };
+    let trial = Trial { report: read_json(&dir, "bots.json"), summary: read_json(&dir, "serve.json"), cpu };
     let _ = std::fs::remove_dir_all(&dir);
     trial
 }
