@@ -95,7 +95,9 @@ pub struct ToServer {
 #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum ReplicationMsg {
     /// Registration accepted. Entities the server creates are held under `create_epoch`.
-    Welcome { create_epoch: Epoch, map: RegionMap },
+    /// `loaded`: the containers a crashed incarnation had loaded, which this one takes over with
+    /// its entities (empty for a server starting afresh).
+    Welcome { create_epoch: Epoch, map: RegionMap, loaded: Vec<ContainerId> },
     /// Answer to a heartbeat: authority holds until `sent_at_us` plus the lease duration.
     Lease { sent_at_us: u64 },
     /// The region map changed.
@@ -187,7 +189,7 @@ mod tests {
         assert_eq!(back, msg);
 
         let map = RegionMap::kd_split(Aabb::new(Vec3::ZERO, Vec3::splat(64.0)), 4);
-        let welcome = ReplicationMsg::Welcome { create_epoch: Epoch(1), map };
+        let welcome = ReplicationMsg::Welcome { create_epoch: Epoch(1), map, loaded: vec![3] };
         let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&welcome).unwrap();
         assert_eq!(rkyv::from_bytes::<ReplicationMsg, rkyv::rancor::Error>(&bytes).unwrap(), welcome);
     }

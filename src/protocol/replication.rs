@@ -386,7 +386,16 @@ impl Replication {
                 self.declare_dead(server);
             }
         }
-        self.loaded.remove(&server);
+        // Back within the wait after a crash: it takes over the containers its predecessor had
+        // loaded, so their items go to it with everything else, at once.
+        let restarting = self.servers.get(&server).is_some_and(|s| s.restart_due_us.is_some());
+        let loaded: Vec<ContainerId> = match restarting {
+            true => self.loaded.get(&server).map(|l| l.iter().copied().collect()).unwrap_or_default(),
+            false => {
+                self.loaded.remove(&server);
+                Vec::new()
+            }
+        };
         let create_epoch = self.fresh_epoch();
         let slot = ServerSlot {
             incarnation: inc,
@@ -398,7 +407,7 @@ impl Replication {
         };
         self.servers.insert(server, slot);
         let map = self.map.clone();
-        self.send(server, ReplicationMsg::Welcome { create_epoch, map });
+        self.send(server, ReplicationMsg::Welcome { create_epoch, map, loaded });
         self.tell_controller(SliceMsg::ServerUp { server });
     }
 
@@ -423,7 +432,7 @@ impl Replication {
         match restart_at_us.filter(|at| *at <= wait_until) {
             Some(_) => {
                 self.servers.get_mut(&server).expect("live").restart_due_us = Some(wait_until);
-                self.fence_and_orphan(server);
+                self.fence_and_orphan(server, true);
             }
             None => self.declare_dead(server),
         }
@@ -526,6 +535,7 @@ impl Replication {
             })
             .collect();
         for server in overdue {
+            self.loaded.remove(&server);
             self.tell_controller(SliceMsg::ServerDown { server });
         }
         self.ticks += 1;

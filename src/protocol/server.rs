@@ -210,6 +210,9 @@ pub struct Server {
     pub planted_ignore_lease: bool,
     /// Whether this incarnation has run a streaming pass yet.
     streamed: bool,
+    /// Took over a crashed incarnation's containers: no streaming pass before this (game time)
+    /// unless it holds something, so they are not unloaded before its entities arrive.
+    keep_loaded_until_us: u64,
     /// A drill: the next tick panics halfway, its entities moved and nothing of it sent (what
     /// `--chaos-crash-every` does to a random server).
     panic_mid_tick: bool,
@@ -251,6 +254,7 @@ impl Server {
             planted_ignore_lease: false,
             panic_mid_tick: false,
             streamed: false,
+            keep_loaded_until_us: 0,
             handoffs_per_tick_max: HANDOFFS_PER_TICK_MAX,
             tick_us: TICK_DURATION_US,
         };
@@ -345,7 +349,7 @@ impl Server {
             return;
         }
         match msg.body {
-            ReplicationMsg::Welcome { create_epoch, map } => {
+            ReplicationMsg::Welcome { create_epoch, map, loaded } => {
                 if self.phase != Phase::Registering {
                     self.stats.messages_ignored += 1;
                     return;
@@ -353,6 +357,14 @@ impl Server {
                 self.phase = Phase::Active;
                 self.create_epoch = create_epoch;
                 self.map = Some(map);
+                if let Some(index) = &self.streaming {
+                    // A crashed incarnation's containers: this one holds their items from now on,
+                    // and its streaming passes unload what its players are not near.
+                    self.loaded.extend(loaded.into_iter().filter(|c| index.bounds(*c).is_some()));
+                    if !self.loaded.is_empty() {
+                        self.keep_loaded_until_us = now_us + 2 * self.tick_us;
+                    }
+                }
                 // The registration was sent at start and heard no earlier, so a lease measured
                 // from the start ends no later than the layer's view of it.
                 self.lease_until_us = self.started_at_us + LEASE_DURATION_US;
@@ -502,13 +514,14 @@ impl Server {
             self.hand_off(root);
         }
         // A fresh incarnation streams in as soon as it holds something (a failover: the items
-        // around its players wait at rest until it has loaded their containers), then once a
-        // period.
-        let first = !self.streamed && !self.entities.is_empty();
-        if self.streaming.is_some() && (first || tick.is_every(crate::limits::ticks_in(STREAM_PERIOD_US, self.tick_us)))
-        {
+        // around its players wait at rest until it has loaded their containers); one that took
+        // over a crashed incarnation's containers keeps them until its entities arrive. Then
+        // once a period.
+        let periodic = tick.is_every(crate::limits::ticks_in(STREAM_PERIOD_US, self.tick_us));
+        let waiting = !self.streamed && self.entities.is_empty() && now_us < self.keep_loaded_until_us;
+        if self.streaming.is_some() && !waiting && (!self.streamed || periodic) {
             self.stream();
-            self.streamed |= !self.entities.is_empty();
+            self.streamed = true;
         }
         let ghosts = self.border_ghosts();
         self.send(ServerMsg::Ghosts { ghosts });

@@ -53,22 +53,25 @@ impl Replication {
     /// fenced at once under fresh epochs, and once the controller has given its regions to live
     /// servers they go to them, from the committed state.
     pub(super) fn declare_dead(&mut self, server: ServerId) {
-        if self.fence_and_orphan(server) {
+        if self.fence_and_orphan(server, false) {
             // The controller reassigns the regions and sends the map back, which places the orphans.
             self.tell_controller(SliceMsg::ServerDown { server });
         }
     }
 
     /// The incarnation is gone: its entities are fenced under fresh epochs and wait for a server.
-    /// False if it was not live.
-    pub(super) fn fence_and_orphan(&mut self, server: ServerId) -> bool {
+    /// The containers it had loaded are kept for its next incarnation if `keep_loaded`. False if
+    /// it was not live.
+    pub(super) fn fence_and_orphan(&mut self, server: ServerId, keep_loaded: bool) -> bool {
         let Some(slot) = self.servers.get_mut(&server) else { return false };
         if !slot.live {
             return false;
         }
         slot.live = false;
         self.stats.servers_declared_dead += 1;
-        self.loaded.remove(&server);
+        if !keep_loaded {
+            self.loaded.remove(&server);
+        }
         let roots: Vec<EntityId> = self
             .records
             .iter()

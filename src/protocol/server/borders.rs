@@ -117,7 +117,7 @@ mod tests {
         map.assign(right, Some(ServerId(1))).unwrap();
         let mut s = Server::new(id, inc, 0);
         let to = |body| ToServer { server: id, incarnation: inc, body };
-        s.handle(0, to(ReplicationMsg::Welcome { create_epoch: Epoch(1), map }));
+        s.handle(0, to(ReplicationMsg::Welcome { create_epoch: Epoch(1), map, loaded: Vec::new() }));
         let at = |kind, x: f32| EntityState::new(kind, Vec3::new(x, 10.0, 10.0));
         let mut rider = at(EntityKind::Player, 150.0);
         rider.parent = Some(EntityId(2));

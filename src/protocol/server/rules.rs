@@ -150,7 +150,7 @@ mod tests {
         map.assign(map.regions()[0].id, Some(id)).unwrap();
         let mut s = Server::new(id, inc, 0);
         let to = |body| ToServer { server: id, incarnation: inc, body };
-        s.handle(0, to(ReplicationMsg::Welcome { create_epoch: Epoch(1), map }));
+        s.handle(0, to(ReplicationMsg::Welcome { create_epoch: Epoch(1), map, loaded: Vec::new() }));
         let owned = entities.into_iter().map(|(id, state)| Owned { id, epoch: Epoch(2), state }).collect();
         s.handle(0, to(ReplicationMsg::Adopt { entities: owned }));
         s
