@@ -250,10 +250,11 @@ impl SimClients {
                             c.player, self.quiet_ticks
                         ));
                     }
-                    // Under faults a client may see one: a server cut off from its slice shows
-                    // moves that are never committed (the entity steps back when the layer grants
-                    // it again), and a crashed server's entities leave the views until a live one
-                    // adopts them. They are counted and logged.
+                    // Under faults a client may see one (2 in CI's 1,000 seeds): an item at rest
+                    // whose region's server lost sight of the player under faults (its ghosts
+                    // late) is unloaded, and leaves the views until loaded again. Views show
+                    // committed state and hold what waits for a server, so a crash or a cut-off
+                    // server no longer shows as a step back or a vanish. Counted and logged.
                     self.events.push(format!("client of {} saw a glitch: {what}", c.player));
                 }
                 match taken {
