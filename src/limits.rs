@@ -259,6 +259,27 @@ pub const BALANCE_PERIOD_US: u64 = 1_000_000;
 /// the quietest (and 10% more): below it, a move costs more handoffs than it saves.
 pub const BALANCE_SLACK_ENTITIES: u32 = 64;
 
+/// Logical servers one mesh runs at most (`--servers-max` is bounded by it): the controller
+/// looks at every server's load once a balancing period, and the region map names them.
+pub const SERVERS_MAX: usize = 1024;
+
+/// The controller starts a server when the live servers hold more than this many entities each on
+/// average (load it cannot even out among them), and retires one when the rest would hold fewer
+/// than `SERVER_ENTITIES_LOW_MIN` each. A server at 30 Hz simulates a few thousand entities in a
+/// fraction of its tick (players per core, BENCHMARKS.md); 1,500 leaves it room for a crowd.
+pub const SERVER_ENTITIES_HIGH_MAX: u32 = 1_500;
+
+/// See `SERVER_ENTITIES_HIGH_MAX`: a fifth of it, so a server started for a crowd is not retired
+/// the moment the crowd thins (hysteresis).
+pub const SERVER_ENTITIES_LOW_MIN: u32 = 300;
+
+/// Balancing periods the average must stay above the high mark before a server starts (2 s), and
+/// below the low mark before one retires (10 s): a crowd at a door does not start and stop
+/// servers every second.
+pub const SERVER_START_AFTER_PERIODS_MIN: u32 = 2;
+/// See `SERVER_START_AFTER_PERIODS_MIN`.
+pub const SERVER_RETIRE_AFTER_PERIODS_MIN: u32 = 10;
+
 /// Transfers forwarded more than this many times wait as orphans for the next map: two slices'
 /// maps disagree for a moment at most.
 pub const TRANSFER_HOPS_MAX: u8 = 4;

@@ -164,6 +164,15 @@ struct MeshArgs {
     /// shard (`shard@TICK`, which ends the process non-zero); `@CORE` picks a core other than 0.
     #[arg(long, hide = true)]
     inject_panic: Option<shardmesh::runtime::panics::InjectPanic>,
+    /// Logical servers the controller may run at most: it starts one where load cannot be evened
+    /// out among those it has, and retires one once load stays low (default: the starting number,
+    /// `--servers-per-core` a core, a fixed set).
+    #[arg(long)]
+    servers_max: Option<usize>,
+    /// Turn every dynamic action off (balancing, splits and merges, servers started or retired):
+    /// regions and servers stay as configured, for comparison.
+    #[arg(long = "static")]
+    static_mesh: bool,
     /// Crash a random server every SECONDS (its code panics halfway through a tick) once the
     /// warm-up is over: live servers take over what it held from the committed state, and the
     /// summary gives the ticks each failover took.
@@ -183,6 +192,8 @@ impl MeshArgs {
             bot_activity: if players == 0 { 0.0 } else { self.activity.clamp(1e-3, 1.0) },
             status: true,
             inject_panic: self.inject_panic,
+            servers_max: self.servers_max,
+            static_mesh: self.static_mesh,
             chaos_crash_every: self.chaos_crash_every.map(|s| Duration::from_secs_f64(s.clamp(0.01, 86_400.0))),
             ..MeshConfig::bots(cores, players, duration)
         }
@@ -450,7 +461,7 @@ fn sweep(start: u64, count: u64, threads: Option<usize>, config: impl Fn(u64) ->
     let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
     let next = AtomicU64::new(start);
     let failures: Mutex<Vec<SimOutcome>> = Mutex::new(Vec::new());
-    let totals = Mutex::new([0u64; 7]);
+    let totals = Mutex::new([0u64; 9]);
     let began = Instant::now();
     std::thread::scope(|scope| {
         for _ in 0..threads {
@@ -469,6 +480,8 @@ fn sweep(start: u64, count: u64, threads: Option<usize>, config: impl Fn(u64) ->
                     t[4] += outcome.stats.clients.updates_taken;
                     t[5] += outcome.stats.clients.glitches;
                     t[6] += outcome.stats.clients.settled_checks;
+                    t[7] += outcome.stats.servers_started;
+                    t[8] += outcome.stats.servers_retired;
                 }
                 if outcome.failure.is_some() {
                     failures.lock().expect("no worker panics while holding it").push(outcome);
@@ -483,10 +496,10 @@ fn sweep(start: u64, count: u64, threads: Option<usize>, config: impl Fn(u64) ->
         let (tick, e) = f.failure.as_ref().expect("only failures are kept");
         println!("FAIL seed={} tick={tick}: {e}  [{}]", f.seed, f.plan);
     }
-    let [ticks, handoffs, crashes, mesh_restarts, client_updates, glitches, settled_checks] =
+    let [ticks, handoffs, crashes, mesh_restarts, client_updates, glitches, settled_checks, started, retired] =
         totals.into_inner().expect("workers are done");
     println!(
-        "{} seeds ({}..{}), {} failed, {:.1} s, {:.1} seeds/s, {} ticks, {} handoffs, {} crashes and fences, {} whole-process crashes recovered (mesh_restarts), {} updates taken in by simulated clients ({} glitches seen under faults, {} ticks of settled-world checks), {} threads",
+        "{} seeds ({}..{}), {} failed, {:.1} s, {:.1} seeds/s, {} ticks, {} handoffs, {} crashes and fences, {} servers started and {} retired, {} whole-process crashes recovered (mesh_restarts), {} updates taken in by simulated clients ({} glitches seen under faults, {} ticks of settled-world checks), {} threads",
         count,
         start,
         start + count,
@@ -496,6 +509,8 @@ fn sweep(start: u64, count: u64, threads: Option<usize>, config: impl Fn(u64) ->
         ticks,
         handoffs,
         crashes,
+        started,
+        retired,
         mesh_restarts,
         client_updates,
         glitches,
@@ -559,6 +574,14 @@ fn demo(cfg: MeshConfig, json: Option<std::path::PathBuf>) -> ExitCode {
     if let (Some(tick), Some(round)) = (summary.committed_tick, summary.checkpoint_round) {
         println!("committed_tick={tick} checkpoint={round}");
     }
+    println!(
+        "servers_started={} servers_retired={} servers_max={} regions_split={} regions_merged={}",
+        summary.servers_started,
+        summary.servers_retired,
+        summary.servers_max,
+        summary.regions_split,
+        summary.regions_merged,
+    );
     if summary.server_crashes > 0 || summary.chaos_drills > 0 {
         let ticks = |t: Option<u64>| t.map_or("-".to_string(), |t| t.to_string());
         println!(

@@ -1170,3 +1170,61 @@ fn a_tick_rate_changes_how_often_the_world_moves_not_how_fast() {
         "a shot has {shot_30} s left at 30 Hz, {shot_60} s at 60 Hz"
     );
 }
+
+/// Every entity is held by exactly one live server (none lost, none twice).
+fn held_once(m: &Mesh, ids: impl Iterator<Item = EntityId>) {
+    for id in ids {
+        let holders = m.servers().filter(|s| s.held().contains_key(&id)).count();
+        assert_eq!(holders, 1, "{id} held by {holders} servers");
+    }
+}
+
+/// A crowd the servers it has cannot carry starts another: on the core with the most headroom,
+/// taking regions (and their entities) from the busiest; nothing is lost or held twice.
+#[test]
+fn a_crowd_starts_a_server_that_takes_regions_from_the_busiest() {
+    use shardmesh::limits::{SERVER_ENTITIES_HIGH_MAX, SERVER_START_AFTER_PERIODS_MIN};
+    let world = Aabb::new(Vec3::ZERO, Vec3::new(160.0, 20.0, 20.0));
+    let crowd = 2 * SERVER_ENTITIES_HIGH_MAX as usize + 200;
+    let entities: Vec<(EntityId, EntityState)> =
+        (0..crowd).map(|i| (EntityId(i as u64 + 1), at(EntityKind::Npc, 2.0 + (i % 150) as f32))).collect();
+    let ids: Vec<EntityId> = entities.iter().map(|(id, _)| *id).collect();
+    let mut m = Mesh::new(2, 2, RegionMap::kd_split(world, 4), entities);
+    m.slice_mut(0).set_server_bounds(1, 4);
+    let period = shardmesh::limits::ticks_in(shardmesh::limits::BALANCE_PERIOD_US, TICK_DURATION_US);
+    for _ in 0..period * (SERVER_START_AFTER_PERIODS_MIN as u64 + 2) {
+        m.tick();
+    }
+    assert_eq!(m.slice(0).stats.servers_started, 1, "{crowd} entities on 2 servers start a third");
+    let started = m.servers().map(|s| s.id()).find(|s| s.0 >= 2).expect("a third server runs");
+    for _ in 0..period * 3 {
+        m.tick();
+    }
+    assert!(m.slice(0).map().regions_of(started).next().is_some(), "it took regions");
+    assert!(m.servers().find(|s| s.id() == started).unwrap().held().len() > 100, "and their entities");
+    held_once(&m, ids.iter().copied());
+}
+
+/// Load that stays low retires a server: its regions go to the others, it stops once it holds
+/// nothing, and nothing is lost; never below the lower bound.
+#[test]
+fn a_quiet_mesh_retires_a_server_and_loses_nothing() {
+    use shardmesh::limits::SERVER_RETIRE_AFTER_PERIODS_MIN;
+    let world = Aabb::new(Vec3::ZERO, Vec3::new(160.0, 20.0, 20.0));
+    let entities: Vec<(EntityId, EntityState)> =
+        (0..30).map(|i| (EntityId(i + 1), at(EntityKind::Npc, 3.0 + 5.0 * i as f32))).collect();
+    let ids: Vec<EntityId> = entities.iter().map(|(id, _)| *id).collect();
+    let mut m = Mesh::new(2, 3, RegionMap::kd_split(world, 6), entities);
+    m.slice_mut(0).set_server_bounds(2, 4);
+    let period = shardmesh::limits::ticks_in(shardmesh::limits::BALANCE_PERIOD_US, TICK_DURATION_US);
+    for _ in 0..period * (2 * SERVER_RETIRE_AFTER_PERIODS_MIN as u64 + 4) {
+        m.tick();
+    }
+    assert_eq!(m.slice(0).stats.servers_retired, 1, "one retired, none below the bound of 2");
+    let running: Vec<ServerId> = m.servers().map(|s| s.id()).collect();
+    assert_eq!(running.len(), 2, "running: {running:?}");
+    for r in m.slice(0).map().regions() {
+        assert!(r.server.is_some_and(|o| running.contains(&o)), "{:?} has no running server", r.id);
+    }
+    held_once(&m, ids.iter().copied());
+}

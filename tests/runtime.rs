@@ -116,3 +116,41 @@ fn a_shard_that_panics_ends_the_process_non_zero_naming_its_core_and_the_log_reo
     assert!(text.contains("audit: every entity accounted for"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// More load than the servers it starts with can carry: the controller starts servers (up to
+/// `servers_max`), which take regions and entities; nothing is lost or held twice.
+#[test]
+fn a_loaded_mesh_starts_servers_and_loses_nothing() {
+    let cfg = MeshConfig {
+        warmup: Duration::from_millis(500),
+        seed: 14,
+        servers_per_core: 1,
+        servers_max: Some(4),
+        ..MeshConfig::bots(2, 3_000, Duration::from_secs(5))
+    };
+    let summary = run(cfg).expect("the mesh starts");
+    assert!(summary.servers_started >= 1, "{} entities on 2 servers start more", summary.entities_start);
+    assert!(summary.servers_started <= 2, "never past servers_max: {} started", summary.servers_started);
+    assert_eq!(summary.servers_max, 4);
+    assert_eq!(summary.audit_error, None);
+    assert_eq!((summary.lost_entities, summary.duplicate_entities), (0, 0));
+}
+
+/// `--static`: the region map stays as configured for the whole run, however the load sits.
+#[test]
+fn the_static_mesh_never_changes_the_region_map() {
+    let cfg = MeshConfig {
+        warmup: Duration::from_millis(500),
+        seed: 15,
+        servers_per_core: 1,
+        servers_max: Some(4),
+        static_mesh: true,
+        ..MeshConfig::bots(2, 3_000, Duration::from_secs(4))
+    };
+    let summary = run(cfg).expect("the mesh starts");
+    assert_eq!(summary.map_epoch_end, summary.map_epoch_start, "the map changed");
+    assert_eq!((summary.servers_started, summary.servers_retired), (0, 0));
+    assert_eq!((summary.regions_split, summary.regions_merged), (0, 0));
+    assert_eq!(summary.audit_error, None);
+    assert!(summary.handoffs > 0, "the world was not idle: {} handoffs", summary.handoffs);
+}

@@ -36,7 +36,8 @@ use rustc_hash::FxHashSet;
 use crate::limits::TICK_DURATION_US;
 use crate::log::{Batch, LogOp, SnapshotFile};
 use crate::protocol::{
-    Action, Committed, Incarnation, Input, JournalOp, Replication, Server, ServerEvent, ServerStats, SliceId, SliceMsg,
+    Action, Committed, Incarnation, Input, JournalOp, Lifecycle, Replication, Server, ServerEvent, ServerStats,
+    SliceId, SliceMsg,
 };
 use crate::world::{EntityId, EntityKind, ServerId, StreamIndex, Tick};
 pub use check::Checker;
@@ -178,6 +179,11 @@ pub enum NodeEvent {
         server: ServerId,
         incarnation: Incarnation,
     },
+    /// The server was retired: it owned no region and held nothing (its incarnation, if one ran).
+    Retired {
+        server: ServerId,
+        incarnation: Option<Incarnation>,
+    },
     /// The server's code panicked: a crash. `held` is what its slice had it hold (committed
     /// state, projectiles left out), which live servers take over.
     Panicked {
@@ -218,6 +224,8 @@ pub struct Hosted {
     pub id: ServerId,
     pub server: Option<Server>,
     restart_at_us: Option<u64>,
+    /// An incarnation of it has run (so the next is a restart).
+    ran: bool,
 }
 
 pub struct Node<W: Wire = Direct> {
@@ -267,7 +275,10 @@ impl<W: Wire> Node<W> {
         let rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ (cfg.index as u64) << 32);
         let mut slice = slice;
         slice.set_tick_us(cfg.tick_us);
-        let hosted = servers.into_iter().map(|id| Hosted { id, server: None, restart_at_us: Some(start_us) }).collect();
+        let hosted = servers
+            .into_iter()
+            .map(|id| Hosted { id, server: None, restart_at_us: Some(start_us), ran: false })
+            .collect();
         let mut node = Self {
             slice,
             hosted,
@@ -423,6 +434,7 @@ impl<W: Wire> Node<W> {
                     self.reap_fenced(now);
                     io.stage_done(Stage::Servers);
                     self.slice.tick(now);
+                    self.apply_lifecycle(now);
                     if self.cfg.checkpoint_every_us.is_some_and(|every| now >= self.last_checkpoint_us + every)
                         && self.slice.begin_checkpoint().is_some()
                     {
@@ -658,7 +670,8 @@ impl<W: Wire> Node<W> {
             self.wire.server_started(id, incarnation);
             self.hosted[i].server = Some(server);
             self.hosted[i].restart_at_us = None;
-            self.stats.restarts += 1;
+            self.stats.restarts += self.hosted[i].ran as u64;
+            self.hosted[i].ran = true;
             self.events.push_back(NodeEvent::Started { server: id, incarnation });
         }
     }
@@ -672,6 +685,32 @@ impl<W: Wire> Node<W> {
                 true
             }
             None => false,
+        }
+    }
+
+    /// What the slice says to do with server slots: a started server's first incarnation starts
+    /// next tick; a retired one (it owns no region and holds nothing) stops for good.
+    fn apply_lifecycle(&mut self, now: u64) {
+        while let Some(change) = self.slice.poll_lifecycle() {
+            match change {
+                Lifecycle::Start(id) => {
+                    if self.hosted.iter().all(|h| h.id != id) {
+                        self.hosted.push(Hosted {
+                            id,
+                            server: None,
+                            restart_at_us: Some(now + self.cfg.tick_us),
+                            ran: false,
+                        });
+                    }
+                }
+                Lifecycle::Retire(id) => {
+                    let Some(i) = self.hosted.iter().position(|h| h.id == id) else { continue };
+                    let incarnation = self.hosted[i].server.as_ref().map(|s| s.incarnation());
+                    self.stop(i, u64::MAX);
+                    self.hosted.remove(i);
+                    self.events.push_back(NodeEvent::Retired { server: id, incarnation });
+                }
+            }
         }
     }
 

@@ -145,8 +145,15 @@ pub enum SliceMsg {
     Map(RegionMap),
     /// To the controller: a server registered on the sender's core.
     ServerUp { server: ServerId },
-    /// To the controller: a server on the sender's core is dead; its regions need new owners.
+    /// To the controller: a server on the sender's core is dead (or retired); its regions need
+    /// new owners.
     ServerDown { server: ServerId },
+    /// From the controller to a server's home slice: start this logical server (load it cannot
+    /// even out among the servers it has).
+    StartServer { server: ServerId },
+    /// From the controller to a server's home slice: the server's regions went to others; once
+    /// it holds nothing, retire it.
+    RetireServer { server: ServerId },
     /// To the controller, once a second: how many entities the sender holds in each region.
     Load { counts: Vec<(RegionId, u32)> },
     /// Every tick, to every other slice: the border entities of the sender's servers.

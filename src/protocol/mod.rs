@@ -15,5 +15,5 @@ pub use messages::{
     Committed, Delta, Epoch, Ghost, Incarnation, Owned, ReplicationMsg, ServerMsg, SliceId, SliceMsg, ToReplication,
     ToServer,
 };
-pub use replication::{PlantedBugs, Record, Replication, ReplicationStats};
+pub use replication::{Lifecycle, PlantedBugs, Record, Replication, ReplicationStats};
 pub use server::{Action, Input, Server, ServerEvent, ServerStats};

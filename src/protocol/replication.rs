@@ -85,6 +85,12 @@ pub struct ReplicationStats {
     /// Messages that a correct live server never sends; counted, refused, and an alarm.
     pub protocol_errors: u64,
     pub servers_declared_dead: u64,
+    /// Controller: logical servers it started and retired (the lifecycle).
+    pub servers_started: u64,
+    pub servers_retired: u64,
+    /// Controller: regions it split and merged (balancing, or asked).
+    pub regions_split: u64,
+    pub regions_merged: u64,
     pub map_changes: u64,
     /// Subtrees sent to and taken from other slices.
     pub transfers_out: u64,
@@ -96,6 +102,29 @@ pub struct ReplicationStats {
     /// (in flight between cores, or not a client's at all).
     pub inputs_routed: u64,
     pub inputs_lost: u64,
+}
+
+/// What a node does with its server slots, at its slice's word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Host this logical server from now on.
+    Start(ServerId),
+    /// Stop it for good: it holds nothing and owns no region.
+    Retire(ServerId),
+}
+
+/// The controller's server lifecycle: how many logical servers it may run, and its hysteresis.
+#[derive(Clone, Debug, Default)]
+struct Lifecycles {
+    /// Bounds on live servers; `max == 0` turns the lifecycle off (a fixed set of servers).
+    min: usize,
+    max: usize,
+    /// Started and not yet registered; asked to retire and not yet gone.
+    starting: BTreeSet<ServerId>,
+    draining: BTreeSet<ServerId>,
+    /// Balancing periods in a row the average load was over the high mark, under the low one.
+    crowded: u32,
+    quiet: u32,
 }
 
 /// The slice (core) that server `server` lives on, of `slices`.
@@ -133,6 +162,13 @@ pub struct Replication {
     /// Whether the controller evens out load (on by default; a benchmark that lays out regions
     /// by hand turns it off).
     pub balancing: bool,
+    /// Controller: servers started and retired with the load.
+    lifecycles: Lifecycles,
+    /// Home slice: servers to retire once they hold nothing, those retired (a registration still
+    /// on its way from one is refused), and what the node is to do.
+    retiring: BTreeSet<ServerId>,
+    retired: BTreeSet<ServerId>,
+    lifecycle: VecDeque<Lifecycle>,
     /// What the first protocol error was, for the report.
     pub first_protocol_error: Option<String>,
     /// Changes for the replication log, in order (`None`: no log).
@@ -184,6 +220,10 @@ impl Replication {
             stats: ReplicationStats::default(),
             planted: PlantedBugs::default(),
             balancing: true,
+            lifecycles: Lifecycles::default(),
+            retiring: BTreeSet::new(),
+            retired: BTreeSet::new(),
+            lifecycle: VecDeque::new(),
             first_protocol_error: None,
             journal: None,
             checkpoints: Checkpointing::new(slices, 0),
@@ -264,6 +304,18 @@ impl Replication {
 
     pub fn orphans(&self) -> &BTreeSet<EntityId> {
         &self.orphans
+    }
+
+    /// Controller: run between `min` and `max` logical servers, starting one where load cannot be
+    /// evened out and retiring one once load stays low (`max == 0`: a fixed set, the default).
+    pub fn set_server_bounds(&mut self, min: usize, max: usize) {
+        self.lifecycles.min = min;
+        self.lifecycles.max = max;
+    }
+
+    /// What the node is to do with its server slots (servers to start and to retire).
+    pub fn poll_lifecycle(&mut self) -> Option<Lifecycle> {
+        self.lifecycle.pop_front()
     }
 
     /// What this slice has `server` hold, as committed, projectiles left out (they end by
@@ -376,6 +428,10 @@ impl Replication {
     }
 
     fn register(&mut self, now_us: u64, server: ServerId, inc: Incarnation) {
+        if self.retired.contains(&server) {
+            self.stats.stale_rejected += 1;
+            return;
+        }
         if let Some(slot) = self.servers.get(&server) {
             if inc <= slot.incarnation {
                 self.stats.stale_rejected += 1;
@@ -473,6 +529,17 @@ impl Replication {
             SliceMsg::Map(map) => self.apply_map(map),
             SliceMsg::ServerUp { server } => self.controller_server_up(server),
             SliceMsg::ServerDown { server } => self.controller_server_down(server),
+            SliceMsg::StartServer { server } => {
+                if self.home_of(server) == self.slice && !self.servers.get(&server).is_some_and(|s| s.live) {
+                    self.retired.remove(&server);
+                    self.lifecycle.push_back(Lifecycle::Start(server));
+                }
+            }
+            SliceMsg::RetireServer { server } => {
+                if self.home_of(server) == self.slice {
+                    self.retiring.insert(server);
+                }
+            }
             SliceMsg::Ghosts(ghosts) => {
                 if let Some(slot) = self.ghosts_remote.get_mut(from.0 as usize) {
                     *slot = ghosts;
@@ -538,6 +605,7 @@ impl Replication {
             self.loaded.remove(&server);
             self.tell_controller(SliceMsg::ServerDown { server });
         }
+        self.retire_drained();
         self.ticks += 1;
         if self.ticks % self.balance_every_ticks == 0 {
             let counts = self.region_counts();

@@ -12,8 +12,8 @@ use hdrhistogram::Histogram;
 
 use super::ring::Ring;
 use super::shard::{self, ShardGauges, ShardReport, ShardSetup};
-use crate::limits::WORLD_PLAYERS_MAX;
 pub use crate::limits::{IO_MEMORY_BYTES, RING_BYTES};
+use crate::limits::{SERVERS_MAX, WORLD_PLAYERS_MAX};
 use crate::node::Checker;
 use crate::protocol::{Committed, Replication, Server, SliceId};
 use crate::world::{
@@ -54,6 +54,14 @@ pub struct MeshConfig {
     /// whose ring is full before the core holds its servers' ticks back.
     pub ring_bytes: usize,
     pub pending_bytes_per_peer_max: usize,
+    /// Logical servers the controller may run at most: it starts one (on the core with the most
+    /// headroom) when load cannot be evened out among those it has, and retires one when load
+    /// stays low, never below `servers_per_core` a core. Equal to the starting number (the
+    /// default): a fixed set. `static_mesh` turns every dynamic action off.
+    pub servers_max: Option<usize>,
+    /// No balancing, no splits or merges, no servers started or retired: regions and servers
+    /// stay as configured (for comparison with the dynamic mesh).
+    pub static_mesh: bool,
     /// Crash a random server every this long (its code panics halfway through a tick), to show
     /// failover under load (`None`: no drills).
     pub chaos_crash_every: Option<Duration>,
@@ -82,6 +90,8 @@ impl MeshConfig {
             ring_bytes: RING_BYTES,
             pending_bytes_per_peer_max: shard::PENDING_BYTES_PER_PEER_MAX,
             chaos_crash_every: None,
+            servers_max: None,
+            static_mesh: false,
         }
     }
 }
@@ -215,6 +225,16 @@ pub struct MeshSummary {
     pub ticks_held_back: u64,
     /// Servers their slices declared dead (a silent lease, a crash report).
     pub servers_declared_dead: u64,
+    /// The controller's lifecycle and region operations: servers started and retired, the most
+    /// it may run, regions split and merged.
+    pub servers_started: u64,
+    pub servers_retired: u64,
+    pub servers_max: usize,
+    pub regions_split: u64,
+    pub regions_merged: u64,
+    /// The region map's epoch at the start and at the end (equal: the map never changed).
+    pub map_epoch_start: u64,
+    pub map_epoch_end: u64,
     /// Crashes of a server's code (drills included): each a failover, measured in ticks from the
     /// crash to every entity the server held being held by a live server again.
     pub server_crashes: u64,
@@ -292,7 +312,14 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
                 counts.npcs = counts.npcs.max(20);
                 counts.items = counts.items.max(200);
             }
-            (RegionMap::kd_split(tree.bounds(), servers * 2), populate(&tree, meta.seed, counts))
+            // Two regions a server, given out in turn: the configured layout, which the
+            // controller changes only when it balances (never under `static_mesh`).
+            let mut map = RegionMap::kd_split(tree.bounds(), servers * 2);
+            let ids: Vec<RegionId> = map.regions().iter().map(|r| r.id).collect();
+            for (i, id) in ids.into_iter().enumerate() {
+                map.assign(id, Some(ServerId((i % servers) as u32))).expect("region exists");
+            }
+            (map, populate(&tree, meta.seed, counts))
         }
         Scenario::BorderRun => border_run(cfg.players, servers, cfg.seed),
     };
@@ -322,7 +349,11 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
                 map.clone(),
                 initial.take().unwrap_or_default(),
             );
-            slice.balancing = cfg.scenario == Scenario::Bots;
+            slice.balancing = cfg.scenario == Scenario::Bots && !cfg.static_mesh;
+            if i == 0 && slice.balancing {
+                let max = cfg.servers_max.unwrap_or(servers).max(servers).min(SERVERS_MAX);
+                slice.set_server_bounds(servers, if max > servers { max } else { 0 });
+            }
             if let Some(index) = &streaming {
                 slice = slice.with_streaming(index.clone());
             }
@@ -333,6 +364,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
         })
         .collect();
     let mut checker = Checker::new(&slices.iter().collect::<Vec<_>>());
+    let map_epoch_start = map.epoch;
     let items_start = checker.item_count();
 
     let mut producers: Vec<Vec<Option<super::ring::Producer>>> =
@@ -367,7 +399,15 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
             index: i,
             cores,
             slice,
-            servers: (0..servers).filter(|s| s % cores == i).map(|s| ServerId(s as u32)).collect(),
+            // The configured servers, and any the recovered map gives a region (started by the
+            // controller in an earlier run).
+            servers: (0..servers as u32)
+                .map(ServerId)
+                .chain(map.regions().iter().filter_map(|r| r.server).filter(|s| s.0 as usize >= servers))
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .filter(|s| s.0 as usize % cores == i)
+                .collect(),
             producers: std::mem::take(&mut producers[i]),
             consumers: std::mem::take(&mut consumers[i]),
             tick: cfg.tick,
@@ -453,10 +493,11 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
                 None => String::new(),
             };
             eprintln!(
-                "t={:>5.1}s players={} held={} servers={servers} cores={cores} ticks/s={:.1} tick_p50={:.2}ms tick_p99={:.2}ms worst={:.2}ms handoffs/s={:.0} stalls={} held_back={} server_panics={}{committed}",
+                "t={:>5.1}s players={} held={} servers={} cores={cores} ticks/s={:.1} tick_p50={:.2}ms tick_p99={:.2}ms worst={:.2}ms handoffs/s={:.0} stalls={} held_back={} server_panics={} started={} retired={} splits={} merges={}{committed}",
                 start.elapsed().as_secs_f64(),
                 sum(&|g| g.players.load(Ordering::Relaxed)),
                 sum(&|g| g.held.load(Ordering::Relaxed)),
+                sum(&|g| g.servers.load(Ordering::Relaxed)),
                 (ticks - last.0) as f64 / secs / cores as f64,
                 p50 as f64 / 1e3,
                 p99 as f64 / 1e3,
@@ -465,6 +506,10 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
                 sum(&|g| g.stalls.load(Ordering::Relaxed)),
                 sum(&|g| g.ticks_held_back.load(Ordering::Relaxed)),
                 sum(&|g| g.server_panics.load(Ordering::Relaxed)),
+                gauges[0].servers_started.load(Ordering::Relaxed),
+                gauges[0].servers_retired.load(Ordering::Relaxed),
+                gauges[0].regions_split.load(Ordering::Relaxed),
+                gauges[0].regions_merged.load(Ordering::Relaxed),
             );
             last = (ticks, handoffs, Instant::now());
         }
@@ -498,6 +543,10 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
     summary.checkpoint_round = persisted.map(|p| p.1);
     summary.log_error = log_error;
     summary.listen = listen;
+    summary.map_epoch_start = map_epoch_start;
+    if cfg.scenario == Scenario::Bots && !cfg.static_mesh {
+        summary.servers_max = cfg.servers_max.unwrap_or(servers).max(servers).min(SERVERS_MAX);
+    }
     let failover = failovers.report();
     summary.server_crashes = failover.crashes;
     summary.failover_ticks_p50 = failover.quantile(0.5);
@@ -651,6 +700,13 @@ fn audit(
         server_panics,
         ticks_held_back,
         servers_declared_dead,
+        servers_started: slices.first().map_or(0, |s| s.stats.servers_started),
+        servers_retired: slices.first().map_or(0, |s| s.stats.servers_retired),
+        servers_max: servers,
+        regions_split: slices.first().map_or(0, |s| s.stats.regions_split),
+        regions_merged: slices.first().map_or(0, |s| s.stats.regions_merged),
+        map_epoch_start: 0,
+        map_epoch_end: slices.first().map_or(0, |s| s.map().epoch),
         server_crashes: 0,
         failover_ticks_p50: None,
         failover_ticks_p99: None,

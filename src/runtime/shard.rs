@@ -52,6 +52,14 @@ pub struct ShardGauges {
     pub server_panics: AtomicU64,
     /// Ticks this core held its servers' simulation back under overload.
     pub ticks_held_back: AtomicU64,
+    /// Logical servers this core hosts now.
+    pub servers: AtomicU64,
+    /// The controller's counters (core 0 only): servers started and retired, regions split and
+    /// merged.
+    pub servers_started: AtomicU64,
+    pub servers_retired: AtomicU64,
+    pub regions_split: AtomicU64,
+    pub regions_merged: AtomicU64,
 }
 
 /// What a shard with a gateway needs: its endpoints, the seats every core shares, and every
@@ -515,6 +523,12 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
         g.checkpoint_round.store(node.slice().checkpoint_done(), Ordering::Relaxed);
         g.server_panics.store(node.stats.server_panics, Ordering::Relaxed);
         g.ticks_held_back.store(node.stats.ticks_held_back, Ordering::Relaxed);
+        g.servers.store(node.hosted().len() as u64, Ordering::Relaxed);
+        let controller = &node.slice().stats;
+        g.servers_started.store(controller.servers_started, Ordering::Relaxed);
+        g.servers_retired.store(controller.servers_retired, Ordering::Relaxed);
+        g.regions_split.store(controller.regions_split, Ordering::Relaxed);
+        g.regions_merged.store(controller.regions_merged, Ordering::Relaxed);
         if let Some(gw) = &io.gateway {
             g.clients.store(gw.gateway.stats.connected, Ordering::Relaxed);
         }

@@ -95,6 +95,9 @@ pub struct SimStats {
     pub fenced: u64,
     pub partitions: u64,
     pub region_ops: u64,
+    /// Servers the controller started and retired (drawn among the region operations).
+    pub servers_started: u64,
+    pub servers_retired: u64,
     pub inputs: u64,
     pub handoffs: u64,
     pub adopted: u64,
@@ -339,7 +342,11 @@ impl Simulator {
                 tick_us: self.plan.tick_us,
                 ..NodeConfig::new(i as usize, self.cfg.seed ^ self.stats.mesh_restarts << 48)
             };
-            let servers = (0..self.plan.servers).map(ServerId).filter(|s| home_slice(*s, slices).0 == i);
+            // The first servers, and every server the recovered map gives a region (one the
+            // controller started since).
+            let mut ids: BTreeSet<ServerId> = (0..self.plan.servers).map(ServerId).collect();
+            ids.extend(opened.map.regions().iter().filter_map(|r| r.server));
+            let servers = ids.into_iter().filter(|s| home_slice(*s, slices).0 == i);
             let wire_seed = self.cfg.seed ^ ((i as u64 + 1) << 40) ^ (self.stats.mesh_restarts << 48);
             let wire = Lossy::new(wire_seed, if self.calm { self.plan.calm() } else { self.plan });
             self.nodes.push(Node::new(node_cfg, slice, servers, wire, self.incarnations.clone(), now));
@@ -466,7 +473,7 @@ impl Simulator {
             let s = sim.stats;
             let _ = writeln!(
                 sim.log,
-                "ok seed={} ticks={} handoffs={} adopted={} crashes={} fenced={} restarts={} partitions={} region_ops={} hits={} parked={} woken={} commits={} stale_rejected={} mesh_restarts={} client_updates={}/{} client_glitches={} client_settled_checks={}",
+                "ok seed={} ticks={} handoffs={} adopted={} crashes={} fenced={} restarts={} partitions={} region_ops={} servers_started={} servers_retired={} hits={} parked={} woken={} commits={} stale_rejected={} mesh_restarts={} client_updates={}/{} client_glitches={} client_settled_checks={}",
                 sim.cfg.seed,
                 s.ticks,
                 s.handoffs,
@@ -476,6 +483,8 @@ impl Simulator {
                 s.restarts,
                 s.partitions,
                 s.region_ops,
+                s.servers_started,
+                s.servers_retired,
                 s.hits,
                 s.parked,
                 s.woken,
@@ -690,6 +699,7 @@ impl Simulator {
                 NodeEvent::Panicked { server, incarnation, why, .. } => {
                     return Err(format!("{server} incarnation {} panicked: {why}", incarnation.0))
                 }
+                NodeEvent::Retired { server, .. } => self.event(format_args!("{server} retired")),
             }
         }
         Ok(())
@@ -732,7 +742,7 @@ impl Simulator {
         let controller = self.nodes[0].slice_mut();
         let regions: Vec<_> = controller.map().regions().iter().map(|r| r.id).collect();
         let live: Vec<ServerId> = controller.live_everywhere().iter().copied().collect();
-        let pick = self.rng.random_range(0..3);
+        let pick = self.rng.random_range(0..5);
         let region = regions[self.rng.random_range(0..regions.len())];
         let controller = self.nodes[0].slice_mut();
         let result = match pick {
@@ -750,6 +760,25 @@ impl Simulator {
             2 if !live.is_empty() => {
                 let to = live[self.rng.random_range(0..live.len())];
                 controller.move_region(region, to).map(|_| format!("move {region} to {to}"))
+            }
+            // The server lifecycle: a start where load would call for one, a retirement where it
+            // is low (the controller's policy decides when; the simulator decides at random).
+            3 if live.len() < self.plan.servers as usize + 3 => {
+                if !controller.start_server(&BTreeMap::new()) {
+                    return;
+                }
+                self.stats.servers_started += 1;
+                Ok(format!("start a server ({} started this seed)", self.stats.servers_started))
+            }
+            4 if live.len() > 1 => {
+                let victim = live[self.rng.random_range(0..live.len())];
+                let before = controller.stats.servers_retired;
+                controller.retire_server(victim);
+                if controller.stats.servers_retired == before {
+                    return;
+                }
+                self.stats.servers_retired += 1;
+                Ok(format!("retire {victim}"))
             }
             _ => return,
         };

@@ -1,6 +1,9 @@
 //! The controller (slice 0): servers up and down, the region map and its broadcast, failover of dead servers, and load balancing by moving and splitting regions.
 
 use super::*;
+use crate::limits::{
+    SERVER_ENTITIES_HIGH_MAX, SERVER_ENTITIES_LOW_MIN, SERVER_RETIRE_AFTER_PERIODS_MIN, SERVER_START_AFTER_PERIODS_MIN,
+};
 
 impl Replication {
     pub(super) fn tell_controller(&mut self, msg: SliceMsg) {
@@ -13,6 +16,7 @@ impl Replication {
 
     pub(super) fn controller_server_up(&mut self, server: ServerId) {
         debug_assert!(self.is_controller());
+        self.lifecycles.starting.remove(&server);
         self.live_everywhere.insert(server);
     }
 
@@ -20,6 +24,8 @@ impl Replication {
     pub(super) fn controller_server_down(&mut self, server: ServerId) {
         debug_assert!(self.is_controller());
         self.live_everywhere.remove(&server);
+        self.lifecycles.starting.remove(&server);
+        self.lifecycles.draining.remove(&server);
         let regions: Vec<RegionId> = self.map.regions_of(server).map(|r| r.id).collect();
         for region in regions {
             let heir = self.least_loaded();
@@ -84,13 +90,135 @@ impl Replication {
         true
     }
 
+    /// Controller: the live servers that take regions (not those being retired).
+    fn serving(&self) -> impl Iterator<Item = ServerId> + '_ {
+        self.live_everywhere.iter().copied().filter(|s| !self.lifecycles.draining.contains(s))
+    }
+
     /// Controller: the live server with the fewest regions.
     pub(super) fn least_loaded(&self) -> Option<ServerId> {
-        self.live_everywhere.iter().copied().min_by_key(|s| (self.map.regions_of(*s).count(), *s))
+        self.serving().min_by_key(|s| (self.map.regions_of(*s).count(), *s))
     }
 
     pub(super) fn busiest(&self) -> Option<ServerId> {
-        self.live_everywhere.iter().copied().max_by_key(|s| (self.map.regions_of(*s).count(), std::cmp::Reverse(*s)))
+        self.serving().max_by_key(|s| (self.map.regions_of(*s).count(), std::cmp::Reverse(*s)))
+    }
+
+    /// Controller, once a balancing period: start a server when the live ones hold more than
+    /// `SERVER_ENTITIES_HIGH_MAX` each on average for a while, retire the quietest when the rest
+    /// would hold fewer than `SERVER_ENTITIES_LOW_MIN` each for a while. True if it did either.
+    fn lifecycle_step(&mut self, loads: &BTreeMap<ServerId, u32>) -> bool {
+        let load_of = |s: ServerId| loads.get(&s).copied().unwrap_or(0);
+        let (min, max) = (self.lifecycles.min, self.lifecycles.max);
+        if max == 0 {
+            return false;
+        }
+        let serving: Vec<ServerId> = self.serving().collect();
+        let total: u64 = serving.iter().map(|s| load_of(*s) as u64).sum();
+        let running = serving.len() + self.lifecycles.starting.len();
+        let crowded = running < max && total > SERVER_ENTITIES_HIGH_MAX as u64 * serving.len() as u64;
+        self.lifecycles.crowded = if crowded { self.lifecycles.crowded + 1 } else { 0 };
+        let quiet = self.lifecycles.starting.is_empty()
+            && serving.len() > min.max(1)
+            && total < SERVER_ENTITIES_LOW_MIN as u64 * (serving.len() as u64 - 1);
+        self.lifecycles.quiet = if quiet { self.lifecycles.quiet + 1 } else { 0 };
+        if self.lifecycles.crowded >= SERVER_START_AFTER_PERIODS_MIN {
+            self.lifecycles.crowded = 0;
+            return self.start_server(loads);
+        }
+        if self.lifecycles.quiet >= SERVER_RETIRE_AFTER_PERIODS_MIN {
+            self.lifecycles.quiet = 0;
+            if let Some(quietest) = serving.iter().copied().min_by_key(|s| (load_of(*s), std::cmp::Reverse(*s))) {
+                self.retire_server(quietest);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Controller: start a logical server on the core with the most headroom (the least load on
+    /// its live servers). It takes regions from the busiest once it registers.
+    pub fn start_server(&mut self, loads: &BTreeMap<ServerId, u32>) -> bool {
+        assert!(self.is_controller(), "only the controller starts servers");
+        let mut per_slice = vec![0u64; self.slices as usize];
+        for s in self.serving() {
+            per_slice[self.home_of(s).0 as usize] += loads.get(&s).copied().unwrap_or(0) as u64;
+        }
+        let Some(core) = (0..self.slices).min_by_key(|c| (per_slice[*c as usize], *c)) else { return false };
+        let in_use = |id: ServerId| {
+            self.live_everywhere.contains(&id)
+                || self.lifecycles.starting.contains(&id)
+                || self.lifecycles.draining.contains(&id)
+                || self.map.regions().iter().any(|r| r.server == Some(id))
+        };
+        let Some(server) =
+            (0..u32::MAX / 2).map(|k| ServerId(k * self.slices as u32 + core as u32)).find(|id| !in_use(*id))
+        else {
+            return false;
+        };
+        self.lifecycles.starting.insert(server);
+        self.stats.servers_started += 1;
+        let msg = SliceMsg::StartServer { server };
+        if core == self.slice.0 {
+            self.handle_peer(self.slice, msg);
+        } else {
+            self.peer_outbox.push_back((SliceId(core), msg));
+        }
+        true
+    }
+
+    /// Controller: retire `server`: its regions go to the other live servers at once (their
+    /// entities follow by handoff), and its home slice stops it once it holds nothing.
+    pub fn retire_server(&mut self, server: ServerId) {
+        assert!(self.is_controller(), "only the controller retires servers");
+        if !self.live_everywhere.contains(&server) || self.serving().count() < 2 {
+            return;
+        }
+        self.lifecycles.draining.insert(server);
+        self.stats.servers_retired += 1;
+        let regions: Vec<RegionId> = self.map.regions_of(server).map(|r| r.id).collect();
+        for region in regions {
+            let heir = self.least_loaded();
+            self.map.assign(region, heir).expect("region exists");
+        }
+        self.broadcast_map();
+        let home = self.home_of(server);
+        let msg = SliceMsg::RetireServer { server };
+        if home == self.slice {
+            self.handle_peer(self.slice, msg);
+        } else {
+            self.peer_outbox.push_back((home, msg));
+        }
+    }
+
+    /// Home slice: servers being retired that own no region and hold nothing any more are
+    /// stopped (the node is told) and the controller forgets them.
+    pub(super) fn retire_drained(&mut self) {
+        if self.retiring.is_empty() {
+            return;
+        }
+        let drained: Vec<ServerId> = self
+            .retiring
+            .iter()
+            .copied()
+            .filter(|s| {
+                self.map.regions_of(*s).next().is_none() && self.records.values().all(|r| r.authority != Some(*s))
+            })
+            .collect();
+        for server in drained {
+            self.retiring.remove(&server);
+            self.retired.insert(server);
+            // The slot stays, not live, so a late or duplicated registration of a retired
+            // incarnation is refused as stale rather than bring it back.
+            if let Some(slot) = self.servers.get_mut(&server) {
+                slot.live = false;
+                slot.restart_due_us = None;
+            }
+            self.loaded.remove(&server);
+            self.ghosts_local.remove(&server);
+            self.lifecycle.push_back(Lifecycle::Retire(server));
+            self.tell_controller(SliceMsg::ServerDown { server });
+        }
     }
 
     /// Controller: the map changed; every slice (this one included) gets it.
@@ -129,9 +257,16 @@ impl Replication {
     /// busiest is too big for that, split its biggest so the next period can move half.
     pub(super) fn balance(&mut self) {
         let loads = self.region_loads();
-        let load_of =
-            |s: ServerId| -> u32 { self.map.regions_of(s).map(|r| loads.get(&r.id).copied().unwrap_or(0)).sum() };
-        let by_load: Vec<(u32, ServerId)> = self.live_everywhere.iter().map(|s| (load_of(*s), *s)).collect();
+        let per_server: BTreeMap<ServerId, u32> = self
+            .live_everywhere
+            .iter()
+            .map(|s| (*s, self.map.regions_of(*s).map(|r| loads.get(&r.id).copied().unwrap_or(0)).sum()))
+            .collect();
+        if self.lifecycle_step(&per_server) {
+            return;
+        }
+        let by_load: Vec<(u32, ServerId)> =
+            self.serving().map(|s| (per_server.get(&s).copied().unwrap_or(0), s)).collect();
         let (Some(&(high, busiest)), Some(&(low, quietest))) = (by_load.iter().max(), by_load.iter().min()) else {
             return;
         };
@@ -152,6 +287,7 @@ impl Replication {
             None => {
                 if let Some(&(_, biggest)) = regions.last() {
                     if self.map.split(biggest).is_ok() {
+                        self.stats.regions_split += 1;
                         // The halves' loads are unknown until the next reports.
                         for load in &mut self.loads {
                             load.remove(&biggest);
@@ -163,8 +299,8 @@ impl Replication {
         }
     }
 
-    /// The controller's standing policy: every region has a live server, an idle server takes a
-    /// region from the busiest.
+    /// The controller's standing policy: every region has a live server; with balancing on, an
+    /// idle server takes a region from the busiest.
     pub(super) fn controller_tick(&mut self) {
         let mut changed = false;
         let unowned: Vec<RegionId> = self.map.regions().iter().filter(|r| r.server.is_none()).map(|r| r.id).collect();
@@ -174,7 +310,7 @@ impl Replication {
                 changed = true;
             }
         }
-        if let (Some(idle), Some(busiest)) = (self.least_loaded(), self.busiest()) {
+        if let (true, Some(idle), Some(busiest)) = (self.balancing, self.least_loaded(), self.busiest()) {
             let regions_of_busiest: Vec<RegionId> = self.map.regions_of(busiest).map(|r| r.id).collect();
             if self.map.regions_of(idle).count() == 0 && regions_of_busiest.len() >= 2 {
                 self.map.assign(regions_of_busiest[0], Some(idle)).expect("region exists");
@@ -193,6 +329,7 @@ impl Replication {
     pub fn split_region(&mut self, region: RegionId) -> Result<(RegionId, RegionId), MapError> {
         assert!(self.is_controller(), "only the controller changes the map");
         let halves = self.map.split(region)?;
+        self.stats.regions_split += 1;
         self.broadcast_map();
         Ok(halves)
     }
@@ -201,6 +338,7 @@ impl Replication {
     pub fn merge_regions(&mut self, a: RegionId, b: RegionId) -> Result<RegionId, MapError> {
         assert!(self.is_controller(), "only the controller changes the map");
         let merged = self.map.merge(a, b)?;
+        self.stats.regions_merged += 1;
         self.broadcast_map();
         Ok(merged)
     }
