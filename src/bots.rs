@@ -66,6 +66,9 @@ pub enum Behaviour {
 pub struct Places {
     pub cities: Vec<glam::Vec3>,
     pub rally: glam::Vec3,
+    /// A crowd in one room (centre, radius in metres): every player stays in it and mills
+    /// about, fights and trades items there, whatever its habit.
+    pub crowd: Option<(glam::Vec3, f32)>,
 }
 
 fn mix(a: u64, b: u64) -> u64 {
@@ -97,6 +100,18 @@ pub fn inputs_with_behaviour(
     activity: f64,
     out: &mut Vec<Input>,
 ) {
+    if let (Some((centre, radius)), EntityKind::Player) = (places.crowd, state.kind) {
+        // In the room: everything a wanderer does; near its walls, back towards the middle.
+        let before = out.len();
+        inputs_for(rng, id, state.kind, activity, out);
+        let to = centre - state.pos();
+        if state.parent.is_none() && to.length() > radius * 0.8 {
+            let mine = out.split_off(before);
+            out.extend(mine.into_iter().filter(|i| !matches!(i.action, Action::Move(_))));
+            out.push(Input { entity: id, action: Action::Move(to.normalize_or_zero().to_array()) });
+        }
+        return;
+    }
     let behaviour = if state.kind == EntityKind::Player { behaviour_of(id) } else { Behaviour::Wander };
     let destination = match behaviour {
         Behaviour::Commute if !places.cities.is_empty() => {
@@ -155,7 +170,7 @@ mod tests {
     #[test]
     fn gatherers_head_for_the_rally_point_and_stop_there() {
         let id = (0..).map(EntityId).find(|id| behaviour_of(*id) == Behaviour::Gather).unwrap();
-        let places = Places { cities: vec![], rally: glam::Vec3::new(100.0, 0.0, 0.0) };
+        let places = Places { cities: vec![], rally: glam::Vec3::new(100.0, 0.0, 0.0), crowd: None };
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let far = crate::world::EntityState::new(EntityKind::Player, glam::Vec3::ZERO);
         let mut out = Vec::new();
@@ -168,5 +183,21 @@ mod tests {
         out.clear();
         inputs_with_behaviour(&mut rng, id, &there, &places, 0, 1.0, &mut out);
         assert!(out.iter().any(|i| i.action == Action::Move([0.0; 3])), "stops on arrival: {out:?}");
+    }
+
+    #[test]
+    fn a_crowd_stays_in_its_room() {
+        let places = Places { cities: vec![], rally: glam::Vec3::ZERO, crowd: Some((glam::Vec3::ZERO, 10.0)) };
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let mut out = Vec::new();
+        // At the wall, every bot (whatever its habit) heads back in; inside, it moves as it likes.
+        for i in 0..50 {
+            let at_wall = crate::world::EntityState::new(EntityKind::Player, glam::Vec3::new(9.5, 0.0, 0.0));
+            out.clear();
+            inputs_with_behaviour(&mut rng, EntityId(i), &at_wall, &places, 0, 1.0, &mut out);
+            let moves: Vec<_> =
+                out.iter().filter_map(|i| if let Action::Move(d) = i.action { Some(d) } else { None }).collect();
+            assert_eq!(moves, vec![[-1.0, 0.0, 0.0]], "bot {i}: {out:?}");
+        }
     }
 }

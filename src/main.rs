@@ -54,6 +54,10 @@ enum Command {
         /// Seconds to run.
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
+        /// bots (a world of cities, bots wandering, commuting, gathering and fighting) or tavern
+        /// (every player in one room of the first city, milling about, fighting and trading).
+        #[arg(long, default_value = "bots", value_parser = ["bots", "tavern"])]
+        scenario: String,
         #[command(flatten)]
         mesh: MeshArgs,
     },
@@ -233,12 +237,15 @@ fn main() -> ExitCode {
                 (seeds, None) => sweep(start, seeds.unwrap_or(100), threads, base),
             }
         }
-        Command::Demo { players, duration, mesh } => {
-            let cfg = mesh.config(
+        Command::Demo { players, duration, scenario, mesh } => {
+            let mut cfg = mesh.config(
                 players,
                 Duration::from_secs_f64(duration.max(0.1)),
                 Duration::from_secs_f64((duration / 5.0).min(2.0)),
             );
+            if scenario == "tavern" {
+                cfg.scenario = shardmesh::runtime::mesh::Scenario::Tavern;
+            }
             demo(cfg, mesh.json)
         }
         Command::Serve {

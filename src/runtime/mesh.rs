@@ -166,6 +166,36 @@ pub enum Scenario {
     /// `players` NPCs flying along it at 1,500 m/s with no bots: every entity crosses into
     /// another core's region every tick. The handoff benchmark.
     BorderRun,
+    /// The bots world, with every player in one room (a tavern in the first city), milling
+    /// about, fighting and trading items there: a crowd no split of space between cities helps.
+    Tavern,
+}
+
+/// Every player not aboard anything goes into the room around `centre` (within 70% of `radius`),
+/// with what it carries.
+fn crowd_into(entities: &mut [(EntityId, EntityState)], centre: glam::Vec3, radius: f32, seed: u64) {
+    use rand::{RngExt, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x7a7e);
+    let mut moved: rustc_hash::FxHashMap<EntityId, [f32; 3]> = rustc_hash::FxHashMap::default();
+    for (id, state) in entities.iter_mut() {
+        if state.kind == EntityKind::Player && state.parent.is_none() {
+            let a = rng.random_range(0.0..std::f32::consts::TAU);
+            let r = radius * 0.7 * rng.random_range(0.0f32..1.0).sqrt();
+            let p = centre + glam::Vec3::new(a.cos() * r, a.sin() * r, 0.0);
+            state.position = p.to_array();
+            state.velocity = [0.0; 3];
+            moved.insert(*id, state.position);
+        }
+    }
+    // What they carry is where they are (parents before children, a few levels deep).
+    for _ in 0..crate::limits::GRAPH_DEPTH_MAX {
+        for (id, state) in entities.iter_mut() {
+            if let Some(p) = state.parent.and_then(|p| moved.get(&p).copied()) {
+                state.position = p;
+                moved.insert(*id, p);
+            }
+        }
+    }
 }
 
 /// The corridor of `Scenario::BorderRun`: regions, their owners in turn, and the runners.
@@ -290,13 +320,13 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
     let servers = cores * cfg.servers_per_core;
     let mut places = crate::bots::Places::default();
     let meta = match &cfg.persist {
-        Some(p) if cfg.scenario == Scenario::Bots => WorldMeta::read_or_create(&p.dir, cfg.seed, cfg.players)?,
+        Some(p) if cfg.scenario != Scenario::BorderRun => WorldMeta::read_or_create(&p.dir, cfg.seed, cfg.players)?,
         Some(_) => return Err(MeshError::Config("only the bots scenario keeps a persistent world".into())),
         None => WorldMeta { seed: cfg.seed, players: cfg.players },
     };
     let mut streaming = None;
     let (map, entities) = match cfg.scenario {
-        Scenario::Bots => {
+        Scenario::Bots | Scenario::Tavern => {
             let tree = world_for(meta.players, meta.seed);
             streaming = Some(Arc::new(StreamIndex::new(tree.clone())));
             places.cities = tree.of_kind(ContainerKind::City).map(|c| c.bounds.center()).collect();
@@ -319,7 +349,22 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
             for (i, id) in ids.into_iter().enumerate() {
                 map.assign(id, Some(ServerId((i % servers) as u32))).expect("region exists");
             }
-            (map, populate(&tree, meta.seed, counts))
+            let mut entities = populate(&tree, meta.seed, counts);
+            if cfg.scenario == Scenario::Tavern {
+                let room = tree
+                    .of_kind(ContainerKind::Room)
+                    .min_by(|a, b| {
+                        a.bounds.center().distance(places.rally).total_cmp(&b.bounds.center().distance(places.rally))
+                    })
+                    .map(|r| r.bounds)
+                    .unwrap_or_else(|| tree.bounds());
+                let radius =
+                    (glam::Vec3::from_array(room.max) - glam::Vec3::from_array(room.min)).truncate().min_element()
+                        / 2.0;
+                places.crowd = Some((room.center(), radius));
+                crowd_into(&mut entities, room.center(), radius, meta.seed);
+            }
+            (map, entities)
         }
         Scenario::BorderRun => border_run(cfg.players, servers, cfg.seed),
     };
@@ -349,7 +394,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
                 map.clone(),
                 initial.take().unwrap_or_default(),
             );
-            slice.balancing = cfg.scenario == Scenario::Bots && !cfg.static_mesh;
+            slice.balancing = cfg.scenario != Scenario::BorderRun && !cfg.static_mesh;
             if i == 0 && slice.balancing {
                 let max = cfg.servers_max.unwrap_or(servers).max(servers).min(SERVERS_MAX);
                 slice.set_server_bounds(servers, if max > servers { max } else { 0 });
@@ -412,7 +457,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
             consumers: std::mem::take(&mut consumers[i]),
             tick: cfg.tick,
             warmup: cfg.warmup,
-            bot_activity: if cfg.scenario == Scenario::Bots { cfg.bot_activity } else { 0.0 },
+            bot_activity: if cfg.scenario != Scenario::BorderRun { cfg.bot_activity } else { 0.0 },
             handoffs_per_tick_max: cfg.handoffs_per_tick_max,
             places: places.clone(),
             seed: cfg.seed,
@@ -544,7 +589,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
     summary.log_error = log_error;
     summary.listen = listen;
     summary.map_epoch_start = map_epoch_start;
-    if cfg.scenario == Scenario::Bots && !cfg.static_mesh {
+    if cfg.scenario != Scenario::BorderRun && !cfg.static_mesh {
         summary.servers_max = cfg.servers_max.unwrap_or(servers).max(servers).min(SERVERS_MAX);
     }
     let failover = failovers.report();
