@@ -150,7 +150,7 @@ fn the_static_mesh_never_changes_the_region_map() {
     let summary = run(cfg).expect("the mesh starts");
     assert_eq!(summary.map_epoch_end, summary.map_epoch_start, "the map changed");
     assert_eq!((summary.servers_started, summary.servers_retired), (0, 0));
-    assert_eq!((summary.regions_split, summary.regions_merged), (0, 0));
+    assert_eq!((summary.regions_split, summary.regions_merged, summary.regions_moved), (0, 0, 0));
     assert_eq!(summary.audit_error, None);
     assert!(summary.handoffs > 0, "the world was not idle: {} handoffs", summary.handoffs);
 }

@@ -88,9 +88,11 @@ pub struct ReplicationStats {
     /// Controller: logical servers it started and retired (the lifecycle).
     pub servers_started: u64,
     pub servers_retired: u64,
-    /// Controller: regions it split and merged (balancing, or asked).
+    /// Controller: regions it split, merged, and gave to another live server (balancing, a
+    /// retirement, or asked; a dead server's regions given to heirs are failovers, not moves).
     pub regions_split: u64,
     pub regions_merged: u64,
+    pub regions_moved: u64,
     pub map_changes: u64,
     /// Subtrees sent to and taken from other slices.
     pub transfers_out: u64,

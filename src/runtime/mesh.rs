@@ -262,6 +262,7 @@ pub struct MeshSummary {
     pub servers_max: usize,
     pub regions_split: u64,
     pub regions_merged: u64,
+    pub regions_moved: u64,
     /// The region map's epoch at the start and at the end (equal: the map never changed).
     pub map_epoch_start: u64,
     pub map_epoch_end: u64,
@@ -538,7 +539,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
                 None => String::new(),
             };
             eprintln!(
-                "t={:>5.1}s players={} held={} servers={} cores={cores} ticks/s={:.1} tick_p50={:.2}ms tick_p99={:.2}ms worst={:.2}ms handoffs/s={:.0} stalls={} held_back={} server_panics={} started={} retired={} splits={} merges={}{committed}",
+                "t={:>5.1}s players={} held={} servers={} cores={cores} ticks/s={:.1} tick_p50={:.2}ms tick_p99={:.2}ms worst={:.2}ms handoffs/s={:.0} stalls={} held_back={} server_panics={} started={} retired={} splits={} merges={} moves={}{committed}",
                 start.elapsed().as_secs_f64(),
                 sum(&|g| g.players.load(Ordering::Relaxed)),
                 sum(&|g| g.held.load(Ordering::Relaxed)),
@@ -555,6 +556,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
                 gauges[0].servers_retired.load(Ordering::Relaxed),
                 gauges[0].regions_split.load(Ordering::Relaxed),
                 gauges[0].regions_merged.load(Ordering::Relaxed),
+                gauges[0].regions_moved.load(Ordering::Relaxed),
             );
             last = (ticks, handoffs, Instant::now());
         }
@@ -750,6 +752,7 @@ fn audit(
         servers_max: servers,
         regions_split: slices.first().map_or(0, |s| s.stats.regions_split),
         regions_merged: slices.first().map_or(0, |s| s.stats.regions_merged),
+        regions_moved: slices.first().map_or(0, |s| s.stats.regions_moved),
         map_epoch_start: 0,
         map_epoch_end: slices.first().map_or(0, |s| s.map().epoch),
         server_crashes: 0,

@@ -60,6 +60,7 @@ pub struct ShardGauges {
     pub servers_retired: AtomicU64,
     pub regions_split: AtomicU64,
     pub regions_merged: AtomicU64,
+    pub regions_moved: AtomicU64,
 }
 
 /// What a shard with a gateway needs: its endpoints, the seats every core shares, and every
@@ -529,6 +530,7 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
         g.servers_retired.store(controller.servers_retired, Ordering::Relaxed);
         g.regions_split.store(controller.regions_split, Ordering::Relaxed);
         g.regions_merged.store(controller.regions_merged, Ordering::Relaxed);
+        g.regions_moved.store(controller.regions_moved, Ordering::Relaxed);
         if let Some(gw) = &io.gateway {
             g.clients.store(gw.gateway.stats.connected, Ordering::Relaxed);
         }

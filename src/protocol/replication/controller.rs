@@ -180,6 +180,7 @@ impl Replication {
         for region in regions {
             let heir = self.least_loaded();
             self.map.assign(region, heir).expect("region exists");
+            self.stats.regions_moved += 1;
         }
         self.broadcast_map();
         let home = self.home_of(server);
@@ -282,6 +283,7 @@ impl Replication {
         match movable {
             Some(&(_, region)) => {
                 self.map.assign(region, Some(quietest)).expect("region exists");
+                self.stats.regions_moved += 1;
                 self.broadcast_map();
             }
             None => {
@@ -314,6 +316,7 @@ impl Replication {
             let regions_of_busiest: Vec<RegionId> = self.map.regions_of(busiest).map(|r| r.id).collect();
             if self.map.regions_of(idle).count() == 0 && regions_of_busiest.len() >= 2 {
                 self.map.assign(regions_of_busiest[0], Some(idle)).expect("region exists");
+                self.stats.regions_moved += 1;
                 changed = true;
             }
         }
@@ -350,6 +353,7 @@ impl Replication {
             return Ok(());
         }
         self.map.assign(region, Some(server))?;
+        self.stats.regions_moved += 1;
         self.broadcast_map();
         Ok(())
     }
