@@ -13,10 +13,9 @@
 //! compared side by side, on the same machine's noise. The server and the bots share the
 //! machine's cores, so the figure is for both.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use serve::{read_json, serve_listening};
+use serve::{bots, read_json, serve_listening};
 
 mod serve;
 
@@ -55,15 +54,7 @@ fn trial(bin: &str, count: usize, secs: u64) -> Trial {
             .chain(["--json".to_string(), dir.join("serve.json").display().to_string()])
             .collect();
     let (mut server, addr) = serve_listening(bin, &dir, &args);
-    let mut bots = Command::new(bin)
-        .args(["bots", "--connect", &addr, "--key-file"])
-        .arg(dir.join("gateway.key"))
-        .args(["--count", &count.to_string(), "--behaviour", "wander", "--duration", &secs.to_string(), "--json"])
-        .arg(dir.join("bots.json"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("bots start");
+    let mut bots = bots(bin, &addr, &dir, count, secs).spawn().expect("bots start");
     std::thread::sleep(Duration::from_secs(3));
     let window = 5.0;
     let before = (cpu_s(server.id()), cpu_s(bots.id()));

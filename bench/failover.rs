@@ -11,12 +11,14 @@
 //! entity lost or duplicated, no client disconnected and no glitch. The run fails (exit 1) when
 //! nothing was measured or the world broke; a missed target is printed as missed.
 
-use std::process::{Command, Stdio};
-
 use serde_json::json;
 use serve::{read_json, serve_listening};
+use side_by_side::write_json;
 
 mod serve;
+// Only its JSON writer is used here.
+#[allow(dead_code)]
+mod side_by_side;
 
 const BIN: &str = env!("CARGO_BIN_EXE_shardmesh");
 
@@ -54,15 +56,7 @@ fn main() {
     ]
     .into();
     let (mut server, addr) = serve_listening(BIN, &dir, &args);
-    let bots = Command::new(BIN)
-        .args(["bots", "--connect", &addr, "--key-file"])
-        .arg(dir.join("gateway.key"))
-        .args(["--count", &clients.to_string(), "--behaviour", "wander", "--duration", &secs.to_string(), "--json"])
-        .arg(dir.join("bots.json"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("bots run");
+    let bots = serve::bots(BIN, &addr, &dir, clients, secs).status().expect("bots run");
     let serve_status = server.wait().expect("serve ends");
     let (summary, report) = (read_json(&dir, "serve.json"), read_json(&dir, "bots.json"));
     let n = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
@@ -94,7 +88,7 @@ fn main() {
         "  target no client disconnected, no glitch: {}",
         met(disconnects == 0.0 && reconnects == 0.0 && glitches == 0.0)
     );
-    write_out(
+    write_json(
         &json_path,
         &json!({ "players": players, "clients": clients, "every_s": every, "secs": secs, "serve": summary, "bots": report }),
     );
@@ -107,12 +101,5 @@ fn main() {
     if !measured || broken {
         println!("FAILED: {}", if measured { "the world broke (see the summary)" } else { "no failover was measured" });
         std::process::exit(1);
-    }
-}
-
-fn write_out(path: &str, value: &serde_json::Value) {
-    match std::fs::write(path, serde_json::to_string_pretty(value).expect("JSON")) {
-        Ok(()) => println!("wrote {path}"),
-        Err(e) => println!("could not write {path}: {e}"),
     }
 }

@@ -35,6 +35,19 @@ pub fn serve_listening(bin: &str, dir: &Path, args: &[String]) -> (Child, String
     (server, addr)
 }
 
+/// `bin bots` with `count` wandering bots against `addr` for `secs`, its report in
+/// `dir/bots.json`, signing tokens with the key `serve` left in `dir`; quiet.
+pub fn bots(bin: &str, addr: &str, dir: &Path, count: usize, secs: u64) -> Command {
+    let mut bots = Command::new(bin);
+    bots.args(["bots", "--connect", addr, "--key-file"])
+        .arg(dir.join("gateway.key"))
+        .args(["--count", &count.to_string(), "--behaviour", "wander", "--duration", &secs.to_string(), "--json"])
+        .arg(dir.join("bots.json"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    bots
+}
+
 /// A JSON report a child wrote into `dir`.
 pub fn read_json(dir: &Path, name: &str) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}")))

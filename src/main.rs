@@ -154,12 +154,12 @@ struct MeshArgs {
     #[arg(long, default_value_t = 2)]
     servers_per_core: usize,
     /// Tick rate.
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, default_value_t = 30.0, value_parser = positive_finite)]
     hz: f64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Bot activity; 1.0 is the simulator's stress level.
-    #[arg(long, default_value_t = 0.25)]
+    #[arg(long, default_value_t = 0.25, value_parser = positive_finite)]
     activity: f64,
     /// Write the final summary as JSON here.
     #[arg(long)]
@@ -180,7 +180,7 @@ struct MeshArgs {
     /// Crash a random server every SECONDS (its code panics halfway through a tick) once the
     /// warm-up is over: live servers take over what it held from the committed state, and the
     /// summary gives the ticks each failover took.
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", value_parser = positive_finite)]
     chaos_crash_every: Option<f64>,
 }
 
@@ -215,6 +215,16 @@ enum LogCommand {
     },
     /// Print every snapshot and record readably.
     Inspect { dir: std::path::PathBuf },
+}
+
+/// A number that is finite and above zero (a rate, a period): NaN or infinity from a command line
+/// would reach `Duration::from_secs_f64`, which panics on them.
+fn positive_finite(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        Ok(_) => Err(format!("`{s}`: a finite number above zero")),
+        Err(e) => Err(format!("`{s}`: {e}")),
+    }
 }
 
 #[global_allocator]

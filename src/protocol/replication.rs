@@ -320,6 +320,18 @@ impl Replication {
         self.lifecycle.pop_front()
     }
 
+    /// Whether `id` is at rest on this slice: in a container no server has loaded, held by no
+    /// server by design (not waiting for one).
+    pub fn is_at_rest(&self, id: EntityId) -> bool {
+        let Some(index) = &self.streaming else { return false };
+        let Some(root) = crate::world::entity::root_of(id, |e| self.records.get(&e).map(|r| r.state.parent)) else {
+            return false;
+        };
+        let Some(record) = self.records.get(&root) else { return false };
+        record.authority.is_none()
+            && self.dormant.get(&index.locate(record.state.pos())).is_some_and(|roots| roots.contains(&root))
+    }
+
     /// What this slice has `server` hold, as committed, projectiles left out (they end by
     /// themselves): what must be simulated again if it dies.
     pub fn held_by(&self, server: ServerId) -> Vec<EntityId> {

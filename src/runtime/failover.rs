@@ -7,7 +7,8 @@
 //!
 //! `FailoverWatch` measures that, for every crash of a server's code, drilled or not: the ticks
 //! from the crash to the first tick at whose end every entity its slice had it hold (committed
-//! state, projectiles left out) is held by a live server again, on any core.
+//! state, projectiles left out) is held by a live server again, on any core (or, an item, is at
+//! rest in a container its new holder has not loaded).
 
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Mutex;

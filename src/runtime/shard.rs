@@ -477,7 +477,11 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
             }
         }
         if setup.failovers.active() {
-            setup.failovers.seen_held(tick, |id| node.servers().any(|s| s.held().contains_key(&id)));
+            // Held by a live server again, or put to rest (an item whose container its new holder
+            // has not loaded is where it belongs: at rest, not lost).
+            setup.failovers.seen_held(tick, |id| {
+                node.servers().any(|s| s.held().contains_key(&id)) || node.slice().is_at_rest(id)
+            });
         }
         let held_back = node.stats.ticks_held_back;
         if held_back > held_back_before && (held_back == 1 || held_back % 300 == 0) {
