@@ -26,6 +26,11 @@ pub const REGION_COUNT_MAX: usize = 1024;
 /// A region is never split below this edge length: handoffs would outnumber ticks.
 pub const REGION_EDGE_MIN_M: f32 = 8.0;
 
+/// Bins per axis in a region's load report: fine enough to find a crowd's middle in a 40 m room
+/// to a few metres (a bin of a 140 m city is under 9 m, about a room's half), small enough that a
+/// report of every region stays a few hundred kilobytes at `REGION_COUNT_MAX`.
+pub const LOAD_BINS: usize = 16;
+
 /// Items a player or NPC carries in hand.
 pub const HANDS_CAPACITY_COUNT: usize = 8;
 
@@ -102,6 +107,14 @@ pub const FRAMES_PER_PEER_PER_TICK_MAX: usize = 65_536;
 
 /// How long a stopping shard keeps moving messages between cores.
 pub const SETTLE: std::time::Duration = std::time::Duration::from_millis(150);
+
+/// How often a core looks again whether every other core finished the tick before its next (a
+/// timed run; a free-running one spins): well under a tick, far above a wake-up's cost.
+pub const LOCKSTEP_POLL: std::time::Duration = std::time::Duration::from_micros(100);
+
+/// The window over which the world's speed against real time (time dilation) is measured: long
+/// enough that one late tick made up at once does not read as a slowdown.
+pub const TIME_DILATION_WINDOW_US: u64 = 1_000_000;
 
 /// How often a core reads its gateway's sockets while it waits for its next tick.
 pub const GATEWAY_DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(2);
@@ -258,6 +271,15 @@ pub const BALANCE_PERIOD_US: u64 = 1_000_000;
 /// The controller moves load only when the busiest server holds this many entities more than
 /// the quietest (and 10% more): below it, a move costs more handoffs than it saves.
 pub const BALANCE_SLACK_ENTITIES: u32 = 64;
+
+/// Two neighbouring regions that together hold at most this many entities are merged back into
+/// one (a crowd left): below a balancing move's slack, so a merge never undoes what balancing
+/// needs, and the map does not keep the fragments of every crowd there ever was.
+pub const MERGE_COLD_ENTITIES_MAX: u32 = BALANCE_SLACK_ENTITIES / 2;
+
+/// Merges the controller makes in one balancing period at most: a crowd's fragments go back in
+/// seconds, and one period's map changes stay few.
+pub const MERGES_PER_PERIOD_MAX: usize = 4;
 
 /// Logical servers one mesh runs at most (`--servers-max` is bounded by it): the controller
 /// looks at every server's load once a balancing period, and the region map names them.

@@ -1205,6 +1205,57 @@ fn a_crowd_starts_a_server_that_takes_regions_from_the_busiest() {
     held_once(&m, ids.iter().copied());
 }
 
+/// A crowd in one room of a region that holds a whole city: the controller cuts along walls
+/// (the city's, the building's, between the two rooms) until a region is that room, and only
+/// then cuts the room itself; half the crowd then goes to the other server. Nothing is lost.
+#[test]
+fn a_hot_room_splits_along_its_walls_before_it_is_cut() {
+    use shardmesh::world::{Container, ContainerKind, ContainerTree};
+    let b = |min: [f32; 3], max: [f32; 3]| Aabb { min, max };
+    let c = |name: &str, kind, bounds, parent| Container { name: name.into(), kind, bounds, parent };
+    let tree = ContainerTree {
+        containers: vec![
+            c("system", ContainerKind::System, b([0.0; 3], [160.0, 80.0, 20.0]), None),
+            c("planet", ContainerKind::Planet, b([0.0; 3], [160.0, 80.0, 20.0]), Some(0)),
+            c("city", ContainerKind::City, b([10.0, 10.0, 0.0], [70.0, 70.0, 20.0]), Some(1)),
+            c("building", ContainerKind::Building, b([20.0, 20.0, 0.0], [60.0, 50.0, 20.0]), Some(2)),
+            c("room-0", ContainerKind::Room, b([20.0, 20.0, 0.0], [40.0, 50.0, 20.0]), Some(3)),
+            c("room-1", ContainerKind::Room, b([40.0, 20.0, 0.0], [60.0, 50.0, 20.0]), Some(3)),
+        ],
+    };
+    let room = tree.containers[5].bounds;
+    // 400 NPCs standing on a grid over the room's floor.
+    let entities: Vec<(EntityId, EntityState)> = (0..400)
+        .map(|i| {
+            let p = Vec3::new(40.5 + (i % 20) as f32, 20.5 + (i / 20) as f32 * 1.5, 1.0);
+            (EntityId(i as u64 + 1), EntityState::new(EntityKind::Npc, p))
+        })
+        .collect();
+    let ids: Vec<EntityId> = entities.iter().map(|(id, _)| *id).collect();
+    let mut map = RegionMap::kd_split(tree.bounds(), 2);
+    let halves: Vec<RegionId> = map.regions().iter().map(|r| r.id).collect();
+    map.assign(halves[0], Some(ServerId(0))).unwrap();
+    map.assign(halves[1], Some(ServerId(1))).unwrap();
+    let mut m = Mesh::with_streaming(2, 2, map, entities, Arc::new(StreamIndex::new(tree.clone())));
+    let period = shardmesh::limits::ticks_in(shardmesh::limits::BALANCE_PERIOD_US, TICK_DURATION_US);
+    let mut room_was_a_region = false;
+    for _ in 0..period * 20 {
+        room_was_a_region |= m.slice(0).map().regions().iter().any(|r| r.bounds == room);
+        let before = m.slice(0).stats.rooms_cut;
+        m.tick();
+        if m.slice(0).stats.rooms_cut > before {
+            assert!(room_was_a_region, "the room was cut before walls set it apart");
+        }
+    }
+    let stats = &m.slice(0).stats;
+    assert!(room_was_a_region, "walls set the room apart ({} splits)", stats.regions_split);
+    assert!(stats.rooms_cut >= 1, "then the room itself was cut ({} splits)", stats.regions_split);
+    assert!(stats.regions_split >= 5 + stats.rooms_cut, "along walls first: {} splits", stats.regions_split);
+    let held: Vec<usize> = [0, 1].map(|s| m.server(s).held().len()).into();
+    assert!(held.iter().all(|n| *n >= 100), "the crowd is shared: {held:?}");
+    held_once(&m, ids.iter().copied());
+}
+
 /// Load that stays low retires a server: its regions go to the others, it stops once it holds
 /// nothing, and nothing is lost; never below the lower bound.
 #[test]

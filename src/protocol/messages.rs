@@ -5,7 +5,7 @@
 //! authority epoch it was made under, so the replication layer can tell a late message from a
 //! former owner and refuse it.
 
-use crate::world::{ContainerId, EntityId, EntityState, RegionId, RegionMap, ServerId, Tick};
+use crate::world::{ContainerId, EntityId, EntityState, RegionLoad, RegionMap, ServerId, Tick};
 
 /// One life of a logical server: a restart is a new incarnation, never reused.
 #[derive(
@@ -154,8 +154,9 @@ pub enum SliceMsg {
     /// From the controller to a server's home slice: the server's regions went to others; once
     /// it holds nothing, retire it.
     RetireServer { server: ServerId },
-    /// To the controller, once a second: how many entities the sender holds in each region.
-    Load { counts: Vec<(RegionId, u32)> },
+    /// To the controller, once a second: how many entities the sender holds in each region and
+    /// where, counted under the map of `epoch`.
+    Load { epoch: u64, regions: Vec<RegionLoad> },
     /// Every tick, to every other slice: the border entities of the sender's servers.
     Ghosts(Vec<Ghost>),
     /// A hit on an entity the sender does not hold, for the slice that does.

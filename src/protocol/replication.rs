@@ -36,8 +36,8 @@ use super::messages::{
 pub use crate::limits::{BALANCE_PERIOD_US, BALANCE_SLACK_ENTITIES};
 use crate::limits::{CRASH_RESTART_WAIT_MAX_US, LEASE_DURATION_US, TRANSFER_HOPS_MAX};
 use crate::world::{
-    is_streamed, ContainerId, EntityId, EntityKind, EntityState, Forest, MapError, RegionId, RegionMap, ServerId,
-    StreamIndex,
+    is_streamed, ContainerId, EntityId, EntityKind, EntityState, Forest, MapError, RegionId, RegionLoad, RegionMap,
+    ServerId, StreamIndex,
 };
 
 #[derive(Clone, Debug, PartialEq)]
@@ -92,6 +92,9 @@ pub struct ReplicationStats {
     /// retirement, or asked; a dead server's regions given to heirs are failovers, not moves).
     pub regions_split: u64,
     pub regions_merged: u64,
+    /// Splits that cut through a room (a crowd in one room, cut into cells of space); the other
+    /// splits ran along walls or through open space.
+    pub rooms_cut: u64,
     pub regions_moved: u64,
     pub map_changes: u64,
     /// Subtrees sent to and taken from other slices.
@@ -143,8 +146,9 @@ pub struct Replication {
     /// Clients' inputs for the other slices: they carry no state of this slice's, so they may
     /// leave before the tick's commit (see `poll_peer_input`).
     input_outbox: VecDeque<(SliceId, SliceMsg)>,
-    /// Controller: the last load report of each slice (entities per region).
-    loads: Vec<BTreeMap<RegionId, u32>>,
+    /// Controller: the last load report of each slice (where its entities are, per region), and
+    /// the map epoch it was counted under.
+    loads: Vec<(u64, BTreeMap<RegionId, RegionLoad>)>,
     /// This tick's border ghosts of each live local server, and the last of each other slice.
     ghosts_local: BTreeMap<ServerId, Vec<Ghost>>,
     ghosts_remote: Vec<Vec<Ghost>>,
@@ -207,7 +211,7 @@ impl Replication {
             live_everywhere: BTreeSet::new(),
             peer_outbox: VecDeque::new(),
             input_outbox: VecDeque::new(),
-            loads: vec![BTreeMap::new(); slices as usize],
+            loads: vec![(0, BTreeMap::new()); slices as usize],
             ghosts_local: BTreeMap::new(),
             ghosts_remote: vec![Vec::new(); slices as usize],
             ticks: 0,
@@ -562,9 +566,9 @@ impl Replication {
             SliceMsg::Hit { target, damage } => {
                 self.deliver_damage(target, damage);
             }
-            SliceMsg::Load { counts } => {
+            SliceMsg::Load { epoch, regions } => {
                 if let Some(load) = self.loads.get_mut(from.0 as usize) {
-                    *load = counts.into_iter().collect();
+                    *load = (epoch, regions.into_iter().map(|r| (r.region, r)).collect());
                 }
             }
             SliceMsg::Marker { round } => {
@@ -622,8 +626,8 @@ impl Replication {
         self.retire_drained();
         self.ticks += 1;
         if self.ticks % self.balance_every_ticks == 0 {
-            let counts = self.region_counts();
-            self.tell_controller(SliceMsg::Load { counts });
+            let regions = self.region_counts();
+            self.tell_controller(SliceMsg::Load { epoch: self.map.epoch, regions });
         }
         if self.is_controller() {
             self.controller_tick();

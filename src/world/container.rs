@@ -34,9 +34,11 @@ impl Aabb {
     pub fn center(&self) -> Vec3 {
         (self.min() + self.max()) * 0.5
     }
+    /// In f64 from the corners: the halves of a box cut anywhere sum to it exactly (edges taken
+    /// in f32 would round differently on either side of the cut).
     pub fn volume(&self) -> f64 {
-        let s = self.size();
-        s.x as f64 * s.y as f64 * s.z as f64
+        let edge = |a: usize| self.max[a] as f64 - self.min[a] as f64;
+        edge(0) * edge(1) * edge(2)
     }
     pub fn contains(&self, p: Vec3) -> bool {
         p.cmpge(self.min()).all() && p.cmplt(self.max()).all()

@@ -2,6 +2,7 @@
 //! versioned region map. Pure data and rules: no clock, no I/O, no threads.
 
 pub mod container;
+pub mod cut;
 pub mod entity;
 pub mod generate;
 pub mod grid;
@@ -10,6 +11,7 @@ pub mod stream;
 pub mod tick;
 
 pub use container::{Aabb, Container, ContainerKind, ContainerTree, WorldError};
+pub use cut::{plan_cut, Cut, RegionLoad};
 pub use entity::{EntityId, EntityKind, EntityState, Forest};
 pub use generate::{populate, Population};
 pub use grid::Grid;

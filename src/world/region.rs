@@ -253,14 +253,37 @@ impl RegionMap {
             return Err(MapError::TooSmall(id));
         }
         let (low, high) = region.bounds.split_longest();
+        Ok(self.replace_by_halves(i, low, high))
+    }
+
+    /// Cuts a region in two across `axis` at `at` (a planned cut: see `cut::plan_cut`); both
+    /// halves keep its server. Refused if either half would be under `REGION_EDGE_MIN_M` across.
+    pub fn split_at(&mut self, id: RegionId, axis: usize, at: f32) -> Result<(RegionId, RegionId), MapError> {
+        let i = self.index(id)?;
+        if self.regions.len() >= REGION_COUNT_MAX {
+            return Err(MapError::TooMany);
+        }
+        let region = self.regions[i].clone();
+        let (lo, hi) = (region.bounds.min[axis.min(2)], region.bounds.max[axis.min(2)]);
+        if axis > 2 || !(at >= lo + REGION_EDGE_MIN_M && at <= hi - REGION_EDGE_MIN_M) {
+            return Err(MapError::TooSmall(id));
+        }
+        let (mut low, mut high) = (region.bounds, region.bounds);
+        low.max[axis] = at;
+        high.min[axis] = at;
+        Ok(self.replace_by_halves(i, low, high))
+    }
+
+    fn replace_by_halves(&mut self, i: usize, low: Aabb, high: Aabb) -> (RegionId, RegionId) {
+        let server = self.regions[i].server;
         let (a, b) = (RegionId(self.next_region), RegionId(self.next_region + 1));
         self.next_region += 2;
         self.regions.remove(i);
-        self.regions.push(Region { id: a, bounds: low, server: region.server });
-        self.regions.push(Region { id: b, bounds: high, server: region.server });
+        self.regions.push(Region { id: a, bounds: low, server });
+        self.regions.push(Region { id: b, bounds: high, server });
         self.lookup = Default::default();
         self.epoch += 1;
-        Ok((a, b))
+        (a, b)
     }
 
     /// Joins two regions that together form a box; the result takes `a`'s server.
@@ -316,6 +339,34 @@ mod tests {
 
     fn world() -> Aabb {
         Aabb::new(Vec3::ZERO, Vec3::new(400.0, 200.0, 100.0))
+    }
+
+    /// Cuts anywhere (walls and load medians fall on no grid) keep the tiling exact, and a
+    /// cut that would leave a side under the smallest width is refused.
+    #[test]
+    fn cuts_at_any_coordinate_keep_the_tiling() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let mut map = RegionMap::kd_split(world(), 2);
+        for _ in 0..200 {
+            let ids: Vec<RegionId> = map.regions().iter().map(|r| r.id).collect();
+            let id = ids[rng.random_range(0..ids.len())];
+            let axis = rng.random_range(0..3usize);
+            let b = map.get(id).unwrap().bounds;
+            let at = b.min[axis] + rng.random::<f32>() * (b.max[axis] - b.min[axis]);
+            match map.split_at(id, axis, at) {
+                Ok(_) => assert!(at - b.min[axis] >= REGION_EDGE_MIN_M && b.max[axis] - at >= REGION_EDGE_MIN_M),
+                Err(e) => assert!(matches!(e, MapError::TooSmall(_) | MapError::TooMany), "{e}"),
+            }
+            if rng.random::<f32>() < 0.3 {
+                if let Some(&(a, b)) = map.mergeable_pairs().first() {
+                    map.merge(a, b).unwrap();
+                }
+            }
+            map.check_tiling().unwrap();
+        }
+        assert!(map.regions().len() > 8, "{} regions", map.regions().len());
+        assert_eq!(map.split_at(map.regions()[0].id, 3, 1.0), Err(MapError::TooSmall(map.regions()[0].id)));
     }
 
     #[test]

@@ -2,8 +2,10 @@
 
 use super::*;
 use crate::limits::{
-    SERVER_ENTITIES_HIGH_MAX, SERVER_ENTITIES_LOW_MIN, SERVER_RETIRE_AFTER_PERIODS_MIN, SERVER_START_AFTER_PERIODS_MIN,
+    MERGES_PER_PERIOD_MAX, MERGE_COLD_ENTITIES_MAX, SERVER_ENTITIES_HIGH_MAX, SERVER_ENTITIES_LOW_MIN,
+    SERVER_RETIRE_AFTER_PERIODS_MIN, SERVER_START_AFTER_PERIODS_MIN,
 };
+use crate::world::{plan_cut, ContainerKind};
 
 impl Replication {
     pub(super) fn tell_controller(&mut self, msg: SliceMsg) {
@@ -231,33 +233,42 @@ impl Replication {
         self.publish_map();
     }
 
-    /// Entities this slice holds, per region.
-    pub(super) fn region_counts(&self) -> Vec<(RegionId, u32)> {
-        let mut counts: BTreeMap<RegionId, u32> = BTreeMap::new();
+    /// Entities this slice holds, per region, and where they are in it.
+    pub(super) fn region_counts(&self) -> Vec<RegionLoad> {
+        let mut loads: BTreeMap<RegionId, RegionLoad> = BTreeMap::new();
         // Items at rest cost a server nothing: with streaming, only what servers hold counts.
         let streaming = self.streaming.is_some();
         for record in self.records.values().filter(|r| !streaming || r.authority.is_some()) {
-            *counts.entry(self.map.region_at(record.state.pos()).id).or_default() += 1;
+            let p = record.state.pos();
+            let region = self.map.region_at(p);
+            loads.entry(region.id).or_insert_with(|| RegionLoad::new(region.id)).add(&region.bounds, p);
         }
-        counts.into_iter().collect()
+        loads.into_values().collect()
     }
 
-    /// Controller: entities per region, from every slice's last report.
-    pub fn region_loads(&self) -> BTreeMap<RegionId, u32> {
-        let mut total: BTreeMap<RegionId, u32> = BTreeMap::new();
-        for load in &self.loads {
-            for (region, n) in load {
-                *total.entry(*region).or_default() += n;
+    /// Controller: every slice's last report of each region, added up.
+    fn region_load_reports(&self) -> BTreeMap<RegionId, RegionLoad> {
+        let mut total: BTreeMap<RegionId, RegionLoad> = BTreeMap::new();
+        for (_, load) in &self.loads {
+            for (region, l) in load {
+                total.entry(*region).or_insert_with(|| RegionLoad::new(*region)).absorb(l);
             }
         }
         total
     }
 
+    /// Controller: entities per region, from every slice's last report.
+    pub fn region_loads(&self) -> BTreeMap<RegionId, u32> {
+        self.region_load_reports().into_iter().map(|(id, l)| (id, l.entities)).collect()
+    }
+
     /// Controller, once a period: if the busiest live server holds well more than the quietest,
     /// give the quietest the busiest's region that best halves the gap; if every region of the
-    /// busiest is too big for that, split its biggest so the next period can move half.
+    /// busiest is too big for that, cut its busiest (along walls first: `plan_cut`) so the next
+    /// period can move a part. With nothing to even out, cold neighbours merge back.
     pub(super) fn balance(&mut self) {
-        let loads = self.region_loads();
+        let reports = self.region_load_reports();
+        let loads: BTreeMap<RegionId, u32> = reports.iter().map(|(id, l)| (*id, l.entities)).collect();
         let per_server: BTreeMap<ServerId, u32> = self
             .live_everywhere
             .iter()
@@ -273,6 +284,7 @@ impl Replication {
         };
         let gap = high - low;
         if busiest == quietest || gap < BALANCE_SLACK_ENTITIES || gap * 10 < high {
+            self.merge_cold(&loads);
             return;
         }
         let mut regions: Vec<(u32, RegionId)> =
@@ -287,17 +299,51 @@ impl Replication {
                 self.broadcast_map();
             }
             None => {
-                if let Some(&(_, biggest)) = regions.last() {
-                    if self.map.split(biggest).is_ok() {
-                        self.stats.regions_split += 1;
-                        // The halves' loads are unknown until the next reports.
-                        for load in &mut self.loads {
-                            load.remove(&biggest);
-                        }
-                        self.broadcast_map();
+                let Some(&(_, busiest_region)) = regions.last() else { return };
+                let Some(bounds) = self.map.get(busiest_region).map(|r| r.bounds) else { return };
+                let tree = self.streaming.as_ref().map(|index| index.tree());
+                let Some(cut) = plan_cut(&bounds, tree, reports.get(&busiest_region)) else { return };
+                if self.map.split_at(busiest_region, cut.axis, cut.at).is_ok() {
+                    self.stats.regions_split += 1;
+                    self.stats.rooms_cut += (cut.through == Some(ContainerKind::Room)) as u64;
+                    // The halves' loads are unknown until the next reports.
+                    for (_, load) in &mut self.loads {
+                        load.remove(&busiest_region);
                     }
+                    self.broadcast_map();
                 }
             }
+        }
+    }
+
+    /// Controller: neighbouring regions of one server that together hold at most
+    /// `MERGE_COLD_ENTITIES_MAX` merge back into one (nothing moves: a crowd's fragments go,
+    /// the servers keep what they hold; balancing and retirement move load), up to
+    /// `MERGES_PER_PERIOD_MAX` a period. Only on reports counted under the current map: a region
+    /// missing from them is then empty, not merely unreported.
+    fn merge_cold(&mut self, loads: &BTreeMap<RegionId, u32>) {
+        if self.loads.iter().any(|(epoch, _)| *epoch != self.map.epoch) {
+            return;
+        }
+        let mut loads = loads.clone();
+        let mut merged = 0;
+        while merged < MERGES_PER_PERIOD_MAX {
+            let load = |id: RegionId| loads.get(&id).copied().unwrap_or(0);
+            let server = |id: RegionId| self.map.get(id).and_then(|r| r.server);
+            let pair = self
+                .map
+                .mergeable_pairs()
+                .into_iter()
+                .filter(|(a, b)| server(*a) == server(*b) && load(*a) + load(*b) <= MERGE_COLD_ENTITIES_MAX)
+                .min_by_key(|(a, b)| (load(*a) + load(*b), *a, *b));
+            let Some((a, b)) = pair else { break };
+            let Ok(union) = self.map.merge(a, b) else { break };
+            loads.insert(union, load(a) + load(b));
+            self.stats.regions_merged += 1;
+            merged += 1;
+        }
+        if merged > 0 {
+            self.broadcast_map();
         }
     }
 

@@ -1,0 +1,300 @@
+//! Where to cut a busy region: along the world's own walls first, through space last.
+//!
+//! A region's load is reported as a histogram per axis (`RegionLoad`); the container tree gives
+//! the walls. A cut is a plane across one axis. Its cost is the deepest kind of container it
+//! passes through (containers that enclose the whole region do not count: every cut passes
+//! through them). A cut along walls only costs nothing; a cut between two buildings passes
+//! through their city; only a cut inside one room passes through a room. The planner takes the
+//! cheapest cut, then the one that leaves the heavier side lightest, then the one that leaves
+//! the heavier side smallest: a hot room in a larger region is first walled off (the cuts that
+//! hug it), and only once a region is that one room is it cut into cells of space, at the bin edge
+//! that best halves its load, down to `REGION_EDGE_MIN_M`.
+
+use glam::Vec3;
+
+use super::container::{Aabb, ContainerKind, ContainerTree};
+use super::region::RegionId;
+use crate::limits::{LOAD_BINS, REGION_EDGE_MIN_M};
+
+/// What a slice holds in one region: its entities and where they are along each axis.
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct RegionLoad {
+    pub region: RegionId,
+    pub entities: u32,
+    /// Entities per bin along x, y and z, the region's extent cut into `LOAD_BINS` equal bins.
+    pub bins: [[u32; LOAD_BINS]; 3],
+}
+
+impl RegionLoad {
+    pub fn new(region: RegionId) -> Self {
+        Self { region, entities: 0, bins: [[0; LOAD_BINS]; 3] }
+    }
+
+    /// Counts an entity at `p` in the region `bounds` (clamped into it).
+    pub fn add(&mut self, bounds: &Aabb, p: Vec3) {
+        self.entities = self.entities.saturating_add(1);
+        for axis in 0..3 {
+            let (lo, hi) = (bounds.min[axis], bounds.max[axis]);
+            let f = if p[axis].is_finite() { ((p[axis] - lo) / (hi - lo)).clamp(0.0, 1.0) } else { 0.0 };
+            let bin = ((f * LOAD_BINS as f32) as usize).min(LOAD_BINS - 1);
+            self.bins[axis][bin] = self.bins[axis][bin].saturating_add(1);
+        }
+    }
+
+    /// Adds another slice's report of the same region.
+    pub fn absorb(&mut self, other: &RegionLoad) {
+        self.entities = self.entities.saturating_add(other.entities);
+        for (mine, theirs) in self.bins.iter_mut().zip(&other.bins) {
+            for (a, b) in mine.iter_mut().zip(theirs) {
+                *a = a.saturating_add(*b);
+            }
+        }
+    }
+
+    /// The entities estimated to lie below `at` along `axis` (spread evenly within a bin).
+    pub fn below(&self, bounds: &Aabb, axis: usize, at: f32) -> f64 {
+        let (lo, hi) = (bounds.min[axis], bounds.max[axis]);
+        let f = (((at - lo) / (hi - lo)).clamp(0.0, 1.0) * LOAD_BINS as f32) as f64;
+        let whole = (f.floor() as usize).min(LOAD_BINS);
+        let bins = &self.bins[axis];
+        let mut sum: f64 = bins[..whole].iter().map(|n| *n as f64).sum();
+        if whole < LOAD_BINS {
+            sum += bins[whole] as f64 * (f - whole as f64);
+        }
+        sum
+    }
+
+    /// The bin edge along `axis` that best halves the load, among those `fits` allows (on a bin
+    /// edge the count below is exact, not spread over a bin); `None` if no edge fits. An empty
+    /// region's is the edge nearest its middle.
+    pub fn balanced_edge(&self, bounds: &Aabb, axis: usize, fits: impl Fn(f32) -> bool) -> Option<f32> {
+        let (lo, hi) = (bounds.min[axis], bounds.max[axis]);
+        let width = (hi - lo) / LOAD_BINS as f32;
+        let bins = &self.bins[axis];
+        let total: i64 = bins.iter().map(|n| *n as i64).sum();
+        let mut below = 0i64;
+        let mut best: Option<(i64, usize, f32)> = None;
+        for (edge, n) in bins.iter().enumerate().skip(1).map(|(i, _)| (i, bins[i - 1])) {
+            below += n as i64;
+            let at = lo + edge as f32 * width;
+            if !fits(at) {
+                continue;
+            }
+            let key = ((2 * below - total).abs(), edge.abs_diff(LOAD_BINS / 2));
+            if best.is_none_or(|(b, d, _)| key < (b, d)) {
+                best = Some((key.0, key.1, at));
+            }
+        }
+        best.map(|(_, _, at)| at)
+    }
+}
+
+/// A plane across `axis` at `at`, and the deepest kind of container whose inside it crosses
+/// (`None`: open space only). A cut between two rooms crosses their building, not a room.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Cut {
+    pub axis: usize,
+    pub at: f32,
+    pub through: Option<ContainerKind>,
+}
+
+/// The cut for a busy region, or `None` when no cut leaves both sides `REGION_EDGE_MIN_M` wide.
+/// Without a tree every cut is through space; without a load every side is as heavy as any other,
+/// so the cut halves the region's volume.
+pub fn plan_cut(bounds: &Aabb, tree: Option<&ContainerTree>, load: Option<&RegionLoad>) -> Option<Cut> {
+    // The containers a cut may pass through, and whether each encloses the whole region (every
+    // cut passes through those, so they cost nothing).
+    let near: Vec<(&Aabb, ContainerKind, bool)> = tree
+        .map(|t| {
+            t.containers
+                .iter()
+                .filter(|c| c.bounds.overlaps(bounds))
+                .map(|c| (&c.bounds, c.kind, c.bounds.contains_box(bounds)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let fits =
+        |axis: usize, at: f32| at >= bounds.min[axis] + REGION_EDGE_MIN_M && at <= bounds.max[axis] - REGION_EDGE_MIN_M;
+    let mut candidates: Vec<(usize, f32)> = Vec::new();
+    for (b, _, _) in near.iter().filter(|(_, _, encloses)| !encloses) {
+        for axis in 0..3 {
+            for at in [b.min[axis], b.max[axis]] {
+                if fits(axis, at) {
+                    candidates.push((axis, at));
+                }
+            }
+        }
+    }
+    for axis in 0..3 {
+        if bounds.size()[axis] < 2.0 * REGION_EDGE_MIN_M {
+            continue;
+        }
+        let middle = (bounds.min[axis] + bounds.max[axis]) / 2.0;
+        let at = load.and_then(|l| l.balanced_edge(bounds, axis, |at| fits(axis, at))).unwrap_or(middle);
+        candidates.push((axis, at));
+    }
+    let total = load.map_or(0.0, |l| l.entities as f64);
+    candidates
+        .into_iter()
+        .map(|(axis, at)| {
+            let crossed = near.iter().filter(|(b, _, _)| b.min[axis] < at && at < b.max[axis]);
+            let cost = crossed.clone().filter(|(_, _, encloses)| !encloses).map(|(_, kind, _)| *kind).max();
+            let through = crossed.map(|(_, kind, _)| *kind).max();
+            let below = load.map_or(0.0, |l| l.below(bounds, axis, at));
+            let above = total - below;
+            let share = |side: f64| if total > 0.0 { side / total } else { 0.0 };
+            let (below_v, above_v) = side_volumes(bounds, axis, at);
+            // The heavier side's load, in 32nds of the whole (so rounding in the bins does not
+            // outweigh the volume), then its volume (the larger side when the loads tie).
+            let heavy = (share(below.max(above)) * 32.0).round() as u32;
+            let heavy_volume = if (below - above).abs() < total / 64.0 {
+                below_v.max(above_v)
+            } else if below > above {
+                below_v
+            } else {
+                above_v
+            };
+            (cost, heavy, heavy_volume, Cut { axis, at, through })
+        })
+        .min_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.total_cmp(&b.2)))
+        .map(|(_, _, _, cut)| cut)
+}
+
+fn side_volumes(bounds: &Aabb, axis: usize, at: f32) -> (f64, f64) {
+    let whole = bounds.volume();
+    let f = ((at - bounds.min[axis]) / bounds.size()[axis]) as f64;
+    (whole * f, whole * (1.0 - f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::world::container::Container;
+
+    fn aabb(min: [f32; 3], max: [f32; 3]) -> Aabb {
+        Aabb { min, max }
+    }
+
+    /// A city with one building of two rooms side by side along x, with space around them.
+    fn city() -> ContainerTree {
+        let c = |name: &str, kind, bounds, parent| Container { name: name.into(), kind, bounds, parent };
+        ContainerTree {
+            containers: vec![
+                c("system", ContainerKind::System, aabb([0.0; 3], [200.0, 200.0, 100.0]), None),
+                c("planet", ContainerKind::Planet, aabb([0.0; 3], [200.0, 200.0, 100.0]), Some(0)),
+                c("city", ContainerKind::City, aabb([20.0, 20.0, 0.0], [180.0, 180.0, 100.0]), Some(1)),
+                c("building", ContainerKind::Building, aabb([60.0, 60.0, 0.0], [140.0, 100.0, 100.0]), Some(2)),
+                c("room-0", ContainerKind::Room, aabb([60.0, 60.0, 0.0], [100.0, 100.0, 100.0]), Some(3)),
+                c("room-1", ContainerKind::Room, aabb([100.0, 60.0, 0.0], [140.0, 100.0, 100.0]), Some(3)),
+            ],
+        }
+    }
+
+    fn load_of(bounds: &Aabb, points: impl IntoIterator<Item = Vec3>) -> RegionLoad {
+        let mut load = RegionLoad::new(RegionId(0));
+        for p in points {
+            load.add(bounds, p);
+        }
+        load
+    }
+
+    /// A crowd in a disk around `centre`, on the floor.
+    fn crowd(centre: Vec3, radius: f32, n: usize) -> impl Iterator<Item = Vec3> {
+        (0..n).map(move |i| {
+            let a = i as f32 * 2.399;
+            let r = radius * ((i as f32 + 0.5) / n as f32).sqrt();
+            centre + Vec3::new(a.cos() * r, a.sin() * r, -centre.z + 1.0)
+        })
+    }
+
+    #[test]
+    fn the_histogram_places_load_and_the_edge_that_halves_it() {
+        let b = aabb([0.0; 3], [160.0, 160.0, 100.0]);
+        let load = load_of(&b, (0..100).map(|i| Vec3::new(i as f32 + 0.5, 50.0, 1.0)));
+        assert_eq!(load.entities, 100);
+        assert!((load.below(&b, 0, 50.0) - 50.0).abs() < 1.0, "{}", load.below(&b, 0, 50.0));
+        assert_eq!(load.balanced_edge(&b, 0, |_| true), Some(50.0));
+        assert_eq!(load.balanced_edge(&b, 0, |at| at >= 60.0), Some(60.0), "the best edge that fits");
+        assert_eq!(load.balanced_edge(&b, 0, |_| false), None);
+        // A point mass is never split by the estimate: the edge falls beside it.
+        let lump = load_of(&b, (0..100).map(|i| Vec3::new(if i < 50 { 30.0 } else { 95.0 }, 1.0, 1.0)));
+        let at = lump.balanced_edge(&b, 0, |_| true).unwrap();
+        assert!(at > 30.0 && at < 95.0 && lump.below(&b, 0, at) == 50.0, "{at}");
+        assert_eq!(load.below(&b, 0, 160.0), 100.0);
+        assert_eq!(load.below(&b, 0, -5.0), 0.0);
+        let mut twice = load.clone();
+        twice.absorb(&load);
+        assert_eq!(twice.entities, 200);
+        // Points outside the bounds (or not finite) are counted at the edge, never lost.
+        let mut odd = RegionLoad::new(RegionId(1));
+        odd.add(&b, Vec3::new(f32::NAN, 1e9, -1e9));
+        assert_eq!(odd.bins[0][0] + odd.bins[1][LOAD_BINS - 1] + odd.bins[2][0], 3);
+    }
+
+    /// A hot room in a bigger region is walled off first: every cut runs along walls until the
+    /// region is the room, and only then is the room cut, through its crowd.
+    #[test]
+    fn a_hot_room_is_walled_off_before_it_is_cut() {
+        let tree = city();
+        let room = tree.containers[5].bounds;
+        let mut region = tree.bounds();
+        let mut wall_cuts = 0;
+        loop {
+            let load = load_of(&region, crowd(room.center(), 15.0, 2000));
+            let cut = plan_cut(&region, Some(&tree), Some(&load)).expect("a cut");
+            if region == room {
+                assert_eq!(cut.through, Some(ContainerKind::Room), "the room alone is cut through: {cut:?}");
+                assert!(cut.axis < 2, "the crowd is on the floor: cut across x or y, not z: {cut:?}");
+                assert!((cut.at - room.center()[cut.axis]).abs() < 2.0, "at the crowd's middle: {cut:?}");
+                break;
+            }
+            assert!(cut.through < Some(ContainerKind::Room), "walls while the region is more than the room: {cut:?}");
+            let (low, high) = halves(&region, cut);
+            region = if low.contains(room.center()) { low } else { high };
+            assert!(region.contains_box(&room), "the crowd's side keeps the whole room");
+            wall_cuts += 1;
+            assert!(wall_cuts < 12, "the region closes on the room");
+        }
+        assert!(wall_cuts >= 4, "four walls came first ({wall_cuts})");
+    }
+
+    /// Load in two rooms of one building: the cut between them passes through the building only,
+    /// and balances the load.
+    #[test]
+    fn load_in_two_rooms_is_cut_between_them() {
+        let tree = city();
+        let building = tree.containers[3].bounds;
+        let load = load_of(
+            &building,
+            crowd(Vec3::new(80.0, 80.0, 0.0), 8.0, 500).chain(crowd(Vec3::new(120.0, 80.0, 0.0), 8.0, 500)),
+        );
+        let cut = plan_cut(&building, Some(&tree), Some(&load)).unwrap();
+        assert_eq!(cut, Cut { axis: 0, at: 100.0, through: Some(ContainerKind::Building) });
+    }
+
+    /// No tree: a cut through space where it best halves the load; no load: the middle of the longest
+    /// axis; a region too small on every axis is not cut.
+    #[test]
+    fn without_walls_space_is_cut_where_it_halves_the_load() {
+        let b = aabb([0.0; 3], [64.0, 32.0, 20.0]);
+        // A line of load along x, near the floor and a wall: only a cut across x splits it.
+        let load = load_of(&b, (0..64).map(|i| Vec3::new(10.0 + i as f32 / 8.0, 3.0, 3.0)));
+        let cut = plan_cut(&b, None, Some(&load)).unwrap();
+        assert_eq!(cut.axis, 0);
+        assert!(cut.at == 12.0 || cut.at == 16.0, "a bin edge beside the middle of the line: {cut:?}");
+        let cut = plan_cut(&b, None, None).unwrap();
+        assert_eq!((cut.axis, cut.at), (0, 32.0));
+        assert_eq!(plan_cut(&aabb([0.0; 3], [15.0, 15.0, 15.0]), None, None), None);
+        // Load hard against a side: the cut is pulled in to leave the smallest region's width.
+        let edge = load_of(&b, (0..64).map(|_| Vec3::new(0.5, 16.0, 10.0)));
+        let cut = plan_cut(&b, None, Some(&edge)).unwrap();
+        assert!(cut.at >= REGION_EDGE_MIN_M, "{cut:?}");
+    }
+
+    fn halves(b: &Aabb, cut: Cut) -> (Aabb, Aabb) {
+        let (mut low, mut high) = (*b, *b);
+        low.max[cut.axis] = cut.at;
+        high.min[cut.axis] = cut.at;
+        (low, high)
+    }
+}
