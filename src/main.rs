@@ -592,13 +592,15 @@ fn demo(cfg: MeshConfig, json: Option<std::path::PathBuf>) -> ExitCode {
         println!("committed_tick={tick} checkpoint={round}");
     }
     println!(
-        "servers_started={} servers_retired={} servers_max={} regions_split={} regions_merged={} regions_moved={}",
+        "servers_started={} servers_retired={} servers_max={} regions_split={} rooms_cut={} regions_merged={} regions_moved={} time_dilation_min={}",
         summary.servers_started,
         summary.servers_retired,
         summary.servers_max,
         summary.regions_split,
+        summary.rooms_cut,
         summary.regions_merged,
         summary.regions_moved,
+        summary.time_dilation_min.map_or("-".to_string(), |d| format!("{d:.3}")),
     );
     if summary.server_crashes > 0 || summary.chaos_drills > 0 {
         let ticks = |t: Option<u64>| t.map_or("-".to_string(), |t| t.to_string());

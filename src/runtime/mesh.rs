@@ -263,6 +263,12 @@ pub struct MeshSummary {
     pub regions_split: u64,
     pub regions_merged: u64,
     pub regions_moved: u64,
+    /// Splits that cut through a room (the others ran along walls or through open space).
+    pub rooms_cut: u64,
+    /// The world's lowest speed against real time over a window after the warm-up, on any core
+    /// (EVE Online's time dilation): 1.0 when the world never slowed; `None` for a free-running
+    /// run (it keeps no real time) or one too short for a window.
+    pub time_dilation_min: Option<f64>,
     /// The region map's epoch at the start and at the end (equal: the map never changed).
     pub map_epoch_start: u64,
     pub map_epoch_end: u64,
@@ -436,8 +442,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
     let gauges: Vec<Arc<ShardGauges>> = (0..cores).map(|_| Arc::new(ShardGauges::default())).collect();
     let mut handles = Vec::new();
     let first_tick = clock_offset_us / shard::game_tick_us(cfg.tick);
-    let lockstep =
-        cfg.tick.is_zero().then(|| Arc::new((0..cores).map(|_| AtomicU64::new(first_tick)).collect::<Vec<_>>()));
+    let lockstep = Arc::new((0..cores).map(|_| AtomicU64::new(first_tick)).collect::<Vec<_>>());
     let chaos = cfg.chaos_crash_every.map(|_| Arc::new(super::failover::Chaos::new(cores)));
     let failovers = Arc::new(super::failover::FailoverWatch::default());
     for (i, slice) in slices.into_iter().enumerate() {
@@ -538,8 +543,13 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
                 ),
                 None => String::new(),
             };
+            // The slowest core's last window (every core waits for the others, so they agree).
+            let tidi = match gauges.iter().map(|g| g.time_dilation_ppm.load(Ordering::Relaxed)).min() {
+                Some(ppm) if ppm > 0 && !cfg.tick.is_zero() => format!(" time_dilation={:.2}", ppm as f64 / 1e6),
+                _ => String::new(),
+            };
             eprintln!(
-                "t={:>5.1}s players={} held={} servers={} cores={cores} ticks/s={:.1} tick_p50={:.2}ms tick_p99={:.2}ms worst={:.2}ms handoffs/s={:.0} stalls={} held_back={} server_panics={} started={} retired={} splits={} merges={} moves={}{committed}",
+                "t={:>5.1}s players={} held={} servers={} cores={cores} ticks/s={:.1} tick_p50={:.2}ms tick_p99={:.2}ms worst={:.2}ms handoffs/s={:.0} stalls={} held_back={} server_panics={} started={} retired={} splits={} merges={} moves={}{tidi}{committed}",
                 start.elapsed().as_secs_f64(),
                 sum(&|g| g.players.load(Ordering::Relaxed)),
                 sum(&|g| g.held.load(Ordering::Relaxed)),
@@ -697,6 +707,11 @@ fn audit(
     let mut held_per_core = Vec::new();
     let mut tick_p99_ms_per_core = Vec::new();
     let mut gateway: Option<crate::net::GatewayStats> = None;
+    let time_dilation_min = if reports.iter().all(|r| r.time_dilation_min.is_some()) {
+        reports.iter().filter_map(|r| r.time_dilation_min).reduce(f64::min)
+    } else {
+        None
+    };
     for r in reports {
         if let Some(g) = &r.gateway {
             gateway.get_or_insert_with(Default::default).add(g);
@@ -753,6 +768,8 @@ fn audit(
         regions_split: slices.first().map_or(0, |s| s.stats.regions_split),
         regions_merged: slices.first().map_or(0, |s| s.stats.regions_merged),
         regions_moved: slices.first().map_or(0, |s| s.stats.regions_moved),
+        rooms_cut: slices.first().map_or(0, |s| s.stats.rooms_cut),
+        time_dilation_min,
         map_epoch_start: 0,
         map_epoch_end: slices.first().map_or(0, |s| s.map().epoch),
         server_crashes: 0,

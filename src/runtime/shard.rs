@@ -19,7 +19,7 @@ use rustc_hash::FxHashSet;
 use super::panics::Watch;
 use super::ring::{access_trusted, Consumer, Producer, RingError};
 pub use crate::limits::{FRAMES_PER_PEER_PER_TICK_MAX, PENDING_BYTES_PER_PEER_MAX, SETTLE};
-use crate::limits::{GATEWAY_DRAIN_EVERY, INPUT_WAIT_MAX, VIEW_WAIT_MAX};
+use crate::limits::{GATEWAY_DRAIN_EVERY, INPUT_WAIT_MAX, LOCKSTEP_POLL, TIME_DILATION_WINDOW_US, VIEW_WAIT_MAX};
 use crate::node::{Bots, Direct, Durable, LogRecord, Node, NodeConfig, NodeEvent, NodeIo, Stage, Step};
 use crate::protocol::messages::ArchivedSliceMsg;
 use crate::protocol::{Action, Replication, Server, SliceId, SliceMsg};
@@ -61,6 +61,9 @@ pub struct ShardGauges {
     pub regions_split: AtomicU64,
     pub regions_merged: AtomicU64,
     pub regions_moved: AtomicU64,
+    /// The world's speed against real time over the last window, in millionths (0: no window
+    /// closed yet): 1,000,000 while every tick keeps the schedule.
+    pub time_dilation_ppm: AtomicU64,
 }
 
 /// What a shard with a gateway needs: its endpoints, the seats every core shares, and every
@@ -108,10 +111,10 @@ pub struct ShardSetup {
     pub inject_panic: Option<super::panics::InjectPanic>,
     /// Bytes queued for a peer past which the servers' ticks are held back.
     pub pending_bytes_per_peer_max: usize,
-    /// Free-running (a zero tick): the last tick each core finished. A core starts its next tick
-    /// only once every core has finished the one before, so the cores' game clocks stay together
-    /// as the wall clock keeps them in a timed run.
-    pub lockstep: Option<Arc<Vec<AtomicU64>>>,
+    /// The last tick each core finished. A core starts its next tick only once every core has
+    /// finished the one before, so the cores' game clocks stay together (and a world that
+    /// cannot keep up slows down evenly).
+    pub lockstep: Arc<Vec<AtomicU64>>,
     /// Crash drills for this core's servers (`--chaos-crash-every`).
     pub chaos: Option<Arc<super::failover::Chaos>>,
     /// Every server crash's failover, measured across the cores.
@@ -137,6 +140,9 @@ pub struct ShardReport {
     /// Why the log stopped taking commits, if it did (the shard stops the mesh then).
     pub log_error: Option<String>,
     pub gateway: Option<crate::net::GatewayStats>,
+    /// The lowest time dilation of a window after the warm-up (`None`: none closed, or a
+    /// free-running run, which keeps no real time).
+    pub time_dilation_min: Option<f64>,
 }
 
 /// The node's I/O on a real core: the rings to other cores, the gateway's clients, the log.
@@ -281,10 +287,6 @@ impl ShardIo {
     }
 }
 
-fn now_us(start: Instant, offset_us: u64) -> u64 {
-    offset_us + start.elapsed().as_micros() as u64
-}
-
 /// Game time a tick is at the wall-clock tick `tick`: the same, so the world moves at the same
 /// speed whatever the rate; a free-running schedule (zero) runs ticks of the default length.
 pub fn game_tick_us(tick: Duration) -> u64 {
@@ -300,19 +302,17 @@ pub fn game_tick_us(tick: Duration) -> u64 {
 /// and the gateways match the cores' views by them.
 #[derive(Debug)]
 struct Schedule {
-    start: Instant,
     tick: Duration,
-    /// The tick number before the first this run.
-    first: u64,
     /// When the next tick is due.
     next: Instant,
+    /// The last tick's number.
     number: u64,
 }
 
 impl Schedule {
     /// A schedule whose first tick is the one after `first`.
     fn new(start: Instant, tick: Duration, first: u64) -> Self {
-        Self { start, tick, first, next: start, number: first }
+        Self { tick, next: start, number: first }
     }
 
     /// The next tick's number, and when it is due.
@@ -328,18 +328,52 @@ impl Schedule {
         (Tick(self.number), at)
     }
 
-    /// After a tick that ended at `now`: far behind (more than a tick), skip the ticks that
-    /// cannot be made up rather than run them back to back, and take up the schedule where it is
-    /// now. A core whose tick numbers fell behind for good would run on a clock its peers had
-    /// left: leases it still believed in, the layer on another core had already given away.
-    fn catch_up(&mut self, now: Instant) -> bool {
+    /// After a tick that ended at `now`: far behind (more than a tick), take up the schedule
+    /// from now rather than run the late ticks back to back, and say how much wall time the world
+    /// lost (it ran slower than real time: time dilation). Tick numbers never skip: game time is
+    /// ticks, so a world that cannot keep up slows down evenly (every core waits for the others'
+    /// last tick, so none runs ahead on a clock its peers have not reached) instead of jumping.
+    fn catch_up(&mut self, now: Instant) -> Duration {
         if self.tick.is_zero() || now <= self.next + self.tick {
-            return false;
+            return Duration::ZERO;
         }
+        let lost = now - self.next;
         self.next = now;
-        let elapsed = now.saturating_duration_since(self.start).as_nanos() / self.tick.as_nanos().max(1);
-        self.number = self.first + elapsed as u64;
-        true
+        lost
+    }
+}
+
+/// How fast the world ran against real time, a window at a time: game time over game time plus
+/// the wall time lost to ticks that could not keep the schedule (EVE Online's time dilation).
+/// 1.0 while every tick keeps the schedule.
+#[derive(Debug)]
+struct Dilation {
+    game_us: u64,
+    lost_us: u64,
+    /// The lowest of the windows since the warm-up; `None` until one closed.
+    min: Option<f64>,
+}
+
+impl Dilation {
+    fn new() -> Self {
+        Self { game_us: 0, lost_us: 0, min: None }
+    }
+
+    /// One tick of `tick_us` game time that lost `lost` to the schedule; the window's figure when
+    /// this tick closed one.
+    fn record(&mut self, tick_us: u64, lost: Duration, warm: bool) -> Option<f64> {
+        self.game_us += tick_us;
+        self.lost_us += lost.as_micros().min(u64::MAX as u128) as u64;
+        if self.game_us + self.lost_us < TIME_DILATION_WINDOW_US {
+            return None;
+        }
+        let ratio = self.game_us as f64 / (self.game_us + self.lost_us) as f64;
+        self.game_us = 0;
+        self.lost_us = 0;
+        if warm {
+            self.min = Some(self.min.map_or(ratio, |m| m.min(ratio)));
+        }
+        Some(ratio)
     }
 }
 
@@ -384,6 +418,10 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
     let mut window = hist.clone();
     let mut window_began = Instant::now();
+    let mut dilation = Dilation::new();
+    // The last tick run: settling and the last commit happen at its game time, not the wall's
+    // (a world that ran slower than real time is behind the wall clock).
+    let mut last_tick = Tick(offset_us / tick_us);
     let mut stalls = 0u64;
     let mut stall_reports = Vec::new();
     let budget_us = setup.tick.as_micros() as u64;
@@ -407,11 +445,18 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
                 None => glommio::timer::sleep(at - now_instant).await,
             }
         }
-        if let Some(done) = &setup.lockstep {
-            while done.iter().any(|d| d.load(Ordering::Acquire) + 1 < tick.get()) && !setup.stop.load(Ordering::Relaxed)
-            {
+        // No core starts a tick before every core has finished the one before: the cores' game
+        // clocks stay together, and a core that cannot keep up slows every core alike.
+        let behind = |done: &[AtomicU64]| done.iter().any(|d| d.load(Ordering::Acquire) + 1 < tick.get());
+        while behind(&setup.lockstep) && !setup.stop.load(Ordering::Relaxed) {
+            if setup.tick.is_zero() {
                 glommio::yield_if_needed().await;
                 std::hint::spin_loop();
+            } else {
+                if let Some(gw) = io.gateway.as_mut() {
+                    gw.gateway.drain();
+                }
+                glommio::timer::sleep(LOCKSTEP_POLL).await;
             }
         }
         let began = Instant::now();
@@ -559,10 +604,12 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
                 ));
             }
         }
-        if let Some(done) = &setup.lockstep {
-            done[setup.index].store(tick.get(), Ordering::Release);
+        setup.lockstep[setup.index].store(tick.get(), Ordering::Release);
+        let lost = schedule.catch_up(Instant::now());
+        if let Some(ratio) = dilation.record(tick_us, lost, warm) {
+            g.time_dilation_ppm.store((ratio * 1e6) as u64, Ordering::Relaxed);
         }
-        schedule.catch_up(Instant::now());
+        last_tick = tick;
     }
     // Settle: no more simulation, but keep moving messages for a while so that what was between
     // cores when the world stopped (a transfer, a map) reaches its slice. A handoff chain settles
@@ -572,7 +619,7 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
     // the live cores can take, and let the process end within a second.
     let peer_died = setup.fatal.first().is_some();
     while Instant::now() < settle_until || (io.in_flight() > 0 && !peer_died) {
-        let received = node.settle(now_us(setup.start, offset_us), &mut io);
+        let received = node.settle(last_tick.game_us(tick_us), &mut io);
         if received == 0 {
             glommio::timer::sleep(Duration::from_millis(1)).await;
         }
@@ -584,7 +631,7 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
     if let Some(gw) = io.gateway.as_mut() {
         gw.gateway.disconnect_all();
     }
-    node.commit_last(now_us(setup.start, offset_us), &mut io);
+    node.commit_last(last_tick.game_us(tick_us), &mut io);
     let mut log_error = node.log_error().map(str::to_string);
     if let Some(log) = io.log.take() {
         if let Err(e) = log.close() {
@@ -607,6 +654,7 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
         ticks_held_back: stats.ticks_held_back,
         log_error,
         gateway: io.gateway.map(|gw| gw.gateway.stats),
+        time_dilation_min: if setup.tick.is_zero() { None } else { dilation.min },
     }
 }
 
@@ -615,23 +663,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_core_that_fell_far_behind_takes_up_the_schedule_where_it_is_now() {
+    fn a_core_that_fell_far_behind_slows_the_world_and_skips_no_tick() {
         let (start, tick) = (Instant::now(), Duration::from_millis(33));
         let mut s = Schedule::new(start, tick, 0);
         assert_eq!(s.next_tick(), (Tick(1), start));
         assert_eq!(s.next_tick(), (Tick(2), start + tick));
         // A little late: the schedule holds, the next tick runs at once to make it up.
-        assert!(!s.catch_up(start + tick * 2 + Duration::from_millis(20)));
+        assert_eq!(s.catch_up(start + tick * 2 + Duration::from_millis(20)), Duration::ZERO);
         assert_eq!(s.next_tick(), (Tick(3), start + tick * 2));
-        // Stalled for ten ticks: the next tick is the one the wall clock is in, as on every
-        // other core, not the one after the last this core ran.
+        // Stalled for ten ticks: the next tick is the next one, due now; the ten ticks' time is
+        // lost to the world (it ran slower than real time), not skipped over.
         let now = start + tick * 13 + Duration::from_millis(5);
-        assert!(s.catch_up(now));
-        assert_eq!(s.next_tick(), (Tick(14), now));
-        assert_eq!(s.next_tick().0, Tick(15));
+        assert_eq!(s.catch_up(now), tick * 10 + Duration::from_millis(5));
+        assert_eq!(s.next_tick(), (Tick(4), now));
+        assert_eq!(s.next_tick(), (Tick(5), now + tick));
         // A run restarted at an offset numbers on from it.
         let mut s = Schedule::new(start, tick, 100);
         assert_eq!(s.next_tick().0, Tick(101));
+    }
+
+    /// Dilation is game time over game time plus the time lost, a window at a time; the lowest
+    /// window after the warm-up is kept.
+    #[test]
+    fn time_dilation_is_the_share_of_real_time_the_world_kept() {
+        let mut d = Dilation::new();
+        let tick = 25_000;
+        let windows: Vec<f64> = (0..40).filter_map(|_| d.record(tick, Duration::ZERO, true)).collect();
+        assert_eq!(windows, vec![1.0], "a second on schedule is one window at full speed");
+        // Every tick takes twice its time: the world runs at half speed.
+        let half: Vec<f64> = (0..40).filter_map(|_| d.record(tick, Duration::from_micros(tick), true)).collect();
+        assert_eq!(half, vec![0.5, 0.5], "{half:?}");
+        assert_eq!(d.min, Some(0.5));
+        // Windows before the warm-up count in the gauge, not in the minimum.
+        let mut cold = Dilation::new();
+        assert!((0..120).filter_map(|_| cold.record(tick, Duration::from_micros(3 * tick), false)).count() > 0);
+        assert_eq!(cold.min, None);
     }
 
     /// A benchmark's free-running schedule (a zero tick): however far the wall clock runs ahead,
@@ -641,7 +707,7 @@ mod tests {
         let start = Instant::now();
         let mut s = Schedule::new(start, Duration::ZERO, 0);
         assert_eq!(s.next_tick().0, Tick(1));
-        assert!(!s.catch_up(start + Duration::from_secs(5)));
+        assert_eq!(s.catch_up(start + Duration::from_secs(5)), Duration::ZERO);
         assert_eq!(s.next_tick().0, Tick(2));
         assert!(s.next_tick().1 >= start);
     }
