@@ -66,9 +66,12 @@ pub enum Behaviour {
 pub struct Places {
     pub cities: Vec<glam::Vec3>,
     pub rally: glam::Vec3,
-    /// A crowd in one room (centre, radius in metres): every player stays in it and mills
-    /// about, fights and trades items there, whatever its habit.
-    pub crowd: Option<(glam::Vec3, f32)>,
+    /// A crowd in one room (its bounds): every player heads there and mills about, fights and
+    /// trades items, whatever its habit.
+    pub crowd: Option<crate::world::Aabb>,
+    /// When the crowd is in the room, in game time (µs, from inclusive, until exclusive);
+    /// `None`: always. Outside it, players go about their habits.
+    pub crowd_during: Option<(u64, u64)>,
 }
 
 fn mix(a: u64, b: u64) -> u64 {
@@ -100,12 +103,17 @@ pub fn inputs_with_behaviour(
     activity: f64,
     out: &mut Vec<Input>,
 ) {
-    if let (Some((centre, radius)), EntityKind::Player) = (places.crowd, state.kind) {
-        // In the room: everything a wanderer does; near its walls, back towards the middle.
+    let crowding = places.crowd_during.is_none_or(|(from, until)| (from..until).contains(&now_us));
+    if let (Some(room), EntityKind::Player, true) = (places.crowd, state.kind, crowding) {
+        // In the room: everything a wanderer does; near its walls (the outer tenth of the floor
+        // on either side) or outside, towards the middle.
         let before = out.len();
         inputs_for(rng, id, state.kind, activity, out);
-        let to = centre - state.pos();
-        if state.parent.is_none() && to.length() > radius * 0.8 {
+        let (centre, half) = (room.center(), room.size() / 2.0);
+        let mut to = centre - state.pos();
+        to.z = 0.0;
+        let near_wall = to.x.abs() > half.x * 0.8 || to.y.abs() > half.y * 0.8;
+        if state.parent.is_none() && near_wall {
             let mine = out.split_off(before);
             out.extend(mine.into_iter().filter(|i| !matches!(i.action, Action::Move(_))));
             out.push(Input { entity: id, action: Action::Move(to.normalize_or_zero().to_array()) });
@@ -170,7 +178,8 @@ mod tests {
     #[test]
     fn gatherers_head_for_the_rally_point_and_stop_there() {
         let id = (0..).map(EntityId).find(|id| behaviour_of(*id) == Behaviour::Gather).unwrap();
-        let places = Places { cities: vec![], rally: glam::Vec3::new(100.0, 0.0, 0.0), crowd: None };
+        let places =
+            Places { cities: vec![], rally: glam::Vec3::new(100.0, 0.0, 0.0), crowd: None, crowd_during: None };
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let far = crate::world::EntityState::new(EntityKind::Player, glam::Vec3::ZERO);
         let mut out = Vec::new();
@@ -187,12 +196,13 @@ mod tests {
 
     #[test]
     fn a_crowd_stays_in_its_room() {
-        let places = Places { cities: vec![], rally: glam::Vec3::ZERO, crowd: Some((glam::Vec3::ZERO, 10.0)) };
+        let room = crate::world::Aabb::new(glam::Vec3::new(-10.0, -20.0, 0.0), glam::Vec3::new(10.0, 20.0, 10.0));
+        let places = Places { cities: vec![], rally: glam::Vec3::ZERO, crowd: Some(room), crowd_during: None };
         let mut rng = ChaCha8Rng::seed_from_u64(2);
         let mut out = Vec::new();
         // At the wall, every bot (whatever its habit) heads back in; inside, it moves as it likes.
         for i in 0..50 {
-            let at_wall = crate::world::EntityState::new(EntityKind::Player, glam::Vec3::new(9.5, 0.0, 0.0));
+            let at_wall = crate::world::EntityState::new(EntityKind::Player, glam::Vec3::new(9.5, 0.0, 5.0));
             out.clear();
             inputs_with_behaviour(&mut rng, EntityId(i), &at_wall, &places, 0, 1.0, &mut out);
             let moves: Vec<_> =

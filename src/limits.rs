@@ -295,6 +295,17 @@ pub const SERVER_ENTITIES_HIGH_MAX: u32 = 1_500;
 /// the moment the crowd thins (hysteresis).
 pub const SERVER_ENTITIES_LOW_MIN: u32 = 300;
 
+/// Where the cores' drivers measure their work (the runtime does), the controller starts a server
+/// when a core's servers and slice work more than this share of a tick, a period's mean: past it
+/// a crowd's spikes reach the budget (tick p99 runs at about 1.5x the mean in a crowd,
+/// BENCHMARKS.md's tavern).
+pub const SERVER_WORK_HIGH_FRACTION: f64 = 0.6;
+
+/// See `SERVER_WORK_HIGH_FRACTION`: every core under this share of a tick is quiet, and a server
+/// may retire. Well under the high mark, so the work a retirement moves onto the others does not
+/// start one again (hysteresis).
+pub const SERVER_WORK_LOW_FRACTION: f64 = 0.35;
+
 /// Balancing periods the average must stay above the high mark before a server starts (2 s), and
 /// below the low mark before one retires (10 s): a crowd at a door does not start and stop
 /// servers every second.

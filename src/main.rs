@@ -54,9 +54,11 @@ enum Command {
         /// Seconds to run.
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
-        /// bots (a world of cities, bots wandering, commuting, gathering and fighting) or tavern
-        /// (every player in one room of the first city, milling about, fighting and trading).
-        #[arg(long, default_value = "bots", value_parser = ["bots", "tavern"])]
+        /// bots (a world of cities, bots wandering, commuting, gathering and fighting), tavern
+        /// (every player in one room of the first city, milling about, fighting and trading) or
+        /// rush (a crowd that comes and goes: from a fifth of the run to three fifths every player
+        /// rushes the tavern, then they scatter).
+        #[arg(long, default_value = "bots", value_parser = ["bots", "tavern", "rush"])]
         scenario: String,
         #[command(flatten)]
         mesh: MeshArgs,
@@ -253,9 +255,11 @@ fn main() -> ExitCode {
                 Duration::from_secs_f64(duration.max(0.1)),
                 Duration::from_secs_f64((duration / 5.0).min(2.0)),
             );
-            if scenario == "tavern" {
-                cfg.scenario = shardmesh::runtime::mesh::Scenario::Tavern;
-            }
+            cfg.scenario = match scenario.as_str() {
+                "tavern" => shardmesh::runtime::mesh::Scenario::Tavern,
+                "rush" => shardmesh::runtime::mesh::Scenario::Rush,
+                _ => shardmesh::runtime::mesh::Scenario::Bots,
+            };
             demo(cfg, mesh.json)
         }
         Command::Serve {

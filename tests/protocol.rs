@@ -1256,6 +1256,38 @@ fn a_hot_room_splits_along_its_walls_before_it_is_cut() {
     held_once(&m, ids.iter().copied());
 }
 
+/// Where the cores measure their work (the runtime does), that is what starts and retires
+/// servers: a crowd costs far more than its count. A hundred entities are too few for the count
+/// rule to start anything, but cores working 80% of a tick start a server; once they work 10%
+/// for a while, a server retires again, down to the lower bound. Nothing is lost.
+#[test]
+fn measured_work_starts_a_server_and_quiet_retires_it() {
+    use shardmesh::limits::{SERVER_RETIRE_AFTER_PERIODS_MIN, SERVER_START_AFTER_PERIODS_MIN};
+    let world = Aabb::new(Vec3::ZERO, Vec3::new(160.0, 20.0, 20.0));
+    let entities: Vec<(EntityId, EntityState)> =
+        (0..100).map(|i| (EntityId(i + 1), at(EntityKind::Npc, 1.0 + 1.5 * i as f32))).collect();
+    let ids: Vec<EntityId> = entities.iter().map(|(id, _)| *id).collect();
+    let mut m = Mesh::new(2, 2, RegionMap::kd_split(world, 4), entities);
+    m.slice_mut(0).set_server_bounds(2, 4);
+    let period = shardmesh::limits::ticks_in(shardmesh::limits::BALANCE_PERIOD_US, TICK_DURATION_US);
+    let run = |m: &mut Mesh, periods: u64, work_us: u64| {
+        for _ in 0..period * periods {
+            for node in 0..2 {
+                m.slice_mut(node).note_work(work_us);
+            }
+            m.tick();
+        }
+    };
+    run(&mut m, SERVER_START_AFTER_PERIODS_MIN as u64 + 3, TICK_DURATION_US * 8 / 10);
+    assert!(m.slice(0).stats.servers_started >= 1, "busy cores start a server");
+    assert_eq!(m.slice(0).stats.servers_retired, 0);
+    assert!(m.servers().count() >= 3);
+    run(&mut m, 2 * SERVER_RETIRE_AFTER_PERIODS_MIN as u64 + 6, TICK_DURATION_US / 10);
+    assert!(m.slice(0).stats.servers_retired >= 1, "quiet cores retire one");
+    assert_eq!(m.servers().count(), 2, "down to the lower bound, no further");
+    held_once(&m, ids.iter().copied());
+}
+
 /// Load that stays low retires a server: its regions go to the others, it stops once it holds
 /// nothing, and nothing is lost; never below the lower bound.
 #[test]

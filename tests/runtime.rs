@@ -118,7 +118,10 @@ fn a_shard_that_panics_ends_the_process_non_zero_naming_its_core_and_the_log_reo
 }
 
 /// More load than the servers it starts with can carry: the controller starts servers (up to
-/// `servers_max`), which take regions and entities; nothing is lost or held twice.
+/// `servers_max`), which take regions and entities; nothing is lost or held twice. The cores'
+/// measured work is what says so: at 500 Hz, 3,000 players keep every core busier than the start
+/// mark, about 2.5 times over on the machine this was written on (the world runs slower than real
+/// time, and says so; a balancing period is a second of game time).
 #[test]
 fn a_loaded_mesh_starts_servers_and_loses_nothing() {
     let cfg = MeshConfig {
@@ -126,10 +129,12 @@ fn a_loaded_mesh_starts_servers_and_loses_nothing() {
         seed: 14,
         servers_per_core: 1,
         servers_max: Some(4),
-        ..MeshConfig::bots(2, 3_000, Duration::from_secs(5))
+        tick: Duration::from_millis(2),
+        ..MeshConfig::bots(2, 3_000, Duration::from_secs(12))
     };
     let summary = run(cfg).expect("the mesh starts");
-    assert!(summary.servers_started >= 1, "{} entities on 2 servers start more", summary.entities_start);
+    assert!(summary.servers_started >= 1, "{} entities on 2 busy servers start more", summary.entities_start);
+    assert!(summary.time_dilation_min.is_some_and(|d| d < 1.0), "the world slowed: {:?}", summary.time_dilation_min);
     assert!(summary.servers_started <= 2, "never past servers_max: {} started", summary.servers_started);
     assert_eq!(summary.servers_max, 4);
     assert_eq!(summary.audit_error, None);

@@ -155,8 +155,9 @@ pub enum SliceMsg {
     /// it holds nothing, retire it.
     RetireServer { server: ServerId },
     /// To the controller, once a second: how many entities the sender holds in each region and
-    /// where, counted under the map of `epoch`.
-    Load { epoch: u64, regions: Vec<RegionLoad> },
+    /// where, counted under the map of `epoch`, and the mean wall time its servers and slice
+    /// worked a tick over the period (`None`: its driver does not measure it).
+    Load { epoch: u64, regions: Vec<RegionLoad>, work_us: Option<u32> },
     /// Every tick, to every other slice: the border entities of the sender's servers.
     Ghosts(Vec<Ghost>),
     /// A hit on an entity the sender does not hold, for the slice that does.

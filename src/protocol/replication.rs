@@ -106,6 +106,10 @@ pub struct ReplicationStats {
     /// Client inputs passed to the entity's server, and those whose entity was nowhere here
     /// (in flight between cores, or not a client's at all).
     pub inputs_routed: u64,
+    /// Border ghosts given to this core's servers, and sent to other cores (the cost of cutting
+    /// a crowd between servers: each side sees the other's edge every tick).
+    pub ghosts_to_servers: u64,
+    pub ghosts_to_cores: u64,
     pub inputs_lost: u64,
 }
 
@@ -130,6 +134,16 @@ struct Lifecycles {
     /// Balancing periods in a row the average load was over the high mark, under the low one.
     crowded: u32,
     quiet: u32,
+    /// Game time a tick is (the budget measured work is held against).
+    tick_us: u64,
+}
+
+/// The work a core's servers and slice did, as its driver measured it (wall time): summed over
+/// the ticks since the last load report.
+#[derive(Clone, Copy, Debug, Default)]
+struct Work {
+    us: u64,
+    ticks: u32,
 }
 
 /// The slice (core) that server `server` lives on, of `slices`.
@@ -149,6 +163,10 @@ pub struct Replication {
     /// Controller: the last load report of each slice (where its entities are, per region), and
     /// the map epoch it was counted under.
     loads: Vec<(u64, BTreeMap<RegionId, RegionLoad>)>,
+    /// Controller: each slice's last reported work a tick (µs; `None`: not measured).
+    work_reported: Vec<Option<u32>>,
+    /// The work noted since this slice's last load report.
+    work: Work,
     /// This tick's border ghosts of each live local server, and the last of each other slice.
     ghosts_local: BTreeMap<ServerId, Vec<Ghost>>,
     ghosts_remote: Vec<Vec<Ghost>>,
@@ -212,6 +230,8 @@ impl Replication {
             peer_outbox: VecDeque::new(),
             input_outbox: VecDeque::new(),
             loads: vec![(0, BTreeMap::new()); slices as usize],
+            work_reported: vec![None; slices as usize],
+            work: Work::default(),
             ghosts_local: BTreeMap::new(),
             ghosts_remote: vec![Vec::new(); slices as usize],
             ticks: 0,
@@ -226,7 +246,7 @@ impl Replication {
             stats: ReplicationStats::default(),
             planted: PlantedBugs::default(),
             balancing: true,
-            lifecycles: Lifecycles::default(),
+            lifecycles: Lifecycles { tick_us: crate::limits::TICK_DURATION_US, ..Default::default() },
             retiring: BTreeSet::new(),
             retired: BTreeSet::new(),
             lifecycle: VecDeque::new(),
@@ -261,6 +281,16 @@ impl Replication {
     /// balancing) last as long at any tick rate.
     pub fn set_tick_us(&mut self, tick_us: u64) {
         self.balance_every_ticks = crate::limits::ticks_in(BALANCE_PERIOD_US, tick_us);
+        self.lifecycles.tick_us = tick_us;
+    }
+
+    /// The wall time this core's servers and slice worked in the tick just run, as the driver
+    /// measured it (the runtime does; the simulator and tests do not, and the controller then
+    /// judges load by entity counts alone). Reported to the controller with the load, a period's
+    /// mean: what a crowd costs, which a count cannot tell.
+    pub fn note_work(&mut self, us: u64) {
+        self.work.us = self.work.us.saturating_add(us);
+        self.work.ticks = self.work.ticks.saturating_add(1);
     }
 
     /// Turns container streaming on (servers must stream with the same index): a loose item
@@ -566,9 +596,12 @@ impl Replication {
             SliceMsg::Hit { target, damage } => {
                 self.deliver_damage(target, damage);
             }
-            SliceMsg::Load { epoch, regions } => {
+            SliceMsg::Load { epoch, regions, work_us } => {
                 if let Some(load) = self.loads.get_mut(from.0 as usize) {
                     *load = (epoch, regions.into_iter().map(|r| (r.region, r)).collect());
+                }
+                if let Some(work) = self.work_reported.get_mut(from.0 as usize) {
+                    *work = work_us;
                 }
             }
             SliceMsg::Marker { round } => {
@@ -627,7 +660,9 @@ impl Replication {
         self.ticks += 1;
         if self.ticks % self.balance_every_ticks == 0 {
             let regions = self.region_counts();
-            self.tell_controller(SliceMsg::Load { epoch: self.map.epoch, regions });
+            let work = std::mem::take(&mut self.work);
+            let work_us = (work.ticks > 0).then(|| (work.us / work.ticks as u64).min(u32::MAX as u64) as u32);
+            self.tell_controller(SliceMsg::Load { epoch: self.map.epoch, regions, work_us });
         }
         if self.is_controller() {
             self.controller_tick();

@@ -169,19 +169,23 @@ pub enum Scenario {
     /// The bots world, with every player in one room (a tavern in the first city), milling
     /// about, fighting and trading items there: a crowd no split of space between cities helps.
     Tavern,
+    /// The bots world on two planets: the players go about as in `Bots`, then (from a fifth of
+    /// the run to three fifths) every player rushes the tavern and mills about there, then they
+    /// scatter again: a crowd that comes and goes.
+    Rush,
 }
 
-/// Every player not aboard anything goes into the room around `centre` (within 70% of `radius`),
-/// with what it carries.
-fn crowd_into(entities: &mut [(EntityId, EntityState)], centre: glam::Vec3, radius: f32, seed: u64) {
+/// Every player not aboard anything goes into `room`, spread over its floor (inside the outer
+/// tenth on either side), with what it carries.
+fn crowd_into(entities: &mut [(EntityId, EntityState)], room: crate::world::Aabb, seed: u64) {
     use rand::{RngExt, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x7a7e);
     let mut moved: rustc_hash::FxHashMap<EntityId, [f32; 3]> = rustc_hash::FxHashMap::default();
+    let (centre, half) = (room.center(), room.size() / 2.0);
     for (id, state) in entities.iter_mut() {
         if state.kind == EntityKind::Player && state.parent.is_none() {
-            let a = rng.random_range(0.0..std::f32::consts::TAU);
-            let r = radius * 0.7 * rng.random_range(0.0f32..1.0).sqrt();
-            let p = centre + glam::Vec3::new(a.cos() * r, a.sin() * r, 0.0);
+            let (x, y) = (rng.random_range(-0.8f32..0.8), rng.random_range(-0.8f32..0.8));
+            let p = glam::Vec3::new(centre.x + x * half.x, centre.y + y * half.y, centre.z);
             state.position = p.to_array();
             state.velocity = [0.0; 3];
             moved.insert(*id, state.position);
@@ -219,6 +223,26 @@ fn border_run(runners: usize, servers: usize, seed: u64) -> (RegionMap, Vec<(Ent
         })
         .collect();
     (map, entities)
+}
+
+/// The mesh a second at a time, as the status line shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Sample {
+    pub t_s: f64,
+    pub players: u64,
+    pub servers: u64,
+    pub servers_started: u64,
+    pub servers_retired: u64,
+    pub regions: u64,
+    pub regions_split: u64,
+    pub regions_merged: u64,
+    pub regions_moved: u64,
+    /// The slowest core's tick percentiles over its last second.
+    pub tick_p50_ms: f64,
+    pub tick_p99_ms: f64,
+    pub handoffs_per_s: f64,
+    /// The slowest core's last window (`None`: none closed yet, or a free-running run).
+    pub time_dilation: Option<f64>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -265,10 +289,15 @@ pub struct MeshSummary {
     pub regions_moved: u64,
     /// Splits that cut through a room (the others ran along walls or through open space).
     pub rooms_cut: u64,
+    /// Border ghosts the slices gave their servers, and sent to other cores, over the run.
+    pub ghosts_to_servers: u64,
+    pub ghosts_to_cores: u64,
     /// The world's lowest speed against real time over a window after the warm-up, on any core
     /// (EVE Online's time dilation): 1.0 when the world never slowed; `None` for a free-running
     /// run (it keeps no real time) or one too short for a window.
     pub time_dilation_min: Option<f64>,
+    /// The run a second at a time.
+    pub timeline: Vec<Sample>,
     /// The region map's epoch at the start and at the end (equal: the map never changed).
     pub map_epoch_start: u64,
     pub map_epoch_end: u64,
@@ -333,8 +362,13 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
     };
     let mut streaming = None;
     let (map, entities) = match cfg.scenario {
-        Scenario::Bots | Scenario::Tavern => {
-            let tree = world_for(meta.players, meta.seed);
+        Scenario::Bots | Scenario::Tavern | Scenario::Rush => {
+            // A rush must reach the tavern within the run: a world a player crosses in 30 s.
+            let tree = if cfg.scenario == Scenario::Rush {
+                ContainerTree::generate(meta.seed, 2, 2, 2)
+            } else {
+                world_for(meta.players, meta.seed)
+            };
             streaming = Some(Arc::new(StreamIndex::new(tree.clone())));
             places.cities = tree.of_kind(ContainerKind::City).map(|c| c.bounds.center()).collect();
             places.rally = places.cities.first().copied().unwrap_or_else(|| tree.bounds().center());
@@ -357,7 +391,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
                 map.assign(id, Some(ServerId((i % servers) as u32))).expect("region exists");
             }
             let mut entities = populate(&tree, meta.seed, counts);
-            if cfg.scenario == Scenario::Tavern {
+            if matches!(cfg.scenario, Scenario::Tavern | Scenario::Rush) {
                 let room = tree
                     .of_kind(ContainerKind::Room)
                     .min_by(|a, b| {
@@ -365,17 +399,15 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
                     })
                     .map(|r| r.bounds)
                     .unwrap_or_else(|| tree.bounds());
-                let radius =
-                    (glam::Vec3::from_array(room.max) - glam::Vec3::from_array(room.min)).truncate().min_element()
-                        / 2.0;
-                places.crowd = Some((room.center(), radius));
-                crowd_into(&mut entities, room.center(), radius, meta.seed);
+                places.crowd = Some(room);
+                if cfg.scenario == Scenario::Tavern {
+                    crowd_into(&mut entities, room, meta.seed);
+                }
             }
             (map, entities)
         }
         Scenario::BorderRun => border_run(cfg.players, servers, cfg.seed),
     };
-    let places = Arc::new(places);
     let initial: Vec<Committed> =
         entities.into_iter().map(|(id, state)| Committed { id, state, commit_seq: 1 }).collect();
     let (map, initial, logs, round, incarnation_floor, clock_offset_us) = match &cfg.persist {
@@ -386,6 +418,12 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
             (map, initial, logs, round, floor, offset)
         }
     };
+    if cfg.scenario == Scenario::Rush {
+        // Game time: the run's ticks, on from where a world read back left off.
+        let at = |f: f64| clock_offset_us + (cfg.duration.as_micros() as f64 * f) as u64;
+        places.crowd_during = Some((at(0.2), at(0.6)));
+    }
+    let places = Arc::new(places);
     let entities_start = initial.len();
     let mut gateways = match &cfg.gateway {
         None => Vec::new(),
@@ -501,6 +539,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
     let end = start.checked_add(cfg.duration).unwrap_or(start + Duration::from_secs(u32::MAX as u64));
     let stop_asked = || cfg.stop_signal.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
     let mut next_status = start + Duration::from_secs(1);
+    let mut timeline: Vec<Sample> = Vec::new();
     let mut announced = listen.is_none();
     let mut drills = cfg.chaos_crash_every.map(|every| {
         (
@@ -527,14 +566,34 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
             continue;
         }
         next_status += Duration::from_secs(1);
+        let sum = |f: &dyn Fn(&ShardGauges) -> u64| gauges.iter().map(|g| f(g)).sum::<u64>();
+        let ticks = sum(&|g| g.ticks.load(Ordering::Relaxed));
+        let handoffs = sum(&|g| g.handoffs.load(Ordering::Relaxed));
+        let worst = gauges.iter().map(|g| g.worst_tick_us.swap(0, Ordering::Relaxed)).max().unwrap_or(0);
+        let p50 = gauges.iter().map(|g| g.p50_us.load(Ordering::Relaxed)).max().unwrap_or(0);
+        let p99 = gauges.iter().map(|g| g.p99_us.load(Ordering::Relaxed)).max().unwrap_or(0);
+        let secs = last.2.elapsed().as_secs_f64();
+        // The slowest core's last window (every core waits for the others, so they agree).
+        let dilation = match gauges.iter().map(|g| g.time_dilation_ppm.load(Ordering::Relaxed)).min() {
+            Some(ppm) if ppm > 0 && !cfg.tick.is_zero() => Some(ppm as f64 / 1e6),
+            _ => None,
+        };
+        let sample = Sample {
+            t_s: start.elapsed().as_secs_f64(),
+            players: sum(&|g| g.players.load(Ordering::Relaxed)),
+            servers: sum(&|g| g.servers.load(Ordering::Relaxed)),
+            servers_started: gauges[0].servers_started.load(Ordering::Relaxed),
+            servers_retired: gauges[0].servers_retired.load(Ordering::Relaxed),
+            regions: gauges[0].regions.load(Ordering::Relaxed),
+            regions_split: gauges[0].regions_split.load(Ordering::Relaxed),
+            regions_merged: gauges[0].regions_merged.load(Ordering::Relaxed),
+            regions_moved: gauges[0].regions_moved.load(Ordering::Relaxed),
+            tick_p50_ms: p50 as f64 / 1e3,
+            tick_p99_ms: p99 as f64 / 1e3,
+            handoffs_per_s: (handoffs - last.1) as f64 / secs,
+            time_dilation: dilation,
+        };
         if cfg.status {
-            let sum = |f: &dyn Fn(&ShardGauges) -> u64| gauges.iter().map(|g| f(g)).sum::<u64>();
-            let ticks = sum(&|g| g.ticks.load(Ordering::Relaxed));
-            let handoffs = sum(&|g| g.handoffs.load(Ordering::Relaxed));
-            let worst = gauges.iter().map(|g| g.worst_tick_us.swap(0, Ordering::Relaxed)).max().unwrap_or(0);
-            let p50 = gauges.iter().map(|g| g.p50_us.load(Ordering::Relaxed)).max().unwrap_or(0);
-            let p99 = gauges.iter().map(|g| g.p99_us.load(Ordering::Relaxed)).max().unwrap_or(0);
-            let secs = last.2.elapsed().as_secs_f64();
             let committed = match &cfg.persist {
                 Some(_) => format!(
                     " committed_tick={} checkpoint={}",
@@ -543,33 +602,31 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
                 ),
                 None => String::new(),
             };
-            // The slowest core's last window (every core waits for the others, so they agree).
-            let tidi = match gauges.iter().map(|g| g.time_dilation_ppm.load(Ordering::Relaxed)).min() {
-                Some(ppm) if ppm > 0 && !cfg.tick.is_zero() => format!(" time_dilation={:.2}", ppm as f64 / 1e6),
-                _ => String::new(),
-            };
+            let tidi = dilation.map_or(String::new(), |d| format!(" time_dilation={d:.2}"));
             eprintln!(
-                "t={:>5.1}s players={} held={} servers={} cores={cores} ticks/s={:.1} tick_p50={:.2}ms tick_p99={:.2}ms worst={:.2}ms handoffs/s={:.0} stalls={} held_back={} server_panics={} started={} retired={} splits={} merges={} moves={}{tidi}{committed}",
-                start.elapsed().as_secs_f64(),
-                sum(&|g| g.players.load(Ordering::Relaxed)),
+                "t={:>5.1}s players={} held={} servers={} cores={cores} ticks/s={:.1} tick_p50={:.2}ms tick_p99={:.2}ms worst={:.2}ms handoffs/s={:.0} stalls={} held_back={} server_panics={} started={} retired={} regions={} splits={} merges={} moves={}{tidi}{committed}",
+                sample.t_s,
+                sample.players,
                 sum(&|g| g.held.load(Ordering::Relaxed)),
-                sum(&|g| g.servers.load(Ordering::Relaxed)),
+                sample.servers,
                 (ticks - last.0) as f64 / secs / cores as f64,
-                p50 as f64 / 1e3,
-                p99 as f64 / 1e3,
+                sample.tick_p50_ms,
+                sample.tick_p99_ms,
                 worst as f64 / 1e3,
-                (handoffs - last.1) as f64 / secs,
+                sample.handoffs_per_s,
                 sum(&|g| g.stalls.load(Ordering::Relaxed)),
                 sum(&|g| g.ticks_held_back.load(Ordering::Relaxed)),
                 sum(&|g| g.server_panics.load(Ordering::Relaxed)),
-                gauges[0].servers_started.load(Ordering::Relaxed),
-                gauges[0].servers_retired.load(Ordering::Relaxed),
-                gauges[0].regions_split.load(Ordering::Relaxed),
-                gauges[0].regions_merged.load(Ordering::Relaxed),
-                gauges[0].regions_moved.load(Ordering::Relaxed),
+                sample.servers_started,
+                sample.servers_retired,
+                sample.regions,
+                sample.regions_split,
+                sample.regions_merged,
+                sample.regions_moved,
             );
-            last = (ticks, handoffs, Instant::now());
         }
+        timeline.push(sample);
+        last = (ticks, handoffs, Instant::now());
     }
     stop.store(true, Ordering::Relaxed);
     let duration_s = start.elapsed().as_secs_f64();
@@ -611,6 +668,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
     summary.failover_ticks_max = failover.quantile(1.0);
     summary.failovers_unfinished = failover.unfinished;
     (summary.chaos_drills, summary.chaos_drills_carried_out) = chaos.map_or((0, 0), |c| c.counts());
+    summary.timeline = timeline;
     Ok(summary)
 }
 
@@ -769,7 +827,10 @@ fn audit(
         regions_merged: slices.first().map_or(0, |s| s.stats.regions_merged),
         regions_moved: slices.first().map_or(0, |s| s.stats.regions_moved),
         rooms_cut: slices.first().map_or(0, |s| s.stats.rooms_cut),
+        ghosts_to_servers: slices.iter().map(|s| s.stats.ghosts_to_servers).sum(),
+        ghosts_to_cores: slices.iter().map(|s| s.stats.ghosts_to_cores).sum(),
         time_dilation_min,
+        timeline: Vec::new(),
         map_epoch_start: 0,
         map_epoch_end: slices.first().map_or(0, |s| s.map().epoch),
         server_crashes: 0,

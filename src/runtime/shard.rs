@@ -61,6 +61,8 @@ pub struct ShardGauges {
     pub regions_split: AtomicU64,
     pub regions_merged: AtomicU64,
     pub regions_moved: AtomicU64,
+    /// Regions in the map now.
+    pub regions: AtomicU64,
     /// The world's speed against real time over the last window, in millionths (0: no window
     /// closed yet): 1,000,000 while every tick keeps the schedule.
     pub time_dilation_ppm: AtomicU64,
@@ -509,6 +511,9 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
             step = node.advance(tick, &mut io);
         }
         debug_assert_eq!(step, Step::Done);
+        // What the servers and the slice cost this tick (waits for other cores excluded): the
+        // controller starts and retires servers by it.
+        node.slice_mut().note_work(io.stage_us[Stage::Servers as usize] + io.stage_us[Stage::Slice as usize]);
         while let Some(event) = node.poll_event() {
             if let NodeEvent::Panicked { server, incarnation, why, held } = event {
                 eprintln!(
@@ -580,6 +585,7 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
         g.regions_split.store(controller.regions_split, Ordering::Relaxed);
         g.regions_merged.store(controller.regions_merged, Ordering::Relaxed);
         g.regions_moved.store(controller.regions_moved, Ordering::Relaxed);
+        g.regions.store(node.slice().map().regions().len() as u64, Ordering::Relaxed);
         if let Some(gw) = &io.gateway {
             g.clients.store(gw.gateway.stats.connected, Ordering::Relaxed);
         }

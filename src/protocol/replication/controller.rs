@@ -3,7 +3,8 @@
 use super::*;
 use crate::limits::{
     MERGES_PER_PERIOD_MAX, MERGE_COLD_ENTITIES_MAX, SERVER_ENTITIES_HIGH_MAX, SERVER_ENTITIES_LOW_MIN,
-    SERVER_RETIRE_AFTER_PERIODS_MIN, SERVER_START_AFTER_PERIODS_MIN,
+    SERVER_RETIRE_AFTER_PERIODS_MIN, SERVER_START_AFTER_PERIODS_MIN, SERVER_WORK_HIGH_FRACTION,
+    SERVER_WORK_LOW_FRACTION,
 };
 use crate::world::{plan_cut, ContainerKind};
 
@@ -106,9 +107,15 @@ impl Replication {
         self.serving().max_by_key(|s| (self.map.regions_of(*s).count(), std::cmp::Reverse(*s)))
     }
 
-    /// Controller, once a balancing period: start a server when the live ones hold more than
-    /// `SERVER_ENTITIES_HIGH_MAX` each on average for a while, retire the quietest when the rest
-    /// would hold fewer than `SERVER_ENTITIES_LOW_MIN` each for a while. True if it did either.
+    /// Controller, once a balancing period: start a server when the mesh is crowded for a while,
+    /// retire the quietest when it is quiet for a while. True if it did either.
+    ///
+    /// Crowded and quiet are judged by what the cores' drivers measured when every core reports
+    /// it: a core whose servers work more than `SERVER_WORK_HIGH_FRACTION` of a tick is crowded
+    /// (a crowd in one room costs far more than its count: every one of them near every other),
+    /// and every core under `SERVER_WORK_LOW_FRACTION` is quiet. Without measurements (the
+    /// simulator, tests), by entity counts: more than `SERVER_ENTITIES_HIGH_MAX` a live server on
+    /// average, or fewer than `SERVER_ENTITIES_LOW_MIN` if one were retired.
     fn lifecycle_step(&mut self, loads: &BTreeMap<ServerId, u32>) -> bool {
         let load_of = |s: ServerId| loads.get(&s).copied().unwrap_or(0);
         let (min, max) = (self.lifecycles.min, self.lifecycles.max);
@@ -116,13 +123,25 @@ impl Replication {
             return false;
         }
         let serving: Vec<ServerId> = self.serving().collect();
-        let total: u64 = serving.iter().map(|s| load_of(*s) as u64).sum();
         let running = serving.len() + self.lifecycles.starting.len();
-        let crowded = running < max && total > SERVER_ENTITIES_HIGH_MAX as u64 * serving.len() as u64;
+        let work: Option<Vec<u32>> = self.work_reported.iter().copied().collect();
+        let (crowded, quiet) = match work {
+            Some(work) => {
+                let budget = self.lifecycles.tick_us as f64;
+                let busiest = work.iter().copied().max().unwrap_or(0) as f64;
+                (busiest > SERVER_WORK_HIGH_FRACTION * budget, busiest < SERVER_WORK_LOW_FRACTION * budget)
+            }
+            None => {
+                let total: u64 = serving.iter().map(|s| load_of(*s) as u64).sum();
+                (
+                    total > SERVER_ENTITIES_HIGH_MAX as u64 * serving.len() as u64,
+                    total < SERVER_ENTITIES_LOW_MIN as u64 * (serving.len() as u64).saturating_sub(1),
+                )
+            }
+        };
+        let crowded = crowded && running < max;
         self.lifecycles.crowded = if crowded { self.lifecycles.crowded + 1 } else { 0 };
-        let quiet = self.lifecycles.starting.is_empty()
-            && serving.len() > min.max(1)
-            && total < SERVER_ENTITIES_LOW_MIN as u64 * (serving.len() as u64 - 1);
+        let quiet = quiet && self.lifecycles.starting.is_empty() && serving.len() > min.max(1);
         self.lifecycles.quiet = if quiet { self.lifecycles.quiet + 1 } else { 0 };
         if self.lifecycles.crowded >= SERVER_START_AFTER_PERIODS_MIN {
             self.lifecycles.crowded = 0;
@@ -138,13 +157,19 @@ impl Replication {
         false
     }
 
-    /// Controller: start a logical server on the core with the most headroom (the least load on
-    /// its live servers). It takes regions from the busiest once it registers.
+    /// Controller: start a logical server on the core with the most headroom (the least measured
+    /// work, or without measurements the least load on its live servers). It takes regions from
+    /// the busiest once it registers.
     pub fn start_server(&mut self, loads: &BTreeMap<ServerId, u32>) -> bool {
         assert!(self.is_controller(), "only the controller starts servers");
         let mut per_slice = vec![0u64; self.slices as usize];
-        for s in self.serving() {
-            per_slice[self.home_of(s).0 as usize] += loads.get(&s).copied().unwrap_or(0) as u64;
+        match self.work_reported.iter().copied().collect::<Option<Vec<u32>>>() {
+            Some(work) => per_slice.iter_mut().zip(work).for_each(|(p, w)| *p = w as u64),
+            None => {
+                for s in self.serving() {
+                    per_slice[self.home_of(s).0 as usize] += loads.get(&s).copied().unwrap_or(0) as u64;
+                }
+            }
         }
         let Some(core) = (0..self.slices).min_by_key(|c| (per_slice[*c as usize], *c)) else { return false };
         let in_use = |id: ServerId| {
@@ -265,7 +290,7 @@ impl Replication {
     /// Controller, once a period: if the busiest live server holds well more than the quietest,
     /// give the quietest the busiest's region that best halves the gap; if every region of the
     /// busiest is too big for that, cut its busiest (along walls first: `plan_cut`) so the next
-    /// period can move a part. With nothing to even out, cold neighbours merge back.
+    /// period can move a part. Cold neighbours merge back first.
     pub(super) fn balance(&mut self) {
         let reports = self.region_load_reports();
         let loads: BTreeMap<RegionId, u32> = reports.iter().map(|(id, l)| (*id, l.entities)).collect();
@@ -277,6 +302,9 @@ impl Replication {
         if self.lifecycle_step(&per_server) {
             return;
         }
+        // Cold fragments first (they move nothing, and they change no server's load), while the
+        // reports are of the current map; then balancing.
+        self.merge_cold(&loads);
         let by_load: Vec<(u32, ServerId)> =
             self.serving().map(|s| (per_server.get(&s).copied().unwrap_or(0), s)).collect();
         let (Some(&(high, busiest)), Some(&(low, quietest))) = (by_load.iter().max(), by_load.iter().min()) else {
@@ -284,7 +312,6 @@ impl Replication {
         };
         let gap = high - low;
         if busiest == quietest || gap < BALANCE_SLACK_ENTITIES || gap * 10 < high {
-            self.merge_cold(&loads);
             return;
         }
         let mut regions: Vec<(u32, RegionId)> =

@@ -34,6 +34,7 @@ impl Replication {
                 .filter(|g| reach.iter().any(|b| b.contains(glam::Vec3::from_array(g.position))))
                 .copied()
                 .collect();
+            self.stats.ghosts_to_cores += seen.len() as u64;
             self.peer_outbox.push_back((slice, SliceMsg::Ghosts(seen)));
         }
         let mut all = local;
@@ -56,6 +57,7 @@ impl Replication {
                 .filter(|g| g.server != server && reach.iter().any(|b| b.contains(glam::Vec3::from_array(g.position))))
                 .copied()
                 .collect();
+            self.stats.ghosts_to_servers += seen.len() as u64;
             self.send(server, ReplicationMsg::Ghosts(seen));
         }
     }
