@@ -277,6 +277,12 @@ pub const BALANCE_SLACK_ENTITIES: u32 = 64;
 /// needs, and the map does not keep the fragments of every crowd there ever was.
 pub const MERGE_COLD_ENTITIES_MAX: u32 = BALANCE_SLACK_ENTITIES / 2;
 
+/// Cuts the controller makes in one balancing period at most, each of the heavier side of the
+/// last while it is still too big to move: enough to wall off a room in a region that holds its
+/// city (four walls of the city, four of the building, one between rooms), few enough that one
+/// period's map change stays small.
+pub const CUTS_PER_PERIOD_MAX: usize = 10;
+
 /// Merges the controller makes in one balancing period at most: a crowd's fragments go back in
 /// seconds, and one period's map changes stay few.
 pub const MERGES_PER_PERIOD_MAX: usize = 4;

@@ -64,6 +64,36 @@ impl RegionLoad {
         sum
     }
 
+    /// An estimate of this load within `sub`, a box inside `bounds` (a side of a cut): along
+    /// each axis the entities between `sub`'s faces, re-binned over its extent, and scaled to the
+    /// share `sub` holds (the axes taken as independent). For planning the next cut of a side
+    /// before its own report comes.
+    pub fn restrict(&self, bounds: &Aabb, sub: &Aabb) -> RegionLoad {
+        let share = |axis: usize| {
+            let all: f64 = self.bins[axis].iter().map(|n| *n as f64).sum();
+            let inside = self.below(bounds, axis, sub.max[axis]) - self.below(bounds, axis, sub.min[axis]);
+            if all > 0.0 {
+                inside / all
+            } else {
+                0.0
+            }
+        };
+        let kept = (0..3).map(share).fold(1.0, |a, b| a * b);
+        let mut out = RegionLoad::new(self.region);
+        out.entities = (self.entities as f64 * kept).round() as u32;
+        for axis in 0..3 {
+            let (lo, hi) = (sub.min[axis], sub.max[axis]);
+            let width = (hi - lo) / LOAD_BINS as f32;
+            let inside = self.below(bounds, axis, hi) - self.below(bounds, axis, lo);
+            let scale = if inside > 0.0 { out.entities as f64 / inside } else { 0.0 };
+            for (j, bin) in out.bins[axis].iter_mut().enumerate() {
+                let (a, b) = (lo + j as f32 * width, lo + (j + 1) as f32 * width);
+                *bin = ((self.below(bounds, axis, b) - self.below(bounds, axis, a)) * scale).round() as u32;
+            }
+        }
+        out
+    }
+
     /// The bin edge along `axis` that best halves the load, among those `fits` allows (on a bin
     /// edge the count below is exact, not spread over a bin); `None` if no edge fits. An empty
     /// region's is the edge nearest its middle.
@@ -229,6 +259,21 @@ mod tests {
         let mut odd = RegionLoad::new(RegionId(1));
         odd.add(&b, Vec3::new(f32::NAN, 1e9, -1e9));
         assert_eq!(odd.bins[0][0] + odd.bins[1][LOAD_BINS - 1] + odd.bins[2][0], 3);
+    }
+
+    /// A side's load estimated from its parent's report keeps what lies in it.
+    #[test]
+    fn a_sides_load_is_estimated_from_its_parents() {
+        let b = aabb([0.0; 3], [160.0, 160.0, 100.0]);
+        let load = load_of(&b, crowd(Vec3::new(120.0, 80.0, 50.0), 10.0, 1000));
+        let (low, high) = halves(&b, Cut { axis: 0, at: 80.0, through: None });
+        let (l, h) = (load.restrict(&b, &low), load.restrict(&b, &high));
+        assert!(l.entities < 20 && h.entities > 980, "{} / {}", l.entities, h.entities);
+        let y_total: u32 = h.bins[1].iter().sum();
+        assert!((y_total as i64 - h.entities as i64).abs() < 20, "{y_total} of {}", h.entities);
+        // The crowd's middle along y, in the side's own bins.
+        let at = h.balanced_edge(&high, 1, |_| true).unwrap();
+        assert!((at - 80.0).abs() <= 10.0, "{at}");
     }
 
     /// A hot room in a bigger region is walled off first: every cut runs along walls until the

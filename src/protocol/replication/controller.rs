@@ -2,9 +2,9 @@
 
 use super::*;
 use crate::limits::{
-    MERGES_PER_PERIOD_MAX, MERGE_COLD_ENTITIES_MAX, SERVER_ENTITIES_HIGH_MAX, SERVER_ENTITIES_LOW_MIN,
-    SERVER_RETIRE_AFTER_PERIODS_MIN, SERVER_START_AFTER_PERIODS_MIN, SERVER_WORK_HIGH_FRACTION,
-    SERVER_WORK_LOW_FRACTION,
+    CUTS_PER_PERIOD_MAX, MERGES_PER_PERIOD_MAX, MERGE_COLD_ENTITIES_MAX, SERVER_ENTITIES_HIGH_MAX,
+    SERVER_ENTITIES_LOW_MIN, SERVER_RETIRE_AFTER_PERIODS_MIN, SERVER_START_AFTER_PERIODS_MIN,
+    SERVER_WORK_HIGH_FRACTION, SERVER_WORK_LOW_FRACTION,
 };
 use crate::world::{plan_cut, ContainerKind};
 
@@ -307,9 +307,7 @@ impl Replication {
         self.merge_cold(&loads);
         let by_load: Vec<(u32, ServerId)> =
             self.serving().map(|s| (per_server.get(&s).copied().unwrap_or(0), s)).collect();
-        let (Some(&(high, busiest)), Some(&(low, quietest))) = (by_load.iter().max(), by_load.iter().min()) else {
-            return;
-        };
+        let Some((high, busiest, low, quietest)) = self.balance_pair(&by_load) else { return };
         let gap = high - low;
         if busiest == quietest || gap < BALANCE_SLACK_ENTITIES || gap * 10 < high {
             return;
@@ -329,17 +327,72 @@ impl Replication {
                 let Some(&(_, busiest_region)) = regions.last() else { return };
                 let Some(bounds) = self.map.get(busiest_region).map(|r| r.bounds) else { return };
                 let tree = self.streaming.as_ref().map(|index| index.tree());
-                let Some(cut) = plan_cut(&bounds, tree, reports.get(&busiest_region)) else { return };
-                if self.map.split_at(busiest_region, cut.axis, cut.at).is_ok() {
+                // Cut, and cut the heavier side again while (by the estimate) it is still too
+                // big to move: walling off a hot room takes one period, not one per wall.
+                let (mut region, mut bounds) = (busiest_region, bounds);
+                let mut load = reports.get(&busiest_region).cloned();
+                let mut cuts = 0;
+                while cuts < CUTS_PER_PERIOD_MAX {
+                    let Some(cut) = plan_cut(&bounds, tree, load.as_ref()) else { break };
+                    let Ok((low, high)) = self.map.split_at(region, cut.axis, cut.at) else { break };
+                    cuts += 1;
                     self.stats.regions_split += 1;
                     self.stats.rooms_cut += (cut.through == Some(ContainerKind::Room)) as u64;
-                    // The halves' loads are unknown until the next reports.
+                    let Some(parent) = load.take() else { break };
+                    let side = |id: RegionId| self.map.get(id).map(|r| r.bounds);
+                    let (Some(lb), Some(hb)) = (side(low), side(high)) else { break };
+                    let (ll, hl) = (parent.restrict(&bounds, &lb), parent.restrict(&bounds, &hb));
+                    let (next, next_bounds, next_load) =
+                        if ll.entities >= hl.entities { (low, lb, ll) } else { (high, hb, hl) };
+                    if next_load.entities < gap || cut.through == Some(ContainerKind::Room) {
+                        break;
+                    }
+                    (region, bounds, load) = (next, next_bounds, Some(next_load));
+                }
+                if cuts > 0 {
+                    // The sides' loads are known from the next reports.
                     for (_, load) in &mut self.loads {
                         load.remove(&busiest_region);
                     }
                     self.broadcast_map();
                 }
             }
+        }
+    }
+
+    /// Controller: the two servers load should go between, with their loads. Cores first: a
+    /// core's work is what its servers do together, so while one core is well busier than
+    /// another (by the work the cores measure, else by what their servers hold), load goes from
+    /// the busiest core's busiest server to the quietest core's quietest; with the cores even (or
+    /// one core), from the busiest server to the quietest.
+    fn balance_pair(&self, by_load: &[(u32, ServerId)]) -> Option<(u32, ServerId, u32, ServerId)> {
+        let global = || {
+            let (&(high, busiest), &(low, quietest)) = (by_load.iter().max()?, by_load.iter().min()?);
+            Some((high, busiest, low, quietest))
+        };
+        let slices = self.slices as usize;
+        if slices < 2 {
+            return global();
+        }
+        let mut per_core = vec![0u64; slices];
+        for (n, s) in by_load {
+            per_core[self.home_of(*s).0 as usize] += *n as u64;
+        }
+        let measured: Option<Vec<u32>> = self.work_reported.iter().copied().collect();
+        let cost: Vec<u64> = match measured {
+            Some(work) => work.into_iter().map(u64::from).collect(),
+            None => per_core,
+        };
+        let hot = (0..slices).max_by_key(|c| (cost[*c], std::cmp::Reverse(*c)))?;
+        let cold = (0..slices).min_by_key(|c| (cost[*c], *c))?;
+        // Well busier: by a tenth of the busier core, as between servers.
+        if hot == cold || (cost[hot] - cost[cold]) * 10 < cost[hot] {
+            return global();
+        }
+        let on = |core: usize| by_load.iter().filter(move |(_, s)| self.home_of(*s).0 as usize == core);
+        match (on(hot).max(), on(cold).min()) {
+            (Some(&(high, busiest)), Some(&(low, quietest))) if high > low => Some((high, busiest, low, quietest)),
+            _ => global(),
         }
     }
 
