@@ -408,8 +408,11 @@ impl Server {
             }
             ReplicationMsg::Fenced => self.fence(),
             ReplicationMsg::Ghosts(ghosts) => {
+                // Only walkers: the grid is where a projectile looks for a ghost it hits (ships
+                // are hulls in physics), and finding one must not scan every ghost.
                 self.ghost_grid.clear();
-                for g in ghosts.iter().filter(|g| g.server != self.id) {
+                let walker = |kind: EntityKind| matches!(kind, EntityKind::Player | EntityKind::Npc);
+                for g in ghosts.iter().filter(|g| g.server != self.id && walker(g.kind)) {
                     self.ghost_grid.insert(g.id, Vec3::from_array(g.position));
                 }
                 let mut ships: Vec<(EntityId, Vec3)> = ghosts

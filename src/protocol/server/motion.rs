@@ -118,12 +118,11 @@ impl Server {
                     hits.push((along_segment(at, from, to), id, false));
                 }
             });
-            let ghosts = &self.ghosts;
+            // The ghost grid holds walkers only.
             self.ghost_grid.query(from.min(to) - pad, from.max(to) + pad, |id, at| {
                 if Some(id) != source
                     && distance_to_segment(at, from, to) <= HIT_RADIUS_M
                     && !entities.contains_key(&id)
-                    && ghosts.iter().any(|g| g.id == id && walker(g.kind))
                 {
                     hits.push((along_segment(at, from, to), id, true));
                 }
