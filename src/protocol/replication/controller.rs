@@ -361,10 +361,9 @@ impl Replication {
     }
 
     /// Controller: the two servers load should go between, with their loads. Cores first: a
-    /// core's work is what its servers do together, so while one core is well busier than
-    /// another (by the work the cores measure, else by what their servers hold), load goes from
-    /// the busiest core's busiest server to the quietest core's quietest; with the cores even (or
-    /// one core), from the busiest server to the quietest.
+    /// core's work is what its servers do together, so while one core's servers hold well more
+    /// than another's, load goes from the busiest core's busiest server to the quietest core's
+    /// quietest; with the cores even (or one core), from the busiest server to the quietest.
     fn balance_pair(&self, by_load: &[(u32, ServerId)]) -> Option<(u32, ServerId, u32, ServerId)> {
         let global = || {
             let (&(high, busiest), &(low, quietest)) = (by_load.iter().max()?, by_load.iter().min()?);
@@ -378,11 +377,10 @@ impl Replication {
         for (n, s) in by_load {
             per_core[self.home_of(*s).0 as usize] += *n as u64;
         }
-        let measured: Option<Vec<u32>> = self.work_reported.iter().copied().collect();
-        let cost: Vec<u64> = match measured {
-            Some(work) => work.into_iter().map(u64::from).collect(),
-            None => per_core,
-        };
+        // By what the cores' servers hold, not by measured work: a move shifts entities, and the
+        // work a period measures lags the last move and varies with whatever else the machine
+        // runs, so judging moves by it sends regions back and forth.
+        let cost = per_core;
         let hot = (0..slices).max_by_key(|c| (cost[*c], std::cmp::Reverse(*c)))?;
         let cold = (0..slices).min_by_key(|c| (cost[*c], *c))?;
         // Well busier: by a tenth of the busier core, as between servers.
