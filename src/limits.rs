@@ -108,6 +108,10 @@ pub const FRAMES_PER_PEER_PER_TICK_MAX: usize = 65_536;
 /// How long a stopping shard keeps moving messages between cores.
 pub const SETTLE: std::time::Duration = std::time::Duration::from_millis(150);
 
+/// Samples of the status line a run's summary keeps (`timeline`): an hour a second at a time;
+/// a longer run keeps every other, then every fourth, so a world served for days costs the same.
+pub const TIMELINE_SAMPLES_MAX: usize = 3_600;
+
 /// How often a core looks again whether every other core finished the tick before its next (a
 /// timed run; a free-running one spins): well under a tick, far above a wake-up's cost.
 pub const LOCKSTEP_POLL: std::time::Duration = std::time::Duration::from_micros(100);

@@ -245,6 +245,38 @@ pub struct Sample {
     pub time_dilation: Option<f64>,
 }
 
+/// The samples of a run, bounded: once `TIMELINE_SAMPLES_MAX` are kept, every other one goes and
+/// samples are kept half as often, so a world served for days keeps its whole run, coarser.
+#[derive(Debug, Default)]
+struct Timeline {
+    samples: Vec<Sample>,
+    /// Keep one sample in this many (a power of two), and the samples seen.
+    every: u64,
+    seen: u64,
+}
+
+impl Timeline {
+    fn record(&mut self, sample: Sample) {
+        let every = self.every.max(1);
+        self.seen += 1;
+        if (self.seen - 1) % every != 0 {
+            return;
+        }
+        if self.samples.len() >= crate::limits::TIMELINE_SAMPLES_MAX {
+            let mut i = 0;
+            self.samples.retain(|_| {
+                i += 1;
+                i % 2 == 1
+            });
+            self.every = every * 2;
+            if (self.seen - 1) % self.every != 0 {
+                return;
+            }
+        }
+        self.samples.push(sample);
+    }
+}
+
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct MeshSummary {
     pub players: usize,
@@ -296,7 +328,7 @@ pub struct MeshSummary {
     /// (EVE Online's time dilation): 1.0 when the world never slowed; `None` for a free-running
     /// run (it keeps no real time) or one too short for a window.
     pub time_dilation_min: Option<f64>,
-    /// The run a second at a time.
+    /// The run a second at a time (coarser for a run longer than `TIMELINE_SAMPLES_MAX` seconds).
     pub timeline: Vec<Sample>,
     /// The region map's epoch at the start and at the end (equal: the map never changed).
     pub map_epoch_start: u64,
@@ -539,7 +571,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
     let end = start.checked_add(cfg.duration).unwrap_or(start + Duration::from_secs(u32::MAX as u64));
     let stop_asked = || cfg.stop_signal.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
     let mut next_status = start + Duration::from_secs(1);
-    let mut timeline: Vec<Sample> = Vec::new();
+    let mut timeline = Timeline::default();
     let mut announced = listen.is_none();
     let mut drills = cfg.chaos_crash_every.map(|every| {
         (
@@ -625,7 +657,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
                 sample.regions_moved,
             );
         }
-        timeline.push(sample);
+        timeline.record(sample);
         last = (ticks, handoffs, Instant::now());
     }
     stop.store(true, Ordering::Relaxed);
@@ -668,7 +700,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
     summary.failover_ticks_max = failover.quantile(1.0);
     summary.failovers_unfinished = failover.unfinished;
     (summary.chaos_drills, summary.chaos_drills_carried_out) = chaos.map_or((0, 0), |c| c.counts());
-    summary.timeline = timeline;
+    summary.timeline = timeline.samples;
     Ok(summary)
 }
 
@@ -848,5 +880,49 @@ fn audit(
         listen: None,
         gateway,
         stall_reports,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(t: f64) -> Sample {
+        Sample {
+            t_s: t,
+            players: 0,
+            servers: 0,
+            servers_started: 0,
+            servers_retired: 0,
+            regions: 0,
+            regions_split: 0,
+            regions_merged: 0,
+            regions_moved: 0,
+            tick_p50_ms: 0.0,
+            tick_p99_ms: 0.0,
+            handoffs_per_s: 0.0,
+            time_dilation: None,
+        }
+    }
+
+    /// A run of ten times the bound keeps at most the bound, spread evenly from the start to
+    /// near the end.
+    #[test]
+    fn a_long_runs_timeline_stays_bounded_and_covers_the_run() {
+        let mut t = Timeline::default();
+        let n = 10 * crate::limits::TIMELINE_SAMPLES_MAX;
+        for i in 0..n {
+            t.record(sample(i as f64));
+        }
+        assert!(t.samples.len() <= crate::limits::TIMELINE_SAMPLES_MAX, "{}", t.samples.len());
+        assert!(t.samples.len() >= crate::limits::TIMELINE_SAMPLES_MAX / 4, "{}", t.samples.len());
+        assert_eq!(t.samples[0].t_s, 0.0);
+        assert!(t.samples.last().unwrap().t_s >= (n - 16) as f64, "{}", t.samples.last().unwrap().t_s);
+        let gaps: Vec<f64> = t.samples.windows(2).map(|w| w[1].t_s - w[0].t_s).collect();
+        assert!(gaps.iter().all(|g| *g == gaps[0]), "evenly spread");
+        // A short run keeps every second.
+        let mut short = Timeline::default();
+        (0..120).for_each(|i| short.record(sample(i as f64)));
+        assert_eq!(short.samples.len(), 120);
     }
 }
