@@ -214,6 +214,10 @@ pub struct ClientView {
     saved: i64,
     /// The budget the latest update was made within.
     last_budget: usize,
+    /// The newest of the client's inputs an update said was applied. An update never says less:
+    /// while its player is between servers (or just adopted, before its new server applied one)
+    /// the views say none, and the client would take its applied inputs for lost.
+    input_ack: u32,
 }
 
 /// An acknowledgement of an update that was never sent.
@@ -231,6 +235,7 @@ impl ClientView {
             priority: Vec::new(),
             saved: 0,
             last_budget: 0,
+            input_ack: 0,
         }
     }
 
@@ -408,12 +413,13 @@ impl Bubbles {
         } else {
             client.acked
         };
+        client.input_ack = client.input_ack.max(me.input_seq);
         let next = next_snapshot(
             &client.sent,
             acked,
             &mut client.priority,
             client.player,
-            (tick, self.tick_us, me.input_seq, (horizon_m * 10.0) as u16),
+            (tick, self.tick_us, client.input_ack, (horizon_m * 10.0) as u16),
             &mut near,
             budget,
             &mut self.scratch,
@@ -575,6 +581,20 @@ mod tests {
                 _ => {}
             }
             sent.push_back(next);
+        }
+    }
+
+    #[test]
+    fn an_acknowledged_input_stays_acknowledged_while_the_player_is_between_servers() {
+        let mut bubbles = Bubbles::new(crate::limits::CLIENT_BYTES_PER_S_DEFAULT, TICK_US as u64);
+        let mut client = ClientView::new(EntityId(1));
+        // Its server applied input 7, then handed it off: the next views say none (0), until
+        // its new server applies input 9.
+        for (t, seq, shown) in [(1, 7, 7), (2, 0, 7), (3, 0, 7), (4, 9, 9)] {
+            let me = ViewEntity { input_seq: seq, ..entity(1, EntityKind::Player, 0.0, 0.0) };
+            bubbles.merge([(me, Tick(t))]);
+            let (update, _) = bubbles.update(Tick(t), &mut client).expect("its player is in the view");
+            assert_eq!(update.input_ack, shown, "tick {t}");
         }
     }
 }
