@@ -66,7 +66,7 @@ fn main() {
     let dynamic = trial(cores, players, secs, Some(cores * servers_max_per_core));
     let fixed = trial(cores, players, secs, None);
     println!(
-        "{:>5} {:<7} | {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>8} {:>8} | {:>8} {:>8}",
+        "{:>5} {:<7} | {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>5} {:>8} {:>8} | {:>5} {:>8} {:>8}",
         "t (s)",
         "phase",
         "servers",
@@ -75,8 +75,10 @@ fn main() {
         "regions",
         "splits",
         "merges",
+        "work",
         "p99 (ms)",
         "dilation",
+        "work",
         "static",
         "dilation"
     );
@@ -91,8 +93,9 @@ fn main() {
         };
         if let (Some(d), Some(f)) = (at(&dynamic.timeline, t), at(&fixed.timeline, t)) {
             let dil = |s: &Sample| s.time_dilation.map_or("-".to_string(), |d| format!("{d:.2}"));
+            let work = |s: &Sample| s.work.map_or("-".to_string(), |w| format!("{w:.2}"));
             println!(
-                "{:>5.0} {:<7} | {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>8.1} {:>8} | {:>8.1} {:>8}",
+                "{:>5.0} {:<7} | {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>5} {:>8.1} {:>8} | {:>5} {:>8.1} {:>8}",
                 d.t_s,
                 phase,
                 d.servers,
@@ -101,8 +104,10 @@ fn main() {
                 d.regions,
                 d.regions_split,
                 d.regions_merged,
+                work(d),
                 d.tick_p99_ms,
                 dil(d),
+                work(f),
                 f.tick_p99_ms,
                 dil(f)
             );

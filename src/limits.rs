@@ -276,6 +276,16 @@ pub const BALANCE_PERIOD_US: u64 = 1_000_000;
 /// the quietest (and 10% more): below it, a move costs more handoffs than it saves.
 pub const BALANCE_SLACK_ENTITIES: u32 = 64;
 
+/// Where the cores measure their work, load moves between cores only while the busiest works this
+/// share of a tick more than the quietest (and past `SERVER_WORK_SURPLUS_FRACTION`): a tenth of a
+/// tick is about what one period's measurement varies by on a shared machine (the crowd benchmark's
+/// static mesh, BENCHMARKS.md), so a smaller gap is noise, not load to move.
+pub const BALANCE_WORK_GAP_FRACTION: f64 = 0.1;
+
+/// Balancing periods the controller only watches after a move by measured work: the period that
+/// follows a move still measures part of the work from before it.
+pub const BALANCE_REST_PERIODS: u32 = 1;
+
 /// Two neighbouring regions that together hold at most this many entities are merged back into
 /// one (a crowd left): below a balancing move's slack, so a merge never undoes what balancing
 /// needs, and the map does not keep the fragments of every crowd there ever was.
@@ -315,6 +325,12 @@ pub const SERVER_WORK_HIGH_FRACTION: f64 = 0.6;
 /// may retire. Well under the high mark, so the work a retirement moves onto the others does not
 /// start one again (hysteresis).
 pub const SERVER_WORK_LOW_FRACTION: f64 = 0.35;
+
+/// See `SERVER_WORK_HIGH_FRACTION`: while every core stays under this share of a tick, a server
+/// beyond the starting number that has a sibling on its core retires into it. Its core's work
+/// stays where it is, so this mark only has to be clear of the high mark: a crowd that thins to
+/// just under the start mark does not retire the servers it started.
+pub const SERVER_WORK_SURPLUS_FRACTION: f64 = 0.5;
 
 /// Balancing periods the average must stay above the high mark before a server starts (2 s), and
 /// below the low mark before one retires (10 s): a crowd at a door does not start and stop

@@ -1288,6 +1288,52 @@ fn measured_work_starts_a_server_and_quiet_retires_it() {
     held_once(&m, ids.iter().copied());
 }
 
+/// Servers started for a crowd retire once it has gone even while the cores stay busy: under the
+/// surplus mark (half a tick) each retires into a sibling on its own core, so no core's work
+/// grows and nothing starts again; between that mark and the start mark nothing changes.
+#[test]
+fn servers_started_for_a_crowd_retire_into_their_cores_once_it_has_gone() {
+    use shardmesh::limits::{
+        SERVER_RETIRE_AFTER_PERIODS_MIN, SERVER_START_AFTER_PERIODS_MIN, SERVER_WORK_HIGH_FRACTION,
+        SERVER_WORK_SURPLUS_FRACTION,
+    };
+    let world = Aabb::new(Vec3::ZERO, Vec3::new(160.0, 20.0, 20.0));
+    let entities: Vec<(EntityId, EntityState)> =
+        (0..100).map(|i| (EntityId(i + 1), at(EntityKind::Npc, 1.0 + 1.5 * i as f32))).collect();
+    let ids: Vec<EntityId> = entities.iter().map(|(id, _)| *id).collect();
+    let mut m = Mesh::new(2, 2, RegionMap::kd_split(world, 4), entities);
+    m.slice_mut(0).set_server_bounds(2, 6);
+    let period = shardmesh::limits::ticks_in(shardmesh::limits::BALANCE_PERIOD_US, TICK_DURATION_US);
+    let run = |m: &mut Mesh, periods: u64, fraction: f64| {
+        for _ in 0..period * periods {
+            for node in 0..2 {
+                m.slice_mut(node).note_work((TICK_DURATION_US as f64 * fraction) as u64);
+            }
+            m.tick();
+        }
+    };
+    run(&mut m, 3 * SERVER_START_AFTER_PERIODS_MIN as u64 + 4, 0.8);
+    let started = m.slice(0).stats.servers_started;
+    assert!(started >= 2, "busy cores start servers: {started}");
+    let running = m.servers().count();
+    assert!(running >= 4);
+    // Busy, but under the start mark: nothing starts, nothing retires.
+    let between = (SERVER_WORK_HIGH_FRACTION + SERVER_WORK_SURPLUS_FRACTION) / 2.0;
+    run(&mut m, 2 * SERVER_RETIRE_AFTER_PERIODS_MIN as u64 + 2, between);
+    assert_eq!(m.slice(0).stats.servers_retired, 0, "above the surplus mark none retires");
+    assert_eq!(m.servers().count(), running);
+    // Under the surplus mark (and above the quiet one): the started ones retire, one at a time.
+    let under = (SERVER_WORK_SURPLUS_FRACTION + shardmesh::limits::SERVER_WORK_LOW_FRACTION) / 2.0;
+    run(&mut m, (running as u64 - 1) * (SERVER_RETIRE_AFTER_PERIODS_MIN as u64 + 2), under);
+    assert_eq!(m.slice(0).stats.servers_started, started, "a retirement starts nothing again");
+    assert_eq!(m.slice(0).stats.servers_retired, running as u64 - 2);
+    let left: Vec<ServerId> = m.servers().map(|s| s.id()).collect();
+    assert_eq!(left.len(), 2, "down to the starting number: {left:?}");
+    // One server a core is left: each retired into its own core.
+    assert_ne!(left[0].0 % 2, left[1].0 % 2, "one on each core: {left:?}");
+    held_once(&m, ids.iter().copied());
+}
+
 /// Load that stays low retires a server: its regions go to the others, it stops once it holds
 /// nothing, and nothing is lost; never below the lower bound.
 #[test]

@@ -134,6 +134,8 @@ struct Lifecycles {
     /// Balancing periods in a row the average load was over the high mark, under the low one.
     crowded: u32,
     quiet: u32,
+    /// Balancing periods left to only watch after a move by measured work (`balance_by_work`).
+    rest: u32,
     /// Game time a tick is (the budget measured work is held against).
     tick_us: u64,
 }

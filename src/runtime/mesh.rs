@@ -243,6 +243,10 @@ pub struct Sample {
     pub handoffs_per_s: f64,
     /// The slowest core's last window (`None`: none closed yet, or a free-running run).
     pub time_dilation: Option<f64>,
+    /// The busiest core's servers and slice at work over the last second, as a share of the
+    /// ticks' budget (`None` for a free-running run, or a second without a tick).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub work: Option<f64>,
 }
 
 /// The samples of a run, bounded: once `TIMELINE_SAMPLES_MAX` are kept, every other one goes and
@@ -568,6 +572,8 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
     }
 
     let mut last = (0u64, 0u64, Instant::now());
+    // Each core's ticks and work at the last sample.
+    let mut last_work = vec![(0u64, 0u64); cores];
     let end = start.checked_add(cfg.duration).unwrap_or(start + Duration::from_secs(u32::MAX as u64));
     let stop_asked = || cfg.stop_signal.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
     let mut next_status = start + Duration::from_secs(1);
@@ -610,6 +616,17 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
             Some(ppm) if ppm > 0 && !cfg.tick.is_zero() => Some(ppm as f64 / 1e6),
             _ => None,
         };
+        let budget_us = cfg.tick.as_micros() as f64;
+        let mut work: Option<f64> = None;
+        for (g, last) in gauges.iter().zip(last_work.iter_mut()) {
+            let now = (g.ticks.load(Ordering::Relaxed), g.work_us.load(Ordering::Relaxed));
+            let ticks = now.0 - last.0;
+            if ticks > 0 && budget_us > 0.0 {
+                let share = (now.1 - last.1) as f64 / (ticks as f64 * budget_us);
+                work = Some(work.map_or(share, |w: f64| w.max(share)));
+            }
+            *last = now;
+        }
         let sample = Sample {
             t_s: start.elapsed().as_secs_f64(),
             players: sum(&|g| g.players.load(Ordering::Relaxed)),
@@ -624,6 +641,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
             tick_p99_ms: p99 as f64 / 1e3,
             handoffs_per_s: (handoffs - last.1) as f64 / secs,
             time_dilation: dilation,
+            work,
         };
         if cfg.status {
             let committed = match &cfg.persist {
@@ -635,8 +653,9 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
                 None => String::new(),
             };
             let tidi = dilation.map_or(String::new(), |d| format!(" time_dilation={d:.2}"));
+            let work = work.map_or(String::new(), |w| format!(" work={w:.2}"));
             eprintln!(
-                "t={:>5.1}s players={} held={} servers={} cores={cores} ticks/s={:.1} tick_p50={:.2}ms tick_p99={:.2}ms worst={:.2}ms handoffs/s={:.0} stalls={} held_back={} server_panics={} started={} retired={} regions={} splits={} merges={} moves={}{tidi}{committed}",
+                "t={:>5.1}s players={} held={} servers={} cores={cores} ticks/s={:.1} tick_p50={:.2}ms tick_p99={:.2}ms worst={:.2}ms handoffs/s={:.0} stalls={} held_back={} server_panics={} started={} retired={} regions={} splits={} merges={} moves={}{work}{tidi}{committed}",
                 sample.t_s,
                 sample.players,
                 sum(&|g| g.held.load(Ordering::Relaxed)),
@@ -902,6 +921,7 @@ mod tests {
             tick_p99_ms: 0.0,
             handoffs_per_s: 0.0,
             time_dilation: None,
+            work: None,
         }
     }
 

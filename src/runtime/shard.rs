@@ -63,6 +63,9 @@ pub struct ShardGauges {
     pub regions_moved: AtomicU64,
     /// Regions in the map now.
     pub regions: AtomicU64,
+    /// Microseconds the servers and the slice have worked, in all (waits for other cores
+    /// excluded): what the controller starts and retires servers by.
+    pub work_us: AtomicU64,
     /// The world's speed against real time over the last window, in millionths (0: no window
     /// closed yet): 1,000,000 while every tick keeps the schedule.
     pub time_dilation_ppm: AtomicU64,
@@ -513,7 +516,9 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
         debug_assert_eq!(step, Step::Done);
         // What the servers and the slice cost this tick (waits for other cores excluded): the
         // controller starts and retires servers by it.
-        node.slice_mut().note_work(io.stage_us[Stage::Servers as usize] + io.stage_us[Stage::Slice as usize]);
+        let work_us = io.stage_us[Stage::Servers as usize] + io.stage_us[Stage::Slice as usize];
+        node.slice_mut().note_work(work_us);
+        setup.gauges.work_us.fetch_add(work_us, Ordering::Relaxed);
         while let Some(event) = node.poll_event() {
             if let NodeEvent::Panicked { server, incarnation, why, held } = event {
                 eprintln!(

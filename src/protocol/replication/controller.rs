@@ -2,9 +2,9 @@
 
 use super::*;
 use crate::limits::{
-    CUTS_PER_PERIOD_MAX, MERGES_PER_PERIOD_MAX, MERGE_COLD_ENTITIES_MAX, SERVER_ENTITIES_HIGH_MAX,
-    SERVER_ENTITIES_LOW_MIN, SERVER_RETIRE_AFTER_PERIODS_MIN, SERVER_START_AFTER_PERIODS_MIN,
-    SERVER_WORK_HIGH_FRACTION, SERVER_WORK_LOW_FRACTION,
+    BALANCE_REST_PERIODS, BALANCE_WORK_GAP_FRACTION, CUTS_PER_PERIOD_MAX, MERGES_PER_PERIOD_MAX,
+    MERGE_COLD_ENTITIES_MAX, SERVER_ENTITIES_HIGH_MAX, SERVER_ENTITIES_LOW_MIN, SERVER_RETIRE_AFTER_PERIODS_MIN,
+    SERVER_START_AFTER_PERIODS_MIN, SERVER_WORK_HIGH_FRACTION, SERVER_WORK_LOW_FRACTION, SERVER_WORK_SURPLUS_FRACTION,
 };
 use crate::world::{plan_cut, ContainerKind};
 
@@ -113,9 +113,12 @@ impl Replication {
     /// Crowded and quiet are judged by what the cores' drivers measured when every core reports
     /// it: a core whose servers work more than `SERVER_WORK_HIGH_FRACTION` of a tick is crowded
     /// (a crowd in one room costs far more than its count: every one of them near every other),
-    /// and every core under `SERVER_WORK_LOW_FRACTION` is quiet. Without measurements (the
-    /// simulator, tests), by entity counts: more than `SERVER_ENTITIES_HIGH_MAX` a live server on
-    /// average, or fewer than `SERVER_ENTITIES_LOW_MIN` if one were retired.
+    /// and every core under `SERVER_WORK_LOW_FRACTION` is quiet; every core under
+    /// `SERVER_WORK_SURPLUS_FRACTION` lets a server beyond the starting number retire into a
+    /// sibling on its core. Without measurements (the simulator, tests), by entity counts: more
+    /// than `SERVER_ENTITIES_HIGH_MAX` a live server on average, or fewer than
+    /// `SERVER_ENTITIES_LOW_MIN` if one were retired. A retiring server's regions go to a server
+    /// on its own core where it has one.
     fn lifecycle_step(&mut self, loads: &BTreeMap<ServerId, u32>) -> bool {
         let load_of = |s: ServerId| loads.get(&s).copied().unwrap_or(0);
         let (min, max) = (self.lifecycles.min, self.lifecycles.max);
@@ -125,32 +128,54 @@ impl Replication {
         let serving: Vec<ServerId> = self.serving().collect();
         let running = serving.len() + self.lifecycles.starting.len();
         let work: Option<Vec<u32>> = self.work_reported.iter().copied().collect();
-        let (crowded, quiet) = match work {
+        // Surplus: servers beyond the starting number on a core that has another, while no core
+        // is past the surplus mark. A server's regions go to a server on its own core, so its
+        // core's work stays (less the borders between them): one started for a crowd that has
+        // gone retires even while the cores stay busy, and its retirement cannot crowd a core.
+        let (crowded, quiet, surplus) = match &work {
             Some(work) => {
                 let budget = self.lifecycles.tick_us as f64;
                 let busiest = work.iter().copied().max().unwrap_or(0) as f64;
-                (busiest > SERVER_WORK_HIGH_FRACTION * budget, busiest < SERVER_WORK_LOW_FRACTION * budget)
+                (
+                    busiest > SERVER_WORK_HIGH_FRACTION * budget,
+                    busiest < SERVER_WORK_LOW_FRACTION * budget,
+                    busiest < SERVER_WORK_SURPLUS_FRACTION * budget,
+                )
             }
             None => {
                 let total: u64 = serving.iter().map(|s| load_of(*s) as u64).sum();
                 (
                     total > SERVER_ENTITIES_HIGH_MAX as u64 * serving.len() as u64,
                     total < SERVER_ENTITIES_LOW_MIN as u64 * (serving.len() as u64).saturating_sub(1),
+                    false,
                 )
             }
         };
         let crowded = crowded && running < max;
         self.lifecycles.crowded = if crowded { self.lifecycles.crowded + 1 } else { 0 };
-        let quiet = quiet && self.lifecycles.starting.is_empty() && serving.len() > min.max(1);
-        self.lifecycles.quiet = if quiet { self.lifecycles.quiet + 1 } else { 0 };
+        let settled = self.lifecycles.starting.is_empty() && serving.len() > min.max(1);
+        // The quietest server that has a sibling on its core (one that can take its regions
+        // without moving work between cores).
+        let with_sibling = serving
+            .iter()
+            .copied()
+            .filter(|s| serving.iter().any(|o| o != s && self.home_of(*o) == self.home_of(*s)))
+            .min_by_key(|s| (load_of(*s), std::cmp::Reverse(*s)));
+        let retirable = match (quiet, surplus) {
+            (true, _) => serving.iter().copied().min_by_key(|s| (load_of(*s), std::cmp::Reverse(*s))),
+            (false, true) => with_sibling,
+            (false, false) => None,
+        };
+        let retire = settled && retirable.is_some();
+        self.lifecycles.quiet = if retire { self.lifecycles.quiet + 1 } else { 0 };
         if self.lifecycles.crowded >= SERVER_START_AFTER_PERIODS_MIN {
             self.lifecycles.crowded = 0;
             return self.start_server(loads);
         }
         if self.lifecycles.quiet >= SERVER_RETIRE_AFTER_PERIODS_MIN {
             self.lifecycles.quiet = 0;
-            if let Some(quietest) = serving.iter().copied().min_by_key(|s| (load_of(*s), std::cmp::Reverse(*s))) {
-                self.retire_server(quietest);
+            if let Some(server) = with_sibling.or(retirable) {
+                self.retire_server_to(server, loads);
                 return true;
             }
         }
@@ -197,20 +222,30 @@ impl Replication {
     /// Controller: retire `server`: its regions go to the other live servers at once (their
     /// entities follow by handoff), and its home slice stops it once it holds nothing.
     pub fn retire_server(&mut self, server: ServerId) {
+        self.retire_server_to(server, &BTreeMap::new());
+    }
+
+    /// `retire_server`, its regions going to the least loaded (by `loads`) of the servers on its
+    /// own core, or where it has none there, to the least loaded live server.
+    fn retire_server_to(&mut self, server: ServerId, loads: &BTreeMap<ServerId, u32>) {
         assert!(self.is_controller(), "only the controller retires servers");
         if !self.live_everywhere.contains(&server) || self.serving().count() < 2 {
             return;
         }
         self.lifecycles.draining.insert(server);
         self.stats.servers_retired += 1;
+        let home = self.home_of(server);
+        let sibling = self
+            .serving()
+            .filter(|s| self.home_of(*s) == home)
+            .min_by_key(|s| (loads.get(s).copied().unwrap_or(0), self.map.regions_of(*s).count(), *s));
         let regions: Vec<RegionId> = self.map.regions_of(server).map(|r| r.id).collect();
         for region in regions {
-            let heir = self.least_loaded();
+            let heir = sibling.or_else(|| self.least_loaded());
             self.map.assign(region, heir).expect("region exists");
             self.stats.regions_moved += 1;
         }
         self.broadcast_map();
-        let home = self.home_of(server);
         let msg = SliceMsg::RetireServer { server };
         if home == self.slice {
             self.handle_peer(self.slice, msg);
@@ -307,11 +342,16 @@ impl Replication {
         self.merge_cold(&loads);
         let by_load: Vec<(u32, ServerId)> =
             self.serving().map(|s| (per_server.get(&s).copied().unwrap_or(0), s)).collect();
-        let Some((high, busiest, low, quietest)) = self.balance_pair(&by_load) else { return };
+        let pair = match self.work_reported.iter().copied().collect::<Option<Vec<u32>>>() {
+            Some(work) => self.balance_by_work(&by_load, &work),
+            None => self.balance_pair(&by_load).filter(|(high, _, low, _)| (high - low) * 10 >= *high),
+        };
+        let Some((high, busiest, low, quietest)) = pair else { return };
         let gap = high - low;
-        if busiest == quietest || gap < BALANCE_SLACK_ENTITIES || gap * 10 < high {
+        if busiest == quietest || gap < BALANCE_SLACK_ENTITIES {
             return;
         }
+        self.lifecycles.rest = BALANCE_REST_PERIODS;
         let mut regions: Vec<(u32, RegionId)> =
             self.map.regions_of(busiest).map(|r| (loads.get(&r.id).copied().unwrap_or(0), r.id)).collect();
         regions.sort();
@@ -358,6 +398,42 @@ impl Replication {
                 }
             }
         }
+    }
+
+    /// Controller, where the cores' drivers measure their work: the two servers load should go
+    /// between, with an entity gap that stands for the work to even out, or `None` when nothing
+    /// should move. Load moves only while the busiest core works past `SERVER_WORK_SURPLUS_FRACTION`
+    /// of a tick and at least `BALANCE_WORK_GAP_FRACTION` of one more than the quietest: a mesh
+    /// within its budget keeps its map, since every cut and move between servers adds borders, and
+    /// with them ghosts and handoffs (a crowd's scatter measured 60% more work on a dynamic mesh
+    /// that had evened out its counts than on the static one, BENCHMARKS.md). Only between cores:
+    /// servers on one core tick one after the other, so evening them out saves nothing. After a
+    /// move the next `BALANCE_REST_PERIODS` periods only watch: a period's work lags the move.
+    fn balance_by_work(&mut self, by_load: &[(u32, ServerId)], work: &[u32]) -> Option<(u32, ServerId, u32, ServerId)> {
+        if self.lifecycles.rest > 0 {
+            self.lifecycles.rest -= 1;
+            return None;
+        }
+        let budget = self.lifecycles.tick_us as f64;
+        let hot = (0..work.len()).max_by_key(|c| (work[*c], std::cmp::Reverse(*c)))?;
+        let cold = (0..work.len()).min_by_key(|c| (work[*c], *c))?;
+        let (hot_us, cold_us) = (work[hot] as f64, work[cold] as f64);
+        if hot == cold
+            || hot_us < SERVER_WORK_SURPLUS_FRACTION * budget
+            || hot_us - cold_us < BALANCE_WORK_GAP_FRACTION * budget
+        {
+            return None;
+        }
+        let slices = self.slices;
+        let on = |core: usize| by_load.iter().filter(move |(_, s)| home_slice(*s, slices).0 as usize == core);
+        let hot_entities: u64 = on(hot).map(|(n, _)| *n as u64).sum();
+        let (&(high, busiest), &(low, quietest)) = (on(hot).max()?, on(cold).min()?);
+        if hot_entities == 0 {
+            return None;
+        }
+        // What the hot core's entities cost each, on average: the gap in work, in entities of it.
+        let gap = ((hot_us - cold_us) / (hot_us / hot_entities as f64)) as u32;
+        (high > 0).then_some((low.saturating_add(gap), busiest, low, quietest))
     }
 
     /// Controller: the two servers load should go between, with their loads. Cores first: a
