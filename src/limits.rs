@@ -332,6 +332,12 @@ pub const SERVER_WORK_LOW_FRACTION: f64 = 0.35;
 /// just under the start mark does not retire the servers it started.
 pub const SERVER_WORK_SURPLUS_FRACTION: f64 = 0.5;
 
+/// See `SERVER_WORK_SURPLUS_FRACTION`: a server beyond the starting number that holds less than
+/// this share of the average server's entities while no core is crowded is idle (the crowd it
+/// took a part of has gone) and retires into a sibling on its core, however busy the cores stay
+/// with the rest of the world (the crowd benchmark's scatter kept them past half a tick).
+pub const SERVER_IDLE_SHARE: f64 = 0.25;
+
 /// Balancing periods the average must stay above the high mark before a server starts (2 s), and
 /// below the low mark before one retires (10 s): a crowd at a door does not start and stop
 /// servers every second.

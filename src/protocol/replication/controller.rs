@@ -3,8 +3,9 @@
 use super::*;
 use crate::limits::{
     BALANCE_REST_PERIODS, BALANCE_WORK_GAP_FRACTION, CUTS_PER_PERIOD_MAX, MERGES_PER_PERIOD_MAX,
-    MERGE_COLD_ENTITIES_MAX, SERVER_ENTITIES_HIGH_MAX, SERVER_ENTITIES_LOW_MIN, SERVER_RETIRE_AFTER_PERIODS_MIN,
-    SERVER_START_AFTER_PERIODS_MIN, SERVER_WORK_HIGH_FRACTION, SERVER_WORK_LOW_FRACTION, SERVER_WORK_SURPLUS_FRACTION,
+    MERGE_COLD_ENTITIES_MAX, SERVER_ENTITIES_HIGH_MAX, SERVER_ENTITIES_LOW_MIN, SERVER_IDLE_SHARE,
+    SERVER_RETIRE_AFTER_PERIODS_MIN, SERVER_START_AFTER_PERIODS_MIN, SERVER_WORK_HIGH_FRACTION,
+    SERVER_WORK_LOW_FRACTION, SERVER_WORK_SURPLUS_FRACTION,
 };
 use crate::world::{plan_cut, ContainerKind};
 
@@ -115,7 +116,8 @@ impl Replication {
     /// (a crowd in one room costs far more than its count: every one of them near every other),
     /// and every core under `SERVER_WORK_LOW_FRACTION` is quiet; every core under
     /// `SERVER_WORK_SURPLUS_FRACTION` lets a server beyond the starting number retire into a
-    /// sibling on its core. Without measurements (the simulator, tests), by entity counts: more
+    /// sibling on its core, and so does one that sits idle (under `SERVER_IDLE_SHARE` of the
+    /// average server's entities) while no core is crowded. Without measurements (the simulator, tests), by entity counts: more
     /// than `SERVER_ENTITIES_HIGH_MAX` a live server on average, or fewer than
     /// `SERVER_ENTITIES_LOW_MIN` if one were retired. A retiring server's regions go to a server
     /// on its own core where it has one.
@@ -151,6 +153,7 @@ impl Replication {
                 )
             }
         };
+        let busy = crowded;
         let crowded = crowded && running < max;
         self.lifecycles.crowded = if crowded { self.lifecycles.crowded + 1 } else { 0 };
         let settled = self.lifecycles.starting.is_empty() && serving.len() > min.max(1);
@@ -161,10 +164,18 @@ impl Replication {
             .copied()
             .filter(|s| serving.iter().any(|o| o != s && self.home_of(*o) == self.home_of(*s)))
             .min_by_key(|s| (load_of(*s), std::cmp::Reverse(*s)));
+        // Idle: it holds under `SERVER_IDLE_SHARE` of what a serving server holds on average (the
+        // crowd it took a part of has gone), and no core is crowded.
+        let total: u64 = serving.iter().map(|s| load_of(*s) as u64).sum();
+        let idle = |s: ServerId| {
+            work.is_some()
+                && !busy
+                && (load_of(s) as f64) < SERVER_IDLE_SHARE * total as f64 / serving.len().max(1) as f64
+        };
         let retirable = match (quiet, surplus) {
             (true, _) => serving.iter().copied().min_by_key(|s| (load_of(*s), std::cmp::Reverse(*s))),
             (false, true) => with_sibling,
-            (false, false) => None,
+            (false, false) => with_sibling.filter(|s| idle(*s)),
         };
         let retire = settled && retirable.is_some();
         self.lifecycles.quiet = if retire { self.lifecycles.quiet + 1 } else { 0 };
