@@ -1256,6 +1256,28 @@ fn a_hot_room_splits_along_its_walls_before_it_is_cut() {
     held_once(&m, ids.iter().copied());
 }
 
+/// A hundred NPCs in a row over a 160 m world of four regions, two slices, two servers, which
+/// the controller may run up to `servers_max` of; and the ticks of a balancing period.
+fn measured_mesh(servers_max: usize) -> (Mesh, Vec<EntityId>, u64) {
+    let world = Aabb::new(Vec3::ZERO, Vec3::new(160.0, 20.0, 20.0));
+    let entities: Vec<(EntityId, EntityState)> =
+        (0..100).map(|i| (EntityId(i + 1), at(EntityKind::Npc, 1.0 + 1.5 * i as f32))).collect();
+    let ids: Vec<EntityId> = entities.iter().map(|(id, _)| *id).collect();
+    let mut m = Mesh::new(2, 2, RegionMap::kd_split(world, 4), entities);
+    m.slice_mut(0).set_server_bounds(2, servers_max);
+    (m, ids, shardmesh::limits::ticks_in(shardmesh::limits::BALANCE_PERIOD_US, TICK_DURATION_US))
+}
+
+/// Ticks `ticks` with both cores reporting `fraction` of a tick's work each tick.
+fn tick_at_work(m: &mut Mesh, ticks: u64, fraction: f64) {
+    for _ in 0..ticks {
+        for node in 0..2 {
+            m.slice_mut(node).note_work((TICK_DURATION_US as f64 * fraction) as u64);
+        }
+        m.tick();
+    }
+}
+
 /// Where the cores measure their work (the runtime does), that is what starts and retires
 /// servers: a crowd costs far more than its count. A hundred entities are too few for the count
 /// rule to start anything, but cores working 80% of a tick start a server; once they work 10%
@@ -1263,26 +1285,13 @@ fn a_hot_room_splits_along_its_walls_before_it_is_cut() {
 #[test]
 fn measured_work_starts_a_server_and_quiet_retires_it() {
     use shardmesh::limits::{SERVER_RETIRE_AFTER_PERIODS_MIN, SERVER_START_AFTER_PERIODS_MIN};
-    let world = Aabb::new(Vec3::ZERO, Vec3::new(160.0, 20.0, 20.0));
-    let entities: Vec<(EntityId, EntityState)> =
-        (0..100).map(|i| (EntityId(i + 1), at(EntityKind::Npc, 1.0 + 1.5 * i as f32))).collect();
-    let ids: Vec<EntityId> = entities.iter().map(|(id, _)| *id).collect();
-    let mut m = Mesh::new(2, 2, RegionMap::kd_split(world, 4), entities);
-    m.slice_mut(0).set_server_bounds(2, 4);
-    let period = shardmesh::limits::ticks_in(shardmesh::limits::BALANCE_PERIOD_US, TICK_DURATION_US);
-    let run = |m: &mut Mesh, periods: u64, work_us: u64| {
-        for _ in 0..period * periods {
-            for node in 0..2 {
-                m.slice_mut(node).note_work(work_us);
-            }
-            m.tick();
-        }
-    };
-    run(&mut m, SERVER_START_AFTER_PERIODS_MIN as u64 + 3, TICK_DURATION_US * 8 / 10);
+    let (mut m, ids, period) = measured_mesh(4);
+    let run = |m: &mut Mesh, periods: u64, fraction: f64| tick_at_work(m, period * periods, fraction);
+    run(&mut m, SERVER_START_AFTER_PERIODS_MIN as u64 + 3, 0.8);
     assert!(m.slice(0).stats.servers_started >= 1, "busy cores start a server");
     assert_eq!(m.slice(0).stats.servers_retired, 0);
     assert!(m.servers().count() >= 3);
-    run(&mut m, 2 * SERVER_RETIRE_AFTER_PERIODS_MIN as u64 + 6, TICK_DURATION_US / 10);
+    run(&mut m, 2 * SERVER_RETIRE_AFTER_PERIODS_MIN as u64 + 6, 0.1);
     assert!(m.slice(0).stats.servers_retired >= 1, "quiet cores retire one");
     assert_eq!(m.servers().count(), 2, "down to the lower bound, no further");
     held_once(&m, ids.iter().copied());
@@ -1298,21 +1307,8 @@ fn servers_started_for_a_crowd_retire_into_their_cores_once_it_has_gone() {
         SERVER_RETIRE_AFTER_PERIODS_MIN, SERVER_START_AFTER_PERIODS_MIN, SERVER_WORK_HIGH_FRACTION,
         SERVER_WORK_SURPLUS_FRACTION,
     };
-    let world = Aabb::new(Vec3::ZERO, Vec3::new(160.0, 20.0, 20.0));
-    let entities: Vec<(EntityId, EntityState)> =
-        (0..100).map(|i| (EntityId(i + 1), at(EntityKind::Npc, 1.0 + 1.5 * i as f32))).collect();
-    let ids: Vec<EntityId> = entities.iter().map(|(id, _)| *id).collect();
-    let mut m = Mesh::new(2, 2, RegionMap::kd_split(world, 4), entities);
-    m.slice_mut(0).set_server_bounds(2, 6);
-    let period = shardmesh::limits::ticks_in(shardmesh::limits::BALANCE_PERIOD_US, TICK_DURATION_US);
-    let run = |m: &mut Mesh, periods: u64, fraction: f64| {
-        for _ in 0..period * periods {
-            for node in 0..2 {
-                m.slice_mut(node).note_work((TICK_DURATION_US as f64 * fraction) as u64);
-            }
-            m.tick();
-        }
-    };
+    let (mut m, ids, period) = measured_mesh(6);
+    let run = |m: &mut Mesh, periods: u64, fraction: f64| tick_at_work(m, period * periods, fraction);
     run(&mut m, 3 * SERVER_START_AFTER_PERIODS_MIN as u64 + 4, 0.8);
     let started = m.slice(0).stats.servers_started;
     assert!(started >= 2, "busy cores start servers: {started}");

@@ -117,10 +117,10 @@ impl Replication {
     /// and every core under `SERVER_WORK_LOW_FRACTION` is quiet; every core under
     /// `SERVER_WORK_SURPLUS_FRACTION` lets a server beyond the starting number retire into a
     /// sibling on its core, and so does one that sits idle (under `SERVER_IDLE_SHARE` of the
-    /// average server's entities) while no core is crowded. Without measurements (the simulator, tests), by entity counts: more
-    /// than `SERVER_ENTITIES_HIGH_MAX` a live server on average, or fewer than
-    /// `SERVER_ENTITIES_LOW_MIN` if one were retired. A retiring server's regions go to a server
-    /// on its own core where it has one.
+    /// average server's entities) while no core is crowded. Without measurements (the simulator,
+    /// tests), by entity counts: more than `SERVER_ENTITIES_HIGH_MAX` a live server on average, or
+    /// fewer than `SERVER_ENTITIES_LOW_MIN` if one were retired. A retiring server's regions go to
+    /// a server on its own core where it has one.
     fn lifecycle_step(&mut self, loads: &BTreeMap<ServerId, u32>) -> bool {
         let load_of = |s: ServerId| loads.get(&s).copied().unwrap_or(0);
         let (min, max) = (self.lifecycles.min, self.lifecycles.max);
@@ -362,7 +362,6 @@ impl Replication {
         if busiest == quietest || gap < BALANCE_SLACK_ENTITIES {
             return;
         }
-        self.lifecycles.rest = BALANCE_REST_PERIODS;
         let mut regions: Vec<(u32, RegionId)> =
             self.map.regions_of(busiest).map(|r| (loads.get(&r.id).copied().unwrap_or(0), r.id)).collect();
         regions.sort();
@@ -444,7 +443,11 @@ impl Replication {
         }
         // What the hot core's entities cost each, on average: the gap in work, in entities of it.
         let gap = ((hot_us - cold_us) / (hot_us / hot_entities as f64)) as u32;
-        (high > 0).then_some((low.saturating_add(gap), busiest, low, quietest))
+        if high == 0 || busiest == quietest || gap < BALANCE_SLACK_ENTITIES {
+            return None;
+        }
+        self.lifecycles.rest = BALANCE_REST_PERIODS;
+        Some((low.saturating_add(gap), busiest, low, quietest))
     }
 
     /// Controller: the two servers load should go between, with their loads. Cores first: a
