@@ -36,8 +36,8 @@ use super::messages::{
 pub use crate::limits::{BALANCE_PERIOD_US, BALANCE_SLACK_ENTITIES};
 use crate::limits::{CRASH_RESTART_WAIT_MAX_US, LEASE_DURATION_US, TRANSFER_HOPS_MAX};
 use crate::world::{
-    is_streamed, ContainerId, EntityId, EntityKind, EntityState, Forest, MapError, RegionId, RegionLoad, RegionMap,
-    ServerId, StreamIndex,
+    is_streamed, ContainerId, EntityId, EntityKind, EntityMap, EntityState, Forest, MapError, RegionId, RegionLoad,
+    RegionMap, ServerId, StreamIndex,
 };
 
 #[derive(Clone, Debug, PartialEq)]
@@ -176,7 +176,7 @@ pub struct Replication {
     /// Ticks between load reports and balancing moves (`BALANCE_PERIOD_US` of game time).
     balance_every_ticks: u64,
     map: RegionMap,
-    records: BTreeMap<EntityId, Record>,
+    records: EntityMap<Record>,
     forest: Forest,
     servers: BTreeMap<ServerId, ServerSlot>,
     next_epoch: u64,
@@ -239,7 +239,7 @@ impl Replication {
             ticks: 0,
             balance_every_ticks: crate::limits::ticks_in(BALANCE_PERIOD_US, crate::limits::TICK_DURATION_US),
             map,
-            records: BTreeMap::new(),
+            records: EntityMap::default(),
             forest: Forest::default(),
             servers: BTreeMap::new(),
             next_epoch: 1,
@@ -318,7 +318,7 @@ impl Replication {
         self.loaded.get(&server)
     }
 
-    pub fn records(&self) -> &BTreeMap<EntityId, Record> {
+    pub fn records(&self) -> &EntityMap<Record> {
         &self.records
     }
 
@@ -371,11 +371,14 @@ impl Replication {
     /// What this slice has `server` hold, as committed, projectiles left out (they end by
     /// themselves): what must be simulated again if it dies.
     pub fn held_by(&self, server: ServerId) -> Vec<EntityId> {
-        self.records
+        let mut held: Vec<EntityId> = self
+            .records
             .iter()
             .filter(|(_, r)| r.authority == Some(server) && r.state.kind != EntityKind::Projectile)
             .map(|(id, _)| *id)
-            .collect()
+            .collect();
+        held.sort_unstable();
+        held
     }
 
     /// The subtrees waiting for a server (their last holder died or handed them off, or they

@@ -29,7 +29,8 @@ use crate::limits::{
 };
 use crate::world::stream::{STREAM_LOAD_RADIUS_M, STREAM_PERIOD_US, STREAM_UNLOAD_RADIUS_M};
 use crate::world::{
-    is_streamed, ContainerId, EntityId, EntityKind, EntityState, Forest, Grid, RegionMap, ServerId, StreamIndex, Tick,
+    is_streamed, ContainerId, EntityId, EntityKind, EntityMap, EntityState, Forest, Grid, RegionMap, ServerId,
+    StreamIndex, Tick,
 };
 
 /// What a bot or player asks its entity to do this tick.
@@ -177,7 +178,7 @@ pub struct Server {
     next_counter: u32,
     lease_until_us: u64,
     started_at_us: u64,
-    entities: BTreeMap<EntityId, Held>,
+    entities: EntityMap<Held>,
     forest: Forest,
     destroyed: Vec<(EntityId, Epoch)>,
     /// Inputs for the next tick, each with its client sequence number (0: not a client's).
@@ -233,7 +234,7 @@ impl Server {
             next_counter: 0,
             lease_until_us: 0,
             started_at_us: now_us,
-            entities: BTreeMap::new(),
+            entities: EntityMap::default(),
             forest: Forest::default(),
             destroyed: Vec::new(),
             inputs: Vec::new(),
@@ -309,7 +310,7 @@ impl Server {
         self.phase == Phase::Active && (now_us < self.lease_until_us || self.planted_ignore_lease)
     }
 
-    pub fn held(&self) -> &BTreeMap<EntityId, Held> {
+    pub fn held(&self) -> &EntityMap<Held> {
         &self.entities
     }
 

@@ -21,6 +21,13 @@ use crate::limits::{GRAPH_DEPTH_MAX, HANDS_CAPACITY_COUNT, SHIP_CAPACITY_COUNT};
 #[rkyv(derive(Debug, PartialEq, Eq, PartialOrd, Ord))]
 pub struct EntityId(pub u64);
 
+/// Entities by id where the hot path looks one up per message (the slice's records, a server's
+/// held entities): a hash map, one or two cache misses a lookup where a B-tree of thousands
+/// walks four nodes and shifts large values on every insert and removal. Its iteration order
+/// is the table's, the same for the same changes (the simulator stays deterministic) but not by
+/// id: whatever needs an order sorts.
+pub type EntityMap<V> = rustc_hash::FxHashMap<EntityId, V>;
+
 impl EntityId {
     pub fn new(creator_incarnation: u32, counter: u32) -> Self {
         Self(((creator_incarnation as u64) << 32) | counter as u64)

@@ -12,7 +12,7 @@ pub mod tick;
 
 pub use container::{Aabb, Container, ContainerKind, ContainerTree, WorldError};
 pub use cut::{plan_cut, Cut, RegionLoad};
-pub use entity::{EntityId, EntityKind, EntityState, Forest};
+pub use entity::{EntityId, EntityKind, EntityMap, EntityState, Forest};
 pub use generate::{populate, Population};
 pub use grid::Grid;
 pub use region::{MapError, Region, RegionId, RegionMap, ServerId};

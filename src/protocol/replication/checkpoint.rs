@@ -47,13 +47,15 @@ impl Replication {
     /// Snapshots every record for `round`, then sends the round's marker on every link, so the
     /// snapshot holds exactly what this slice did before the marker.
     pub(super) fn take_snapshot(&mut self, round: u64) {
+        // Roots by id, each followed by its subtree: the same records make the same snapshot.
+        let mut roots: Vec<EntityId> =
+            self.records.iter().filter(|(_, r)| r.state.parent.is_none()).map(|(id, _)| *id).collect();
+        roots.sort_unstable();
         let mut entities = Vec::with_capacity(self.records.len());
-        for (id, r) in &self.records {
-            if r.state.parent.is_none() {
-                for e in self.forest.subtree(*id) {
-                    let r = &self.records[&e];
-                    entities.push(Committed { id: e, state: r.state.clone(), commit_seq: r.commit_seq });
-                }
+        for root in roots {
+            for e in self.forest.subtree(root) {
+                let r = &self.records[&e];
+                entities.push(Committed { id: e, state: r.state.clone(), commit_seq: r.commit_seq });
             }
         }
         let snapshot = SliceSnapshot { round, slice: self.slice, slices: self.slices, map: self.map.clone(), entities };
