@@ -349,6 +349,16 @@ pub const SERVER_RETIRE_AFTER_PERIODS_MIN: u32 = 10;
 /// maps disagree for a moment at most.
 pub const TRANSFER_HOPS_MAX: u8 = 4;
 
+/// Entities one handoff, transfer or adoption message carries at most: subtrees leaving in one
+/// tick travel together (one message, one allocation, one ring frame rather than one per root)
+/// up to this many, about 60 KiB archived, far under a ring. A larger subtree goes alone.
+pub const BATCH_ENTITIES_MAX: usize = 512;
+
+/// How far back an outbox is searched for the last message to the same destination, to add a
+/// subtree to it: far enough to pass the other servers' or cores' batches of the tick, short
+/// enough that a long queue of inputs costs nothing.
+pub const BATCH_LOOKBACK: usize = 8;
+
 // ---- Game servers (src/protocol/server.rs)
 
 /// Grid cell edge: a few reaches wide, so a reach query touches at most 8 cells.

@@ -517,10 +517,7 @@ fn a_late_write_and_a_late_handoff_from_a_former_owner_are_refused() {
     let late_handoff = ToReplication {
         server: former.0,
         incarnation: former.1,
-        body: ServerMsg::Handoff {
-            root: EntityId(1),
-            entities: vec![Owned { id: EntityId(1), epoch: old_epoch, state: moved }],
-        },
+        body: ServerMsg::Handoff { entities: vec![Owned { id: EntityId(1), epoch: old_epoch, state: moved }] },
     };
     let now = h.now;
     h.rl_mut().handle(now, late_handoff);
@@ -634,10 +631,7 @@ fn a_non_finite_write_is_refused_and_counted_not_a_panic() {
     let handoff = ToReplication {
         server,
         incarnation,
-        body: ServerMsg::Handoff {
-            root: EntityId(1),
-            entities: vec![Owned { id: EntityId(1), epoch: record.epoch, state: bad }],
-        },
+        body: ServerMsg::Handoff { entities: vec![Owned { id: EntityId(1), epoch: record.epoch, state: bad }] },
     };
     let now = h.now;
     h.rl_mut().handle(now, handoff);

@@ -68,9 +68,9 @@ pub enum ServerMsg {
     Heartbeat { sent_at_us: u64 },
     /// What changed this tick, parents before children.
     Deltas { tick: Tick, entries: Vec<Delta> },
-    /// The server gives up a root entity and its subtree (parents first): it left the server's
-    /// regions. Sent after the tick's deltas, on the same ordered link.
-    Handoff { root: EntityId, entities: Vec<Owned> },
+    /// The server gives up root entities that left its regions, each with its subtree: a batch
+    /// (see [`subtree_ranges`]). Sent after the tick's deltas, on the same ordered link.
+    Handoff { entities: Vec<Owned> },
     /// What this server holds near its regions' borders this tick, for its neighbours to see.
     Ghosts { ghosts: Vec<Ghost> },
     /// A projectile of this server hit a ghost: the target's authority applies the damage.
@@ -102,8 +102,8 @@ pub enum ReplicationMsg {
     Lease { sent_at_us: u64 },
     /// The region map changed.
     Map(RegionMap),
-    /// Authority over a subtree (parents first), all under one new epoch, from the layer's
-    /// committed state.
+    /// Authority over subtrees, a batch (see [`subtree_ranges`]), each subtree under one new
+    /// epoch of its own, from the layer's committed state.
     Adopt { entities: Vec<Owned> },
     /// This incarnation has been declared dead: stop, drop everything, restart.
     Fenced,
@@ -137,9 +137,9 @@ pub struct Committed {
 /// Slice to slice. On one host these cross cores on shared-memory rings: reliable and in order.
 #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum SliceMsg {
-    /// A subtree (parents first) whose new authority lives on the receiving slice's core. The
-    /// sender has forgotten it; the receiver grants it by its own map. `hops` bounds forwarding
-    /// while two slices' maps disagree.
+    /// Subtrees whose new authority lives on the receiving slice's core, a batch (see
+    /// [`subtree_ranges`]). The sender has forgotten them; the receiver grants each by its own
+    /// map. `hops` bounds forwarding while two slices' maps disagree.
     Transfer { hops: u8, entities: Vec<Committed> },
     /// The controller's region map, to every slice.
     Map(RegionMap),
@@ -172,6 +172,25 @@ pub enum SliceMsg {
     Input { entity: EntityId, seq: u32, action: crate::protocol::Action },
 }
 
+/// Where each subtree of a batch lies. A handoff, a transfer and an adoption carry subtrees one
+/// after another, each led by its root (the one entity of it without a parent) and listed
+/// parents first. `None`: the batch is empty or does not begin with a root.
+pub fn subtree_ranges<T>(items: &[T], is_root: impl Fn(&T) -> bool) -> Option<Vec<std::ops::Range<usize>>> {
+    if !items.first().is_some_and(&is_root) {
+        return None;
+    }
+    let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        if is_root(item) {
+            if let Some(last) = ranges.last_mut() {
+                last.end = i;
+            }
+            ranges.push(i..items.len());
+        }
+    }
+    Some(ranges)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +220,15 @@ mod tests {
         let welcome = ReplicationMsg::Welcome { create_epoch: Epoch(1), map, loaded: vec![3] };
         let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&welcome).unwrap();
         assert_eq!(rkyv::from_bytes::<ReplicationMsg, rkyv::rancor::Error>(&bytes).unwrap(), welcome);
+    }
+
+    #[test]
+    fn a_batch_splits_at_its_roots() {
+        let roots = |b: &[Option<u8>]| subtree_ranges(b, |p| p.is_none());
+        assert_eq!(roots(&[]), None, "empty");
+        assert_eq!(roots(&[Some(0), None]), None, "a child before any root");
+        assert_eq!(roots(&[None]), Some(vec![0..1]));
+        assert_eq!(roots(&[None, Some(0), Some(1), None, None, Some(4)]), Some(vec![0..3, 3..4, 4..6]));
     }
 
     #[test]

@@ -30,11 +30,13 @@ use std::sync::Arc;
 
 use super::journal::{Checkpointing, JournalOp, SliceSnapshot};
 use super::messages::{
-    Committed, Delta, Epoch, Ghost, Incarnation, Owned, ReplicationMsg, ServerMsg, SliceId, SliceMsg, ToReplication,
-    ToServer,
+    subtree_ranges, Committed, Delta, Epoch, Ghost, Incarnation, Owned, ReplicationMsg, ServerMsg, SliceId, SliceMsg,
+    ToReplication, ToServer,
 };
 pub use crate::limits::{BALANCE_PERIOD_US, BALANCE_SLACK_ENTITIES};
-use crate::limits::{CRASH_RESTART_WAIT_MAX_US, LEASE_DURATION_US, TRANSFER_HOPS_MAX};
+use crate::limits::{
+    BATCH_ENTITIES_MAX, BATCH_LOOKBACK, CRASH_RESTART_WAIT_MAX_US, LEASE_DURATION_US, TRANSFER_HOPS_MAX,
+};
 use crate::world::{
     is_streamed, ContainerId, EntityId, EntityKind, EntityMap, EntityState, Forest, MapError, RegionId, RegionLoad,
     RegionMap, ServerId, StreamIndex,
@@ -452,7 +454,7 @@ impl Replication {
                     }
                 }
             }
-            ServerMsg::Handoff { root, entities } => self.handoff(server, inc, root, entities),
+            ServerMsg::Handoff { entities } => self.handoff(server, inc, entities),
             ServerMsg::Ghosts { ghosts } => {
                 if self.is_live(server, inc) {
                     self.ghosts_local.insert(server, ghosts);
@@ -547,37 +549,45 @@ impl Replication {
         }
     }
 
+    /// One subtree transferred from another slice: recorded, then placed.
+    fn receive_transfer(&mut self, entities: Vec<Committed>, hops: u8) {
+        let root = entities[0].id;
+        if let Some(dup) = entities.iter().find(|c| self.records.contains_key(&c.id)) {
+            // Two slices holding one entity is a duplicate: refuse it loudly, never panic.
+            let (id, slice) = (dup.id, self.slice);
+            self.protocol_error(|| format!("{id} transferred to {slice}, which already holds it"));
+            return;
+        }
+        for c in entities {
+            if let Some(p) = c.state.parent {
+                self.forest.link(c.id, p);
+            }
+            let epoch = Epoch(0);
+            let record =
+                Record { state: c.state, authority: None, epoch, committed_epoch: epoch, commit_seq: c.commit_seq };
+            if let Some(j) = &mut self.journal {
+                j.push(JournalOp::Put(c.id));
+            }
+            self.records.insert(c.id, record);
+        }
+        self.stats.transfers_in += 1;
+        self.place(root, hops);
+    }
+
     /// A message from another slice.
     pub fn handle_peer(&mut self, from: SliceId, msg: SliceMsg) {
         match msg {
             SliceMsg::Transfer { hops, entities } => {
-                let Some(root) = entities.first().map(|c| c.id) else { return };
-                if let Some(dup) = entities.iter().find(|c| self.records.contains_key(&c.id)) {
-                    // Two slices holding one entity is a duplicate: refuse it loudly, never panic.
-                    let (id, slice) = (dup.id, self.slice);
-                    self.protocol_error(|| format!("{id} transferred to {slice}, which already holds it"));
+                let Some(subtrees) = subtree_ranges(&entities, |c| c.state.parent.is_none()) else {
+                    let slice = self.slice;
+                    self.protocol_error(|| format!("a transfer to {slice} that does not begin with a root"));
                     return;
+                };
+                let mut entities = entities.into_iter();
+                for range in subtrees {
+                    let subtree: Vec<Committed> = entities.by_ref().take(range.len()).collect();
+                    self.receive_transfer(subtree, hops);
                 }
-                for c in entities {
-                    if let Some(p) = c.state.parent {
-                        self.forest.link(c.id, p);
-                    }
-                    let epoch = Epoch(0);
-                    let record = Record {
-                        state: c.state,
-                        authority: None,
-                        epoch,
-                        committed_epoch: epoch,
-                        commit_seq: c.commit_seq,
-                    };
-                    if let Some(j) = &mut self.journal {
-                        j.push(JournalOp::Put(c.id));
-                    }
-                    self.records.insert(c.id, record);
-                }
-                self.stats.transfers_in += 1;
-                self.orphans.insert(root);
-                self.place(root, hops);
             }
             SliceMsg::Map(map) => self.apply_map(map),
             SliceMsg::ServerUp { server } => self.controller_server_up(server),

@@ -20,12 +20,14 @@ use std::sync::Arc;
 
 use glam::Vec3;
 
-use super::messages::{Delta, Epoch, Ghost, Incarnation, Owned, ReplicationMsg, ServerMsg, ToReplication, ToServer};
+use super::messages::{
+    subtree_ranges, Delta, Epoch, Ghost, Incarnation, Owned, ReplicationMsg, ServerMsg, ToReplication, ToServer,
+};
 use super::physics::{self, Physics};
 pub use crate::limits::CLIENT_INPUTS_PER_TICK_MAX;
 use crate::limits::{
-    BOARD_REACH_M, GHOST_MARGIN_M, GRID_CELL_M, HANDOFFS_PER_TICK_MAX, HIT_RADIUS_M, LEASE_DURATION_US,
-    PROJECTILE_DAMAGE, PROJECTILE_TTL_US, REACH_M, TICK_DURATION_US,
+    BATCH_ENTITIES_MAX, BOARD_REACH_M, GHOST_MARGIN_M, GRID_CELL_M, HANDOFFS_PER_TICK_MAX, HIT_RADIUS_M,
+    LEASE_DURATION_US, PROJECTILE_DAMAGE, PROJECTILE_TTL_US, REACH_M, TICK_DURATION_US,
 };
 use crate::world::stream::{STREAM_LOAD_RADIUS_M, STREAM_PERIOD_US, STREAM_UNLOAD_RADIUS_M};
 use crate::world::{
@@ -379,32 +381,29 @@ impl Server {
                 }
             }
             ReplicationMsg::Adopt { entities } => {
-                // A subtree already held under this epoch or a newer one is a replay: ignore it
-                // whole rather than hold anything twice.
-                let replay = entities.iter().any(|o| self.entities.get(&o.id).is_some_and(|h| h.epoch >= o.epoch));
-                if replay {
+                let Some(subtrees) = subtree_ranges(&entities, |o| o.state.parent.is_none()) else {
                     self.stats.messages_ignored += 1;
                     return;
-                }
-                for owned in entities {
-                    if let Some(old) = self.entities.remove(&owned.id) {
-                        if let Some(p) = old.state.parent {
-                            self.forest.unlink(owned.id, p);
-                        }
+                };
+                // A subtree already held under its epoch or a newer one is a replay: ignore it
+                // whole rather than hold anything twice.
+                let replays: Vec<bool> = subtrees
+                    .iter()
+                    .map(|r| {
+                        entities[r.clone()].iter().any(|o| self.entities.get(&o.id).is_some_and(|h| h.epoch >= o.epoch))
+                    })
+                    .collect();
+                let mut entities = entities.into_iter();
+                for (range, replay) in subtrees.into_iter().zip(replays) {
+                    let subtree = entities.by_ref().take(range.len());
+                    if replay {
+                        self.stats.messages_ignored += 1;
+                        subtree.for_each(drop);
+                        continue;
                     }
-                    if let Some(p) = owned.state.parent {
-                        self.forest.link(owned.id, p);
+                    for owned in subtree {
+                        self.adopt(now_us, owned);
                     }
-                    let held = Held {
-                        moved_until_tick: owned.state.changed_tick,
-                        state: owned.state,
-                        epoch: owned.epoch,
-                        adopted_at_us: now_us,
-                        input_seq: 0,
-                        dirty: false,
-                    };
-                    self.entities.insert(owned.id, held);
-                    self.stats.adopted += 1;
                 }
             }
             ReplicationMsg::Fenced => self.fence(),
@@ -464,6 +463,27 @@ impl Server {
         }
     }
 
+    fn adopt(&mut self, now_us: u64, owned: Owned) {
+        if let Some(old) = self.entities.remove(&owned.id) {
+            if let Some(p) = old.state.parent {
+                self.forest.unlink(owned.id, p);
+            }
+        }
+        if let Some(p) = owned.state.parent {
+            self.forest.link(owned.id, p);
+        }
+        let held = Held {
+            moved_until_tick: owned.state.changed_tick,
+            state: owned.state,
+            epoch: owned.epoch,
+            adopted_at_us: now_us,
+            input_seq: 0,
+            dirty: false,
+        };
+        self.entities.insert(owned.id, held);
+        self.stats.adopted += 1;
+    }
+
     pub fn tick(&mut self, now_us: u64) {
         let tick = Tick::at_game_us(now_us, self.tick_us);
         if self.phase == Phase::Active && !self.is_acting(now_us) {
@@ -514,9 +534,7 @@ impl Server {
         let mut leaving = self.roots_outside_regions();
         leaving.truncate(self.handoffs_per_tick_max);
         self.flush_deltas(tick);
-        for root in leaving {
-            self.hand_off(root);
-        }
+        self.hand_off(leaving);
         // A fresh incarnation streams in as soon as it holds something (a failover: the items
         // around its players wait at rest until it has loaded their containers); one that took
         // over a crashed incarnation's containers keeps them until its entities arrive. Then

@@ -3,40 +3,52 @@
 use super::*;
 
 impl Replication {
-    pub(super) fn handoff(&mut self, server: ServerId, inc: Incarnation, root: EntityId, entities: Vec<Owned>) {
-        let first_is_root = entities.first().is_some_and(|o| o.id == root && o.state.parent.is_none());
+    /// A server's handoff: subtrees that left its regions, a batch (each root, then its subtree).
+    pub(super) fn handoff(&mut self, server: ServerId, inc: Incarnation, entities: Vec<Owned>) {
+        let subtrees = subtree_ranges(&entities, |o| o.state.parent.is_none());
         let all_authorized =
             entities.iter().all(|o| !self.records.contains_key(&o.id) || self.authorized(server, o.id, o.epoch));
-        if !first_is_root || !all_authorized {
-            self.refuse(server, inc, || format!("{server} handed off {root} without authority over all of it"));
+        let Some(subtrees) = subtrees.filter(|_| all_authorized) else {
+            let first = entities.first().map(|o| o.id);
+            self.refuse(server, inc, || format!("{server} handed off {first:?}.. without authority over all of it"));
             return;
-        }
-        let mut requested: Vec<EntityId> = entities.iter().map(|o| o.id).collect();
-        for owned in entities {
-            if !self.records.contains_key(&owned.id) {
-                if !self.admit_new(server, inc, &owned) {
-                    continue;
+        };
+        let mut requested: Vec<EntityId> = Vec::new();
+        let mut entities = entities.into_iter();
+        for range in subtrees {
+            requested.clear();
+            for owned in entities.by_ref().take(range.len()) {
+                requested.push(owned.id);
+                if !self.records.contains_key(&owned.id) {
+                    if !self.admit_new(server, inc, &owned) {
+                        continue;
+                    }
+                } else if self.admit_write(server, inc, &owned) {
+                    self.commit(owned);
                 }
-            } else if self.admit_write(server, inc, &owned) {
-                self.commit(owned);
             }
+            let root = requested[0];
+            if !self.records.contains_key(&root) {
+                continue;
+            }
+            // Compared as sorted lists: most subtrees are one entity, and a set per handoff was a
+            // few percent of the handoff's cost.
+            if requested.len() > 1 || self.forest.child_count(root) > 0 {
+                let mut moving = self.forest.subtree(root);
+                moving.sort_unstable();
+                requested.sort_unstable();
+                requested.dedup();
+                if moving != requested {
+                    // Deltas travel before handoffs on one ordered link, so both views agree
+                    // unless a server is broken. The layer's own view is the one that moves.
+                    self.protocol_error(|| {
+                        format!("{server} handed off {root} as {requested:?}, the layer has {moving:?}")
+                    });
+                }
+            }
+            self.stats.handoffs += 1;
+            self.place(root, 0);
         }
-        if !self.records.contains_key(&root) {
-            return;
-        }
-        // Compared as sorted lists: most subtrees are one entity, and a set per handoff was a
-        // few percent of the handoff's cost.
-        let mut moving = self.forest.subtree(root);
-        moving.sort_unstable();
-        requested.sort_unstable();
-        requested.dedup();
-        if moving != requested {
-            // Deltas travel before handoffs on one ordered link, so both views agree unless a
-            // server is broken. The layer's own view is the one that moves.
-            self.protocol_error(|| format!("{server} handed off {root} as {requested:?}, the layer has {moving:?}"));
-        }
-        self.stats.handoffs += 1;
-        self.place(root, 0);
     }
 
     /// Gives `root`'s subtree to the owner of the region it is in: here, if that server lives on
@@ -66,7 +78,18 @@ impl Replication {
         if self.journal.is_some() {
             self.journal(JournalOp::Out { to, entities: entities.clone() });
         }
-        self.peer_outbox.push_back((to, SliceMsg::Transfer { hops: hops + 1, entities }));
+        // Onto the last message for that slice if it is a transfer of as many hops with room:
+        // the link's order stays what it was.
+        let hops = hops + 1;
+        let last = self.peer_outbox.iter_mut().rev().take(BATCH_LOOKBACK).find(|(s, _)| *s == to);
+        match last {
+            Some((_, SliceMsg::Transfer { hops: h, entities: batch }))
+                if *h == hops && batch.len() + entities.len() <= BATCH_ENTITIES_MAX =>
+            {
+                batch.extend(entities)
+            }
+            _ => self.peer_outbox.push_back((to, SliceMsg::Transfer { hops, entities })),
+        }
     }
 
     pub(super) fn place_orphans(&mut self) {
@@ -107,11 +130,26 @@ impl Replication {
             Some(t) => {
                 self.orphans.remove(&root);
                 self.stats.grants += 1;
-                self.send(t, ReplicationMsg::Adopt { entities });
+                self.send_adopt(t, entities);
             }
             None => {
                 self.orphans.insert(root);
             }
+        }
+    }
+
+    /// Onto the last message for `server` if it is an adoption with room, else a new one.
+    fn send_adopt(&mut self, server: ServerId, entities: Vec<Owned>) {
+        let Some(slot) = self.servers.get(&server) else { return };
+        let incarnation = slot.incarnation;
+        let last = self.outbox.iter_mut().rev().take(BATCH_LOOKBACK).find(|m| m.server == server);
+        match last {
+            Some(ToServer { incarnation: i, body: ReplicationMsg::Adopt { entities: batch }, .. })
+                if *i == incarnation && batch.len() + entities.len() <= BATCH_ENTITIES_MAX =>
+            {
+                batch.extend(entities)
+            }
+            _ => self.outbox.push_back(ToServer { server, incarnation, body: ReplicationMsg::Adopt { entities } }),
         }
     }
 }

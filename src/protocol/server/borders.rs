@@ -80,25 +80,47 @@ impl Server {
         }
     }
 
-    pub(super) fn hand_off(&mut self, root: EntityId) {
-        let entities = self.remove_subtree(root);
-        self.stats.handed_off += entities.len() as u64;
-        self.leaving.extend(entities.iter().map(|o| (o.id, o.state.clone())));
-        self.send(ServerMsg::Handoff { root, entities });
+    /// Gives up `roots` and their subtrees, batched: one message for up to `BATCH_ENTITIES_MAX`
+    /// entities (a larger subtree goes alone).
+    pub(super) fn hand_off(&mut self, roots: Vec<EntityId>) {
+        let mut batch: Vec<Owned> = Vec::new();
+        for root in roots {
+            let start = batch.len();
+            self.remove_subtree_into(root, &mut batch);
+            let moved = &batch[start..];
+            self.stats.handed_off += moved.len() as u64;
+            self.leaving.extend(moved.iter().map(|o| (o.id, o.state.clone())));
+            if start > 0 && batch.len() > BATCH_ENTITIES_MAX {
+                let this = batch.split_off(start);
+                self.send(ServerMsg::Handoff { entities: std::mem::replace(&mut batch, this) });
+            }
+        }
+        if !batch.is_empty() {
+            self.send(ServerMsg::Handoff { entities: batch });
+        }
     }
 
     /// Drops `root` and everything in it, parents first.
     pub(super) fn remove_subtree(&mut self, root: EntityId) -> Vec<Owned> {
-        let ids = self.forest.subtree(root);
-        let mut entities = Vec::with_capacity(ids.len());
-        for id in &ids {
-            let held = self.entities.remove(id).expect("subtree entities are held");
-            if let Some(p) = held.state.parent {
-                self.forest.unlink(*id, p);
-            }
-            entities.push(Owned { id: *id, epoch: held.epoch, state: held.state });
-        }
+        let mut entities = Vec::new();
+        self.remove_subtree_into(root, &mut entities);
         entities
+    }
+
+    /// Drops `root` and everything in it, appending them to `out`, parents first.
+    fn remove_subtree_into(&mut self, root: EntityId, out: &mut Vec<Owned>) {
+        if self.forest.child_count(root) == 0 {
+            let held = self.entities.remove(&root).expect("subtree entities are held");
+            out.push(Owned { id: root, epoch: held.epoch, state: held.state });
+            return;
+        }
+        for id in self.forest.subtree(root) {
+            let held = self.entities.remove(&id).expect("subtree entities are held");
+            if let Some(p) = held.state.parent {
+                self.forest.unlink(id, p);
+            }
+            out.push(Owned { id, epoch: held.epoch, state: held.state });
+        }
     }
 }
 
