@@ -364,6 +364,17 @@ pub const BATCH_LOOKBACK: usize = 8;
 /// Grid cell edge: a few reaches wide, so a reach query touches at most 8 cells.
 pub const GRID_CELL_M: f32 = 16.0;
 
+/// Cell edge of the grids a projectile's path is searched in (targets, ghosts): twice the hit
+/// radius. The path is walked from the muzzle a cell at a time and the search stops at the first
+/// hit, so in a crowd (a tavern packs a few hundred players into a cell this size) a shot looks
+/// at a cell or two, not at everyone in its path's bounding box; a path through empty space
+/// costs a dozen cell lookups more than with the wider cells.
+pub const HIT_GRID_CELL_M: f32 = 2.0 * HIT_RADIUS_M;
+
+/// A segment searched in a grid is walked in at most this many pieces: a projectile's path is a
+/// dozen cells long; a longer one (a corrupt velocity) is walked in longer pieces, never more.
+pub const SEGMENT_PIECES_MAX: u32 = 1024;
+
 /// Client inputs applied to one entity in one tick at most (a move, a shot, a pickup and one
 /// more); the rest are refused and counted. At a slow tick rate the cap is the share of
 /// `CLIENT_INPUTS_PER_S_MAX` a tick is, if that is more (`client_inputs_per_tick`).

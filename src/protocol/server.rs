@@ -26,8 +26,8 @@ use super::messages::{
 use super::physics::{self, Physics};
 pub use crate::limits::CLIENT_INPUTS_PER_TICK_MAX;
 use crate::limits::{
-    BATCH_ENTITIES_MAX, BOARD_REACH_M, GHOST_MARGIN_M, GRID_CELL_M, HANDOFFS_PER_TICK_MAX, HIT_RADIUS_M,
-    LEASE_DURATION_US, PROJECTILE_DAMAGE, PROJECTILE_TTL_US, REACH_M, TICK_DURATION_US,
+    BATCH_ENTITIES_MAX, BOARD_REACH_M, GHOST_MARGIN_M, GRID_CELL_M, HANDOFFS_PER_TICK_MAX, HIT_GRID_CELL_M,
+    HIT_RADIUS_M, LEASE_DURATION_US, PROJECTILE_DAMAGE, PROJECTILE_TTL_US, REACH_M, TICK_DURATION_US,
 };
 use crate::world::stream::{STREAM_LOAD_RADIUS_M, STREAM_PERIOD_US, STREAM_UNLOAD_RADIUS_M};
 use crate::world::{
@@ -203,6 +203,8 @@ pub struct Server {
     /// What this tick's handoffs gave up, as it was when it left: until another server adopts
     /// it, this is where it is.
     leaving: Vec<(EntityId, EntityState)>,
+    /// Scratch space for one subtree at a time (moving what a root carries).
+    subtree: Vec<EntityId>,
     /// Container streaming, when on: the world's containers, and those this server has asked
     /// the layer to load. Marks are scratch space for one streaming pass.
     streaming: Option<Arc<StreamIndex>>,
@@ -242,14 +244,15 @@ impl Server {
             inputs: Vec::new(),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
-            grid: Grid::new(GRID_CELL_M),
+            grid: Grid::new(HIT_GRID_CELL_M),
             item_grid: Grid::new(GRID_CELL_M),
             ship_grid: Grid::new(GRID_CELL_M),
             ghosts: Vec::new(),
-            ghost_grid: Grid::new(GRID_CELL_M),
+            ghost_grid: Grid::new(HIT_GRID_CELL_M),
             physics: Physics::new(),
             damage: Vec::new(),
             leaving: Vec::new(),
+            subtree: Vec::new(),
             streaming: None,
             loaded: BTreeSet::new(),
             marks: Vec::new(),

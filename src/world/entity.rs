@@ -6,8 +6,6 @@
 //! kind may sit in its parent's kind (`can_hold`), and an item has exactly one parent or none,
 //! so it can never be in two inventories.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use glam::{Quat, Vec3};
 
 use super::Tick;
@@ -132,56 +130,72 @@ impl EntityState {
 }
 
 /// The parent-to-children index of an entity graph. The parent pointer lives in each entity's
-/// state; the forest mirrors it so subtrees are found without a scan.
+/// state; the forest mirrors it so subtrees are found without a scan. Looked up for every moving
+/// root every tick (does it carry anything?), so by hash; a parent's children are few (hands,
+/// a backpack, a ship's seats) and kept sorted in a vector.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Forest {
-    children: BTreeMap<EntityId, BTreeSet<EntityId>>,
+    children: EntityMap<Vec<EntityId>>,
 }
 
 impl Forest {
     pub fn link(&mut self, child: EntityId, parent: EntityId) {
-        let inserted = self.children.entry(parent).or_default().insert(child);
-        debug_assert!(inserted, "{child} linked twice under {parent}");
+        let children = self.children.entry(parent).or_default();
+        match children.binary_search(&child) {
+            Ok(_) => debug_assert!(false, "{child} linked twice under {parent}"),
+            Err(at) => children.insert(at, child),
+        }
     }
 
     pub fn unlink(&mut self, child: EntityId, parent: EntityId) {
-        if let Some(set) = self.children.get_mut(&parent) {
-            set.remove(&child);
-            if set.is_empty() {
+        if let Some(children) = self.children.get_mut(&parent) {
+            if let Ok(at) = children.binary_search(&child) {
+                children.remove(at);
+            }
+            if children.is_empty() {
                 self.children.remove(&parent);
             }
         }
     }
 
+    /// `parent`'s children, by id.
     pub fn children(&self, parent: EntityId) -> impl Iterator<Item = EntityId> + '_ {
-        self.children.get(&parent).into_iter().flat_map(|s| s.iter().copied())
+        self.children.get(&parent).into_iter().flat_map(|c| c.iter().copied())
     }
 
     pub fn child_count(&self, parent: EntityId) -> usize {
-        self.children.get(&parent).map_or(0, |s| s.len())
+        self.children.get(&parent).map_or(0, |c| c.len())
     }
 
     /// `root` and everything under it, parents before children.
     pub fn subtree(&self, root: EntityId) -> Vec<EntityId> {
-        let mut out = vec![root];
-        let mut next = 0;
+        let mut out = Vec::new();
+        self.subtree_into(root, &mut out);
+        out
+    }
+
+    /// Appends `root` and everything under it to `out`, parents before children.
+    pub fn subtree_into(&self, root: EntityId, out: &mut Vec<EntityId>) {
+        let start = out.len();
+        out.push(root);
+        let mut next = start;
         while next < out.len() {
-            let id = out[next];
-            out.extend(self.children(id));
+            if let Some(children) = self.children.get(&out[next]) {
+                out.extend_from_slice(children);
+            }
             next += 1;
             assert!(
-                out.len() <= 1 + SHIP_CAPACITY_COUNT * HANDS_CAPACITY_COUNT * 256,
+                out.len() - start <= 1 + SHIP_CAPACITY_COUNT * HANDS_CAPACITY_COUNT * 256,
                 "entity graph under {root} is not a tree"
             );
         }
-        out
     }
 
     pub fn is_empty(&self) -> bool {
         self.children.is_empty()
     }
 
-    /// Every (parent, child) pair, in order.
+    /// Every (parent, child) pair, parents in no particular order.
     pub fn edges(&self) -> impl Iterator<Item = (EntityId, EntityId)> + '_ {
         self.children.iter().flat_map(|(p, cs)| cs.iter().map(move |c| (*p, *c)))
     }
@@ -203,6 +217,7 @@ pub fn root_of(id: EntityId, parent_of: impl Fn(EntityId) -> Option<Option<Entit
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn ids_carry_their_creator() {

@@ -56,15 +56,23 @@ impl Server {
         // Every root first, then the children, parents before their own children: whatever left
         // a parent this tick (and is a root now) is off its parent's list before anything joins
         // it, so the layer never counts a parent over its capacity, nor sees an unknown parent.
-        let roots: Vec<EntityId> =
-            self.entities.iter().filter(|(_, h)| h.state.parent.is_none()).map(|(id, _)| *id).collect();
-        let mut order: Vec<EntityId> = roots.clone();
-        for root in roots {
-            if self.forest.child_count(root) > 0 {
-                order.extend(self.forest.subtree(root).into_iter().skip(1));
+        let mut carrying: Vec<EntityId> = Vec::new();
+        for (id, held) in self.entities.iter_mut().filter(|(_, h)| h.state.parent.is_none()) {
+            if held.dirty {
+                held.dirty = false;
+                entries.push(Delta::Upsert(Owned { id: *id, epoch: held.epoch, state: held.state.clone() }));
+            }
+            if self.forest.child_count(*id) > 0 {
+                carrying.push(*id);
             }
         }
-        for id in order {
+        let mut below: Vec<EntityId> = Vec::new();
+        for root in carrying {
+            for child in self.forest.children(root) {
+                self.forest.subtree_into(child, &mut below);
+            }
+        }
+        for id in below {
             let held = self.entities.get_mut(&id).expect("ordered entities are held");
             if held.dirty {
                 held.dirty = false;

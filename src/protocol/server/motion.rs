@@ -13,8 +13,10 @@ impl Server {
             }
             return;
         }
-        for id in self.forest.subtree(root) {
-            let held = self.entities.get_mut(&id).expect("subtree entities are held");
+        self.subtree.clear();
+        self.forest.subtree_into(root, &mut self.subtree);
+        for id in &self.subtree {
+            let held = self.entities.get_mut(id).expect("subtree entities are held");
             if held.state.position != position {
                 held.state.position = position;
                 held.state.changed_tick = tick;
@@ -106,31 +108,51 @@ impl Server {
             .collect();
         let walker = |kind: EntityKind| matches!(kind, EntityKind::Player | EntityKind::Npc);
         for (projectile, from, to, source) in projectiles {
-            let pad = Vec3::splat(HIT_RADIUS_M);
-            // (how far along the path, target, a ghost)
-            let mut hits: Vec<(f32, EntityId, bool)> = Vec::new();
+            // (how far along the path, target, a ghost): the first, the smaller id at a tie.
+            let mut first: Option<(f32, EntityId, bool)> = None;
+            let consider = |first: &mut Option<(f32, EntityId, bool)>, hit: (f32, EntityId, bool)| {
+                if first.is_none_or(|f| hit.0.total_cmp(&f.0).then(hit.1.cmp(&f.1)).is_lt()) {
+                    *first = Some(hit);
+                }
+            };
             let entities = &self.entities;
-            self.grid.query(from.min(to) - pad, from.max(to) + pad, |id, at| {
-                if Some(id) != source
-                    && distance_to_segment(at, from, to) <= HIT_RADIUS_M
-                    && entities.get(&id).is_some_and(|h| walker(h.state.kind))
-                {
-                    hits.push((along_segment(at, from, to), id, false));
-                }
-            });
-            // The ghost grid holds walkers only.
-            self.ghost_grid.query(from.min(to) - pad, from.max(to) + pad, |id, at| {
-                if Some(id) != source
-                    && distance_to_segment(at, from, to) <= HIT_RADIUS_M
-                    && !entities.contains_key(&id)
-                {
-                    hits.push((along_segment(at, from, to), id, true));
-                }
-            });
             if let Some((ship, along)) = self.physics.first_hull_on(from, to, source) {
-                hits.push((along, ship, !entities.contains_key(&ship)));
+                consider(&mut first, (along, ship, !entities.contains_key(&ship)));
             }
-            let first = hits.into_iter().min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            // Each grid is walked from the muzzle until what it has found (or the other grid, or
+            // a hull) is nearer than anything still ahead.
+            let found_by = |first: &Option<(f32, EntityId, bool)>, end: f32| first.is_some_and(|f| f.0 <= end);
+            self.grid.walk_segment(
+                from,
+                to,
+                HIT_RADIUS_M,
+                &mut first,
+                |first, id, at| {
+                    if Some(id) != source
+                        && distance_to_segment(at, from, to) <= HIT_RADIUS_M
+                        && entities.get(&id).is_some_and(|h| walker(h.state.kind))
+                    {
+                        consider(first, (along_segment(at, from, to), id, false));
+                    }
+                },
+                found_by,
+            );
+            // The ghost grid holds walkers only.
+            self.ghost_grid.walk_segment(
+                from,
+                to,
+                HIT_RADIUS_M,
+                &mut first,
+                |first, id, at| {
+                    if Some(id) != source
+                        && distance_to_segment(at, from, to) <= HIT_RADIUS_M
+                        && !entities.contains_key(&id)
+                    {
+                        consider(first, (along_segment(at, from, to), id, true));
+                    }
+                },
+                found_by,
+            );
             match first {
                 Some((_, ghost, true)) => {
                     self.destroy(projectile);
