@@ -29,11 +29,15 @@ impl<T: Copy> Grid<T> {
         (p / self.cell_m).floor().as_ivec3()
     }
 
-    /// Empties the grid, keeping its memory.
+    /// Empties the grid, keeping the memory of the cells in use (the next build fills most of
+    /// them again) and dropping those that were empty: a grid rebuilt every tick as players
+    /// wander a large world holds the cells of one tick, not of every place ever visited.
     pub fn clear(&mut self) {
-        for bucket in self.cells.values_mut() {
+        self.cells.retain(|_, bucket| {
+            let used = !bucket.is_empty();
             bucket.clear();
-        }
+            used
+        });
         self.len = 0;
     }
 
