@@ -359,6 +359,15 @@ pub const BATCH_ENTITIES_MAX: usize = 512;
 /// enough that a long queue of inputs costs nothing.
 pub const BATCH_LOOKBACK: usize = 8;
 
+// ---- Connect tokens (src/net/key.rs)
+
+/// Seconds a connected client may stay silent before the gateway drops it, as its token says.
+pub const TOKEN_TIMEOUT_SECS: i32 = 15;
+
+/// Seconds a connect token from `shardmesh token` is good for unless asked otherwise: long
+/// enough to start a client, short enough that a leaked one soon expires.
+pub const TOKEN_EXPIRE_SECS_DEFAULT: u64 = 300;
+
 // ---- Game servers (src/protocol/server.rs)
 
 /// Grid cell edge: a few reaches wide, so a reach query touches at most 8 cells.

@@ -108,6 +108,24 @@ enum Command {
         #[arg(long, default_value_t = shardmesh::net::CLIENT_BYTES_PER_S_DEFAULT)]
         client_budget: u32,
     },
+    /// Print a connect token for one client of `serve --listen`, signed with the gateway's key
+    /// (hex; the client hands it to netcode's handshake): what a login service hands out. The
+    /// library call behind it is `shardmesh::net::key::connect_token`.
+    Token {
+        /// The gateway's private key file (`serve --key-file`, default gateway.key in its data
+        /// directory). It must exist.
+        #[arg(long)]
+        key_file: std::path::PathBuf,
+        /// The client's id: the seat it takes.
+        #[arg(long)]
+        client_id: u64,
+        /// The gateway's address, as clients reach it (`serve --listen`).
+        #[arg(long)]
+        connect: std::net::SocketAddr,
+        /// Seconds the token is good for.
+        #[arg(long, default_value_t = shardmesh::limits::TOKEN_EXPIRE_SECS_DEFAULT)]
+        expire_secs: u64,
+    },
     /// Load-generating clients: many bots per thread, each a real netcode client over UDP,
     /// connecting to `serve --listen`; prints progress, then a report.
     Bots {
@@ -320,6 +338,26 @@ fn main() -> ExitCode {
                 ..mesh.config(bots, duration, Duration::from_secs(2))
             };
             demo(cfg, mesh.json)
+        }
+        Command::Token { key_file, client_id, connect, expire_secs } => {
+            let key = match shardmesh::net::key::load(&key_file) {
+                Ok(k) => k,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let now = shardmesh::net::gateway::unix_now();
+            match shardmesh::net::key::connect_token(&key, client_id, connect, expire_secs, now) {
+                Ok(token) => {
+                    println!("{}", shardmesh::net::key::token_to_hex(&token));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Bots { connect, key_file, count, first_seat, behaviour, duration, threads, seed, json } => {
             let key = match std::fs::metadata(&key_file) {

@@ -375,3 +375,44 @@ fn a_flood_of_random_datagrams_from_strangers_disconnects_nobody() {
     assert!(dropped > sent / 2, "most of the flood reaches the gateway and is counted: {dropped} of {sent}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `shardmesh token` prints what a login service hands a client: a token for that client id,
+/// signed with the gateway's key file, that connects to the gateway; a missing key file is an
+/// error that names it, never a token signed with a key the gateway does not have.
+#[test]
+fn a_token_the_token_command_prints_connects() {
+    let dir = temp_dir("token");
+    let key_file = dir.join("gateway.key");
+    let hex: String = shardmesh::net::harness::KEY.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&key_file, format!("{hex}\n")).unwrap();
+    let mut session = shardmesh::net::harness::Session::connect(4).expect("a session");
+    let token = |key_file: &Path| {
+        Command::new(BIN)
+            .arg("token")
+            .arg("--key-file")
+            .arg(key_file)
+            .args(["--client-id", "2", "--connect", &session.server_addr.to_string()])
+            .output()
+            .unwrap()
+    };
+    let out = token(&key_file);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let token = shardmesh::net::key::token_from_hex(&printed).expect("a token, in hex");
+    assert_eq!(token.client_id, 2);
+    assert_eq!(token.server_addresses[0], Some(session.server_addr));
+    session.connect_another(token).expect("the printed token connects");
+
+    let missing = dir.join("no-such.key");
+    let out = Command::new(BIN)
+        .arg("token")
+        .arg("--key-file")
+        .arg(&missing)
+        .args(["--client-id", "2", "--connect", "127.0.0.1:7777"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "no token without the gateway's key");
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such.key"), "the error names the file");
+    let _ = std::fs::remove_dir_all(&dir);
+}

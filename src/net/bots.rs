@@ -20,9 +20,9 @@ use hdrhistogram::Histogram;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use renet::RenetClient;
-use renet_netcode::{ClientAuthentication, ConnectToken};
+use renet_netcode::ClientAuthentication;
 
-use super::gateway::{connection_config, unix_now, PROTOCOL_ID};
+use super::gateway::{connection_config, unix_now};
 use super::key::Key;
 use super::transport::ClientTransport;
 use super::viewer::{ViewCounts, Viewer};
@@ -239,8 +239,14 @@ impl Bot {
 
     fn connect(&mut self, cfg: &BotsConfig) -> std::io::Result<()> {
         let now = unix_now();
-        let token = ConnectToken::generate(now, PROTOCOL_ID, 300, self.seat, 15, vec![cfg.connect], None, &cfg.key)
-            .map_err(|e| std::io::Error::other(format!("connect token: {e}")))?;
+        let token = crate::net::key::connect_token(
+            &cfg.key,
+            self.seat,
+            cfg.connect,
+            crate::limits::TOKEN_EXPIRE_SECS_DEFAULT,
+            now,
+        )
+        .map_err(std::io::Error::other)?;
         let bind: SocketAddr = if cfg.connect.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("valid");
         let socket = UdpSocket::bind(bind)?;
         let transport = ClientTransport::new(now, ClientAuthentication::Secure { connect_token: token }, socket)?;

@@ -11,16 +11,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use renet::RenetClient;
-use renetcode::{ClientAuthentication, ConnectToken, NetcodeClient};
+use renetcode::{ClientAuthentication, NetcodeClient};
 
-use super::gateway::{bind_endpoints, connection_config, unix_now, Gateway, PROTOCOL_ID};
+use super::gateway::{bind_endpoints, connection_config, unix_now, Gateway};
 use super::wire::{self, ClientMsg, INPUT_CHANNEL};
 use super::Seats;
 use crate::protocol::Action;
 use crate::world::EntityId;
 
-/// The key the session's tokens are signed with.
-const KEY: [u8; 32] = [0x5a; 32];
+/// The key the session's gateway and tokens are signed with.
+pub const KEY: [u8; 32] = [0x5a; 32];
 
 /// How long a connection may take on loopback before the harness gives up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -51,8 +51,14 @@ impl Client {
 
     /// A client whose token is signed with `key`, not yet connected.
     pub fn with_key(server: SocketAddr, seat: u64, key: &[u8; 32]) -> std::io::Result<Self> {
-        let token = ConnectToken::generate(unix_now(), PROTOCOL_ID, 60, seat, 5, vec![server], None, key)
-            .map_err(std::io::Error::other)?;
+        // Made the way a login service makes them (`shardmesh token`), so every session here
+        // shows such a token connects.
+        let token = super::key::connect_token(key, seat, server, 60, unix_now()).map_err(std::io::Error::other)?;
+        Self::with_token(token)
+    }
+
+    /// A client with a token made elsewhere, not yet connected.
+    pub fn with_token(token: super::key::ConnectToken) -> std::io::Result<Self> {
         let socket = UdpSocket::bind("127.0.0.1:0")?;
         socket.set_nonblocking(true)?;
         let netcode = NetcodeClient::new(unix_now(), ClientAuthentication::Secure { connect_token: token })
@@ -129,6 +135,24 @@ impl Session {
             std::thread::sleep(Duration::from_millis(2));
         }
         Ok(session)
+    }
+
+    /// A second client, with `token`, connected (or an error after `CONNECT_TIMEOUT`).
+    pub fn connect_another(&mut self, token: super::key::ConnectToken) -> std::io::Result<Client> {
+        let mut other = Client::with_token(token)?;
+        let connected = self.gateway.stats.connected;
+        let began = Instant::now();
+        while !(other.netcode.is_connected() && self.gateway.stats.connected > connected) {
+            if began.elapsed() > CONNECT_TIMEOUT {
+                return Err(std::io::Error::other("the other client never connected"));
+            }
+            other.pump();
+            self.client.pump();
+            self.gateway.poll();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        other.renet.set_connected();
+        Ok(other)
     }
 
     pub fn client(&mut self) -> &mut Client {
