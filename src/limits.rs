@@ -359,6 +359,12 @@ pub const BATCH_ENTITIES_MAX: usize = 512;
 /// enough that a long queue of inputs costs nothing.
 pub const BATCH_LOOKBACK: usize = 8;
 
+// ---- Progress of long work (src/progress.rs)
+
+/// How often long work writes a progress line where there is no terminal to draw a bar on: often
+/// enough that a CI log shows it is alive, rarely enough that a long sweep's log stays short.
+pub const PROGRESS_LINE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 // ---- Connect tokens (src/net/key.rs)
 
 /// Seconds a connected client may stay silent before the gateway drops it, as its token says.

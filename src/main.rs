@@ -521,6 +521,7 @@ fn sweep(start: u64, count: u64, threads: Option<usize>, config: impl Fn(u64) ->
     let next = AtomicU64::new(start);
     let failures: Mutex<Vec<SimOutcome>> = Mutex::new(Vec::new());
     let totals = Mutex::new([0u64; 9]);
+    let progress = shardmesh::progress::Progress::new("seeds", count);
     let began = Instant::now();
     std::thread::scope(|scope| {
         for _ in 0..threads {
@@ -542,12 +543,14 @@ fn sweep(start: u64, count: u64, threads: Option<usize>, config: impl Fn(u64) ->
                     t[7] += outcome.stats.servers_started;
                     t[8] += outcome.stats.servers_retired;
                 }
+                progress.advance(outcome.failure.is_some());
                 if outcome.failure.is_some() {
                     failures.lock().expect("no worker panics while holding it").push(outcome);
                 }
             });
         }
     });
+    progress.finish();
     let elapsed = began.elapsed().as_secs_f64();
     let mut failures = failures.into_inner().expect("workers are done");
     failures.sort_by_key(|o| o.seed);
