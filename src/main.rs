@@ -88,16 +88,18 @@ enum Command {
         /// Stop after this many seconds (default: run until a signal).
         #[arg(long)]
         duration: Option<f64>,
-        /// Accept clients over UDP (netcode) on this address, e.g. 127.0.0.1:7777. Client `k`
-        /// (the id in its connect token) drives the world's `k`th player; in-process bots drive
-        /// the players no client holds.
+        /// Accept clients over UDP (netcode) on this address, e.g. 127.0.0.1:7777. A connect
+        /// token's client id is an account: ids below `--bots` drive the world's own players (the
+        /// bots drive those no client holds); any other account's player is made at the spawn
+        /// point on its first login, parked with what it carries when it logs out, and back
+        /// where it was at its next login, after any restart.
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
         /// The private key that signs connect tokens (created on first start if missing;
         /// default: gateway.key in the data directory).
         #[arg(long)]
         key_file: Option<std::path::PathBuf>,
-        /// Accept clients with no connect token. For development only: anyone can take any seat.
+        /// Accept clients with no connect token. For development only: anyone can be any account.
         #[arg(long)]
         insecure_dev: bool,
         /// Netcode endpoints per core (one port, SO_REUSEPORT); each holds 1,024 clients.
@@ -116,7 +118,7 @@ enum Command {
         /// directory). It must exist.
         #[arg(long)]
         key_file: std::path::PathBuf,
-        /// The client's id: the seat it takes.
+        /// The client's id: its account (see `serve --listen`).
         #[arg(long)]
         client_id: u64,
         /// The gateway's address, as clients reach it (`serve --listen`).
@@ -137,7 +139,9 @@ enum Command {
         key_file: std::path::PathBuf,
         #[arg(long, default_value_t = 100)]
         count: usize,
-        /// The seat of the first bot (bots take seats first..first+count).
+        /// The first bot's account (bots are accounts first..first+count: those below the
+        /// world's own players drive them, the others are accounts' players, made at the spawn
+        /// point on their first login and kept).
         #[arg(long, default_value_t = 0)]
         first_seat: u64,
         /// wander, commute, swarm, fight or churn.
@@ -444,7 +448,7 @@ fn main() -> ExitCode {
                 println!("{}", serde_json::to_string_pretty(&report).expect("the report serializes"));
             } else {
                 println!(
-                    "slices={} segments={} records={} snapshots={} round={} entities={} items={} duplicates={} last_committed_tick={} errors={}",
+                    "slices={} segments={} records={} snapshots={} round={} entities={} items={} players={} duplicates={} last_committed_tick={} errors={}",
                     report.slices,
                     report.segments,
                     report.records,
@@ -452,6 +456,7 @@ fn main() -> ExitCode {
                     report.round,
                     report.entities,
                     report.items,
+                    report.players,
                     report.duplicates,
                     report.last_committed_tick,
                     report.errors.len()
@@ -594,12 +599,15 @@ fn sweep(start: u64, count: u64, threads: Option<usize>, config: impl Fn(u64) ->
 
 fn demo(cfg: MeshConfig, json: Option<std::path::PathBuf>) -> ExitCode {
     eprintln!(
-        "shardmesh demo: {} players, {} cores x {} servers, {:.0} Hz, {:.1} s",
+        "shardmesh: {} bots' players, {} cores x {} servers, {:.0} Hz, {}",
         cfg.players,
         cfg.cores,
         cfg.servers_per_core,
         1.0 / cfg.tick.as_secs_f64(),
-        cfg.duration.as_secs_f64(),
+        match cfg.duration {
+            Duration::MAX => String::from("until stopped"),
+            d => format!("{:.1} s", d.as_secs_f64()),
+        },
     );
     let summary = match shardmesh::runtime::mesh::run(cfg) {
         Ok(s) => s,

@@ -3,6 +3,7 @@
 //! stays clean; and every kind of bad input, sent while bots play, is dropped and counted without
 //! disturbing them.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use shardmesh::net::gateway::{unix_now, PROTOCOL_ID};
 use shardmesh::net::harness::Client as RawClient;
 use shardmesh::net::wire::{self, ClientMsg, INPUT_CHANNEL};
 use shardmesh::protocol::Action;
+use shardmesh::world::{EntityId, EntityKind};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shardmesh");
 
@@ -32,12 +34,19 @@ fn temp_dir(name: &str) -> PathBuf {
 
 /// `serve` with in-process bots and a gateway on a free loopback port; returns the child and the
 /// address it listens on. The caller waits for the child (the lint cannot see past the return).
-#[allow(clippy::zombie_processes)]
 fn serve(dir: &Path, seconds: u32) -> (Child, SocketAddr) {
+    let seconds = seconds.to_string();
+    serve_with(dir, &["--bots", "300", "--cores", "2", "--listen", "127.0.0.1:0", "--duration", &seconds])
+}
+
+/// `serve --data DIR` with `args`, its summary to DIR/serve.json; returns the child and the
+/// address it listens on. The caller waits for the child (the lint cannot see past the return).
+#[allow(clippy::zombie_processes)]
+fn serve_with(dir: &Path, args: &[&str]) -> (Child, SocketAddr) {
     let mut child = Command::new(BIN)
         .args(["serve", "--data"])
         .arg(dir)
-        .args(["--bots", "300", "--cores", "2", "--listen", "127.0.0.1:0", "--duration", &seconds.to_string()])
+        .args(args)
         .arg("--json")
         .arg(dir.join("serve.json"))
         .stdout(Stdio::piped())
@@ -49,6 +58,8 @@ fn serve(dir: &Path, seconds: u32) -> (Child, SocketAddr) {
     let found = addr.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            // Shown with a failing test's output.
+            eprintln!("serve: {line}");
             if let Some(a) = line.strip_prefix("listening for clients on ") {
                 let a = a.split_whitespace().next().unwrap_or("");
                 *found.lock().unwrap() = a.parse().ok();
@@ -293,21 +304,21 @@ fn seats_refused_are_said_why_and_never_disturb_their_holders() {
     let (server, addr) = serve(&dir, 14);
     let holders = bots(&dir, addr, 20, "wander", 9, 0);
     std::thread::sleep(Duration::from_secs(3));
-    // Seats 0..5 are held by the first bots; seats 300..305 do not exist (the world has 300).
+    // Seats 0..5 are held by the first bots; ids past u32::MAX are no accounts.
     let taken = bots(&dir, addr, 5, "wander", 3, 0);
     let missing = Command::new(BIN)
         .args(["bots", "--connect", &addr.to_string(), "--key-file"])
         .arg(dir.join("gateway.key"))
-        .args(["--count", "5", "--first-seat", "300", "--duration", "3", "--threads", "1", "--json"])
-        .arg(dir.join("bots-300.json"))
+        .args(["--count", "5", "--first-seat", "4294967296", "--duration", "3", "--threads", "1", "--json"])
+        .arg(dir.join("bots-none.json"))
         .output()
         .unwrap();
     let taken = taken.wait_with_output().unwrap();
     assert!(!taken.status.success(), "bots refused every seat must fail");
     assert!(!missing.status.success(), "bots refused every seat must fail");
     let said = String::from_utf8_lossy(&missing.stderr);
-    assert!(said.contains("the world has 300 players"), "{said}");
-    let report = json(&dir.join("bots-300.json"));
+    assert!(said.contains("accounts are 0..=4294967295"), "{said}");
+    let report = json(&dir.join("bots-none.json"));
     assert_eq!(report["held"], false, "{report}");
     assert_eq!(report["never_connected"]["refused_seat"], 5, "{report}");
     assert_eq!(report["connected"], 0, "{report}");
@@ -318,7 +329,7 @@ fn seats_refused_are_said_why_and_never_disturb_their_holders() {
     let never = &report["never_connected"];
     assert!(never["refused_seat"].as_u64().unwrap() >= 1, "{report}");
     assert_eq!(never["refused_seat"].as_u64().unwrap() + never["still_connecting"].as_u64().unwrap(), 5, "{report}");
-    assert!(format!("{report}").contains("another client holds it"), "{report}");
+    assert!(format!("{report}").contains("another client is logged in with it"), "{report}");
     finish(holders, "the seats' holders");
     let report = json(&dir.join("bots-0.json"));
     assert_undisturbed(&report, 20);
@@ -414,5 +425,239 @@ fn a_token_the_token_command_prints_connects() {
     assert!(!out.status.success(), "no token without the gateway's key");
     assert!(out.stdout.is_empty());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such.key"), "the error names the file");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `serve` on a fresh world with no bots, its gateway's key the harness's, until it is killed.
+#[allow(clippy::zombie_processes)]
+fn serve_world(dir: &Path) -> (Child, SocketAddr) {
+    let key_file = dir.join("gateway.key");
+    let hex: String = shardmesh::net::harness::KEY.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&key_file, format!("{hex}\n")).unwrap();
+    serve_with(dir, &["--cores", "2", "--listen", "127.0.0.1:0", "--key-file", key_file.to_str().unwrap()])
+}
+
+/// An account's client: its connection, what it made of its updates, its inputs' numbers.
+struct Account {
+    client: RawClient,
+    viewer: shardmesh::net::viewer::Viewer,
+    seq: u32,
+}
+
+impl Account {
+    fn connect(addr: SocketAddr, account: u64) -> Self {
+        let client = RawClient::connect(addr, account, &shardmesh::net::harness::KEY).expect("the account connects");
+        Self { client, viewer: Default::default(), seq: 0 }
+    }
+
+    /// Takes in what arrived and acknowledges the newest update.
+    fn pump(&mut self) {
+        self.client.pump();
+        let mut ack = None;
+        while let Some(bytes) = self.client.renet.receive_message(wire::UPDATE_CHANNEL) {
+            if let Ok(update) = wire::decode::<wire::Update>(&bytes) {
+                ack = self.viewer.take_update(&update).map(|s| s.tick).or(ack);
+            }
+        }
+        if let Some(tick) = ack {
+            self.client.renet.send_message(INPUT_CHANNEL, wire::encode(&ClientMsg::Ack { tick }));
+        }
+    }
+
+    fn act(&mut self, action: Action) {
+        self.seq += 1;
+        self.client.send(wire::encode(&ClientMsg::Input { seq: self.seq, action }));
+    }
+
+    fn me(&self) -> Option<glam::Vec3> {
+        self.viewer.me
+    }
+
+    /// What the player carries, as it sees it: items shown carried where it stands.
+    fn carrying(&self) -> usize {
+        let Some(me) = self.me() else { return 0 };
+        let at = |k: &wire::Known| glam::Vec3::from_array(k.seen.position.map(|c| c as f32 / 100.0));
+        self.viewer
+            .view()
+            .iter()
+            .filter(|k| k.seen.kind.is_item() && k.seen.carried && at(k).distance(me) < 0.5)
+            .count()
+    }
+}
+
+/// Pumps every account for `seconds` at the clients' 30 Hz, calling `each` once a tick for each.
+fn play(accounts: &mut [Account], seconds: f64, each: impl FnMut(usize, &mut Account)) {
+    play_until(accounts, seconds, each, |_| false)
+}
+
+/// `play`, ending early once `done` holds for them all.
+fn play_until(
+    accounts: &mut [Account],
+    seconds: f64,
+    mut each: impl FnMut(usize, &mut Account),
+    done: impl Fn(&[Account]) -> bool,
+) {
+    let began = Instant::now();
+    while began.elapsed().as_secs_f64() < seconds && !done(accounts) {
+        for (i, a) in accounts.iter_mut().enumerate() {
+            a.pump();
+            each(i, a);
+        }
+        std::thread::sleep(Duration::from_millis(33));
+    }
+}
+
+/// The world as its log holds it: each account's player (where it is, what it carries).
+fn accounts_in_log(dir: &Path) -> BTreeMap<u32, (glam::Vec3, BTreeSet<EntityId>)> {
+    let disk = shardmesh::log::Disk::open(dir).unwrap();
+    let world = shardmesh::log::recover(&disk, false).expect("the log reads back");
+    let mut out: BTreeMap<u32, (glam::Vec3, BTreeSet<EntityId>)> = BTreeMap::new();
+    for c in &world.entities {
+        if let Some(account) = c.id.account() {
+            assert_eq!(c.state.kind, EntityKind::Player, "{c:?}");
+            out.entry(account).or_default().0 = c.state.pos();
+        }
+    }
+    for c in &world.entities {
+        if let Some(account) = c.state.parent.and_then(|p| p.account()) {
+            out.get_mut(&account).expect("a carrier recorded").1.insert(c.id);
+        }
+    }
+    out
+}
+
+/// Accounts are players that persist: 50 accounts join a fresh world with no bots, walk to an
+/// item each, pick it up (half drop it again), and log out; the server is killed outright and
+/// restarted; the same accounts log in again and find their players where the log committed
+/// them, carrying what they carried: 50 players, not 100.
+#[test]
+fn accounts_log_out_and_back_in_after_a_kill_where_they_were_with_what_they_carried() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    const ACCOUNTS: u64 = 50;
+    const FIRST: u64 = 1_000;
+    let dir = temp_dir("accounts");
+    let (mut server, addr) = serve_world(&dir);
+    let mut accounts: Vec<Account> = Vec::new();
+    for k in 0..ACCOUNTS {
+        accounts.push(Account::connect(addr, FIRST + k));
+        accounts.iter_mut().for_each(Account::pump);
+    }
+    let all_shown = |a: &[Account]| a.iter().all(|a| a.me().is_some());
+    play_until(&mut accounts, 10.0, |_, _| {}, all_shown);
+    let shown = accounts.iter().filter(|a| a.me().is_some()).count();
+    let updates: u64 = accounts.iter().map(|a| a.viewer.counts.updates).sum();
+    assert_eq!(shown, ACCOUNTS as usize, "every account's player was made and shown to it ({updates} updates)");
+    let spawn = accounts[0].me().unwrap();
+
+    // An item each, the nearest to the spawn point first, from the world the log was made with.
+    let disk = shardmesh::log::Disk::open(&dir).unwrap();
+    let world = shardmesh::log::recover(&disk, false).unwrap();
+    let mut loose: Vec<(EntityId, glam::Vec3)> = world
+        .entities
+        .iter()
+        .filter(|c| c.state.kind.is_item() && c.state.parent.is_none())
+        .map(|c| (c.id, c.state.pos()))
+        .collect();
+    loose.sort_by(|a, b| a.1.distance(spawn).total_cmp(&b.1.distance(spawn)));
+    let targets: Vec<glam::Vec3> = loose.iter().take(ACCOUNTS as usize).map(|(_, at)| *at).collect();
+    assert_eq!(targets.len(), ACCOUNTS as usize, "the world has items enough");
+
+    // Walk there (slowing down on the way in), stop, pick it up; the even accounts drop it again.
+    let mut stopped = vec![false; ACCOUNTS as usize];
+    let dropping = std::cell::RefCell::new(vec![false; ACCOUNTS as usize]);
+    let done = |a: &[Account]| {
+        let dropped = dropping.borrow();
+        // All but a few: two targets side by side may both be taken by one of their walkers.
+        let done = a.iter().enumerate().filter(|(i, a)| if i % 2 == 0 { dropped[*i] } else { a.carrying() > 0 });
+        done.count() + 3 >= a.len()
+    };
+    play_until(
+        &mut accounts,
+        30.0,
+        |i, a| {
+            let dropped = &mut dropping.borrow_mut();
+            let Some(me) = a.me() else { return };
+            let to = targets[i] - me;
+            if dropped[i] || (i % 2 == 1 && a.carrying() > 0) {
+                a.act(Action::Move([0.0; 3]));
+            } else if a.carrying() > 0 {
+                a.act(Action::Drop);
+                dropped[i] = true;
+            } else if to.length() > 1.5 {
+                a.act(Action::Move((to.normalize() * (to.length() / 3.0).min(1.0)).to_array()));
+                stopped[i] = false;
+            } else if !stopped[i] {
+                a.act(Action::Move([0.0; 3]));
+                stopped[i] = true;
+            } else {
+                a.act(Action::PickUp);
+            }
+        },
+        done,
+    );
+    let dropped = dropping.into_inner();
+    play(&mut accounts, 1.0, |_, a| a.act(Action::Move([0.0; 3])));
+    play(&mut accounts, 1.0, |_, _| {});
+    let carriers = accounts.iter().filter(|a| a.carrying() > 0).count();
+    let droppers = dropped.iter().filter(|d| **d).count();
+    assert!(carriers >= 10 && droppers >= 10, "{carriers} carry an item, {droppers} dropped theirs");
+    let seen: Vec<glam::Vec3> = accounts.iter().map(|a| a.me().unwrap()).collect();
+    for a in &mut accounts {
+        a.client.disconnect();
+    }
+    drop(accounts);
+    // Long enough for every logout to be handed back, parked and synced (the log syncs every tick).
+    std::thread::sleep(Duration::from_secs(2));
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    let before = accounts_in_log(&dir);
+    assert_eq!(before.len(), ACCOUNTS as usize, "one player an account");
+    for (k, at) in seen.iter().enumerate() {
+        let (committed, _) = &before[&((FIRST + k as u64) as u32)];
+        assert!(committed.distance(*at) < 0.5, "account {k}: committed at {committed}, last seen at {at}");
+    }
+    let carried: usize = before.values().map(|(_, items)| items.len()).sum();
+    assert_eq!(carried, carriers, "the log has {carried} items carried, the clients saw {carriers}");
+
+    let (server, addr) = serve_world(&dir);
+    let mut accounts: Vec<Account> = Vec::new();
+    for k in 0..ACCOUNTS {
+        accounts.push(Account::connect(addr, FIRST + k));
+        accounts.iter_mut().for_each(Account::pump);
+    }
+    let back = |a: &[Account]| {
+        a.iter()
+            .enumerate()
+            .all(|(k, a)| a.me().is_some() && a.carrying() == before[&((FIRST + k as u64) as u32)].1.len())
+    };
+    play_until(&mut accounts, 10.0, |_, _| {}, back);
+    for (k, a) in accounts.iter().enumerate() {
+        let (committed, items) = &before[&((FIRST + k as u64) as u32)];
+        let me = a.me().unwrap_or_else(|| panic!("account {k} was shown its player"));
+        assert!(me.distance(*committed) < 0.5, "account {k}: back at {me}, committed at {committed}");
+        assert_eq!(a.carrying(), items.len(), "account {k} carries what it carried");
+    }
+    for a in &mut accounts {
+        a.client.disconnect();
+    }
+    drop(accounts);
+    std::thread::sleep(Duration::from_secs(1));
+    // SIGTERM: commit, sync, summary.
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    finish(server, "serve");
+    let summary = json(&dir.join("serve.json"));
+    assert_clean_server(&summary);
+    assert_eq!(summary["players"], ACCOUNTS, "{summary}");
+    assert_eq!(summary["players_offline"], ACCOUNTS, "all logged out at the end: {summary}");
+    assert_eq!(summary["players_created"], 0, "none made anew: {summary}");
+    let after = accounts_in_log(&dir);
+    for (account, (_, items)) in &before {
+        assert_eq!(&after[account].1, items, "account {account} still carries what it carried");
+    }
+    let out = Command::new(BIN).args(["log", "verify", "--json"]).arg(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["players"], ACCOUNTS, "{report}");
     let _ = std::fs::remove_dir_all(&dir);
 }

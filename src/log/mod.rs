@@ -90,6 +90,7 @@ pub fn open(
     if created {
         report.entities = entities.len();
         report.items = entities.iter().filter(|c| c.state.kind.is_item()).count();
+        report.players = entities.iter().filter(|c| c.state.kind == crate::world::EntityKind::Player).count();
     }
     // The new round: every slice's snapshot first, then each slice's log saying it is complete.
     for slice in 0..opts.slices {

@@ -52,6 +52,8 @@ pub struct Report {
     pub round: u64,
     pub entities: usize,
     pub items: usize,
+    /// Players: the world's own and one per account that ever joined, logged in or not.
+    pub players: usize,
     /// Entities recorded by more than one slice, each resolved to its newest change (a transfer
     /// whose departure was lost with an unsynced tail).
     pub duplicates: usize,
@@ -543,8 +545,14 @@ pub fn recover_planted(media: &dyn Media, salvage: bool, replay_first_twice: boo
     out.entities = parents_first(live, &mut out.report.errors);
     out.report.entities = out.entities.len();
     out.report.items = out.entities.iter().filter(|c| matches!(c.state.kind, EntityKind::Item { .. })).count();
-    let max_creator = out.entities.iter().map(|c| c.id.creator_incarnation()).max().unwrap_or(0);
+    out.report.players = out.entities.iter().filter(|c| c.state.kind == EntityKind::Player).count();
+    // Accounts' players are made by no server: their ids' high half is no incarnation.
+    let max_creator =
+        out.entities.iter().filter(|c| c.id.account().is_none()).map(|c| c.id.creator_incarnation()).max().unwrap_or(0);
     out.incarnation_floor = out.incarnation_floor.max(max_creator.saturating_add(1));
+    if out.incarnation_floor == crate::world::entity::ACCOUNT_INCARNATION {
+        out.report.errors.push(format!("incarnation numbers run out: the next would be {}", out.incarnation_floor));
+    }
     Ok(out)
 }
 

@@ -75,7 +75,8 @@ pub struct BotsConfig {
     pub connect: SocketAddr,
     pub key: Key,
     pub count: usize,
-    /// Seats `first_seat..first_seat + count` (seat `k` drives the world's `k`th player).
+    /// Accounts `first_seat..first_seat + count` (account `k` below the world's own players drives
+    /// its `k`th player; any other is an account's player, see `Seats`).
     pub first_seat: u64,
     pub behaviour: Behaviour,
     pub duration: Duration,

@@ -42,6 +42,7 @@ use crate::limits::{
     CONTROL_PACKETS_PER_CLIENT_PER_TICK_MAX, MESSAGES_PER_CLIENT_PER_TICK_MAX, PACKETS_PER_ADDRESS_PER_TICK_MAX,
     PACKETS_PER_ENDPOINT_PER_TICK_MAX, TICK_DURATION_US, VIEWS_KEPT,
 };
+pub use crate::node::Session;
 use crate::protocol::Action;
 use crate::world::{EntityId, Tick};
 
@@ -109,26 +110,49 @@ pub fn size_receive_buffer(socket: &socket2::Socket) -> usize {
     socket.recv_buffer_size().unwrap_or(0)
 }
 
-/// Which player entity each seat drives, and which seats a client holds now (the in-process bots
-/// leave those players alone). Shared by every core.
+/// Which player each connecting client drives, and which players clients drive now (the
+/// in-process bots leave those alone). Shared by every core.
+///
+/// A token's client id is an account. The world's own players (made with it, `--bots N`) are
+/// accounts `0..N`, seats the in-process bots drive while no client does. Any other id up to
+/// `u32::MAX` is an account whose player (`EntityId::of_account`) is made at the spawn point the
+/// first time it logs in, parked by the replication layer when it logs out, and given back where
+/// it was when it logs in again.
 #[derive(Default)]
 pub struct Seats {
     players: Vec<EntityId>,
     taken: RwLock<FxHashSet<EntityId>>,
+    /// Accounts' players that exist (read back from the log, or made since).
+    known: Mutex<FxHashSet<EntityId>>,
+    /// The last session number handed out: logins are numbered across every core.
+    sessions: AtomicU64,
 }
 
 impl Seats {
     pub fn new(players: Vec<EntityId>) -> Self {
-        Self { players, taken: RwLock::default() }
+        Self { players, ..Self::default() }
     }
-    pub fn player(&self, seat: u64) -> Option<EntityId> {
-        self.players.get(usize::try_from(seat).ok()?).copied()
+    /// Seats for the world's own `players`, and the accounts' players it already has.
+    pub fn with_accounts(players: Vec<EntityId>, known: impl IntoIterator<Item = EntityId>) -> Self {
+        Self { players, known: Mutex::new(known.into_iter().collect()), ..Self::default() }
     }
+    /// The player account `account` drives: a seat, or the account's own.
+    pub fn player(&self, account: u64) -> Option<EntityId> {
+        match usize::try_from(account).ok().and_then(|a| self.players.get(a)) {
+            Some(seat) => Some(*seat),
+            None => u32::try_from(account).ok().map(EntityId::of_account),
+        }
+    }
+    /// The world's own players (seats).
     pub fn len(&self) -> usize {
         self.players.len()
     }
     pub fn is_empty(&self) -> bool {
         self.players.is_empty()
+    }
+    /// Accounts' players that exist.
+    pub fn accounts(&self) -> usize {
+        self.known.lock().expect("not poisoned").len()
     }
     /// The players clients drive now.
     pub fn taken(&self) -> std::sync::RwLockReadGuard<'_, FxHashSet<EntityId>> {
@@ -139,6 +163,12 @@ impl Seats {
     }
     fn free(&self, player: EntityId) {
         self.taken.write().expect("not poisoned").remove(&player);
+    }
+    /// A login of `player` (an account's, just taken): its session number, and whether the
+    /// account is new (its player is to be made).
+    fn log_in(&self, player: EntityId) -> (u64, bool) {
+        let session = self.sessions.fetch_add(1, Ordering::Relaxed) + 1;
+        (session, self.known.lock().expect("not poisoned").insert(player))
     }
 }
 
@@ -267,8 +297,10 @@ pub struct GatewayStats {
     pub flooded: u64,
     /// Inputs numbered no higher than one already taken (a replay or a reorder).
     pub replayed: u64,
-    /// Tokens for a seat with no player, or a seat another client holds.
+    /// Tokens for an id that is no account, or for a player another client drives.
     pub bad_seats: u64,
+    /// Accounts logged in (a seat taken is not counted).
+    pub logins: u64,
     /// Connection requests refused: a token expired, signed with another key, for another
     /// protocol or address, or unreadable.
     pub bad_tokens: u64,
@@ -307,6 +339,7 @@ impl GatewayStats {
         self.flooded += other.flooded;
         self.replayed += other.replayed;
         self.bad_seats += other.bad_seats;
+        self.logins += other.logins;
         self.bad_tokens += other.bad_tokens;
         self.bad_packets += other.bad_packets;
         self.refused.add(&other.refused);
@@ -542,11 +575,13 @@ struct Client {
     endpoint: usize,
     last_seq: u32,
     view: ClientView,
+    /// The account's session, for an account's player (not a seat).
+    session: Option<u64>,
 }
 
 impl Client {
     fn new(endpoint: usize, player: EntityId) -> Self {
-        Self { endpoint, last_seq: 0, view: ClientView::new(player) }
+        Self { endpoint, last_seq: 0, view: ClientView::new(player), session: None }
     }
 }
 
@@ -561,6 +596,8 @@ pub struct Gateway {
     bubbles: Bubbles,
     /// Connections refused a seat, told why this tick, closed at the next poll.
     refusing: Vec<(usize, ClientId)>,
+    /// Accounts' logins and logouts since the node last took them.
+    sessions: Vec<Session>,
     pub stats: GatewayStats,
 }
 
@@ -610,6 +647,7 @@ impl Gateway {
             client_bytes_per_s,
             bubbles: Bubbles::new(client_bytes_per_s, TICK_DURATION_US),
             refusing: Vec::new(),
+            sessions: Vec::new(),
             stats: GatewayStats::default(),
         })
     }
@@ -642,14 +680,21 @@ impl Gateway {
                     ServerEvent::ClientConnected { client_id } => match self.seats.player(client_id) {
                         Some(player) if self.seats.take(player) => {
                             self.stats.connects += 1;
-                            self.clients.insert(client_id, Client::new(e, player));
+                            let mut client = Client::new(e, player);
+                            if player.account().is_some() {
+                                let (session, create) = self.seats.log_in(player);
+                                self.sessions.push(Session { player, session, online: true, create });
+                                self.stats.logins += 1;
+                                client.session = Some(session);
+                            }
+                            self.clients.insert(client_id, client);
                         }
                         found => {
                             // Told why, then closed once the notice has gone out (next poll).
                             self.stats.bad_seats += 1;
                             let notice = match found {
                                 Some(_) => Notice::SeatHeld { seat: client_id },
-                                None => Notice::NoSuchSeat { seat: client_id, seats: self.seats.len() as u64 },
+                                None => Notice::NoSuchAccount { account: client_id },
                             };
                             endpoint.server.send_message(client_id, NOTICE_CHANNEL, wire::encode(&notice));
                             self.refusing.push((e, client_id));
@@ -662,6 +707,10 @@ impl Gateway {
                             let client = self.clients.remove(&client_id).expect("just found");
                             self.seats.free(client.view.player);
                             self.stats.disconnects += 1;
+                            if let Some(session) = client.session {
+                                let player = client.view.player;
+                                self.sessions.push(Session { player, session, online: false, create: false });
+                            }
                         }
                     }
                 }
@@ -768,6 +817,11 @@ impl Gateway {
         for endpoint in &mut self.endpoints {
             endpoint.send(now_tick, &mut self.stats);
         }
+    }
+
+    /// Accounts' logins and logouts since the last call, in order, for the node.
+    pub fn take_sessions(&mut self, into: &mut Vec<Session>) {
+        into.append(&mut self.sessions);
     }
 
     /// Tells every client the gateway is going away.

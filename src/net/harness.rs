@@ -89,6 +89,17 @@ impl Client {
         self.pump();
     }
 
+    /// Says goodbye, as a client that quits does: the gateway ends the connection at once (its
+    /// account logs out) rather than when it times out. Sent a few times, as netcode's datagrams
+    /// may be lost.
+    pub fn disconnect(&mut self) {
+        for _ in 0..3 {
+            if let Ok((to, packet)) = self.netcode.disconnect() {
+                let _ = self.socket.send_to(packet, to);
+            }
+        }
+    }
+
     /// Reads what the gateway sent, keeps netcode's timers, and sends what renet queued.
     pub fn pump(&mut self) {
         let mut buffer = [0u8; 2048];

@@ -401,7 +401,11 @@ impl Bubbles {
         // Crowded: the nearest are shown (selected, not sorted: `next_snapshot` orders them by
         // id), and the horizon is the first left out.
         let horizon_m = if near.len() > SEEN_PER_UPDATE_MAX {
-            near.select_nth_unstable_by(SEEN_PER_UPDATE_MAX, |a, b| a.d.total_cmp(&b.d).then(a.e.id.cmp(&b.e.id)));
+            // Its own entity first, whatever else stands as near (a crowd on one spot).
+            let mine = |n: &Near| n.e.id != me.id;
+            near.select_nth_unstable_by(SEEN_PER_UPDATE_MAX, |a, b| {
+                mine(a).cmp(&mine(b)).then(a.d.total_cmp(&b.d)).then(a.e.id.cmp(&b.e.id))
+            });
             let horizon = near[SEEN_PER_UPDATE_MAX].d;
             near.truncate(SEEN_PER_UPDATE_MAX);
             horizon
@@ -582,6 +586,18 @@ mod tests {
             }
             sent.push_back(next);
         }
+    }
+
+    #[test]
+    fn a_client_is_shown_its_own_player_in_a_crowd_standing_on_one_spot() {
+        // More players than an update shows, every one where the others are (accounts' players
+        // made at one spawn point): the client's own, of the highest id, is shown all the same.
+        let mut bubbles = Bubbles::new(crate::limits::CLIENT_BYTES_PER_S_DEFAULT, TICK_US as u64);
+        let crowd = SEEN_PER_UPDATE_MAX as u64 + 10;
+        let mut client = ClientView::new(EntityId(crowd));
+        bubbles.merge((1..=crowd).map(|id| (entity(id, EntityKind::Player, 5.0, 0.0), Tick(1))));
+        let (update, _) = bubbles.update(Tick(1), &mut client).expect("its player is in the view");
+        assert!(update.entered.iter().any(|s| s.id == EntityId(crowd)), "its own player is among those shown");
     }
 
     #[test]

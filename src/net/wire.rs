@@ -24,6 +24,9 @@ pub enum Notice {
     NoSuchSeat { seat: u64, seats: u64 },
     /// Another client holds the seat.
     SeatHeld { seat: u64 },
+    /// The token's client id is neither one of the world's players nor an account (accounts are
+    /// `0..=u32::MAX`).
+    NoSuchAccount { account: u64 },
 }
 
 impl std::fmt::Display for Notice {
@@ -33,7 +36,10 @@ impl std::fmt::Display for Notice {
                 f,
                 "seat {seat} refused: the world has {seats} players (seats 0..{seats}), fewer than the seats asked for"
             ),
-            Notice::SeatHeld { seat } => write!(f, "seat {seat} refused: another client holds it"),
+            Notice::SeatHeld { seat } => write!(f, "account {seat} refused: another client is logged in with it"),
+            Notice::NoSuchAccount { account } => {
+                write!(f, "client id {account} refused: accounts are 0..={}", u32::MAX)
+            }
         }
     }
 }

@@ -118,6 +118,10 @@ impl Checker {
                 return Err(format!("{} is both recorded and in transit between slices", c.id));
             }
         }
+        // Accounts' players are made as accounts first log in, and never end.
+        for (id, (kind, _)) in layer.iter().filter(|(id, _)| id.account().is_some()) {
+            self.persistent.entry(*id).or_insert(*kind);
+        }
         for (id, kind) in &self.persistent {
             match layer.get(id) {
                 None => return Err(format!("{id} ({kind:?}) is lost: the layer has no record of it")),
@@ -212,9 +216,18 @@ impl Checker {
         }
         let acting: BTreeMap<_, _> = servers.filter(|s| s.is_acting(now_us)).map(|s| (s.id(), s)).collect();
         let records = union(slices)?;
-        let players: Vec<glam::Vec3> =
-            records.values().filter(|r| r.state.kind == EntityKind::Player).map(|r| r.state.pos()).collect();
+        let parked: BTreeSet<EntityId> = slices.iter().flat_map(|s| s.offline().iter().copied()).collect();
+        let players: Vec<glam::Vec3> = records
+            .iter()
+            .filter(|(id, r)| r.state.kind == EntityKind::Player && !parked.contains(id))
+            .map(|(_, r)| r.state.pos())
+            .collect();
         let mut resting = BTreeSet::new();
+        for slice in slices {
+            for root in slice.offline() {
+                resting.extend(slice.forest().subtree(*root));
+            }
+        }
         for slice in slices {
             for root in slice.dormant().values().flatten() {
                 // Every player's bubble has reached the items near it by now.

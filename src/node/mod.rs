@@ -73,6 +73,8 @@ pub struct NodeConfig {
     /// Game time a tick is. The tick rate changes how often the world is simulated, not how fast
     /// it moves: every motion, lifetime and lease is in game time.
     pub tick_us: u64,
+    /// Where an account's player is made at its first login.
+    pub spawn: glam::Vec3,
 }
 
 impl NodeConfig {
@@ -86,8 +88,20 @@ impl NodeConfig {
             checkpoint_every_us: None,
             planted_server_ignores_lease: false,
             tick_us: TICK_DURATION_US,
+            spawn: glam::Vec3::ZERO,
         }
     }
+}
+
+/// An account's login or logout at a gateway (see `net::Seats`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Session {
+    pub player: EntityId,
+    /// Numbered across the mesh in the order logins happened; a logout carries its login's.
+    pub session: u64,
+    pub online: bool,
+    /// A first login: the player is to be made, at the spawn point.
+    pub create: bool,
 }
 
 /// A record for the slice's log: a group commit, or the slice's part of a checkpoint.
@@ -136,6 +150,8 @@ pub trait NodeIo {
     }
     /// Clients' inputs (player, the client's sequence number, action) taken since the last tick.
     fn client_inputs(&mut self, _into: &mut Vec<(EntityId, u32, Action)>) {}
+    /// Accounts' logins and logouts at this node's gateway since the last tick, in order.
+    fn client_sessions(&mut self, _into: &mut Vec<Session>) {}
     /// Players a client drives (bots leave them alone).
     fn seats(&mut self, _into: &mut FxHashSet<EntityId>) {}
     /// This node's entities as of `tick`, for the clients' updates.
@@ -241,6 +257,7 @@ pub struct Node<W: Wire = Direct> {
     clients: bool,
     received: Vec<(SliceId, SliceMsg)>,
     client_inputs: Vec<(EntityId, u32, Action)>,
+    sessions: Vec<Session>,
     /// With clients: what this tick sent to other nodes' slices, shown in flight until they
     /// place it.
     transferred: Vec<ViewEntity>,
@@ -291,6 +308,7 @@ impl<W: Wire> Node<W> {
             clients: false,
             received: Vec::new(),
             client_inputs: Vec::new(),
+            sessions: Vec::new(),
             transferred: Vec::new(),
             seats: FxHashSet::default(),
             inputs: Vec::new(),
@@ -404,6 +422,16 @@ impl<W: Wire> Node<W> {
                         // the player: those for other nodes leave at once, ahead of the commit.
                         let mut inputs = std::mem::take(&mut self.client_inputs);
                         io.client_inputs(&mut inputs);
+                        // Logins and logouts first: a player made now takes this tick's inputs.
+                        let mut sessions = std::mem::take(&mut self.sessions);
+                        io.client_sessions(&mut sessions);
+                        for s in sessions.drain(..) {
+                            self.slice.session(s.player, s.session, s.online);
+                            if s.create {
+                                self.slice.create_player(s.player, self.cfg.spawn);
+                            }
+                        }
+                        self.sessions = sessions;
                         for (entity, seq, action) in inputs.drain(..) {
                             self.slice.route_input(entity, seq, action);
                         }
@@ -658,6 +686,8 @@ impl<W: Wire> Node<W> {
                 continue;
             }
             let incarnation = Incarnation(self.incarnations.fetch_add(1, Ordering::Relaxed));
+            // Four billion restarts away: past it, a server's entities would take accounts' ids.
+            assert!(incarnation.0 < crate::world::entity::ACCOUNT_INCARNATION, "incarnation numbers ran out");
             let mut server = Server::new(h.id, incarnation, now).with_tick_us(self.cfg.tick_us);
             if let Some(index) = &self.cfg.streaming {
                 server = server.with_streaming(index.clone());
@@ -900,6 +930,7 @@ pub fn add_stats(total: &mut ServerStats, s: &ServerStats) {
     total.ticks += s.ticks;
     total.adopted += s.adopted;
     total.handed_off += s.handed_off;
+    total.logged_out += s.logged_out;
     total.created += s.created;
     total.destroyed += s.destroyed;
     total.hits += s.hits;

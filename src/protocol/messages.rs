@@ -114,6 +114,8 @@ pub enum ReplicationMsg {
     /// A client's input for the entity it drives, which this server holds; `seq` is the
     /// client's number for it.
     Input { entity: EntityId, seq: u32, action: crate::protocol::Action },
+    /// The account driving this player logged out: hand its subtree back (the layer parks it).
+    LogOut { entity: EntityId },
 }
 
 /// A read-only view of an entity near a border, as its server last saw it: enough to be seen
@@ -170,6 +172,9 @@ pub enum SliceMsg {
     /// A client's input that reached a gateway on the sender's core, for the slice whose core
     /// holds the client's entity.
     Input { entity: EntityId, seq: u32, action: crate::protocol::Action },
+    /// An account's player logged in (`online`) or out, in the account's `session` (numbered
+    /// across the mesh in the order logins happened): to every other slice.
+    Session { player: EntityId, session: u64, online: bool },
 }
 
 /// Where each subtree of a batch lies. A handoff, a transfer and an adoption carry subtrees one

@@ -22,6 +22,7 @@ mod controller;
 mod ghosts;
 mod inputs;
 mod placement;
+mod sessions;
 mod streaming;
 mod writes;
 
@@ -113,6 +114,12 @@ pub struct ReplicationStats {
     pub ghosts_to_servers: u64,
     pub ghosts_to_cores: u64,
     pub inputs_lost: u64,
+    /// Accounts: players made at a first login, sessions begun and ended as heard here, and
+    /// players parked because their account logged out.
+    pub players_created: u64,
+    pub logins: u64,
+    pub logouts: u64,
+    pub players_parked: u64,
 }
 
 /// What a node does with its server slots, at its slice's word.
@@ -207,6 +214,10 @@ pub struct Replication {
     streaming: Option<Arc<StreamIndex>>,
     loaded: BTreeMap<ServerId, BTreeSet<ContainerId>>,
     dormant: BTreeMap<ContainerId, BTreeSet<EntityId>>,
+    /// Accounts' players: the newest session heard of each (number, logged in), and those
+    /// parked here while their account is logged out (see `sessions`).
+    sessions: EntityMap<(u64, bool)>,
+    offline: BTreeSet<EntityId>,
 }
 
 impl Replication {
@@ -260,12 +271,18 @@ impl Replication {
             streaming: None,
             loaded: BTreeMap::new(),
             dormant: BTreeMap::new(),
+            sessions: EntityMap::default(),
+            offline: BTreeSet::new(),
         };
         for Committed { id, state, commit_seq } in initial {
             match state.parent {
                 Some(p) => {
                     assert!(rl.records.contains_key(&p), "initial entity {id} listed before its parent {p}");
                     rl.forest.link(id, p);
+                }
+                // Nobody is logged in yet: accounts' players rest until their accounts are.
+                None if id.account().is_some() && state.kind == EntityKind::Player => {
+                    rl.offline.insert(id);
                 }
                 None => {
                     rl.orphans.insert(id);
@@ -631,6 +648,7 @@ impl Replication {
                 }
                 self.complete_checkpoint();
             }
+            SliceMsg::Session { player, session, online } => self.apply_session(player, session, online),
             SliceMsg::Input { entity, seq, action } => {
                 // Every other slice hears it; only the one that holds the entity acts.
                 if self.records.contains_key(&entity) && !self.deliver_input(entity, seq, &action) {

@@ -155,6 +155,8 @@ pub struct ServerStats {
     pub roots_unloaded: u64,
     /// Messages for another incarnation or out of place; dropped.
     pub messages_ignored: u64,
+    /// Players handed back because their accounts logged out.
+    pub logged_out: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,6 +187,8 @@ pub struct Server {
     destroyed: Vec<(EntityId, Epoch)>,
     /// Inputs for the next tick, each with its client sequence number (0: not a client's).
     inputs: Vec<(Input, u32)>,
+    /// Players whose accounts logged out: handed back to the layer (which parks them) this tick.
+    logging_out: Vec<EntityId>,
     outbox: VecDeque<ToReplication>,
     events: VecDeque<ServerEvent>,
     /// Where everything held is, rebuilt each tick for the game rules' "what is near".
@@ -242,6 +246,7 @@ impl Server {
             forest: Forest::default(),
             destroyed: Vec::new(),
             inputs: Vec::new(),
+            logging_out: Vec::new(),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             grid: Grid::new(HIT_GRID_CELL_M),
@@ -430,6 +435,7 @@ impl Server {
             }
             ReplicationMsg::Damage { target, damage } => self.damage.push((target, damage)),
             ReplicationMsg::Input { entity, seq, action } => self.handle_client_input(Input { entity, action }, seq),
+            ReplicationMsg::LogOut { entity } => self.logging_out.push(entity),
         }
     }
 
@@ -450,6 +456,7 @@ impl Server {
         self.forest = Forest::default();
         self.outbox.clear();
         self.inputs.clear();
+        self.logging_out.clear();
         self.events.push_back(ServerEvent::Fenced);
     }
 
@@ -494,6 +501,7 @@ impl Server {
         }
         if self.phase != Phase::Active {
             self.inputs.clear();
+            self.logging_out.clear();
             return;
         }
         self.stats.ticks += 1;
@@ -536,6 +544,17 @@ impl Server {
         self.resolve_hits(tick);
         let mut leaving = self.roots_outside_regions();
         leaving.truncate(self.handoffs_per_tick_max);
+        // Players logged out leave with what they carry, off whatever they were aboard.
+        for player in std::mem::take(&mut self.logging_out) {
+            if self.entities.get(&player).is_none_or(|h| h.state.kind != EntityKind::Player) {
+                continue;
+            }
+            self.detach(tick, player);
+            if !leaving.contains(&player) {
+                leaving.push(player);
+            }
+            self.stats.logged_out += 1;
+        }
         self.flush_deltas(tick);
         self.hand_off(leaving);
         // A fresh incarnation streams in as soon as it holds something (a failover: the items

@@ -283,7 +283,12 @@ impl Timeline {
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct MeshSummary {
+    /// The world's players at the end: its own (the bots') and every account's that ever joined.
     pub players: usize,
+    /// Of those, accounts' players parked at the end, logged out; and those made this run (first
+    /// logins).
+    pub players_offline: usize,
+    pub players_created: u64,
     pub servers: usize,
     pub cores: usize,
     pub duration_s: f64,
@@ -724,7 +729,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
 }
 
 /// One gateway per core on the configured address (SO_REUSEPORT), sharing the seats: the
-/// world's players in id order.
+/// world's own players in id order, and the accounts' players it has.
 fn open_gateways(
     g: &GatewayConfig,
     cores: usize,
@@ -735,10 +740,13 @@ fn open_gateways(
     let io = |e: std::io::Error| MeshError::Config(format!("gateway on {}: {e}", g.listen));
     let mut sockets = crate::net::gateway::bind_endpoints(g.listen, cores * per_core).map_err(io)?;
     let public = sockets[0].local_addr().map_err(io)?;
-    let mut players: Vec<EntityId> =
-        initial.iter().filter(|c| c.state.kind == EntityKind::Player).map(|c| c.id).collect();
+    let (accounts, mut players): (Vec<EntityId>, Vec<EntityId>) = initial
+        .iter()
+        .filter(|c| c.state.kind == EntityKind::Player)
+        .map(|c| c.id)
+        .partition(|id| id.account().is_some());
     players.sort();
-    let seats = Arc::new(crate::net::Seats::new(players));
+    let seats = Arc::new(crate::net::Seats::with_accounts(players, accounts));
     let views = Arc::new(crate::net::Views::new(cores));
     let mut out = Vec::new();
     for _ in 0..cores {
@@ -846,8 +854,12 @@ fn audit(
         audit_error = Some(format!("{in_flight} messages still queued between cores at the end"));
     }
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1e3;
+    let players = slices.iter().flat_map(|s| s.records().values()).filter(|r| r.state.kind == EntityKind::Player);
     MeshSummary {
-        players: cfg.players,
+        // Every player the world has, one per account that ever joined, logged in or not.
+        players: players.count(),
+        players_offline: slices.iter().map(|s| s.offline().len()).sum(),
+        players_created: slices.iter().map(|s| s.stats.players_created).sum(),
         servers,
         cores: cfg.cores,
         duration_s,

@@ -247,6 +247,12 @@ impl NodeIo for ShardIo {
         }
     }
 
+    fn client_sessions(&mut self, into: &mut Vec<crate::node::Session>) {
+        if let Some(gw) = self.gateway.as_mut() {
+            gw.gateway.take_sessions(into);
+        }
+    }
+
     fn seats(&mut self, into: &mut FxHashSet<EntityId>) {
         // A copy: other cores' gateways take seats meanwhile, and must not wait for the bots.
         if let Some(gw) = self.gateway.as_ref() {
@@ -402,6 +408,8 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
         },
         checkpoint_every_us: checkpoint_every.map(|d| d.as_micros().min(u64::MAX as u128) as u64),
         tick_us,
+        // Accounts' players start where the bots rally: the world's first city.
+        spawn: setup.places.rally,
         ..NodeConfig::new(setup.index, setup.seed)
     };
     let mut node =

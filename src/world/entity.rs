@@ -12,7 +12,9 @@ use super::Tick;
 use crate::limits::{GRAPH_DEPTH_MAX, HANDS_CAPACITY_COUNT, SHIP_CAPACITY_COUNT};
 
 /// Globally unique without coordination: the high 32 bits are the incarnation of the server
-/// that created the entity (0 for the world file), the low 32 bits its counter.
+/// that created the entity (0 for the world file), the low 32 bits its counter. The highest
+/// "incarnation", `ACCOUNT_INCARNATION`, is no server's: its ids are accounts' players, the low
+/// 32 bits the account, so an account's player is known by its id alone, after any restart.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
@@ -33,7 +35,18 @@ impl EntityId {
     pub fn creator_incarnation(self) -> u32 {
         (self.0 >> 32) as u32
     }
+    /// The player of account `account` (a connect token's client id).
+    pub fn of_account(account: u32) -> Self {
+        Self::new(ACCOUNT_INCARNATION, account)
+    }
+    /// The account whose player this is, if it is one.
+    pub fn account(self) -> Option<u32> {
+        (self.creator_incarnation() == ACCOUNT_INCARNATION).then_some(self.0 as u32)
+    }
 }
+
+/// The id space of accounts' players (see [`EntityId`]); server incarnations stay below it.
+pub const ACCOUNT_INCARNATION: u32 = u32::MAX;
 
 impl std::fmt::Display for EntityId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

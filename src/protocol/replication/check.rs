@@ -41,12 +41,22 @@ impl Replication {
             let dormant = self.streaming.as_ref().is_some_and(|index| {
                 self.dormant.get(&index.locate(r.state.pos())).is_some_and(|roots| roots.contains(id))
             });
-            if r.authority.is_none() && r.state.parent.is_none() && !self.orphans.contains(id) && !dormant {
+            let offline = self.offline.contains(id);
+            if r.authority.is_none() && r.state.parent.is_none() && !self.orphans.contains(id) && !dormant && !offline {
                 errors.push(format!("{id}: has no authority and is neither an orphan nor at rest"));
+            }
+            if offline && (r.authority.is_some() || self.orphans.contains(id) || r.state.parent.is_some() || dormant) {
+                errors.push(format!(
+                    "{id}: parked logged out, but held by {:?}, an orphan, aboard or at rest",
+                    r.authority
+                ));
             }
             if dormant && (r.authority.is_some() || self.orphans.contains(id) || !is_streamed(&r.state)) {
                 errors.push(format!("{id}: at rest, but held by {:?} or an orphan or not a loose item", r.authority));
             }
+        }
+        if let Some(id) = self.offline.iter().find(|id| !self.records.contains_key(id) || id.account().is_none()) {
+            errors.push(format!("{id}: parked logged out here but not recorded here or no account's"));
         }
         if let Some(id) = self.dormant.values().flatten().find(|id| !self.records.contains_key(id)) {
             errors.push(format!("{id}: at rest here but not recorded here"));

@@ -55,6 +55,10 @@ impl Replication {
     /// this core; by transfer to its core's slice if not; as an orphan if the region has no
     /// live owner yet.
     pub(super) fn place(&mut self, root: EntityId, hops: u8) {
+        if self.parks_offline(root) {
+            self.log_off(root);
+            return;
+        }
         let target = self.map.owner_at(self.records[&root].state.pos());
         match target {
             Some(t) if self.home_of(t) != self.slice && hops < TRANSFER_HOPS_MAX => self.transfer(root, t, hops),
@@ -108,6 +112,10 @@ impl Replication {
 
     /// Gives the subtree under `root` to `target` under a fresh epoch, from committed state.
     pub(super) fn grant(&mut self, root: EntityId, target: Option<ServerId>) {
+        if self.parks_offline(root) {
+            self.log_off(root);
+            return;
+        }
         let target = target.filter(|t| self.servers.get(t).is_some_and(|s| s.live) && self.home_of(*t) == self.slice);
         if let (Some(t), Some(index)) = (target, &self.streaming) {
             let state = &self.records[&root].state;
@@ -130,6 +138,9 @@ impl Replication {
             Some(t) => {
                 self.orphans.remove(&root);
                 self.stats.grants += 1;
+                if entities.len() > 1 {
+                    self.log_out_passengers(t, &entities);
+                }
                 self.send_adopt(t, entities);
             }
             None => {
