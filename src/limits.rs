@@ -359,6 +359,17 @@ pub const BATCH_ENTITIES_MAX: usize = 512;
 /// enough that a long queue of inputs costs nothing.
 pub const BATCH_LOOKBACK: usize = 8;
 
+// ---- Accounts in the simulator (src/sim/accounts.rs)
+
+/// The chance a simulated account logs in or out in a tick of the faulty phase: every few
+/// simulated seconds, so a seed's accounts log in and out several times, with their players
+/// moving, carrying and boarding between.
+pub const SIM_ACCOUNT_SWITCH_PER_TICK: f64 = 0.01;
+
+/// The chance a simulated logout is followed at once by a login of the same account (a client
+/// that reconnects, perhaps through another core): often enough that seeds race the two.
+pub const SIM_ACCOUNT_RECONNECT: f64 = 0.3;
+
 // ---- Progress of long work (src/progress.rs)
 
 /// How often long work writes a progress line where there is no terminal to draw a bar on: often

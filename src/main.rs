@@ -525,7 +525,7 @@ fn sweep(start: u64, count: u64, threads: Option<usize>, config: impl Fn(u64) ->
     let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
     let next = AtomicU64::new(start);
     let failures: Mutex<Vec<SimOutcome>> = Mutex::new(Vec::new());
-    let totals = Mutex::new([0u64; 9]);
+    let totals = Mutex::new([0u64; 11]);
     let progress = shardmesh::progress::Progress::new("seeds", count);
     let began = Instant::now();
     std::thread::scope(|scope| {
@@ -547,6 +547,8 @@ fn sweep(start: u64, count: u64, threads: Option<usize>, config: impl Fn(u64) ->
                     t[6] += outcome.stats.clients.settled_checks;
                     t[7] += outcome.stats.servers_started;
                     t[8] += outcome.stats.servers_retired;
+                    t[9] += outcome.stats.logins;
+                    t[10] += outcome.stats.players_parked;
                 }
                 progress.advance(outcome.failure.is_some());
                 if outcome.failure.is_some() {
@@ -563,10 +565,10 @@ fn sweep(start: u64, count: u64, threads: Option<usize>, config: impl Fn(u64) ->
         let (tick, e) = f.failure.as_ref().expect("only failures are kept");
         println!("FAIL seed={} tick={tick}: {e}  [{}]", f.seed, f.plan);
     }
-    let [ticks, handoffs, crashes, mesh_restarts, client_updates, glitches, settled_checks, started, retired] =
+    let [ticks, handoffs, crashes, mesh_restarts, client_updates, glitches, settled_checks, started, retired, logins, parked] =
         totals.into_inner().expect("workers are done");
     println!(
-        "{} seeds ({}..{}), {} failed, {:.1} s, {:.1} seeds/s, {} ticks, {} handoffs, {} crashes and fences, {} servers started and {} retired, {} whole-process crashes recovered (mesh_restarts), {} updates taken in by simulated clients ({} glitches seen under faults, {} ticks of settled-world checks), {} threads",
+        "{} seeds ({}..{}), {} failed, {:.1} s, {:.1} seeds/s, {} ticks, {} handoffs, {} crashes and fences, {} servers started and {} retired, {} whole-process crashes recovered (mesh_restarts), {} accounts' logins and {} players parked at logouts, {} updates taken in by simulated clients ({} glitches seen under faults, {} ticks of settled-world checks), {} threads",
         count,
         start,
         start + count,
@@ -579,6 +581,8 @@ fn sweep(start: u64, count: u64, threads: Option<usize>, config: impl Fn(u64) ->
         started,
         retired,
         mesh_restarts,
+        logins,
+        parked,
         client_updates,
         glitches,
         settled_checks,
@@ -589,6 +593,11 @@ fn sweep(start: u64, count: u64, threads: Option<usize>, config: impl Fn(u64) ->
     let unchecked = count >= 50 && settled_checks == 0;
     if unchecked {
         println!("FAIL: no seed's clients reached a settled world, so their settled checks never ran");
+    }
+    // Likewise the accounts: a sweep in which none logged out and was parked checked nothing of them.
+    let unchecked = unchecked || (count >= 50 && parked == 0);
+    if count >= 50 && parked == 0 {
+        println!("FAIL: no account logged out and was parked in any seed");
     }
     if failures.is_empty() && !unchecked {
         ExitCode::SUCCESS

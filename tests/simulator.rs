@@ -132,6 +132,17 @@ fn a_layer_that_skips_the_authority_and_epoch_check_is_caught() {
 }
 
 #[test]
+fn a_layer_that_takes_sessions_in_the_order_heard_is_caught() {
+    let (seed, e) = caught("sessions_out_of_order", |c| {
+        c.planted = PlantedBugs { sessions_out_of_order: true, ..PlantedBugs::default() }
+    });
+    eprintln!("sessions_out_of_order caught by seed {seed}: {e}");
+    // A reconnect through another core whose login a slice hears before the old logout: the
+    // slice parks a logged-in account's player.
+    assert!(e.contains("is logged in, its player"), "{e}");
+}
+
+#[test]
 fn a_layer_that_does_not_wait_out_the_lease_is_caught() {
     let (seed, e) = caught("short_lease", |c| c.planted = PlantedBugs { short_lease: true, ..PlantedBugs::default() });
     eprintln!("short_lease caught by seed {seed}: {e}");

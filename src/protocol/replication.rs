@@ -74,6 +74,8 @@ pub struct PlantedBugs {
     pub skip_authority_check: bool,
     /// Declare a silent server dead after a third of its lease, while it may still be acting.
     pub short_lease: bool,
+    /// Take accounts' logins and logouts in the order heard, not by session number.
+    pub sessions_out_of_order: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -7,6 +7,7 @@
 //! `calm_ticks` with the network clean, crashed servers back and bots at rest (liveness: the
 //! world must settle with every entity where it belongs).
 
+mod accounts;
 pub mod clients;
 pub mod faults;
 pub mod lossy;
@@ -117,6 +118,10 @@ pub struct SimStats {
     pub woken: u64,
     /// Whole-process crashes, each followed by recovery from the simulated disk.
     pub mesh_restarts: u64,
+    /// Accounts' logins and logouts, and players parked because their account logged out.
+    pub logins: u64,
+    pub logouts: u64,
+    pub players_parked: u64,
     /// What the simulated clients sent, were sent and saw.
     pub clients: clients::ClientStats,
 }
@@ -148,6 +153,7 @@ struct SimIo<'a> {
 /// where it publishes its view.
 struct ClientIo<'a> {
     inputs: &'a mut Vec<(EntityId, u32, Action)>,
+    sessions: &'a mut Vec<crate::node::Session>,
     seats: &'a FxHashSet<EntityId>,
     view: &'a mut Option<(Tick, Vec<ViewEntity>)>,
 }
@@ -233,6 +239,12 @@ impl NodeIo for SimIo<'_> {
         }
     }
 
+    fn client_sessions(&mut self, into: &mut Vec<crate::node::Session>) {
+        if let Some(c) = self.clients.as_mut() {
+            into.append(c.sessions);
+        }
+    }
+
     fn seats(&mut self, into: &mut FxHashSet<EntityId>) {
         if let Some(c) = self.clients.as_ref() {
             into.extend(c.seats.iter().copied());
@@ -269,6 +281,9 @@ pub struct Simulator {
     durable_seqs: BTreeMap<EntityId, u64>,
     /// Clients driving a few players, through the gateways' update logic.
     clients: SimClients,
+    /// Accounts logging in and out, and where their players are made.
+    accounts: accounts::SimAccounts,
+    spawn: glam::Vec3,
 }
 
 impl Simulator {
@@ -310,12 +325,24 @@ impl Simulator {
             unsynced: Vec::new(),
             durable_seqs: BTreeMap::new(),
             clients,
+            accounts: accounts::SimAccounts::new(cfg.seed, plan.slices as usize),
+            spawn: tree
+                .of_kind(crate::world::ContainerKind::City)
+                .next()
+                .map_or(tree.bounds().center(), |c| c.bounds.center()),
             cfg,
         };
         sim.start_nodes(opened);
         let slices: Vec<&Replication> = sim.nodes.iter().map(|n| n.slice()).collect();
         sim.checker = Checker::new(&slices);
-        let _ = writeln!(sim.log, "seed={} {} {}", sim.cfg.seed, sim.plan, sim.clients.describe());
+        let _ = writeln!(
+            sim.log,
+            "seed={} {} {} {}",
+            sim.cfg.seed,
+            sim.plan,
+            sim.clients.describe(),
+            sim.accounts.describe()
+        );
         let _ = sim.drain_events();
         sim
     }
@@ -340,6 +367,7 @@ impl Simulator {
                 planted_server_ignores_lease: self.cfg.planted_server_ignores_lease,
                 checkpoint_every_us: Some(self.plan.checkpoint_every_ticks * self.plan.tick_us),
                 tick_us: self.plan.tick_us,
+                spawn: self.spawn,
                 ..NodeConfig::new(i as usize, self.cfg.seed ^ self.stats.mesh_restarts << 48)
             };
             // The first servers, and every server the recovered map gives a region (one the
@@ -406,6 +434,9 @@ impl Simulator {
         ));
         self.start_nodes(opened);
         self.checker.restarted();
+        // Durable changes were all brought back (checked above): an account's player missing
+        // now was made after the last sync, and its first login is undone with the crash.
+        self.checker.forget_accounts_not_in(&self.nodes.iter().map(|n| n.slice()).collect::<Vec<_>>());
         Ok(())
     }
 
@@ -449,6 +480,9 @@ impl Simulator {
         sim.stats.transfers = sim.layer_total(|s| s.transfers_out);
         sim.stats.parked = sim.layer_total(|s| s.parked);
         sim.stats.woken = sim.layer_total(|s| s.woken);
+        sim.stats.logins = sim.accounts.logins;
+        sim.stats.logouts = sim.accounts.logouts;
+        sim.stats.players_parked = sim.layer_total(|s| s.players_parked);
         let mut servers = crate::protocol::ServerStats::default();
         for node in &sim.nodes {
             crate::node::add_stats(&mut servers, &node.stats.ended);
@@ -473,7 +507,7 @@ impl Simulator {
             let s = sim.stats;
             let _ = writeln!(
                 sim.log,
-                "ok seed={} ticks={} handoffs={} adopted={} crashes={} fenced={} restarts={} partitions={} region_ops={} servers_started={} servers_retired={} hits={} parked={} woken={} commits={} stale_rejected={} mesh_restarts={} client_updates={}/{} client_glitches={} client_settled_checks={}",
+                "ok seed={} ticks={} handoffs={} adopted={} crashes={} fenced={} restarts={} partitions={} region_ops={} servers_started={} servers_retired={} hits={} parked={} woken={} commits={} stale_rejected={} mesh_restarts={} logins={} logouts={} players_parked={} client_updates={}/{} client_glitches={} client_settled_checks={}",
                 sim.cfg.seed,
                 s.ticks,
                 s.handoffs,
@@ -491,6 +525,9 @@ impl Simulator {
                 sim.layer_total(|s| s.commits),
                 sim.layer_total(|s| s.stale_rejected),
                 s.mesh_restarts,
+                s.logins,
+                s.logouts,
+                s.players_parked,
                 s.clients.updates_taken,
                 s.clients.updates_sent,
                 s.clients.glitches,
@@ -530,6 +567,7 @@ impl Simulator {
         let now = self.now_us();
         self.checker
             .check_settled(now, &self.slices(), self.servers())
+            .and_then(|()| self.accounts.check_settled(&self.slices()))
             .map_err(|e| (self.tick, format!("liveness: {e}")))
     }
 
@@ -553,6 +591,7 @@ impl Simulator {
             };
             let clients = ClientIo {
                 inputs: &mut self.clients.inputs[i],
+                sessions: &mut self.accounts.pending[i],
                 seats: &self.clients.seats,
                 view: &mut self.clients.views[i],
             };
@@ -586,12 +625,17 @@ impl Simulator {
         let crash_after = (!self.calm && self.rng.random_bool(self.plan.process_crash_per_tick))
             .then(|| self.rng.random_range(0..=self.nodes.len()));
         self.clients.before_tick(self.tick, self.calm)?;
+        if !self.calm {
+            self.accounts.before_tick();
+        }
         self.advance_all(self.tick, Step::AwaitInputs, None)?;
         self.checker.check_restored(now, &self.slices(), self.servers())?;
         self.clients.views.iter_mut().for_each(|v| *v = None);
         if self.advance_all(self.tick, Step::AwaitViews, crash_after)? {
             self.process_crash()?;
             self.clients.process_crashed();
+            let slices: Vec<&Replication> = self.nodes.iter().map(|n| n.slice()).collect();
+            self.accounts.process_crashed(&slices);
             self.stats.ticks += 1;
             self.tick = self.tick.next();
             return Ok(());

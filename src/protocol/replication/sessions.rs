@@ -58,7 +58,7 @@ impl Replication {
         }
         let (last, _) = self.sessions.get(&player).copied().unwrap_or((0, false));
         // A login opens a newer session; a logout ends the newest heard or a newer one.
-        let newer = if online { session > last } else { session >= last };
+        let newer = self.planted.sessions_out_of_order || if online { session > last } else { session >= last };
         if !newer {
             return;
         }
