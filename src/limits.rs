@@ -370,6 +370,16 @@ pub const SIM_ACCOUNT_SWITCH_PER_TICK: f64 = 0.01;
 /// that reconnects, perhaps through another core): often enough that seeds race the two.
 pub const SIM_ACCOUNT_RECONNECT: f64 = 0.3;
 
+// ---- Metrics (src/runtime/metrics.rs)
+
+/// Bytes of a scrape's request read at most (its request line and headers): a real scraper
+/// sends a few hundred; more is not a scraper.
+pub const METRICS_REQUEST_BYTES_MAX: usize = 8 << 10;
+
+/// How long a scrape may take to send its request and read the answer: the thread serves one
+/// scrape at a time, so a client that stalls holds up the next scrape by this long at most.
+pub const METRICS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 // ---- Progress of long work (src/progress.rs)
 
 /// How often long work writes a progress line where there is no terminal to draw a bar on: often

@@ -206,6 +206,11 @@ struct MeshArgs {
     /// summary gives the ticks each failover took.
     #[arg(long, value_name = "SECONDS", value_parser = positive_finite)]
     chaos_crash_every: Option<f64>,
+    /// Serve Prometheus metrics at http://ADDR/metrics while the world runs (tick durations per
+    /// core, players, entities, servers, regions, handoffs, failovers, log bytes and durable tick,
+    /// clients, bytes sent, bad packets by kind). Port 0 picks a free one, which is printed.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 impl MeshArgs {
@@ -223,6 +228,7 @@ impl MeshArgs {
             servers_max: self.servers_max,
             static_mesh: self.static_mesh,
             chaos_crash_every: self.chaos_crash_every.map(|s| Duration::from_secs_f64(s.clamp(0.01, 86_400.0))),
+            metrics: self.metrics,
             ..MeshConfig::bots(cores, players, duration)
         }
     }

@@ -159,3 +159,55 @@ fn the_static_mesh_never_changes_the_region_map() {
     assert_eq!(summary.audit_error, None);
     assert!(summary.handoffs > 0, "the world was not idle: {} handoffs", summary.handoffs);
 }
+
+/// `demo --metrics`: a scrape while the world runs parses as Prometheus text and says what runs.
+#[test]
+fn the_metrics_endpoint_serves_prometheus_text_of_the_running_world() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_shardmesh"))
+        .args(["demo", "--players", "400", "--cores", "2", "--duration", "8", "--metrics", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines().map_while(Result::ok);
+    let addr = lines
+        .find_map(|l| l.strip_prefix("metrics on http://").and_then(|a| a.split('/').next()).map(str::to_string))
+        .expect("demo says where its metrics are");
+    // Drained meanwhile, so the child never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    std::thread::sleep(Duration::from_secs(3));
+    let scrape = |path: &str| {
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    let answer = scrape("/metrics");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let scraped = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("Prometheus text");
+    let value = |name: &str| {
+        scraped.samples.iter().find(|s| s.metric == name).map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+    };
+    assert!(value("shardmesh_ticks_total").unwrap() > 30.0, "{body}");
+    assert_eq!(value("shardmesh_players"), Some(400.0), "{body}");
+    assert!(value("shardmesh_entities").unwrap() >= 400.0, "{body}");
+    assert_eq!(value("shardmesh_servers"), Some(4.0), "{body}");
+    assert!(value("shardmesh_handoffs_total").is_some(), "{body}");
+    for core in ["0", "1"] {
+        let count = scraped
+            .samples
+            .iter()
+            .find(|s| s.metric == "shardmesh_tick_duration_seconds_count" && s.labels.get("core") == Some(core));
+        assert!(count.is_some(), "core {core}'s tick histogram: {body}");
+    }
+    assert!(scrape("/elsewhere").starts_with("HTTP/1.1 404"));
+    assert!(child.wait().unwrap().success());
+}

@@ -48,6 +48,8 @@ pub struct MeshConfig {
     pub stop_signal: Option<Arc<AtomicBool>>,
     /// Accept clients over UDP (`None`: bots only).
     pub gateway: Option<GatewayConfig>,
+    /// Serve Prometheus metrics over HTTP on this address (`None`: none).
+    pub metrics: Option<std::net::SocketAddr>,
     /// A panic to inject, for tests and drills (`None` in any real run).
     pub inject_panic: Option<super::panics::InjectPanic>,
     /// Bytes of each core-to-core ring (a power of two), and of the messages queued for a peer
@@ -86,6 +88,7 @@ impl MeshConfig {
             persist: None,
             stop_signal: None,
             gateway: None,
+            metrics: None,
             inject_panic: None,
             ring_bytes: RING_BYTES,
             pending_bytes_per_peer_max: shard::PENDING_BYTES_PER_PEER_MAX,
@@ -519,6 +522,14 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
     let incarnations = Arc::new(AtomicU32::new(incarnation_floor));
     let mut logs = logs.into_iter().map(Some).collect::<Vec<_>>();
     let gauges: Vec<Arc<ShardGauges>> = (0..cores).map(|_| Arc::new(ShardGauges::default())).collect();
+    let metrics = cfg.metrics.map(|_| super::metrics::Metrics::new(gauges.clone(), cfg.tick));
+    let tick_histograms: Vec<Option<prometheus_client::metrics::histogram::Histogram>> =
+        (0..cores).map(|i| metrics.as_ref().map(|m| m.tick_histogram(i))).collect();
+    if let (Some(addr), Some(metrics)) = (cfg.metrics, metrics) {
+        let served = super::metrics::serve(addr, Arc::new(std::sync::Mutex::new(metrics)), stop.clone())
+            .map_err(|e| MeshError::Config(format!("metrics on {addr}: {e}")))?;
+        eprintln!("metrics on http://{served}/metrics (prometheus)");
+    }
     let mut handles = Vec::new();
     let first_tick = clock_offset_us / shard::game_tick_us(cfg.tick);
     let lockstep = Arc::new((0..cores).map(|_| AtomicU64::new(first_tick)).collect::<Vec<_>>());
@@ -550,6 +561,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
             stop: stop.clone(),
             incarnations: incarnations.clone(),
             gauges: gauges[i].clone(),
+            tick_histogram: tick_histograms[i].clone(),
             clock_offset_us,
             streaming: streaming.clone(),
             gateway: if gateways.is_empty() { None } else { Some(gateways.remove(0).1) },

@@ -4,6 +4,7 @@
 pub mod alloc;
 pub mod failover;
 pub mod mesh;
+pub mod metrics;
 pub mod panics;
 pub mod ring;
 pub mod shard;

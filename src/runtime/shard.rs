@@ -69,6 +69,12 @@ pub struct ShardGauges {
     /// The world's speed against real time over the last window, in millionths (0: no window
     /// closed yet): 1,000,000 while every tick keeps the schedule.
     pub time_dilation_ppm: AtomicU64,
+    /// Servers this core's slice declared dead (failovers).
+    pub failovers: AtomicU64,
+    /// Bytes of this core's log synced.
+    pub log_bytes: AtomicU64,
+    /// This core's gateway's counters, copied once a second.
+    pub gateway: std::sync::Mutex<crate::net::GatewayStats>,
 }
 
 /// What a shard with a gateway needs: its endpoints, the seats every core shares, and every
@@ -99,6 +105,8 @@ pub struct ShardSetup {
     pub bot_activity: f64,
     pub places: Arc<crate::bots::Places>,
     pub handoffs_per_tick_max: Option<usize>,
+    /// Where each tick's duration goes for `--metrics` (`None`: no metrics).
+    pub tick_histogram: Option<prometheus_client::metrics::histogram::Histogram>,
     pub seed: u64,
     pub start: Instant,
     pub stop: Arc<AtomicBool>,
@@ -568,7 +576,13 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
         }
         let g = &setup.gauges;
         window.saturating_record(took_us.max(1));
+        if let Some(h) = &setup.tick_histogram {
+            h.observe(took_us as f64 / 1e6);
+        }
         if window_began.elapsed() >= Duration::from_secs(1) {
+            if let Some(gw) = &io.gateway {
+                *g.gateway.lock().expect("not poisoned") = gw.gateway.stats;
+            }
             g.p50_us.store(window.value_at_quantile(0.5), Ordering::Relaxed);
             g.p99_us.store(window.value_at_quantile(0.99), Ordering::Relaxed);
             window.reset();
@@ -587,7 +601,9 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
         g.transfers.store(node.slice().stats.transfers_out, Ordering::Relaxed);
         if let Some(log) = &io.log {
             g.committed_tick.store(log.state.durable_tick.load(Ordering::Acquire), Ordering::Relaxed);
+            g.log_bytes.store(log.state.synced_bytes.load(Ordering::Relaxed), Ordering::Relaxed);
         }
+        g.failovers.store(node.slice().stats.servers_declared_dead, Ordering::Relaxed);
         g.checkpoint_round.store(node.slice().checkpoint_done(), Ordering::Relaxed);
         g.server_panics.store(node.stats.server_panics, Ordering::Relaxed);
         g.ticks_held_back.store(node.stats.ticks_held_back, Ordering::Relaxed);
