@@ -69,6 +69,11 @@ enum Command {
         /// The world's directory: its replication log and what it was generated from.
         #[arg(long)]
         data: std::path::PathBuf,
+        /// Take options from this TOML file: each key is one of these options' names (`hz = 60`,
+        /// `listen = "127.0.0.1:7777"`, `static = true`); one given on the command line as well
+        /// wins. An unknown key or a bad value is an error that names it.
+        #[arg(long, value_name = "FILE")]
+        config: Option<std::path::PathBuf>,
         /// Bots: on first start, the world gets this many players, which bots drive.
         #[arg(long, default_value_t = 0)]
         bots: usize,
@@ -260,8 +265,65 @@ fn positive_finite(s: &str) -> Result<f64, String> {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `serve --config FILE`: the command line with the file's options added as flags (those the
+/// command line gives win); an unknown key, a value of the wrong kind or a file that cannot be
+/// read is an error naming it.
+fn with_config(args: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString>, String> {
+    if args.get(1).and_then(|a| a.to_str()) != Some("serve") {
+        return Ok(args);
+    }
+    let given: Vec<String> = args.iter().filter_map(|a| a.to_str()).map(str::to_string).collect();
+    let path = given.iter().enumerate().find_map(|(i, a)| match a.strip_prefix("--config") {
+        Some("") => given.get(i + 1).cloned(),
+        Some(rest) => rest.strip_prefix('=').map(str::to_string),
+        None => None,
+    });
+    let Some(path) = path else { return Ok(args) };
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("config {path}: {e}"))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| format!("config {path}: {e}"))?;
+    let serve = <Cli as clap::CommandFactory>::command();
+    let serve = serve.find_subcommand("serve").expect("serve is a command");
+    let options: Vec<(String, bool)> = serve
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(|l| (l.to_string(), matches!(a.get_action(), clap::ArgAction::SetTrue))))
+        .filter(|(l, _)| l != "config" && l != "help")
+        .collect();
+    let mut out = args;
+    for (key, value) in table {
+        let flag = key.replace('_', "-");
+        let Some((_, switch)) = options.iter().find(|(l, _)| *l == flag) else {
+            let names: Vec<&str> = options.iter().map(|(l, _)| l.as_str()).collect();
+            return Err(format!("config {path}: unknown key `{key}`; serve's options are {}", names.join(", ")));
+        };
+        let on_command_line = given.iter().any(|a| *a == format!("--{flag}") || a.starts_with(&format!("--{flag}=")));
+        if on_command_line {
+            continue;
+        }
+        let value = match (&value, switch) {
+            (toml::Value::Boolean(true), true) => None,
+            (toml::Value::Boolean(false), true) => continue,
+            (_, true) => return Err(format!("config {path}: key `{key}` is a switch: true or false, not {value}")),
+            (toml::Value::String(s), false) => Some(s.clone()),
+            (toml::Value::Integer(_) | toml::Value::Float(_), false) => Some(value.to_string()),
+            (_, false) => return Err(format!("config {path}: key `{key}` takes a string or a number, not {value}")),
+        };
+        out.push(match value {
+            Some(v) => format!("--{flag}={v}").into(),
+            None => format!("--{flag}").into(),
+        });
+    }
+    Ok(out)
+}
+
 fn main() -> ExitCode {
-    match Cli::parse().command {
+    let args = match with_config(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("shardmesh: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match Cli::parse_from(args).command {
         Command::Sim { seeds, start, seed, fault_ticks, calm_ticks, threads } => {
             let base = |s| SimConfig { fault_ticks, calm_ticks, ..SimConfig::new(s) };
             match (seeds, seed) {
@@ -292,6 +354,7 @@ fn main() -> ExitCode {
         }
         Command::Serve {
             data,
+            config: _,
             bots,
             mesh,
             durability,
