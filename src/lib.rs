@@ -10,6 +10,7 @@ pub mod limits;
 pub mod log;
 pub mod net;
 pub mod node;
+pub mod profile;
 pub mod progress;
 pub mod protocol;
 pub mod runtime;

@@ -380,6 +380,13 @@ pub const METRICS_REQUEST_BYTES_MAX: usize = 8 << 10;
 /// scrape at a time, so a client that stalls holds up the next scrape by this long at most.
 pub const METRICS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
+// ---- Profiling (src/profile.rs)
+
+/// Samples a second for `--flamegraph`: a prime (so the timer does not beat with the 30 Hz tick)
+/// high enough that a 10 s run gives thousands of samples, low enough that sampling costs the
+/// run about a percent.
+pub const FLAMEGRAPH_HZ: i32 = 499;
+
 // ---- Progress of long work (src/progress.rs)
 
 /// How often long work writes a progress line where there is no terminal to draw a bar on: often

@@ -163,6 +163,9 @@ enum Command {
         /// Write the report as JSON here.
         #[arg(long)]
         json: Option<std::path::PathBuf>,
+        /// Sample the bots' process and write a flamegraph SVG here when it ends.
+        #[arg(long, value_name = "FILE")]
+        flamegraph: Option<std::path::PathBuf>,
     },
     /// Read a world's replication log.
     Log {
@@ -216,6 +219,10 @@ struct MeshArgs {
     /// clients, bytes sent, bad packets by kind). Port 0 picks a free one, which is printed.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
+    /// Sample the run in-process (no perf privileges needed) and write a flamegraph SVG here
+    /// when it ends.
+    #[arg(long, value_name = "FILE")]
+    flamegraph: Option<std::path::PathBuf>,
 }
 
 impl MeshArgs {
@@ -350,7 +357,7 @@ fn main() -> ExitCode {
                 "rush" => shardmesh::runtime::mesh::Scenario::Rush,
                 _ => shardmesh::runtime::mesh::Scenario::Bots,
             };
-            demo(cfg, mesh.json)
+            profiled(mesh.flamegraph.as_deref(), || demo(cfg, mesh.json))
         }
         Command::Serve {
             data,
@@ -410,7 +417,7 @@ fn main() -> ExitCode {
                 gateway,
                 ..mesh.config(bots, duration, Duration::from_secs(2))
             };
-            demo(cfg, mesh.json)
+            profiled(mesh.flamegraph.as_deref(), || demo(cfg, mesh.json))
         }
         Command::Token { key_file, client_id, connect, expire_secs } => {
             let key = match shardmesh::net::key::load(&key_file) {
@@ -432,7 +439,18 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Bots { connect, key_file, count, first_seat, behaviour, duration, threads, seed, json } => {
+        Command::Bots {
+            connect,
+            key_file,
+            count,
+            first_seat,
+            behaviour,
+            duration,
+            threads,
+            seed,
+            json,
+            flamegraph,
+        } => {
             let key = match std::fs::metadata(&key_file) {
                 Ok(_) => shardmesh::net::key::load_or_create(&key_file),
                 Err(e) => {
@@ -458,7 +476,7 @@ fn main() -> ExitCode {
                 seed,
                 progress: true,
             };
-            match shardmesh::net::bots::run(&cfg) {
+            profiled(flamegraph.as_deref(), || match shardmesh::net::bots::run(&cfg) {
                 Ok(report) => {
                     println!(
                         "bots={} held={} connected={} ever_connected={} never_connected={} connect_failures={} connect_ms_p50={:.1} latency_p50_ms={:.1} latency_p99_ms={:.1} updates_per_s={:.1} bytes_per_client_s={:.0} glitches={} (teleports={} vanished={} duplicates={}) dropped={} reconnects={}",
@@ -504,7 +522,7 @@ fn main() -> ExitCode {
                     eprintln!("bots failed: {e}");
                     ExitCode::FAILURE
                 }
-            }
+            })
         }
         Command::Log { command: LogCommand::Verify { dir, json } } => {
             let report = match shardmesh::log::Disk::open(&dir) {
@@ -672,6 +690,32 @@ fn sweep(start: u64, count: u64, threads: Option<usize>, config: impl Fn(u64) ->
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// Runs `run`, sampled for a flamegraph at `flamegraph` if asked: a flamegraph that could not be
+/// made fails the run, whatever it did.
+fn profiled(flamegraph: Option<&std::path::Path>, run: impl FnOnce() -> ExitCode) -> ExitCode {
+    let profile = match flamegraph.map(shardmesh::profile::Flamegraph::start).transpose() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = run();
+    match (profile, flamegraph) {
+        (Some(profile), Some(path)) => match profile.finish() {
+            Ok(samples) => {
+                eprintln!("flamegraph: {samples} samples, in {}", path.display());
+                code
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        _ => code,
     }
 }
 

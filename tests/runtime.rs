@@ -211,3 +211,25 @@ fn the_metrics_endpoint_serves_prometheus_text_of_the_running_world() {
     assert!(scrape("/elsewhere").starts_with("HTTP/1.1 404"));
     assert!(child.wait().unwrap().success());
 }
+
+/// `demo --flamegraph`: sampled in-process, the SVG names the tick's own functions.
+#[test]
+fn the_flamegraph_flag_writes_an_svg_naming_the_ticks_functions() {
+    let svg = std::env::temp_dir().join(format!("shardmesh-flamegraph-{}.svg", std::process::id()));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardmesh"))
+        .args(["demo", "--players", "2000", "--cores", "2", "--duration", "4", "--flamegraph"])
+        .arg(&svg)
+        .output()
+        .expect("the binary starts");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("flamegraph: "), "{said}");
+    let text = std::fs::read_to_string(&svg).expect("the flamegraph is written");
+    assert!(text.starts_with("<?xml") && text.contains("<svg"), "an SVG");
+    // The tick's order lives in `Node::advance` (named with or without its path, as the build's
+    // symbols have it).
+    let frames: Vec<&str> = text.split("<title>").skip(1).map(|t| t.split("</title>").next().unwrap_or("")).collect();
+    assert!(frames.iter().any(|f| f.contains("advance") && f.contains("shardmesh::")), "the node's tick is in it");
+    assert!(text.contains("samples"), "with its sample counts");
+    let _ = std::fs::remove_file(&svg);
+}
