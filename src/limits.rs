@@ -380,6 +380,16 @@ pub const METRICS_REQUEST_BYTES_MAX: usize = 8 << 10;
 /// scrape at a time, so a client that stalls holds up the next scrape by this long at most.
 pub const METRICS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
+// ---- The live map (src/runtime/map.rs)
+
+/// Ticks between a core's posts to the live map: the page redraws twice a second, so a post
+/// every half second at 30 Hz is as fresh as it can show.
+pub const MAP_PERIOD_TICKS: u64 = 15;
+
+/// Players a core shows on the map at most (thinned evenly past it): dots enough to see every
+/// crowd, few enough that a page redraws 100,000 players without stutter.
+pub const MAP_PLAYERS_PER_CORE_MAX: usize = 5_000;
+
 // ---- Profiling (src/profile.rs)
 
 /// Samples a second for `--flamegraph`: a prime (so the timer does not beat with the 30 Hz tick)

@@ -223,6 +223,10 @@ struct MeshArgs {
     /// when it ends.
     #[arg(long, value_name = "FILE")]
     flamegraph: Option<std::path::PathBuf>,
+    /// Serve a live map of the world at http://ADDR/ (its data at /map.json): containers,
+    /// regions coloured by server, servers per core with their load, players as dots.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<std::net::SocketAddr>,
 }
 
 impl MeshArgs {
@@ -241,6 +245,7 @@ impl MeshArgs {
             static_mesh: self.static_mesh,
             chaos_crash_every: self.chaos_crash_every.map(|s| Duration::from_secs_f64(s.clamp(0.01, 86_400.0))),
             metrics: self.metrics,
+            http: self.http,
             ..MeshConfig::bots(cores, players, duration)
         }
     }

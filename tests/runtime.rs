@@ -233,3 +233,71 @@ fn the_flamegraph_flag_writes_an_svg_naming_the_ticks_functions() {
     assert!(text.contains("samples"), "with its sample counts");
     let _ = std::fs::remove_file(&svg);
 }
+
+/// The headless browser the map test drives: `$CHROMIUM`, or Chromium from the system's packages
+/// (`.ci/run` installs it where it is missing).
+fn chromium() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("CHROMIUM") {
+        return path.into();
+    }
+    ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists())
+        .expect("the live map's test needs Chromium: apt-get install chromium (or set CHROMIUM)")
+}
+
+/// `demo --http`: the map's JSON says what runs, and the page, loaded in a real headless
+/// Chromium, draws the regions and the players without a console error.
+#[test]
+fn the_live_map_draws_in_a_headless_browser() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let browser = chromium();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_shardmesh"))
+        .args(["demo", "--players", "1500", "--cores", "2", "--duration", "12", "--http", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines().map_while(Result::ok);
+    let addr = lines
+        .find_map(|l| l.strip_prefix("live map on http://").and_then(|a| a.split('/').next()).map(str::to_string))
+        .expect("demo says where its map is");
+    std::thread::spawn(move || lines.for_each(drop));
+    std::thread::sleep(Duration::from_secs(3));
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    write!(stream, "GET /map.json HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let map: serde_json::Value = serde_json::from_str(body).expect("JSON");
+    assert!(map["regions"].as_array().unwrap().len() >= 4, "{map}");
+    assert!(map["containers"].as_array().unwrap().iter().any(|c| c["kind"] == "room"), "{map}");
+    let cores = map["cores"].as_array().unwrap();
+    assert_eq!(cores.len(), 2);
+    let players: u64 = cores.iter().map(|c| c["players_total"].as_u64().unwrap()).sum();
+    assert!(players >= 1400, "{players} players on the map");
+
+    let profile = std::env::temp_dir().join(format!("shardmesh-chromium-{}", std::process::id()));
+    let out = std::process::Command::new(&browser)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=3000"])
+        .args(["--enable-logging=stderr", "--v=0", "--dump-dom"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("http://{addr}/"))
+        .output()
+        .expect("Chromium starts");
+    let _ = std::fs::remove_dir_all(&profile);
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let log = String::from_utf8_lossy(&out.stderr);
+    let drawn = |what: &str| -> u64 {
+        let key = format!("data-{what}=\"");
+        let at = dom.find(&key).unwrap_or_else(|| panic!("the page never drew ({what}): {dom}\n{log}"));
+        dom[at + key.len()..].split('"').next().unwrap().parse().unwrap()
+    };
+    assert!(drawn("regions") >= 4, "{dom}");
+    assert!(drawn("players") >= 1000, "{dom}");
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("CONSOLE") || l.contains("Uncaught")).collect();
+    assert!(errors.is_empty(), "the page logged: {errors:?}");
+    assert!(child.wait().unwrap().success());
+}

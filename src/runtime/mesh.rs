@@ -50,6 +50,8 @@ pub struct MeshConfig {
     pub gateway: Option<GatewayConfig>,
     /// Serve Prometheus metrics over HTTP on this address (`None`: none).
     pub metrics: Option<std::net::SocketAddr>,
+    /// Serve the live map over HTTP on this address (`None`: none).
+    pub http: Option<std::net::SocketAddr>,
     /// A panic to inject, for tests and drills (`None` in any real run).
     pub inject_panic: Option<super::panics::InjectPanic>,
     /// Bytes of each core-to-core ring (a power of two), and of the messages queued for a peer
@@ -89,6 +91,7 @@ impl MeshConfig {
             stop_signal: None,
             gateway: None,
             metrics: None,
+            http: None,
             inject_panic: None,
             ring_bytes: RING_BYTES,
             pending_bytes_per_peer_max: shard::PENDING_BYTES_PER_PEER_MAX,
@@ -405,6 +408,9 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
         None => WorldMeta { seed: cfg.seed, players: cfg.players },
     };
     let mut streaming = None;
+    // What the live map draws: the world's bounds and containers.
+    let mut containers: Vec<(ContainerKind, String, Aabb)> = Vec::new();
+    let mut world_bounds = Aabb::new(glam::Vec3::ZERO, glam::Vec3::ONE);
     let (map, entities) = match cfg.scenario {
         Scenario::Bots | Scenario::Tavern | Scenario::Rush => {
             // A rush must reach the tavern within the run: a world a player crosses in 30 s.
@@ -414,6 +420,8 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
                 world_for(meta.players, meta.seed)
             };
             streaming = Some(Arc::new(StreamIndex::new(tree.clone())));
+            world_bounds = tree.bounds();
+            containers = tree.containers.iter().map(|c| (c.kind, c.name.clone(), c.bounds)).collect();
             places.cities = tree.of_kind(ContainerKind::City).map(|c| c.bounds.center()).collect();
             places.rally = places.cities.first().copied().unwrap_or_else(|| tree.bounds().center());
             let mut counts = Population {
@@ -526,9 +534,21 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
     let tick_histograms: Vec<Option<prometheus_client::metrics::histogram::Histogram>> =
         (0..cores).map(|i| metrics.as_ref().map(|m| m.tick_histogram(i))).collect();
     if let (Some(addr), Some(metrics)) = (cfg.metrics, metrics) {
-        let served = super::metrics::serve(addr, Arc::new(std::sync::Mutex::new(metrics)), stop.clone())
+        let served = super::metrics::serve(addr, super::metrics::routes(metrics), stop.clone())
             .map_err(|e| MeshError::Config(format!("metrics on {addr}: {e}")))?;
         eprintln!("metrics on http://{served}/metrics (prometheus)");
+    }
+    let map_board = cfg.http.map(|_| Arc::new(super::map::MapBoard::new(cores, world_bounds, containers.clone())));
+    if let (Some(addr), Some(board)) = (cfg.http, map_board.clone()) {
+        let gauges = gauges.clone();
+        let routes: super::metrics::Routes = Arc::new(move |path| match path {
+            "/" | "/index.html" => Some(("text/html; charset=utf-8", super::map::PAGE.to_string())),
+            "/map.json" => Some(("application/json", board.json(&gauges))),
+            _ => None,
+        });
+        let served = super::metrics::serve(addr, routes, stop.clone())
+            .map_err(|e| MeshError::Config(format!("http on {addr}: {e}")))?;
+        eprintln!("live map on http://{served}/ (its data at /map.json)");
     }
     let mut handles = Vec::new();
     let first_tick = clock_offset_us / shard::game_tick_us(cfg.tick);
@@ -562,6 +582,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
             incarnations: incarnations.clone(),
             gauges: gauges[i].clone(),
             tick_histogram: tick_histograms[i].clone(),
+            map: map_board.clone(),
             clock_offset_us,
             streaming: streaming.clone(),
             gateway: if gateways.is_empty() { None } else { Some(gateways.remove(0).1) },

@@ -227,21 +227,36 @@ fn core_label(core: usize) -> Labels {
     vec![("core".into(), core.to_string())]
 }
 
-/// Serves `metrics` at `http://ADDR/metrics` until `stop`; returns the address it is bound to.
-pub fn serve(addr: SocketAddr, metrics: Arc<Mutex<Metrics>>, stop: Arc<AtomicBool>) -> std::io::Result<SocketAddr> {
+/// What a path is answered with: its content type and body (`None`: not found).
+pub type Routes = Arc<dyn Fn(&str) -> Option<(&'static str, String)> + Send + Sync>;
+
+/// The routes of `--metrics`: `/metrics`, the metrics as Prometheus text.
+pub fn routes(metrics: Metrics) -> Routes {
+    let metrics = Mutex::new(metrics);
+    Arc::new(move |path| {
+        (path == "/metrics").then(|| {
+            let text = metrics.lock().expect("no scrape panics holding it").render();
+            ("application/openmetrics-text; version=1.0.0; charset=utf-8", text)
+        })
+    })
+}
+
+/// Serves `routes` over HTTP on `addr` until `stop`, from a thread of its own, one request at a
+/// time; returns the address it is bound to.
+pub fn serve(addr: SocketAddr, routes: Routes, stop: Arc<AtomicBool>) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
-    std::thread::Builder::new().name("metrics".into()).spawn(move || {
+    std::thread::Builder::new().name(format!("http-{}", bound.port())).spawn(move || {
         while !stop.load(Ordering::Relaxed) {
             match listener.accept() {
                 Ok((stream, _)) => {
-                    // A scraper that misbehaves costs its own connection, nothing else.
-                    let _ = answer(stream, &metrics);
+                    // A client that misbehaves costs its own connection, nothing else.
+                    let _ = answer(stream, &routes);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
                 Err(e) => {
-                    eprintln!("metrics: accept failed: {e}");
+                    eprintln!("http on {bound}: accept failed: {e}");
                     std::thread::sleep(Duration::from_millis(200));
                 }
             }
@@ -250,8 +265,8 @@ pub fn serve(addr: SocketAddr, metrics: Arc<Mutex<Metrics>>, stop: Arc<AtomicBoo
     Ok(bound)
 }
 
-/// One request: `GET /metrics` is answered with the metrics, anything else with an error.
-fn answer(stream: TcpStream, metrics: &Mutex<Metrics>) -> std::io::Result<()> {
+/// One request: a `GET` of a known path is answered with it, anything else with an error.
+fn answer(stream: TcpStream, routes: &Routes) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(METRICS_TIMEOUT))?;
     stream.set_write_timeout(Some(METRICS_TIMEOUT))?;
@@ -264,20 +279,20 @@ fn answer(stream: TcpStream, metrics: &Mutex<Metrics>) -> std::io::Result<()> {
         line.clear();
     }
     let mut parts = request_line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, kind, body) = match (method, path) {
-        ("GET", "/metrics") => (
-            "200 OK",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.lock().expect("no scrape panics holding it").render(),
-        ),
-        ("GET", _) => ("404 Not Found", "text/plain; charset=utf-8", String::from("the metrics are at /metrics\n")),
-        _ => ("405 Method Not Allowed", "text/plain; charset=utf-8", String::from("GET /metrics\n")),
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let text = "text/plain; charset=utf-8";
+    let (status, kind, body) = match method {
+        "GET" => match routes(path) {
+            Some((kind, body)) => ("200 OK", kind, body),
+            None => ("404 Not Found", text, format!("nothing at {path}\n")),
+        },
+        _ => ("405 Method Not Allowed", text, String::from("only GET\n")),
     };
     let mut stream = stream;
     write!(
         stream,
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
     stream.flush()

@@ -3,6 +3,7 @@
 
 pub mod alloc;
 pub mod failover;
+pub mod map;
 pub mod mesh;
 pub mod metrics;
 pub mod panics;

@@ -69,6 +69,9 @@ pub struct ShardGauges {
     /// The world's speed against real time over the last window, in millionths (0: no window
     /// closed yet): 1,000,000 while every tick keeps the schedule.
     pub time_dilation_ppm: AtomicU64,
+    /// This core's servers and slice at work over the last second, as a share of the tick's
+    /// budget, in millionths.
+    pub work_share_ppm: AtomicU64,
     /// Servers this core's slice declared dead (failovers).
     pub failovers: AtomicU64,
     /// Bytes of this core's log synced.
@@ -105,6 +108,8 @@ pub struct ShardSetup {
     pub bot_activity: f64,
     pub places: Arc<crate::bots::Places>,
     pub handoffs_per_tick_max: Option<usize>,
+    /// Where this core posts its part of the live map (`--http`; `None`: no map).
+    pub map: Option<Arc<super::map::MapBoard>>,
     /// Where each tick's duration goes for `--metrics` (`None`: no metrics).
     pub tick_histogram: Option<prometheus_client::metrics::histogram::Histogram>,
     pub seed: u64,
@@ -306,6 +311,43 @@ impl ShardIo {
     }
 }
 
+/// Ticks between a core's posts to the live map.
+const MAP_PERIOD_TICKS: u64 = crate::limits::MAP_PERIOD_TICKS;
+
+/// This core's part of the live map: its servers, its players (thinned past a bound), and the
+/// region map if it is the controller's.
+fn post_map(board: &super::map::MapBoard, core: usize, tick: Tick, node: &Node) {
+    use super::map::{xy, MapRegion, MapServer};
+    let servers = node.servers().map(|s| MapServer { id: s.id().0, entities: s.held().len() }).collect();
+    let players: Vec<[f32; 2]> = node
+        .servers()
+        .flat_map(|s| s.held().values())
+        .filter(|h| h.state.kind == crate::world::EntityKind::Player)
+        .map(|h| xy(h.state.pos()))
+        .collect();
+    let total = players.len();
+    let every = total.div_ceil(crate::limits::MAP_PLAYERS_PER_CORE_MAX).max(1);
+    let regions = if core == 0 {
+        let region = |r: &crate::world::Region| MapRegion {
+            id: r.id.0,
+            min: xy(r.bounds.min()),
+            max: xy(r.bounds.max()),
+            server: r.server.map(|s| s.0),
+        };
+        node.slice().map().regions().iter().map(region).collect()
+    } else {
+        Vec::new()
+    };
+    let map = super::map::CoreMap {
+        tick: tick.get(),
+        servers,
+        players: players.into_iter().step_by(every).collect(),
+        players_total: total,
+        regions,
+    };
+    *board.cores[core].lock().expect("no request panics holding it") = map;
+}
+
 /// Game time a tick is at the wall-clock tick `tick`: the same, so the world moves at the same
 /// speed whatever the rate; a free-running schedule (zero) runs ticks of the default length.
 pub fn game_tick_us(tick: Duration) -> u64 {
@@ -439,6 +481,8 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
     let mut window = hist.clone();
     let mut window_began = Instant::now();
+    // The work and ticks counted when the window began, for the window's share of work.
+    let (mut window_work_us, mut window_ticks) = (0u64, 0u64);
     let mut dilation = Dilation::new();
     // The last tick run: settling and the last commit happen at its game time, not the wall's
     // (a world that ran slower than real time is behind the wall clock).
@@ -583,6 +627,12 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
             if let Some(gw) = &io.gateway {
                 *g.gateway.lock().expect("not poisoned") = gw.gateway.stats;
             }
+            let (work, ticks) = (g.work_us.load(Ordering::Relaxed), g.ticks.load(Ordering::Relaxed));
+            let budget = ticks.saturating_sub(window_ticks).saturating_mul(budget_us);
+            if let Some(ppm) = work.saturating_sub(window_work_us).saturating_mul(1_000_000).checked_div(budget) {
+                g.work_share_ppm.store(ppm, Ordering::Relaxed);
+            }
+            (window_work_us, window_ticks) = (work, ticks);
             g.p50_us.store(window.value_at_quantile(0.5), Ordering::Relaxed);
             g.p99_us.store(window.value_at_quantile(0.99), Ordering::Relaxed);
             window.reset();
@@ -617,6 +667,9 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
         g.regions.store(node.slice().map().regions().len() as u64, Ordering::Relaxed);
         if let Some(gw) = &io.gateway {
             g.clients.store(gw.gateway.stats.connected, Ordering::Relaxed);
+        }
+        if let Some(board) = setup.map.as_ref().filter(|_| tick.is_every(MAP_PERIOD_TICKS)) {
+            post_map(board, setup.index, tick, &node);
         }
         if took_us > budget_us && warm && budget_us > 0 {
             stalls += 1;
