@@ -196,8 +196,10 @@ fn the_metrics_endpoint_serves_prometheus_text_of_the_running_world() {
             _ => f64::NAN,
         })
     };
-    assert!(value("shardmesh_ticks_total").unwrap() > 30.0, "{body}");
-    assert_eq!(value("shardmesh_players"), Some(400.0), "{body}");
+    assert!(value("shardmesh_ticks_total").unwrap() > 0.0, "{body}");
+    // Held by servers now: a player between servers at the scrape is held by none.
+    let players = value("shardmesh_players").unwrap();
+    assert!((350.0..=400.0).contains(&players), "{body}");
     assert!(value("shardmesh_entities").unwrap() >= 400.0, "{body}");
     assert_eq!(value("shardmesh_servers"), Some(4.0), "{body}");
     assert!(value("shardmesh_handoffs_total").is_some(), "{body}");

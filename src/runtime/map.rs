@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use super::shard::ShardGauges;
-use crate::world::{Aabb, ContainerKind};
+use crate::world::{Aabb, ContainerKind, Tick};
 
 /// The page: a canvas and the script that draws `/map.json` on it.
 pub const PAGE: &str = include_str!("map.html");
@@ -19,7 +19,7 @@ pub const PAGE: &str = include_str!("map.html");
 /// One core's part of the map, as its shard last posted it.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct CoreMap {
-    pub tick: u64,
+    pub tick: Tick,
     pub servers: Vec<MapServer>,
     /// Players' positions (x, y), every one up to `MAP_PLAYERS_PER_CORE_MAX`, evenly thinned past it.
     pub players: Vec<[f32; 2]>,

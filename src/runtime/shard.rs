@@ -339,7 +339,7 @@ fn post_map(board: &super::map::MapBoard, core: usize, tick: Tick, node: &Node) 
         Vec::new()
     };
     let map = super::map::CoreMap {
-        tick: tick.get(),
+        tick,
         servers,
         players: players.into_iter().step_by(every).collect(),
         players_total: total,
