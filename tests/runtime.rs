@@ -160,30 +160,42 @@ fn the_static_mesh_never_changes_the_region_map() {
     assert!(summary.handoffs > 0, "the world was not idle: {} handoffs", summary.handoffs);
 }
 
-/// `demo --metrics`: a scrape while the world runs parses as Prometheus text and says what runs.
-#[test]
-fn the_metrics_endpoint_serves_prometheus_text_of_the_running_world() {
-    use std::io::{BufRead, BufReader, Read, Write};
+/// `demo` with `args`, and the address it says it serves on in the line beginning `announces`
+/// (its stderr drained meanwhile, so it never blocks on a full pipe).
+fn demo_serving(args: &[&str], announces: &'static str) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_shardmesh"))
-        .args(["demo", "--players", "400", "--cores", "2", "--duration", "8", "--metrics", "127.0.0.1:0"])
+        .arg("demo")
+        .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("the binary starts");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines().map_while(Result::ok);
     let addr = lines
-        .find_map(|l| l.strip_prefix("metrics on http://").and_then(|a| a.split('/').next()).map(str::to_string))
-        .expect("demo says where its metrics are");
-    // Drained meanwhile, so the child never blocks on a full pipe.
+        .find_map(|l| l.strip_prefix(announces).and_then(|a| a.split('/').next()).map(str::to_string))
+        .unwrap_or_else(|| panic!("demo never said `{announces}`"));
     std::thread::spawn(move || lines.for_each(drop));
+    (child, addr)
+}
+
+/// `GET path` from `addr`: the whole answer, head and body.
+fn get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+/// `demo --metrics`: a scrape while the world runs parses as Prometheus text and says what runs.
+#[test]
+fn the_metrics_endpoint_serves_prometheus_text_of_the_running_world() {
+    let args = ["--players", "400", "--cores", "2", "--duration", "8", "--metrics", "127.0.0.1:0"];
+    let (mut child, addr) = demo_serving(&args, "metrics on http://");
     std::thread::sleep(Duration::from_secs(3));
-    let scrape = |path: &str| {
-        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).unwrap();
-        answer
-    };
+    let scrape = |path: &str| get(&addr, path);
     let answer = scrape("/metrics");
     let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
@@ -253,24 +265,11 @@ fn chromium() -> std::path::PathBuf {
 /// Chromium, draws the regions and the players without a console error.
 #[test]
 fn the_live_map_draws_in_a_headless_browser() {
-    use std::io::{BufRead, BufReader, Read, Write};
     let browser = chromium();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_shardmesh"))
-        .args(["demo", "--players", "1500", "--cores", "2", "--duration", "12", "--http", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("the binary starts");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines().map_while(Result::ok);
-    let addr = lines
-        .find_map(|l| l.strip_prefix("live map on http://").and_then(|a| a.split('/').next()).map(str::to_string))
-        .expect("demo says where its map is");
-    std::thread::spawn(move || lines.for_each(drop));
+    let args = ["--players", "1500", "--cores", "2", "--duration", "12", "--http", "127.0.0.1:0"];
+    let (mut child, addr) = demo_serving(&args, "live map on http://");
     std::thread::sleep(Duration::from_secs(3));
-    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-    write!(stream, "GET /map.json HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
+    let answer = get(&addr, "/map.json");
     let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let map: serde_json::Value = serde_json::from_str(body).expect("JSON");

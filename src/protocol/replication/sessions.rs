@@ -90,14 +90,7 @@ impl Replication {
     /// Parks a logged-out player's subtree: no server has authority over it (a fresh epoch
     /// makes any late write by its last holder stale) until its account logs in.
     pub(super) fn log_off(&mut self, root: EntityId) {
-        let epoch = self.fresh_epoch();
-        for id in self.forest.subtree(root) {
-            let record = self.records.get_mut(&id).expect("subtree entities exist");
-            record.authority = None;
-            record.epoch = epoch;
-            record.committed_epoch = epoch;
-        }
-        self.orphans.remove(&root);
+        self.hold_by_none(root);
         self.offline.insert(root);
         self.stats.players_parked += 1;
     }

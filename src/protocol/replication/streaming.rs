@@ -67,6 +67,15 @@ impl Replication {
     /// fresh epoch makes any late write by its last holder stale) until one loads its container.
     pub(super) fn park(&mut self, root: EntityId) {
         let index = self.streaming.clone().expect("parking needs streaming");
+        self.hold_by_none(root);
+        let container = index.locate(self.records[&root].state.pos());
+        self.dormant.entry(container).or_default().insert(root);
+        self.stats.parked += 1;
+    }
+
+    /// Takes `root`'s subtree from whoever held it, under a fresh epoch (a late write by its last
+    /// holder is stale), and from the orphans: held by no server, by design, until it is placed.
+    pub(super) fn hold_by_none(&mut self, root: EntityId) {
         let epoch = self.fresh_epoch();
         for id in self.forest.subtree(root) {
             let record = self.records.get_mut(&id).expect("subtree entities exist");
@@ -75,9 +84,6 @@ impl Replication {
             record.committed_epoch = epoch;
         }
         self.orphans.remove(&root);
-        let container = index.locate(self.records[&root].state.pos());
-        self.dormant.entry(container).or_default().insert(root);
-        self.stats.parked += 1;
     }
 
     pub(super) fn wake(&mut self, root: EntityId, container: ContainerId) {
