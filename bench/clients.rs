@@ -16,8 +16,11 @@
 use std::time::Duration;
 
 use serve::{bots, read_json, serve_listening};
+use side_by_side::write_json;
 
 mod serve;
+#[allow(dead_code)]
+mod side_by_side;
 
 const BIN: &str = env!("CARGO_BIN_EXE_shardmesh");
 
@@ -76,12 +79,14 @@ fn main() {
     let all: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let mut bins = Vec::new();
     let mut rounds = 1;
+    let mut json_path = "target/bench-clients.json".to_string();
     let mut args = Vec::new();
     let mut it = all.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--bin" => bins.extend(it.next().cloned()),
             "--rounds" => rounds = it.next().and_then(|r| r.parse().ok()).unwrap_or(1),
+            "--json" => json_path = it.next().cloned().unwrap_or(json_path),
             _ if a.starts_with('-') => {}
             _ => args.push(a.clone()),
         }
@@ -96,6 +101,8 @@ fn main() {
     }
     println!("clients over loopback UDP, {secs} s a trial, bots wandering, server and bots on this machine:");
     let mut held = vec![0; bins.len()];
+    let (mut trials, mut latency) = (Vec::new(), Vec::new());
+    let progress = shardmesh::progress::Progress::new("trials", (counts.len() * rounds * bins.len()) as u64);
     for count in counts {
         for _ in 0..rounds {
             for (b, bin) in bins.iter().enumerate() {
@@ -110,6 +117,29 @@ fn main() {
                     && s["audit_error"].is_null();
                 if ok {
                     held[b] = held[b].max(count);
+                }
+                progress.advance(!ok);
+                trials.push(serde_json::json!({
+                    "binary": b,
+                    "bots": count,
+                    "connected": connected,
+                    "latency_p50_ms": f(r, "latency_p50_ms"),
+                    "latency_p99_ms": f(r, "latency_p99_ms"),
+                    "updates_per_s": f(r, "updates_per_s"),
+                    "bytes_per_client_s": f(r, "bytes_per_client_s"),
+                    "glitches": r["glitches"],
+                    "server_tick_p99_ms": f(s, "tick_p99_ms"),
+                    "cpu_server_cores": t.cpu.0,
+                    "cpu_bots_cores": t.cpu.1,
+                    "held": ok,
+                }));
+                for point in r["latency_distribution"].as_array().into_iter().flatten() {
+                    latency.push(serde_json::json!({
+                        "binary": b,
+                        "bots": count,
+                        "quantile": point["quantile"],
+                        "ms": point["ms"],
+                    }));
                 }
                 let which = if bins.len() > 1 { format!("bin={b} ") } else { String::new() };
                 // Which kind, when there were any.
@@ -133,9 +163,27 @@ fn main() {
             }
         }
     }
+    progress.finish();
     for (b, bin) in bins.iter().enumerate() {
         let which = if bins.len() > 1 { format!(" (bin={b}: {bin})") } else { String::new() };
         println!("most bots held at 30 Hz with latency p99 under 100 ms{which}: {}", held[b]);
     }
-    println!("reproduce: cargo bench --bench clients -- {}", all.join(" "));
+    let command = format!("cargo bench --bench clients -- {}", all.join(" "));
+    let bins_json: Vec<serde_json::Value> = bins
+        .iter()
+        .enumerate()
+        .map(|(b, bin)| serde_json::json!({"binary": b, "path": bin, "most_bots_held": held[b]}))
+        .collect();
+    write_json(
+        &json_path,
+        &serde_json::json!({
+            "bench": "clients",
+            "command": command,
+            "seconds": secs,
+            "binaries": bins_json,
+            "trials": trials,
+            "latency_distribution": latency,
+        }),
+    );
+    println!("reproduce: {command}");
 }

@@ -63,8 +63,12 @@ fn main() {
         secs * 0.6,
         servers_max_per_core
     );
+    let progress = shardmesh::progress::Progress::new("runs", 2);
     let dynamic = trial(cores, players, secs, Some(cores * servers_max_per_core));
+    progress.advance(!clean(&dynamic));
     let fixed = trial(cores, players, secs, None);
+    progress.advance(!clean(&fixed));
+    progress.finish();
     println!(
         "{:>5} {:<7} | {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>5} {:>8} {:>8} | {:>5} {:>8} {:>8}",
         "t (s)",
@@ -132,13 +136,14 @@ fn main() {
             if clean(s) { "clean" } else { "FAILED" }
         );
     }
+    let command = format!(
+        "cargo bench --bench crowd -- {secs} --players {players} --cores {cores} --servers-max-per-core {servers_max_per_core}"
+    );
     write_json(
         &json_path,
-        &json!({"bench": "crowd", "seconds": secs, "players": players, "cores": cores, "servers_max_per_core": servers_max_per_core, "dynamic": dynamic, "static": fixed}),
+        &json!({"bench": "crowd", "command": command, "seconds": secs, "players": players, "cores": cores, "servers_max_per_core": servers_max_per_core, "dynamic": dynamic, "static": fixed}),
     );
-    println!(
-        "reproduce: cargo bench --bench crowd -- {secs} --players {players} --cores {cores} --servers-max-per-core {servers_max_per_core}"
-    );
+    println!("reproduce: {command}");
     if !clean(&dynamic) || !clean(&fixed) {
         println!("FAILED: an audit was not clean, or a run recorded nothing");
         std::process::exit(1);

@@ -88,13 +88,30 @@ fn main() {
         "  target no client disconnected, no glitch: {}",
         met(disconnects == 0.0 && reconnects == 0.0 && glitches == 0.0)
     );
+    let command =
+        format!("cargo bench --bench failover -- {secs} --players {players} --every {every} --clients {clients}");
+    // Each finished failover by the order it finished in, and the clients' latency distribution,
+    // as lists the report plots.
+    let failovers: Vec<serde_json::Value> = summary["failover_ticks"]
+        .as_array()
+        .map(|t| t.iter().enumerate().map(|(i, ticks)| json!({"failover": i + 1, "ticks": ticks})).collect())
+        .unwrap_or_default();
     write_json(
         &json_path,
-        &json!({ "players": players, "clients": clients, "every_s": every, "secs": secs, "serve": summary, "bots": report }),
+        &json!({
+            "bench": "failover",
+            "command": command,
+            "players": players,
+            "clients": clients,
+            "every_s": every,
+            "secs": secs,
+            "failovers": failovers,
+            "latency_distribution": report["latency_distribution"],
+            "serve": summary,
+            "bots": report,
+        }),
     );
-    println!(
-        "reproduce: cargo bench --bench failover -- {secs} --players {players} --every {every} --clients {clients}"
-    );
+    println!("reproduce: {command}");
     let measured = crashes >= 1.0 && p99.is_finite();
     let broken = !serve_status.success() || !summary["audit_error"].is_null();
     let _ = std::fs::remove_dir_all(&dir);

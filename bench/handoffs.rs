@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use shardmesh::runtime::mesh::{run, MeshConfig, Scenario};
 use side_by_side::{median, run_binary, write_json};
 
+#[allow(dead_code)]
 mod side_by_side;
 
 // The allocator the shardmesh binary runs with, so the figures are the binary's.
@@ -133,12 +134,15 @@ fn main() {
     let mut any_failed = false;
     if a.against.is_empty() {
         println!("handoffs: 2 cores, 1 server each, ticks back to back, {} s per run", a.secs);
+        let progress = shardmesh::progress::Progress::new("runs", a.runners.len() as u64);
         for &runners in &a.runners {
             let v = measure(runners, a.secs);
             println!("{}", line("", &v));
             any_failed |= failed(&v);
+            progress.advance(failed(&v));
             results.push(v);
         }
+        progress.finish();
     } else {
         let this = std::env::current_exe().expect("this binary's path").display().to_string();
         let bins: Vec<String> = std::iter::once(this).chain(a.against.iter().cloned()).collect();
@@ -152,6 +156,7 @@ fn main() {
             println!("  build {i}: {b}");
         }
         let mut runs: Vec<(usize, usize, Value)> = Vec::new();
+        let progress = shardmesh::progress::Progress::new("runs", (a.rounds * a.runners.len() * bins.len()) as u64);
         for round in 0..a.rounds {
             for &runners in &a.runners {
                 // Each round starts with a different build, so none always runs first.
@@ -161,16 +166,19 @@ fn main() {
                         Ok(v) => {
                             println!("{}", line(&format!("round {round} build {i} "), &v));
                             any_failed |= failed(&v);
+                            progress.advance(failed(&v));
                             runs.push((i, runners, v));
                         }
                         Err(e) => {
                             println!("  round {round} build {i} runners={runners}: FAILED: {e}");
                             any_failed = true;
+                            progress.advance(true);
                         }
                     }
                 }
             }
         }
+        progress.finish();
         println!("medians (M handoffs/s):");
         for &runners in &a.runners {
             let mut row = format!("  runners={runners:<6}");
@@ -189,14 +197,15 @@ fn main() {
             println!("{row}");
         }
     }
-    let out = json!({ "bench": "handoffs", "seconds": a.secs, "results": results });
-    write_json(&a.json, &out);
     let runners: Vec<String> = a.runners.iter().map(|r| r.to_string()).collect();
     let mut against: String = a.against.iter().map(|b| format!(" --against {b}")).collect();
     if !a.against.is_empty() {
         against += &format!(" --rounds {}", a.rounds);
     }
-    println!("reproduce: cargo bench --bench handoffs -- {} --runners {}{against}", a.secs, runners.join(","));
+    let command = format!("cargo bench --bench handoffs -- {} --runners {}{against}", a.secs, runners.join(","));
+    let out = json!({ "bench": "handoffs", "command": command, "seconds": a.secs, "results": results });
+    write_json(&a.json, &out);
+    println!("reproduce: {command}");
     if any_failed {
         println!("FAILED: a run handed nothing off, lost or duplicated entities, or did not run");
         std::process::exit(1);

@@ -20,6 +20,10 @@ use glam::Vec3;
 use shardmesh::log::{self as smlog, format, Batch, Disk, Durability, LogOp, OpenOptions, SliceLog};
 use shardmesh::protocol::Committed;
 use shardmesh::world::{Aabb, EntityId, EntityKind, EntityState, RegionMap};
+use side_by_side::{json_path, write_json};
+
+#[allow(dead_code)]
+mod side_by_side;
 
 const PUTS_PER_TICK: u32 = 1_000;
 
@@ -164,7 +168,7 @@ fn main() {
     let root = args
         .iter()
         .enumerate()
-        .find(|(i, a)| !a.starts_with('-') && (*i == 0 || args[i - 1] != "--only"))
+        .find(|(i, a)| !a.starts_with('-') && (*i == 0 || !matches!(args[i - 1].as_str(), "--only" | "--json")))
         .map(|(_, a)| std::path::PathBuf::from(a))
         .unwrap_or_else(|| std::env::temp_dir().join("shardmesh-log-bench"));
     std::fs::create_dir_all(&root).expect("bench directory");
@@ -176,26 +180,39 @@ fn main() {
         sample / PUTS_PER_TICK as usize
     );
 
+    let mut json = serde_json::json!({"bench": "log", "writes_per_tick": PUTS_PER_TICK, "bytes_per_tick": sample});
     if part("append") {
-        append_part(&root);
+        json["append"] = append_part(&root).into();
     }
     if part("latency") {
-        latency_part(&root);
+        json["commit_latency"] = latency_part(&root).into();
     }
     if part("recovery") {
-        recovery_part(&root);
+        json["recovery"] = recovery_part(&root).into();
     }
-    println!("reproduce: cargo bench --bench log -- {}", root.display());
+    let command = format!(
+        "cargo bench --bench log -- {}{}",
+        root.display(),
+        only.map_or(String::new(), |o| format!(" --only {o}"))
+    );
+    json["command"] = command.clone().into();
+    write_json(&json_path("log"), &json);
+    println!("reproduce: {command}");
 }
 
-fn append_part(root: &std::path::Path) {
+/// Each run's throughput, the log's and the plain write's, as rows for the report.
+fn append_part(root: &std::path::Path) -> Vec<serde_json::Value> {
     const RUNS: usize = 6;
+    let mut rows = Vec::new();
     println!("append vs plain write of the same bytes ({RUNS} runs of 2,000 ticks, each ending in a sync):");
     let mut ratios = Vec::new();
     for run in 0..RUNS {
         let (log_mbs, plain_mbs, stalls) = append_vs_write(root, 2_000, run % 2 == 0);
         ratios.push(log_mbs / plain_mbs);
         let first = if run % 2 == 0 { "log" } else { "plain" };
+        for (writer, mb_per_s) in [("log", log_mbs), ("plain write", plain_mbs)] {
+            rows.push(serde_json::json!({"run": run, "writer": writer, "mb_per_s": mb_per_s, "first": first}));
+        }
         println!(
             "  run {run} ({first} first): log {log_mbs:.0} MB/s, plain write {plain_mbs:.0} MB/s, log/plain {:.2}, appends over 1 ms: {stalls}",
             log_mbs / plain_mbs
@@ -204,9 +221,11 @@ fn append_part(root: &std::path::Path) {
     ratios.sort_by(f64::total_cmp);
     let median = (ratios[RUNS / 2 - 1] + ratios[RUNS / 2]) / 2.0;
     println!("  median log/plain: {median:.2}");
+    rows
 }
 
-fn latency_part(root: &std::path::Path) {
+fn latency_part(root: &std::path::Path) -> Vec<serde_json::Value> {
+    let mut rows = Vec::new();
     println!("commit latency at 30 Hz, 6 s per mode (append to durable):");
     for (name, mode) in [
         ("tick", Durability::EveryTick),
@@ -215,13 +234,18 @@ fn latency_part(root: &std::path::Path) {
     ] {
         let (p50, p99, max, n) = commit_latency(root, mode, 6.0);
         println!("  {name:<6} p50 {p50:>7.3} ms  p99 {p99:>7.3} ms  max {max:>7.3} ms  ({n} ticks)");
+        rows.push(serde_json::json!({"durability": name, "p50_ms": p50, "p99_ms": p99, "max_ms": max, "ticks": n}));
     }
+    rows
 }
 
-fn recovery_part(root: &std::path::Path) {
+fn recovery_part(root: &std::path::Path) -> Vec<serde_json::Value> {
+    let mut rows = Vec::new();
     println!("recovery (checkpoint of N entities plus a tail of 300 ticks x {PUTS_PER_TICK} writes):");
     for world in [100_000u32, 1_000_000] {
         let (n, s, rate) = recovery(root, world, 300);
         println!("  {n} entities in {:.3} s: {:.2} M entities/s", s, rate / 1e6);
+        rows.push(serde_json::json!({"entities": n, "seconds": s, "m_entities_per_s": rate / 1e6}));
     }
+    rows
 }

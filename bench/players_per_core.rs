@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use shardmesh::runtime::mesh::{run, MeshConfig, MeshSummary};
 use side_by_side::{median, run_binary, write_json};
 
+#[allow(dead_code)]
 mod side_by_side;
 
 const BUDGET_MS: f64 = 33.0;
@@ -57,9 +58,28 @@ fn trial_json(cores: usize, players: usize, secs: f64) -> Value {
     })
 }
 
-fn trial(cores: usize, players: usize, secs: f64) -> (bool, f64, f64) {
+/// The search's trials, as JSON rows, and its progress.
+struct Trials {
+    rows: Vec<Value>,
+    progress: shardmesh::progress::Progress,
+}
+
+/// One trial of the search, printed and recorded in `trials`: passed, p50, p99.
+fn trial(cores: usize, players: usize, secs: f64, trials: &mut Trials) -> (bool, f64, f64) {
     let s = run_trial(cores, players, secs);
     let (clean, ok) = (clean(&s), passed(&s));
+    trials.progress.advance(!ok);
+    trials.rows.push(json!({
+        "cores": cores,
+        "players": players,
+        "ticks": s.ticks,
+        "tick_p50_ms": s.tick_p50_ms,
+        "tick_p99_ms": s.tick_p99_ms,
+        "tick_max_ms": s.tick_max_ms,
+        "handoffs": s.handoffs,
+        "clean": clean,
+        "pass": ok,
+    }));
     println!(
         "  cores={cores} players={players:<6} p50={:>6.2}ms p99={:>6.2}ms max={:>6.2}ms per-core p99={:?} held={:?} handoffs={} transfers={} audit={} -> {}",
         s.tick_p50_ms,
@@ -75,11 +95,11 @@ fn trial(cores: usize, players: usize, secs: f64) -> (bool, f64, f64) {
     (ok, s.tick_p50_ms, s.tick_p99_ms)
 }
 
-fn search(cores: usize, secs: f64) -> usize {
+fn search(cores: usize, secs: f64, trials: &mut Trials) -> usize {
     let mut good = 0;
     let mut players = 2000 * cores;
     let bad = loop {
-        if trial(cores, players, secs).0 {
+        if trial(cores, players, secs, trials).0 {
             good = players;
             players *= 2;
         } else {
@@ -92,7 +112,7 @@ fn search(cores: usize, secs: f64) -> usize {
     let (mut lo, mut hi) = (good, bad);
     while hi - lo > hi / 10 {
         let mid = (lo + hi) / 2;
-        if trial(cores, mid, secs).0 {
+        if trial(cores, mid, secs, trials).0 {
             lo = mid;
         } else {
             hi = mid;
@@ -119,6 +139,7 @@ fn side_by_side(secs: f64, against: &[String], at: &[(usize, usize)], rounds: us
     }
     let mut ok = true;
     let mut runs: Vec<(usize, (usize, usize), Value)> = Vec::new();
+    let progress = shardmesh::progress::Progress::new("trials", (rounds * at.len() * bins.len()) as u64);
     for round in 0..rounds {
         for &(cores, players) in at {
             for k in 0..bins.len() {
@@ -131,18 +152,26 @@ fn side_by_side(secs: f64, against: &[String], at: &[(usize, usize)], rounds: us
                             v["tick_p99_ms"].as_f64().unwrap_or(0.0),
                             v["clean"]
                         );
-                        ok &= v["clean"].as_bool() == Some(true) && v["ticks"].as_u64().unwrap_or(0) > 0;
+                        let this_ok = v["clean"].as_bool() == Some(true) && v["ticks"].as_u64().unwrap_or(0) > 0;
+                        progress.advance(!this_ok);
+                        ok &= this_ok;
                         runs.push((i, (cores, players), v));
                     }
                     Err(e) => {
                         println!("  round {round} build {i} cores={cores} players={players}: FAILED: {e}");
+                        progress.advance(true);
                         ok = false;
                     }
                 }
             }
         }
     }
+    progress.finish();
     let mut results = Vec::new();
+    let points: Vec<String> = at.iter().map(|(c, p)| format!("{c}:{p}")).collect();
+    let others: String = against.iter().map(|b| format!(" --against {b}")).collect();
+    let command =
+        format!("cargo bench --bench players_per_core -- {secs} --at {}{others} --rounds {rounds}", points.join(","));
     println!("medians (tick p50 / p99, ms):");
     for &(cores, players) in at {
         let mut row = format!("  cores={cores} players={players:<6}");
@@ -159,7 +188,10 @@ fn side_by_side(secs: f64, against: &[String], at: &[(usize, usize)], rounds: us
         }
         println!("{row}");
     }
-    write_json(json_path, &json!({"bench": "players_per_core", "seconds": secs, "side_by_side": results}));
+    write_json(
+        json_path,
+        &json!({"bench": "players_per_core", "command": command, "seconds": secs, "side_by_side": results}),
+    );
     ok
 }
 
@@ -205,8 +237,10 @@ fn main() {
     }
     let available = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("players_per_core: tick budget {BUDGET_MS} ms (30 Hz), {secs} s trials, 2 servers per core, {available} cores here");
-    let one = search(1, secs);
-    let two = if available >= 2 { search(2, secs) } else { 0 };
+    let mut trials = Trials { rows: Vec::new(), progress: shardmesh::progress::Progress::open_ended("trials") };
+    let one = search(1, secs, &mut trials);
+    let two = if available >= 2 { search(2, secs, &mut trials) } else { 0 };
+    trials.progress.finish();
     println!(
         "result: 1 core {one} players; 2 cores {two} players ({} per core); 2-core/1-core ratio {:.2}",
         two / 2,
@@ -214,7 +248,15 @@ fn main() {
     );
     write_json(
         &json_path,
-        &json!({"bench": "players_per_core", "seconds": secs, "one_core_players": one, "two_core_players": two}),
+        &json!({
+            "bench": "players_per_core",
+            "command": format!("cargo bench --bench players_per_core -- {secs}"),
+            "seconds": secs,
+            "budget_ms": BUDGET_MS,
+            "one_core_players": one,
+            "two_core_players": two,
+            "trials": trials.rows,
+        }),
     );
     println!("reproduce: cargo bench --bench players_per_core -- {secs}");
     if one == 0 {

@@ -16,6 +16,10 @@ use std::time::Instant;
 use shardmesh::protocol::{Incarnation, ServerMsg, ToReplication};
 use shardmesh::runtime::ring::{access_trusted, Producer, Ring, RingError};
 use shardmesh::world::ServerId;
+use side_by_side::{json_path, write_json};
+
+#[allow(dead_code)]
+mod side_by_side;
 
 const BATCH: usize = 32;
 
@@ -203,5 +207,25 @@ fn main() {
     println!("  {:<34} {:>10} {:>10}", "one-way latency, 64 B (ns)", "ring", "crossbeam");
     println!("  {:<34} {:>10.0} {:>10.0}", "p50", rl50, cl50);
     println!("  {:<34} {:>10.0} {:>10.0}", "p99", rl99, cl99);
-    println!("reproduce: cargo bench --bench ring -- {count}");
+    let command = format!("cargo bench --bench ring -- {count}");
+    write_json(
+        &json_path("ring"),
+        &serde_json::json!({
+            "bench": "ring",
+            "command": command,
+            "messages": count,
+            "throughput": [
+                {"payload": "64 B", "channel": "ring", "m_msgs_per_s": r64 / 1e6},
+                {"payload": "64 B", "channel": "crossbeam", "m_msgs_per_s": c64 / 1e6},
+                {"payload": "1 KiB", "channel": "ring", "m_msgs_per_s": r1k / 1e6},
+                {"payload": "1 KiB", "channel": "crossbeam", "m_msgs_per_s": c1k / 1e6},
+                {"payload": format!("rkyv heartbeat {size} B"), "channel": "ring", "m_msgs_per_s": rk / 1e6},
+            ],
+            "latency": [
+                {"channel": "ring", "p50_ns": rl50, "p99_ns": rl99},
+                {"channel": "crossbeam", "p50_ns": cl50, "p99_ns": cl99},
+            ],
+        }),
+    );
+    println!("reproduce: {command}");
 }

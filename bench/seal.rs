@@ -10,11 +10,16 @@ use std::time::Instant;
 
 use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Nonce};
+use side_by_side::{json_path, write_json};
+
+#[allow(dead_code)]
+mod side_by_side;
 
 fn main() {
     const PACKETS: u64 = 200_000;
     let key = [7u8; 32];
     println!("seal per packet, {PACKETS} packets a size, median of 5 runs:");
+    let mut sizes = Vec::new();
     for len in [40usize, 200, 1200] {
         let mut buf = vec![1u8; len];
         let mut runs: Vec<f64> = (0..5)
@@ -32,6 +37,12 @@ fn main() {
             .collect();
         runs.sort_by(f64::total_cmp);
         println!("  {len:>5} bytes: {:>6.0} ns", runs[2]);
+        sizes.push(serde_json::json!({"bytes": len, "ns_per_packet": runs[2]}));
     }
-    println!("reproduce: cargo bench --bench seal");
+    let command = "cargo bench --bench seal";
+    write_json(
+        &json_path("seal"),
+        &serde_json::json!({"bench": "seal", "command": command, "packets": PACKETS, "sizes": sizes}),
+    );
+    println!("reproduce: {command}");
 }

@@ -28,6 +28,16 @@ pub fn median(mut xs: Vec<f64>) -> f64 {
     xs.get(xs.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// Where a bench writes its JSON: `--json PATH` among its arguments, else
+/// `target/bench-NAME.json` (where `shardmesh report` looks).
+pub fn json_path(name: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == "--json")
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| format!("target/bench-{name}.json"))
+}
+
 pub fn write_json(path: &str, value: &Value) {
     match std::fs::write(path, serde_json::to_string_pretty(value).expect("JSON")) {
         Ok(()) => println!("wrote {path}"),

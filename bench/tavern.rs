@@ -163,6 +163,7 @@ fn main() {
     let mut trials = Vec::new();
     let mut results = Vec::new();
     let mut failed_audit = false;
+    let progress = shardmesh::progress::Progress::open_ended("trials");
     for &cores in &cores_list {
         let mut searches =
             [Search::new(Mode::Static, start_per_core * cores), Search::new(Mode::Dynamic, start_per_core * cores)];
@@ -172,6 +173,7 @@ fn main() {
                 let search = &mut searches[(k + step) % 2];
                 let Some(players) = search.next else { continue };
                 let (ok, v) = trial(cores, players, search.mode, &settings);
+                progress.advance(!ok);
                 failed_audit |= v["clean"].as_bool() != Some(true);
                 search.record(players, ok);
                 trials.push(v);
@@ -179,6 +181,7 @@ fn main() {
             step += 1;
         }
         let (st, dy) = (searches[0].good, searches[1].good);
+        progress.finish();
         let ratio = dy as f64 / st.max(1) as f64;
         println!("result: {cores} core(s): static holds {st} players in the room, dynamic {dy} ({ratio:.2}x)");
         results
@@ -197,17 +200,18 @@ fn main() {
             if dynamic >= 2000 { "met" } else { "NOT met" }
         );
     }
-    write_json(
-        &json_path,
-        &json!({"bench": "tavern", "seconds": settings.secs, "servers_max_per_core": settings.servers_max_per_core, "results": results, "trials": trials}),
-    );
     let cores_arg: Vec<String> = cores_list.iter().map(|c| c.to_string()).collect();
-    println!(
-        "reproduce: cargo bench --bench tavern -- {} --cores {} --start {start_per_core} --servers-max-per-core {}",
+    let command = format!(
+        "cargo bench --bench tavern -- {} --cores {} --start {start_per_core} --servers-max-per-core {}",
         settings.secs,
         cores_arg.join(","),
         settings.servers_max_per_core
     );
+    write_json(
+        &json_path,
+        &json!({"bench": "tavern", "command": command, "seconds": settings.secs, "servers_max_per_core": settings.servers_max_per_core, "results": results, "trials": trials}),
+    );
+    println!("reproduce: {command}");
     if failed_audit || results.iter().all(|r| r["static_players"] == 0 && r["dynamic_players"] == 0) {
         println!("FAILED: a trial's audit was not clean, or no trial passed");
         std::process::exit(1);

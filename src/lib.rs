@@ -13,6 +13,7 @@ pub mod node;
 pub mod profile;
 pub mod progress;
 pub mod protocol;
+pub mod report;
 pub mod runtime;
 pub mod sim;
 pub mod world;

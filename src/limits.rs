@@ -403,6 +403,25 @@ pub const FLAMEGRAPH_HZ: i32 = 499;
 /// enough that a CI log shows it is alive, rarely enough that a long sweep's log stays short.
 pub const PROGRESS_LINE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
+// ---- Benchmark reports (src/report.rs)
+
+/// Plots drawn for one list of a benchmark's results: a list of trials has a dozen numeric
+/// quantities, and the ones past the first eight (tick p99 and throughputs come first) are in
+/// its table.
+pub const REPORT_PLOTS_PER_LIST_MAX: usize = 8;
+
+/// Rows of a list's table in the report: a minute's timeline, or a search's trials, fits; a
+/// longer list is in the JSON, and the table says how many rows it left out.
+pub const REPORT_TABLE_ROWS_MAX: usize = 60;
+
+/// Lines drawn in one plot: more than a dozen colours cannot be told apart; the rest are in the
+/// table, and the legend says how many it left out.
+pub const REPORT_SERIES_MAX: usize = 12;
+
+/// The largest benchmark JSON file the report reads: a long run's timeline is a few hundred
+/// kilobytes; a file past this is refused by name rather than read into memory.
+pub const REPORT_FILE_BYTES_MAX: u64 = 64 << 20;
+
 // ---- Connect tokens (src/net/key.rs)
 
 /// Seconds a connected client may stay silent before the gateway drops it, as its token says.

@@ -115,6 +115,18 @@ enum Command {
         #[arg(long, default_value_t = shardmesh::net::CLIENT_BYTES_PER_S_DEFAULT)]
         client_budget: u32,
     },
+    /// Render the benchmarks' JSON (`bench-*.json`, as each `cargo bench` writes it) as SVG plots
+    /// and one Markdown report, `REPORT.md`, that shows every table and links every plot.
+    Report {
+        /// Where the benchmarks wrote their JSON (read: every `bench-*.json` there).
+        #[arg(long, default_value = "target")]
+        from: std::path::PathBuf,
+        /// Where the plots and REPORT.md go.
+        #[arg(long, default_value = "target/report")]
+        out: std::path::PathBuf,
+        /// Render these files instead of those in --from.
+        files: Vec<std::path::PathBuf>,
+    },
     /// Print a connect token for one client of `serve --listen`, signed with the gateway's key
     /// (hex; the client hands it to netcode's handshake): what a login service hands out. The
     /// library call behind it is `shardmesh::net::key::connect_token`.
@@ -424,6 +436,7 @@ fn main() -> ExitCode {
             };
             profiled(mesh.flamegraph.as_deref(), || demo(cfg, mesh.json))
         }
+        Command::Report { from, out, files } => report(&from, &out, files),
         Command::Token { key_file, client_id, connect, expire_secs } => {
             let key = match shardmesh::net::key::load(&key_file) {
                 Ok(k) => k,
@@ -814,5 +827,44 @@ fn demo(cfg: MeshConfig, json: Option<std::path::PathBuf>) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// `shardmesh report`: fails when there was nothing to render or a file could not be.
+fn report(from: &std::path::Path, out: &std::path::Path, files: Vec<std::path::PathBuf>) -> ExitCode {
+    let files = if files.is_empty() {
+        match shardmesh::report::bench_files(from) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("report: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        files
+    };
+    if files.is_empty() {
+        eprintln!("report: no bench-*.json in {} (run a benchmark first: cargo bench --bench NAME)", from.display());
+        return ExitCode::FAILURE;
+    }
+    match shardmesh::report::render(&files, out) {
+        Ok(r) => {
+            for (name, plots, tables) in &r.benches {
+                println!("  {name}: {plots} plots, {tables} tables");
+            }
+            for e in &r.errors {
+                eprintln!("report: not rendered: {e}");
+            }
+            println!("report: {} benchmarks, {} plots -> {}", r.benches.len(), r.plots(), r.markdown.display());
+            if r.errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("report: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! Progress of long work (a simulator sweep, a bot run): a bar on a terminal, and plain lines
+//! Progress of long work (a simulator sweep, a bot run, a benchmark's trials): a bar on a terminal, and plain lines
 //! every `PROGRESS_LINE_EVERY` otherwise (a CI log, a file), so a run that takes minutes says how
 //! far it is and when it will end, wherever its output goes.
 
@@ -27,13 +27,22 @@ impl Progress {
         Self::with_bar(what, total, std::io::stderr().is_terminal())
     }
 
+    /// Progress of work whose end is not known ahead (a search that stops where a trial fails):
+    /// how many units are done and for how long, with no estimate of what is left.
+    pub fn open_ended(what: &'static str) -> Self {
+        Self::with_bar(what, 0, std::io::stderr().is_terminal())
+    }
+
     fn with_bar(what: &'static str, total: u64, bar: bool) -> Self {
         let bar = bar.then(|| {
-            let bar = indicatif::ProgressBar::new(total);
-            let style = indicatif::ProgressStyle::with_template(
-                "{elapsed_precise} [{wide_bar}] {pos}/{len} {msg} ({per_sec}, {eta} left)",
-            )
-            .expect("a valid template");
+            let (bar, template) = match total {
+                0 => (indicatif::ProgressBar::new_spinner(), "{elapsed_precise} {spinner} {pos} {msg}"),
+                _ => (
+                    indicatif::ProgressBar::new(total),
+                    "{elapsed_precise} [{wide_bar}] {pos}/{len} {msg} ({per_sec}, {eta} left)",
+                ),
+            };
+            let style = indicatif::ProgressStyle::with_template(template).expect("a valid template");
             bar.set_style(style.progress_chars("=> "));
             bar.set_message(what);
             bar
@@ -63,7 +72,7 @@ impl Progress {
             }
             None => {
                 let mut last = self.last_line.lock().expect("no panic while holding it");
-                if last.elapsed() >= PROGRESS_LINE_EVERY && done < self.total {
+                if last.elapsed() >= PROGRESS_LINE_EVERY && (done < self.total || self.total == 0) {
                     *last = Instant::now();
                     eprintln!("{}", self.line(done, failures));
                 }
@@ -74,6 +83,13 @@ impl Progress {
     /// The plain line for `done` units, `failures` of them failed.
     fn line(&self, done: u64, failures: u64) -> String {
         let elapsed = self.began.elapsed();
+        if self.total == 0 {
+            return format!(
+                "progress: {done} {} done, {failures} failed, {:.0} s in",
+                self.what,
+                elapsed.as_secs_f64()
+            );
+        }
         let left = match done {
             0 => String::from("?"),
             _ => {
@@ -117,5 +133,15 @@ mod tests {
         assert_eq!(p.done.load(Ordering::Relaxed), 50);
         assert_eq!(p.failed.load(Ordering::Relaxed), 1);
         assert!(p.line(50, 1).starts_with("progress: 50/200 seeds (25%), 1 failed"), "{}", p.line(50, 1));
+    }
+
+    #[test]
+    fn open_ended_work_says_how_much_is_done_and_guesses_nothing() {
+        let p = Progress::with_bar("trials", 0, false);
+        p.advance(false);
+        p.advance(true);
+        let line = p.line(2, 1);
+        assert!(line.starts_with("progress: 2 trials done, 1 failed, "), "{line}");
+        assert!(!line.contains("left") && !line.contains('%'), "{line}");
     }
 }

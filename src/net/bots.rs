@@ -108,6 +108,9 @@ pub struct BotsReport {
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
     pub latency_samples: u64,
+    /// The latency's distribution: its value in milliseconds at each of `LATENCY_QUANTILES`
+    /// (empty with no sample).
+    pub latency_distribution: Vec<LatencyQuantile>,
     /// Updates each connected bot received a second, on average.
     pub updates_per_s: f64,
     /// Update bytes each connected bot received a second (message payloads).
@@ -126,6 +129,16 @@ pub struct BotsReport {
     /// metres wide: a bot that went further crossed a border).
     pub max_travel_m: f64,
 }
+
+/// One point of the latency's distribution: `ms` at quantile `quantile` (0 to 1).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct LatencyQuantile {
+    pub quantile: f64,
+    pub ms: f64,
+}
+
+/// The quantiles a report gives the latency at.
+const LATENCY_QUANTILES: [f64; 11] = [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 1.0];
 
 #[derive(Default)]
 struct Totals {
@@ -641,6 +654,11 @@ pub fn run(cfg: &BotsConfig) -> std::io::Result<BotsReport> {
         latency_p50_ms: ms(latency, 0.5),
         latency_p99_ms: ms(latency, 0.99),
         latency_samples: latency.len(),
+        latency_distribution: if latency.is_empty() {
+            Vec::new()
+        } else {
+            LATENCY_QUANTILES.iter().map(|&q| LatencyQuantile { quantile: q, ms: ms(latency, q) }).collect()
+        },
         updates_per_s,
         bytes_per_client_s: per_s(c.bytes),
         glitches: c.view.glitches(),

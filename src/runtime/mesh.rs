@@ -354,6 +354,8 @@ pub struct MeshSummary {
     pub failover_ticks_p50: Option<u64>,
     pub failover_ticks_p99: Option<u64>,
     pub failover_ticks_max: Option<u64>,
+    /// Every finished failover's ticks, in the order they finished (the report plots them).
+    pub failover_ticks: Vec<u64>,
     /// Failovers not finished when the run ended (server, crash tick, entities still waiting).
     pub failovers_unfinished: Vec<(u32, crate::world::Tick, usize)>,
     /// Crash drills asked for (`--chaos-crash-every`), and those that reached a running server.
@@ -755,6 +757,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
     summary.failover_ticks_p50 = failover.quantile(0.5);
     summary.failover_ticks_p99 = failover.quantile(0.99);
     summary.failover_ticks_max = failover.quantile(1.0);
+    summary.failover_ticks = failover.ticks.clone();
     summary.failovers_unfinished = failover.unfinished;
     (summary.chaos_drills, summary.chaos_drills_carried_out) = chaos.map_or((0, 0), |c| c.counts());
     summary.timeline = timeline.samples;
@@ -933,6 +936,7 @@ fn audit(
         failover_ticks_p50: None,
         failover_ticks_p99: None,
         failover_ticks_max: None,
+        failover_ticks: Vec::new(),
         failovers_unfinished: Vec::new(),
         chaos_drills: 0,
         chaos_drills_carried_out: 0,
