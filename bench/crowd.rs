@@ -1,9 +1,11 @@
 //! Crowd comes and goes: players go about a two-planet world, rush the tavern (from a fifth of
 //! the run to three fifths), then scatter. The dynamic mesh (servers started and retired by the
 //! work the cores measure, regions cut and merged) and the static mesh, one after the other, the
-//! same seed; a table of both over time: servers, regions, tick p99, time dilation.
+//! same seed; a table of both over time: servers, regions, tick p99, time dilation. With
+//! `--leave SHARE`, that share of the players log out when the rush ends (a crowd that leaves
+//! the game after an event), and the rest scatter.
 //!
-//! Run: cargo bench --bench crowd -- [SECONDS] [--players N] [--cores C]
+//! Run: cargo bench --bench crowd -- [SECONDS] [--players N] [--cores C] [--leave SHARE]
 //!      [--servers-max-per-core N] [--json PATH]
 
 use std::time::Duration;
@@ -15,11 +17,12 @@ use side_by_side::write_json;
 #[allow(dead_code)]
 mod side_by_side;
 
-fn trial(cores: usize, players: usize, secs: f64, servers_max: Option<usize>) -> MeshSummary {
+fn trial(cores: usize, players: usize, secs: f64, leave: f64, servers_max: Option<usize>) -> MeshSummary {
     let cfg = MeshConfig {
         warmup: Duration::from_secs(2),
         seed: 7,
         scenario: Scenario::Rush,
+        leave_after_rush: leave,
         static_mesh: servers_max.is_none(),
         servers_max,
         ..MeshConfig::bots(cores, players, Duration::from_secs_f64(secs))
@@ -36,7 +39,7 @@ fn at(timeline: &[Sample], t: f64) -> Option<&Sample> {
 }
 
 fn main() {
-    let (mut secs, mut players, mut servers_max_per_core) = (90.0f64, 6000usize, 4usize);
+    let (mut secs, mut players, mut servers_max_per_core, mut leave) = (90.0f64, 6000usize, 4usize, 0.0f64);
     let mut json_path = "target/bench-crowd.json".to_string();
     let mut cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(2);
     let mut args = std::env::args().skip(1);
@@ -46,6 +49,7 @@ fn main() {
             "--json" => json_path = value("--json"),
             "--players" => players = value("--players").parse().expect("a number of players"),
             "--cores" => cores = value("--cores").parse().expect("a number of cores"),
+            "--leave" => leave = value("--leave").parse().expect("a share of the players"),
             "--servers-max-per-core" => {
                 servers_max_per_core = value("--servers-max-per-core").parse().expect("a number")
             }
@@ -58,21 +62,23 @@ fn main() {
         }
     }
     println!(
-        "crowd: {players} players on {cores} cores for {secs} s; the rush from {:.0} s to {:.0} s; dynamic (up to {} servers a core) then static (2 a core)",
+        "crowd: {players} players on {cores} cores for {secs} s; the rush from {:.0} s to {:.0} s{}; dynamic (up to {} servers a core) then static (2 a core)",
         secs * 0.2,
         secs * 0.6,
+        if leave > 0.0 { format!(", then {:.0}% log out", leave * 100.0) } else { String::new() },
         servers_max_per_core
     );
     let progress = shardmesh::progress::Progress::new("runs", 2);
-    let dynamic = trial(cores, players, secs, Some(cores * servers_max_per_core));
+    let dynamic = trial(cores, players, secs, leave, Some(cores * servers_max_per_core));
     progress.advance(!clean(&dynamic));
-    let fixed = trial(cores, players, secs, None);
+    let fixed = trial(cores, players, secs, leave, None);
     progress.advance(!clean(&fixed));
     progress.finish();
     println!(
-        "{:>5} {:<7} | {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>5} {:>8} {:>8} | {:>5} {:>8} {:>8}",
+        "{:>5} {:<7} {:>7} | {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>5} {:>8} {:>8} | {:>5} {:>8} {:>8}",
         "t (s)",
         "phase",
+        "players",
         "servers",
         "started",
         "retired",
@@ -99,9 +105,10 @@ fn main() {
             let dil = |s: &Sample| s.time_dilation.map_or("-".to_string(), |d| format!("{d:.2}"));
             let work = |s: &Sample| s.work.map_or("-".to_string(), |w| format!("{w:.2}"));
             println!(
-                "{:>5.0} {:<7} | {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>5} {:>8.1} {:>8} | {:>5} {:>8.1} {:>8}",
+                "{:>5.0} {:<7} {:>7} | {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>5} {:>8.1} {:>8} | {:>5} {:>8.1} {:>8}",
                 d.t_s,
                 phase,
+                d.players,
                 d.servers,
                 d.servers_started,
                 d.servers_retired,
@@ -137,11 +144,11 @@ fn main() {
         );
     }
     let command = format!(
-        "cargo bench --bench crowd -- {secs} --players {players} --cores {cores} --servers-max-per-core {servers_max_per_core}"
+        "cargo bench --bench crowd -- {secs} --players {players} --cores {cores} --servers-max-per-core {servers_max_per_core} --leave {leave}"
     );
     write_json(
         &json_path,
-        &json!({"bench": "crowd", "command": command, "seconds": secs, "players": players, "cores": cores, "servers_max_per_core": servers_max_per_core, "dynamic": dynamic, "static": fixed}),
+        &json!({"bench": "crowd", "command": command, "seconds": secs, "players": players, "leave": leave, "cores": cores, "servers_max_per_core": servers_max_per_core, "dynamic": dynamic, "static": fixed}),
     );
     println!("reproduce: {command}");
     if !clean(&dynamic) || !clean(&fixed) {

@@ -60,6 +60,11 @@ enum Command {
         /// rushes the tavern, then they scatter).
         #[arg(long, default_value = "bots", value_parser = ["bots", "tavern", "rush"])]
         scenario: String,
+        /// With `--scenario rush`: this share of the players (0 to 1) log out when the rush ends,
+        /// as a crowd leaves after an event (their players parked, costing nothing); the rest
+        /// scatter.
+        #[arg(long, value_name = "SHARE", default_value_t = 0.0)]
+        leave: f64,
         #[command(flatten)]
         mesh: MeshArgs,
     },
@@ -363,7 +368,7 @@ fn main() -> ExitCode {
                 (seeds, None) => sweep(start, seeds.unwrap_or(100), threads, base),
             }
         }
-        Command::Demo { players, duration, scenario, mesh } => {
+        Command::Demo { players, duration, scenario, leave, mesh } => {
             let mut cfg = mesh.config(
                 players,
                 Duration::from_secs_f64(duration.max(0.1)),
@@ -374,6 +379,7 @@ fn main() -> ExitCode {
                 "rush" => shardmesh::runtime::mesh::Scenario::Rush,
                 _ => shardmesh::runtime::mesh::Scenario::Bots,
             };
+            cfg.leave_after_rush = leave;
             profiled(mesh.flamegraph.as_deref(), || demo(cfg, mesh.json))
         }
         Command::Serve {

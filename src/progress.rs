@@ -18,6 +18,8 @@ pub struct Progress {
     bar: Option<indicatif::ProgressBar>,
     /// Plain lines: when the last was written.
     last_line: Mutex<Instant>,
+    /// What the work says of itself besides how far it is (a bot run's connected bots).
+    message: Mutex<String>,
 }
 
 impl Progress {
@@ -56,6 +58,7 @@ impl Progress {
             began,
             bar,
             last_line: Mutex::new(began),
+            message: Mutex::new(String::new()),
         }
     }
 
@@ -97,13 +100,28 @@ impl Progress {
                 format!("{:.0} s", per * (self.total.saturating_sub(done)) as f64)
             }
         };
-        format!(
+        let line = format!(
             "progress: {done}/{} {} ({:.0}%), {failures} failed, {:.0} s in, about {left} left",
             self.total,
             self.what,
             100.0 * done as f64 / self.total.max(1) as f64,
             elapsed.as_secs_f64(),
-        )
+        );
+        let message = self.message.lock().expect("no panic while holding it");
+        if message.is_empty() {
+            line
+        } else {
+            format!("{line}; {message}")
+        }
+    }
+
+    /// What the work says of itself now, shown beside the count (the bar's message, the end of
+    /// a plain line).
+    pub fn set_message(&self, message: String) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!("{} {message}", self.what));
+        }
+        *self.message.lock().expect("no panic while holding it") = message;
     }
 
     /// The work is over: the bar is cleared (the caller prints its own summary).
@@ -143,5 +161,13 @@ mod tests {
         let line = p.line(2, 1);
         assert!(line.starts_with("progress: 2 trials done, 1 failed, "), "{line}");
         assert!(!line.contains("left") && !line.contains('%'), "{line}");
+    }
+
+    #[test]
+    fn a_message_goes_at_the_end_of_the_plain_line() {
+        let p = Progress::with_bar("s", 30, false);
+        p.set_message("bots=10 connected=9".into());
+        let line = p.line(3, 0);
+        assert!(line.starts_with("progress: 3/30 s (10%)") && line.ends_with("; bots=10 connected=9"), "{line}");
     }
 }

@@ -141,6 +141,32 @@ fn a_loaded_mesh_starts_servers_and_loses_nothing() {
     assert_eq!((summary.lost_entities, summary.duplicate_entities), (0, 0));
 }
 
+/// A crowd that leaves after an event: players rush the tavern, and when the rush ends
+/// three quarters of them log out. Their players are parked by the replication layer with what
+/// they carry (held by no server, costing nothing), the rest play on, and the audit finds every
+/// entity where it belongs.
+#[test]
+fn a_crowd_that_logs_out_after_the_rush_is_parked_and_the_rest_play_on() {
+    let cfg = MeshConfig {
+        warmup: Duration::from_millis(500),
+        seed: 16,
+        scenario: shardmesh::runtime::mesh::Scenario::Rush,
+        leave_after_rush: 0.75,
+        servers_max: Some(8),
+        ..MeshConfig::bots(2, 2_000, Duration::from_secs(6))
+    };
+    let summary = run(cfg).expect("the mesh starts");
+    assert_eq!(summary.audit_error, None);
+    assert_eq!((summary.lost_entities, summary.duplicate_entities), (0, 0));
+    assert_eq!(summary.players, 2_000, "{summary:?}");
+    assert_eq!(summary.players_offline, 1_500, "three quarters logged out");
+    let last = summary.timeline.last().expect("a timeline");
+    assert!(last.players <= 500, "only those who stayed are held at the end: {}", last.players);
+    let before = summary.timeline.iter().map(|s| s.players).max().unwrap_or(0);
+    assert!(before >= 1_900, "every player was in the world before: {before} at most");
+    assert_eq!(summary.items_end, summary.items_start, "what they carried is parked with them");
+}
+
 /// `--static`: the region map stays as configured for the whole run, however the load sits.
 #[test]
 fn the_static_mesh_never_changes_the_region_map() {

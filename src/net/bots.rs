@@ -82,7 +82,7 @@ pub struct BotsConfig {
     pub duration: Duration,
     pub threads: usize,
     pub seed: u64,
-    /// Print a progress line each second.
+    /// Show progress: a bar on a terminal, plain lines otherwise (`crate::progress`).
     pub progress: bool,
 }
 
@@ -598,19 +598,18 @@ pub fn run(cfg: &BotsConfig) -> std::io::Result<BotsReport> {
         }));
     }
     if cfg.progress {
+        // Seconds of the run, with how many bots are connected.
+        let progress = crate::progress::Progress::new("s", cfg.duration.as_secs_f64().ceil().max(1.0) as u64);
         let mut next = began + Duration::from_secs(1);
         while handles.iter().any(|h| !h.is_finished()) {
             std::thread::sleep(Duration::from_millis(50));
             if Instant::now() >= next {
                 next += Duration::from_secs(1);
-                eprintln!(
-                    "t={:>5.1}s bots={} connected={}",
-                    began.elapsed().as_secs_f64(),
-                    cfg.count,
-                    live.load(Ordering::Relaxed) as i64
-                );
+                progress.set_message(format!("bots={} connected={}", cfg.count, live.load(Ordering::Relaxed) as i64));
+                progress.advance(false);
             }
         }
+        progress.finish();
     }
     for h in handles {
         h.join().map_err(|_| std::io::Error::other("a bot thread panicked"))??;

@@ -417,21 +417,22 @@ impl<W: Wire> Node<W> {
                     self.overloaded = io.overloaded();
                     self.clients = io.has_clients();
                     self.phase = Phase::Simulate;
+                    // Logins and logouts first: a player made now takes this tick's inputs. (A
+                    // driver with no clients may have sessions too: a scripted event's.)
+                    let mut sessions = std::mem::take(&mut self.sessions);
+                    io.client_sessions(&mut sessions);
+                    for s in sessions.drain(..) {
+                        self.slice.session(s.player, s.session, s.online);
+                        if s.create {
+                            self.slice.create_player(s.player, self.cfg.spawn);
+                        }
+                    }
+                    self.sessions = sessions;
                     if self.clients {
                         // An input is applied in the tick that took it in, whichever node holds
                         // the player: those for other nodes leave at once, ahead of the commit.
                         let mut inputs = std::mem::take(&mut self.client_inputs);
                         io.client_inputs(&mut inputs);
-                        // Logins and logouts first: a player made now takes this tick's inputs.
-                        let mut sessions = std::mem::take(&mut self.sessions);
-                        io.client_sessions(&mut sessions);
-                        for s in sessions.drain(..) {
-                            self.slice.session(s.player, s.session, s.online);
-                            if s.create {
-                                self.slice.create_player(s.player, self.cfg.spawn);
-                            }
-                        }
-                        self.sessions = sessions;
                         for (entity, seq, action) in inputs.drain(..) {
                             self.slice.route_input(entity, seq, action);
                         }

@@ -66,6 +66,10 @@ pub struct MeshConfig {
     /// No balancing, no splits or merges, no servers started or retired: regions and servers
     /// stay as configured (for comparison with the dynamic mesh).
     pub static_mesh: bool,
+    /// `Scenario::Rush` only: this share of the players (0 to 1) are accounts that log out when
+    /// the rush ends, as a crowd leaves the game after an event (their players parked by the
+    /// replication layer, costing nothing); the rest scatter. 0: nobody leaves.
+    pub leave_after_rush: f64,
     /// Crash a random server every this long (its code panics halfway through a tick), to show
     /// failover under load (`None`: no drills).
     pub chaos_crash_every: Option<Duration>,
@@ -98,6 +102,7 @@ impl MeshConfig {
             chaos_crash_every: None,
             servers_max: None,
             static_mesh: false,
+            leave_after_rush: 0.0,
         }
     }
 }
@@ -402,6 +407,17 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
     }
     let cores = cfg.cores;
     super::alloc::keep_freed_memory();
+    if cfg.leave_after_rush != 0.0
+        && (cfg.scenario != Scenario::Rush
+            || !(0.0..=1.0).contains(&cfg.leave_after_rush)
+            || cfg.persist.is_some()
+            || cfg.gateway.is_some())
+    {
+        return Err(MeshError::Config(format!(
+            "--leave {}: a share from 0 to 1, with --scenario rush, and no --data or --listen (its leavers are scripted accounts)",
+            cfg.leave_after_rush
+        )));
+    }
     let servers = cores * cfg.servers_per_core;
     let mut places = crate::bots::Places::default();
     let meta = match &cfg.persist {
@@ -462,6 +478,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
         }
         Scenario::BorderRun => border_run(cfg.players, servers, cfg.seed),
     };
+    let (entities, leaving) = leavers(entities, cfg.leave_after_rush);
     let initial: Vec<Committed> =
         entities.into_iter().map(|(id, state)| Committed { id, state, commit_seq: 1 }).collect();
     let (map, initial, logs, round, incarnation_floor, clock_offset_us) = match &cfg.persist {
@@ -477,6 +494,10 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
         let at = |f: f64| clock_offset_us + (cfg.duration.as_micros() as f64 * f) as u64;
         places.crowd_during = Some((at(0.2), at(0.6)));
     }
+    // The players who leave after the rush log in at the start and out as it ends (core 0's
+    // shard says so; every slice hears it).
+    let mut script = (!leaving.is_empty())
+        .then(|| shard::SessionScript::new(leaving, clock_offset_us + (cfg.duration.as_micros() as f64 * 0.6) as u64));
     let places = Arc::new(places);
     let entities_start = initial.len();
     let mut gateways = match &cfg.gateway {
@@ -593,6 +614,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
             inject_panic: cfg.inject_panic,
             chaos: chaos.clone(),
             failovers: failovers.clone(),
+            sessions: script.take(),
             pending_bytes_per_peer_max: cfg.pending_bytes_per_peer_max,
             log: logs.get_mut(i).and_then(Option::take).map(|log| shard::ShardLog {
                 log,
@@ -949,6 +971,39 @@ fn audit(
         gateway,
         stall_reports,
     }
+}
+
+/// Of the world's players, the share `leave` that are accounts (`EntityId::of_account`), to log
+/// out when a rush ends: every player whose turn comes up as that share is counted off (spread
+/// over the world, not the first ones made). Their ids are renamed, and so are the references
+/// of what they carry. Returns the world and the leavers' players.
+fn leavers(entities: Vec<(EntityId, EntityState)>, leave: f64) -> (Vec<(EntityId, EntityState)>, Vec<EntityId>) {
+    if leave <= 0.0 {
+        return (entities, Vec::new());
+    }
+    let mut renamed: rustc_hash::FxHashMap<EntityId, EntityId> = rustc_hash::FxHashMap::default();
+    let mut k = 0u64;
+    for (id, state) in &entities {
+        if state.kind == EntityKind::Player {
+            // Player k leaves when the running share crosses a whole number at it.
+            if ((k + 1) as f64 * leave).floor() > (k as f64 * leave).floor() {
+                renamed.insert(*id, EntityId::of_account(renamed.len() as u32));
+            }
+            k += 1;
+        }
+    }
+    let rename = |id: EntityId| renamed.get(&id).copied().unwrap_or(id);
+    let world = entities
+        .into_iter()
+        .map(|(id, mut state)| {
+            state.parent = state.parent.map(rename);
+            state.source = state.source.map(rename);
+            (rename(id), state)
+        })
+        .collect();
+    let mut leaving: Vec<EntityId> = renamed.into_values().collect();
+    leaving.sort();
+    (world, leaving)
 }
 
 #[cfg(test)]

@@ -137,6 +137,42 @@ pub struct ShardSetup {
     pub chaos: Option<Arc<super::failover::Chaos>>,
     /// Every server crash's failover, measured across the cores.
     pub failovers: Arc<super::failover::FailoverWatch>,
+    /// Scripted logins and logouts (`MeshConfig::leave_after_rush`; one core's only).
+    pub sessions: Option<SessionScript>,
+}
+
+/// Accounts that log in at the start and out at a game time: a crowd that leaves after an
+/// event. Their sessions are numbered 1.. in the order of `players`.
+pub struct SessionScript {
+    players: Vec<EntityId>,
+    logout_at_us: u64,
+    logged_in: bool,
+    logged_out: bool,
+}
+
+impl SessionScript {
+    pub fn new(players: Vec<EntityId>, logout_at_us: u64) -> Self {
+        Self { players, logout_at_us, logged_in: false, logged_out: false }
+    }
+
+    /// The sessions due at game time `now_us`.
+    fn due(&mut self, now_us: u64, into: &mut Vec<crate::node::Session>) {
+        let at = |online: bool| {
+            move |(i, player): (usize, &EntityId)| crate::node::Session {
+                player: *player,
+                session: i as u64 + 1,
+                online,
+                create: false,
+            }
+        };
+        if !self.logged_in {
+            self.logged_in = true;
+            into.extend(self.players.iter().enumerate().map(at(true)));
+        } else if !self.logged_out && now_us >= self.logout_at_us {
+            self.logged_out = true;
+            into.extend(self.players.iter().enumerate().map(at(false)));
+        }
+    }
 }
 
 /// What a shard hands back when it stops.
@@ -179,6 +215,9 @@ struct ShardIo {
     accepting: bool,
     lap: Instant,
     stage_us: [u64; STAGES.len()],
+    sessions: Option<SessionScript>,
+    /// The game time of the tick being run.
+    now_us: u64,
 }
 
 impl NodeIo for ShardIo {
@@ -263,6 +302,9 @@ impl NodeIo for ShardIo {
     fn client_sessions(&mut self, into: &mut Vec<crate::node::Session>) {
         if let Some(gw) = self.gateway.as_mut() {
             gw.gateway.take_sessions(into);
+        }
+        if let Some(script) = self.sessions.as_mut() {
+            script.due(self.now_us, into);
         }
     }
 
@@ -477,6 +519,8 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
         accepting: false,
         lap: Instant::now(),
         stage_us: [0; STAGES.len()],
+        sessions: setup.sessions.take(),
+        now_us: 0,
     };
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
     let mut window = hist.clone();
@@ -544,6 +588,7 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
             }
         }
         let held_back_before = node.stats.ticks_held_back;
+        io.now_us = tick.get().saturating_mul(tick_us);
         // The protocol's clock is the schedule's, not the wall's: a core that runs a tick late
         // still runs it as that tick, so every core agrees which tick a move was made in.
         let mut step = node.advance(tick, &mut io);
