@@ -431,10 +431,20 @@ fn a_token_the_token_command_prints_connects() {
 /// `serve` on a fresh world with no bots, its gateway's key the harness's, until it is killed.
 #[allow(clippy::zombie_processes)]
 fn serve_world(dir: &Path) -> (Child, SocketAddr) {
+    serve_world_with(dir, &[])
+}
+
+/// `serve_world` with more arguments.
+fn serve_world_with(dir: &Path, more: &[&str]) -> (Child, SocketAddr) {
     let key_file = dir.join("gateway.key");
     let hex: String = shardmesh::net::harness::KEY.iter().map(|b| format!("{b:02x}")).collect();
     std::fs::write(&key_file, format!("{hex}\n")).unwrap();
-    serve_with(dir, &["--cores", "2", "--listen", "127.0.0.1:0", "--key-file", key_file.to_str().unwrap()])
+    let key = key_file.to_str().unwrap();
+    let args: Vec<&str> = ["--cores", "2", "--listen", "127.0.0.1:0", "--key-file", key]
+        .into_iter()
+        .chain(more.iter().copied())
+        .collect();
+    serve_with(dir, &args)
 }
 
 /// An account's client: its connection, what it made of its updates, its inputs' numbers.
@@ -677,13 +687,7 @@ fn churning_bots_log_out_and_back_in_as_accounts_one_player_each() {
     const COUNT: usize = 24;
     const FIRST: u64 = 5_000;
     let dir = temp_dir("churn");
-    let key_file = dir.join("gateway.key");
-    let hex: String = shardmesh::net::harness::KEY.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::write(&key_file, format!("{hex}\n")).unwrap();
-    let (server, addr) = serve_with(
-        &dir,
-        &["--cores", "2", "--listen", "127.0.0.1:0", "--key-file", key_file.to_str().unwrap(), "--duration", "17"],
-    );
+    let (server, addr) = serve_world_with(&dir, &["--duration", "17"]);
     let client = bots(&dir, addr, COUNT, "churn", 12, FIRST);
     finish(client, "bots");
     finish(server, "serve");
