@@ -79,9 +79,28 @@ pub const SERVER_ENTITY_COUNT_SOFT_MAX: usize = 65_536;
 /// simulating what waits, since it still holds their authority).
 pub const HANDOFFS_PER_TICK_MAX: usize = 256;
 
-/// Entities this close to the edge of their region are shown to neighbouring servers as ghosts:
-/// more than a projectile travels in a tick (50 m), so a shot from across a border finds them.
+/// Ships this close to the edge of their region are shown to neighbouring servers as ghost
+/// hulls: more than a ship travels in a tick at the slowest rate (150 m/s at 20 Hz) with room to
+/// spare for its hull, so hulls on either side of a border collide.
 pub const GHOST_MARGIN_M: f32 = 60.0;
+
+/// Players and NPCs this close to the edge of their region are shown to neighbouring servers as
+/// ghosts. A projectile is handed on where its path leaves its server's regions (it finds only
+/// what stands within `HIT_RADIUS_M` of its path on its own server's side), so a walker matters
+/// to a neighbour within that of the border; the rest covers two ticks of a running player at
+/// the slowest rate (30 m/s at 20 Hz), as a ghost is a tick or two old. A crowd cut into cells
+/// shows its neighbours a strip this wide, not the whole crowd.
+pub const WALKER_GHOST_MARGIN_M: f32 = HIT_RADIUS_M + 4.0;
+
+/// Players near a border are shown to the neighbours' streaming as the cells they stand in, a
+/// cell's centre for all of them: a crowd is a few dozen points, not thousands. Every player of
+/// a cell is within half its diagonal (3.5 m) of the centre, and streaming widens its radii by
+/// that for these points, so it loads no later than for the players themselves.
+pub const PRESENCE_CELL_M: f32 = 4.0;
+
+/// Regions one projectile's path is followed through in one tick before it is handed on where
+/// it stands (a path a tick long crosses a few at most; this bounds a degenerate map).
+pub const PATH_REGIONS_MAX: usize = 64;
 
 /// Damage one projectile does.
 pub const PROJECTILE_DAMAGE: u16 = 10;

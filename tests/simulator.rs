@@ -49,6 +49,7 @@ fn five_hundred_seeds_with_every_fault_on_keep_every_invariant() {
     assert!(total(|o| o.stats.hits) > 0, "projectiles hit");
     assert!(total(|o| o.stats.remote_hits) > 0, "projectiles hit entities of other servers");
     assert!(total(|o| o.stats.damage_received) > 0, "and those servers applied the damage");
+    assert!(total(|o| o.stats.shots_handed_on) > 0, "projectiles handed on where their path crossed a border");
     assert!(total(|o| o.stats.mesh_restarts) > 100, "whole-process crashes recovered from the simulated disk");
     let names = ["move", "fire", "pick up", "drop", "stow", "unstow", "board", "disembark"];
     for (i, name) in names.iter().enumerate() {

@@ -936,6 +936,7 @@ pub fn add_stats(total: &mut ServerStats, s: &ServerStats) {
     total.destroyed += s.destroyed;
     total.hits += s.hits;
     total.remote_hits += s.remote_hits;
+    total.shots_handed_on += s.shots_handed_on;
     total.damage_received += s.damage_received;
     total.inputs_applied += s.inputs_applied;
     for (t, n) in total.actions.iter_mut().zip(s.actions) {

@@ -71,8 +71,9 @@ pub enum ServerMsg {
     /// The server gives up root entities that left its regions, each with its subtree: a batch
     /// (see [`subtree_ranges`]). Sent after the tick's deltas, on the same ordered link.
     Handoff { entities: Vec<Owned> },
-    /// What this server holds near its regions' borders this tick, for its neighbours to see.
-    Ghosts { ghosts: Vec<Ghost> },
+    /// What this server holds near its regions' borders this tick, for its neighbours to see:
+    /// ghosts, and where its players stand near a border (cells, see [`Presence`]).
+    Ghosts { ghosts: Vec<Ghost>, presence: Vec<[f32; 3]> },
     /// A projectile of this server hit a ghost: the target's authority applies the damage.
     Hit { target: EntityId, damage: u16 },
     /// A player came near the container: the server wants its loose items (those in its
@@ -107,8 +108,9 @@ pub enum ReplicationMsg {
     Adopt { entities: Vec<Owned> },
     /// This incarnation has been declared dead: stop, drop everything, restart.
     Fenced,
-    /// Every other server's border entities as of the last tick: read-only, never simulated.
-    Ghosts(Vec<Ghost>),
+    /// Every other server's border entities as of the last tick: read-only, never simulated;
+    /// and where their players stand near this server's regions, for its streaming.
+    Ghosts { ghosts: Vec<Ghost>, presence: Vec<[f32; 3]> },
     /// Damage to an entity this server holds, from a projectile on another server.
     Damage { target: EntityId, damage: u16 },
     /// A client's input for the entity it drives, which this server holds; `seq` is the
@@ -126,6 +128,16 @@ pub struct Ghost {
     pub kind: crate::world::EntityKind,
     pub position: [f32; 3],
     pub server: ServerId,
+}
+
+/// Where a server's players stand near a border, for its neighbours' streaming (which loads
+/// containers a player comes near, whoever holds the player): the centre of a
+/// `PRESENCE_CELL_M` cell holding at least one player within `STREAM_UNLOAD_RADIUS_M` of another
+/// server's region. A crowd is a few dozen cells, not thousands of ghosts.
+#[derive(Clone, Copy, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Presence {
+    pub server: ServerId,
+    pub at: [f32; 3],
 }
 
 /// A committed entity moving between slices with its history counter.
@@ -160,8 +172,9 @@ pub enum SliceMsg {
     /// where, counted under the map of `epoch`, and the mean wall time its servers and slice
     /// worked a tick over the period (`None`: its driver does not measure it).
     Load { epoch: u64, regions: Vec<RegionLoad>, work_us: Option<u32> },
-    /// Every tick, to every other slice: the border entities of the sender's servers.
-    Ghosts(Vec<Ghost>),
+    /// Every tick, to every other slice: the border entities of the sender's servers, and
+    /// where their players stand near a border.
+    Ghosts { ghosts: Vec<Ghost>, presence: Vec<Presence> },
     /// A hit on an entity the sender does not hold, for the slice that does.
     Hit { target: EntityId, damage: u16 },
     /// A checkpoint marker: the sender took its snapshot for `round` just before sending this,

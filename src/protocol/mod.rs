@@ -12,8 +12,8 @@ pub mod server;
 pub use journal::{JournalOp, SliceSnapshot};
 pub use link::{Link, LinkPacket};
 pub use messages::{
-    subtree_ranges, Committed, Delta, Epoch, Ghost, Incarnation, Owned, ReplicationMsg, ServerMsg, SliceId, SliceMsg,
-    ToReplication, ToServer,
+    subtree_ranges, Committed, Delta, Epoch, Ghost, Incarnation, Owned, Presence, ReplicationMsg, ServerMsg, SliceId,
+    SliceMsg, ToReplication, ToServer,
 };
 pub use replication::{Lifecycle, PlantedBugs, Record, Replication, ReplicationStats};
 pub use server::{Action, Input, Server, ServerEvent, ServerStats};

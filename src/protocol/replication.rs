@@ -31,8 +31,8 @@ use std::sync::Arc;
 
 use super::journal::{Checkpointing, JournalOp, SliceSnapshot};
 use super::messages::{
-    subtree_ranges, Committed, Delta, Epoch, Ghost, Incarnation, Owned, ReplicationMsg, ServerMsg, SliceId, SliceMsg,
-    ToReplication, ToServer,
+    subtree_ranges, Committed, Delta, Epoch, Ghost, Incarnation, Owned, Presence, ReplicationMsg, ServerMsg, SliceId,
+    SliceMsg, ToReplication, ToServer,
 };
 pub use crate::limits::{BALANCE_PERIOD_US, BALANCE_SLACK_ENTITIES};
 use crate::limits::{
@@ -183,6 +183,10 @@ pub struct Replication {
     /// This tick's border ghosts of each live local server, and the last of each other slice.
     ghosts_local: BTreeMap<ServerId, Vec<Ghost>>,
     ghosts_remote: Vec<Vec<Ghost>>,
+    /// Where each live local server's players stand near a border (its last report), and each
+    /// other slice's servers' (by slice).
+    presence_local: BTreeMap<ServerId, Vec<[f32; 3]>>,
+    presence_remote: Vec<Vec<Presence>>,
     ticks: u64,
     /// Ticks between load reports and balancing moves (`BALANCE_PERIOD_US` of game time).
     balance_every_ticks: u64,
@@ -251,6 +255,8 @@ impl Replication {
             work: Work::default(),
             ghosts_local: BTreeMap::new(),
             ghosts_remote: vec![Vec::new(); slices as usize],
+            presence_local: BTreeMap::new(),
+            presence_remote: vec![Vec::new(); slices as usize],
             ticks: 0,
             balance_every_ticks: crate::limits::ticks_in(BALANCE_PERIOD_US, crate::limits::TICK_DURATION_US),
             map,
@@ -474,9 +480,10 @@ impl Replication {
                 }
             }
             ServerMsg::Handoff { entities } => self.handoff(server, inc, entities),
-            ServerMsg::Ghosts { ghosts } => {
+            ServerMsg::Ghosts { ghosts, presence } => {
                 if self.is_live(server, inc) {
                     self.ghosts_local.insert(server, ghosts);
+                    self.presence_local.insert(server, presence);
                 }
             }
             ServerMsg::Hit { target, damage } => {
@@ -622,9 +629,12 @@ impl Replication {
                     self.retiring.insert(server);
                 }
             }
-            SliceMsg::Ghosts(ghosts) => {
+            SliceMsg::Ghosts { ghosts, presence } => {
                 if let Some(slot) = self.ghosts_remote.get_mut(from.0 as usize) {
                     *slot = ghosts;
+                }
+                if let Some(slot) = self.presence_remote.get_mut(from.0 as usize) {
+                    *slot = presence;
                 }
             }
             SliceMsg::Hit { target, damage } => {

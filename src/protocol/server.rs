@@ -27,7 +27,7 @@ use super::physics::{self, Physics};
 pub use crate::limits::CLIENT_INPUTS_PER_TICK_MAX;
 use crate::limits::{
     BATCH_ENTITIES_MAX, BOARD_REACH_M, GHOST_MARGIN_M, GRID_CELL_M, HANDOFFS_PER_TICK_MAX, HIT_GRID_CELL_M,
-    HIT_RADIUS_M, LEASE_DURATION_US, PROJECTILE_DAMAGE, PROJECTILE_TTL_US, REACH_M, TICK_DURATION_US,
+    HIT_RADIUS_M, LEASE_DURATION_US, PRESENCE_CELL_M, PROJECTILE_DAMAGE, PROJECTILE_TTL_US, REACH_M, TICK_DURATION_US,
 };
 use crate::world::stream::{STREAM_LOAD_RADIUS_M, STREAM_PERIOD_US, STREAM_UNLOAD_RADIUS_M};
 use crate::world::{
@@ -137,6 +137,8 @@ pub struct ServerStats {
     pub hits: u64,
     /// Projectiles of this server that hit another server's entity (through its ghost).
     pub remote_hits: u64,
+    /// Projectiles stopped where their path left this server's regions, to be handed on there.
+    pub shots_handed_on: u64,
     /// Damage applied to held entities on behalf of other servers' projectiles.
     pub damage_received: u64,
     pub inputs_applied: u64,
@@ -199,6 +201,9 @@ pub struct Server {
     ship_grid: Grid,
     /// Other servers' border entities, read-only, and where they are.
     ghosts: Vec<Ghost>,
+    /// Where other servers' players stand near this server's regions (cells' centres), for
+    /// streaming.
+    presence: Vec<[f32; 3]>,
     ghost_grid: Grid,
     /// rapier3d's world: the ships and projectiles held, and ghost ships.
     physics: Physics,
@@ -253,6 +258,7 @@ impl Server {
             item_grid: Grid::new(GRID_CELL_M),
             ship_grid: Grid::new(GRID_CELL_M),
             ghosts: Vec::new(),
+            presence: Vec::new(),
             ghost_grid: Grid::new(HIT_GRID_CELL_M),
             physics: Physics::new(),
             damage: Vec::new(),
@@ -415,7 +421,8 @@ impl Server {
                 }
             }
             ReplicationMsg::Fenced => self.fence(),
-            ReplicationMsg::Ghosts(ghosts) => {
+            ReplicationMsg::Ghosts { ghosts, presence } => {
+                self.presence = presence;
                 // Only walkers: the grid is where a projectile looks for a ghost it hits (ships
                 // are hulls in physics), and finding one must not scan every ghost.
                 self.ghost_grid.clear();
@@ -567,8 +574,8 @@ impl Server {
             self.stream();
             self.streamed = true;
         }
-        let ghosts = self.border_ghosts();
-        self.send(ServerMsg::Ghosts { ghosts });
+        let (ghosts, presence) = self.border_ghosts();
+        self.send(ServerMsg::Ghosts { ghosts, presence });
         self.send(ServerMsg::Heartbeat { sent_at_us: now_us });
     }
 
@@ -628,6 +635,33 @@ pub fn distance_to_segment(p: Vec3, a: Vec3, b: Vec3) -> f32 {
     let ab = b - a;
     let t = if ab.length_squared() > 0.0 { ((p - a).dot(ab) / ab.length_squared()).clamp(0.0, 1.0) } else { 0.0 };
     p.distance(a + ab * t)
+}
+
+/// How far a border entity of this kind is shown to neighbouring servers: ship hulls widely,
+/// walkers in a narrow strip (`WALKER_GHOST_MARGIN_M`); anything else is never a ghost.
+pub fn ghost_margin_m(kind: EntityKind) -> Option<f32> {
+    match kind {
+        EntityKind::Ship => Some(GHOST_MARGIN_M),
+        EntityKind::Player | EntityKind::Npc => Some(crate::limits::WALKER_GHOST_MARGIN_M),
+        EntityKind::Projectile | EntityKind::Item { .. } => None,
+    }
+}
+
+/// Where (0..1) the segment `from..to` leaves the box `b`, taking the line on past `to`.
+fn leaves_box_at(b: &crate::world::Aabb, from: Vec3, to: Vec3) -> f32 {
+    let d = to - from;
+    let mut exit = f32::INFINITY;
+    for axis in 0..3 {
+        let wall = if d[axis] > 0.0 {
+            b.max()[axis]
+        } else if d[axis] < 0.0 {
+            b.min()[axis]
+        } else {
+            continue;
+        };
+        exit = exit.min((wall - from[axis]) / d[axis]);
+    }
+    exit
 }
 
 /// Distance from `p` to the box `b` (0 inside).

@@ -111,6 +111,8 @@ pub struct SimStats {
     /// Projectiles that hit another server's entity through its ghost, and damage so applied.
     pub remote_hits: u64,
     pub damage_received: u64,
+    /// Projectiles stopped where their path left their server's regions and handed on there.
+    pub shots_handed_on: u64,
     /// Applied bot actions, by kind (see `Action::index`).
     pub actions: [u64; 8],
     /// Item roots put to rest in unloaded containers, and woken when a server loaded them.
@@ -498,6 +500,7 @@ impl Simulator {
         sim.stats.adopted = servers.adopted;
         sim.stats.hits = servers.hits;
         sim.stats.remote_hits = servers.remote_hits;
+        sim.stats.shots_handed_on = servers.shots_handed_on;
         sim.stats.damage_received = servers.damage_received;
         sim.stats.actions = servers.actions;
         sim.stats.clients = ClientStats { glitches: sim.clients.glitches(), ..sim.clients.stats };

@@ -112,9 +112,12 @@ impl Replication {
     /// retire the quietest when it is quiet for a while. True if it did either.
     ///
     /// Crowded and quiet are judged by what the cores' drivers measured when every core reports
-    /// it: a core whose servers work more than `SERVER_WORK_HIGH_FRACTION` of a tick is crowded
-    /// (a crowd in one room costs far more than its count: every one of them near every other),
-    /// and every core under `SERVER_WORK_LOW_FRACTION` is quiet; every core under
+    /// it: the mesh is crowded when a core's servers work more than `SERVER_WORK_HIGH_FRACTION`
+    /// of a tick (a crowd in one room costs far more than its count: every one of them near
+    /// every other) and no core has room to take load (every one past
+    /// `SERVER_WORK_SURPLUS_FRACTION`; while one has, balancing evens the load out among the
+    /// servers there are, and a start would only interrupt it), and every core under
+    /// `SERVER_WORK_LOW_FRACTION` is quiet; every core under
     /// `SERVER_WORK_SURPLUS_FRACTION` lets a server beyond the starting number retire into a
     /// sibling on its core, and so does one that sits idle (under `SERVER_IDLE_SHARE` of the
     /// average server's entities) while no core is crowded. Without measurements (the simulator,
@@ -138,8 +141,9 @@ impl Replication {
             Some(work) => {
                 let budget = self.lifecycles.tick_us as f64;
                 let busiest = work.iter().copied().max().unwrap_or(0) as f64;
+                let quietest = work.iter().copied().min().unwrap_or(0) as f64;
                 (
-                    busiest > SERVER_WORK_HIGH_FRACTION * budget,
+                    busiest > SERVER_WORK_HIGH_FRACTION * budget && quietest > SERVER_WORK_SURPLUS_FRACTION * budget,
                     busiest < SERVER_WORK_LOW_FRACTION * budget,
                     busiest < SERVER_WORK_SURPLUS_FRACTION * budget,
                 )
@@ -365,8 +369,15 @@ impl Replication {
         let mut regions: Vec<(u32, RegionId)> =
             self.map.regions_of(busiest).map(|r| (loads.get(&r.id).copied().unwrap_or(0), r.id)).collect();
         regions.sort();
-        // The biggest region that moves less than the gap: both sides end nearer the middle.
-        let movable = regions.iter().rev().find(|(n, _)| *n > 0 && *n < gap && regions.len() > 1);
+        // The biggest region that moves at most three quarters of the gap, so the sides end
+        // at least half again as near each other. A region near the whole gap would only swap
+        // which side is hot, and crumbs (under a quarter of it) would take a period each while
+        // the load that matters stays put: with nothing in between, the biggest is cut.
+        let movable = regions
+            .iter()
+            .rev()
+            .find(|(n, _)| *n > 0 && *n as u64 * 4 <= gap as u64 * 3 && regions.len() > 1)
+            .filter(|(n, _)| *n as u64 * 4 >= gap as u64 || !self.cuttable(regions.last().map(|(_, r)| *r)));
         match movable {
             Some(&(_, region)) => {
                 self.map.assign(region, Some(quietest)).expect("region exists");
@@ -384,6 +395,10 @@ impl Replication {
                 let mut cuts = 0;
                 while cuts < CUTS_PER_PERIOD_MAX {
                     let Some(cut) = plan_cut(&bounds, tree, load.as_ref()) else { break };
+                    if cuts > 0 && cut.through == Some(ContainerKind::Room) {
+                        // A room walled off this period is cut on its own report, the next.
+                        break;
+                    }
                     let Ok((low, high)) = self.map.split_at(region, cut.axis, cut.at) else { break };
                     cuts += 1;
                     self.stats.regions_split += 1;
@@ -394,7 +409,7 @@ impl Replication {
                     let (ll, hl) = (parent.restrict(&bounds, &lb), parent.restrict(&bounds, &hb));
                     let (next, next_bounds, next_load) =
                         if ll.entities >= hl.entities { (low, lb, ll) } else { (high, hb, hl) };
-                    if next_load.entities < gap || cut.through == Some(ContainerKind::Room) {
+                    if next_load.entities as u64 * 4 <= gap as u64 * 3 || cut.through == Some(ContainerKind::Room) {
                         break;
                     }
                     (region, bounds, load) = (next, next_bounds, Some(next_load));
@@ -408,6 +423,12 @@ impl Replication {
                 }
             }
         }
+    }
+
+    /// Controller: whether `region` could be cut (both sides at least the smallest edge).
+    fn cuttable(&self, region: Option<RegionId>) -> bool {
+        let tree = self.streaming.as_ref().map(|index| index.tree());
+        region.and_then(|r| self.map.get(r)).is_some_and(|r| plan_cut(&r.bounds, tree, None).is_some())
     }
 
     /// Controller, where the cores' drivers measure their work: the two servers load should go

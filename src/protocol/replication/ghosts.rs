@@ -14,51 +14,70 @@ impl Replication {
         true
     }
 
-    /// Every live local server sees every other server's border entities of the last tick; the
-    /// other slices get this core's.
+    /// Every live local server sees every other server's border entities of the last tick, and
+    /// where their players stand near its regions; the other slices get this core's. Each
+    /// ghost within its kind's margin (`ghost_margin_m`) of a region of the server or core it
+    /// goes to, each presence cell within streaming's reach of one.
     pub(super) fn share_ghosts(&mut self) {
         self.ghosts_local.retain(|s, _| self.servers.get(s).is_some_and(|slot| slot.live));
+        self.presence_local.retain(|s, _| self.servers.get(s).is_some_and(|slot| slot.live));
         let local: Vec<Ghost> = self.ghosts_local.values().flatten().copied().collect();
-        let margin = glam::Vec3::splat(crate::limits::GHOST_MARGIN_M);
+        let local_presence: Vec<Presence> = self
+            .presence_local
+            .iter()
+            .flat_map(|(server, cells)| cells.iter().map(|at| Presence { server: *server, at: *at }))
+            .collect();
         for slice in (0..self.slices).map(SliceId).filter(|s| *s != self.slice) {
             // Only what stands near the regions of that core's servers crosses to it.
-            let reach: Vec<crate::world::Aabb> = self
+            let regions: Vec<crate::world::Aabb> = self
                 .map
                 .regions()
                 .iter()
                 .filter(|r| r.server.is_some_and(|s| self.home_of(s) == slice))
-                .map(|r| crate::world::Aabb::new(r.bounds.min() - margin, r.bounds.max() + margin))
+                .map(|r| r.bounds)
                 .collect();
-            let seen: Vec<Ghost> = local
-                .iter()
-                .filter(|g| reach.iter().any(|b| b.contains(glam::Vec3::from_array(g.position))))
-                .copied()
-                .collect();
-            self.stats.ghosts_to_cores += seen.len() as u64;
-            self.peer_outbox.push_back((slice, SliceMsg::Ghosts(seen)));
+            let ghosts: Vec<Ghost> = local.iter().filter(|g| near_any(g, &regions)).copied().collect();
+            let presence: Vec<Presence> =
+                local_presence.iter().filter(|p| present_near_any(p, &regions)).copied().collect();
+            self.stats.ghosts_to_cores += ghosts.len() as u64;
+            self.peer_outbox.push_back((slice, SliceMsg::Ghosts { ghosts, presence }));
         }
         let mut all = local;
-        for (i, remote) in self.ghosts_remote.iter().enumerate() {
+        let mut all_presence = local_presence;
+        for (i, (remote, presence)) in self.ghosts_remote.iter().zip(&self.presence_remote).enumerate() {
             if i != self.slice.0 as usize {
                 all.extend_from_slice(remote);
+                all_presence.extend_from_slice(presence);
             }
         }
-        // Each server gets only the ghosts within the margin of its own regions.
-        let margin = glam::Vec3::splat(crate::limits::GHOST_MARGIN_M);
+        // Each server gets only what is within reach of its own regions.
         let live: Vec<ServerId> = self.live_servers().collect();
         for server in live {
-            let reach: Vec<crate::world::Aabb> = self
-                .map
-                .regions_of(server)
-                .map(|r| crate::world::Aabb::new(r.bounds.min() - margin, r.bounds.max() + margin))
-                .collect();
-            let seen: Vec<Ghost> = all
+            let regions: Vec<crate::world::Aabb> = self.map.regions_of(server).map(|r| r.bounds).collect();
+            let ghosts: Vec<Ghost> =
+                all.iter().filter(|g| g.server != server && near_any(g, &regions)).copied().collect();
+            let presence: Vec<[f32; 3]> = all_presence
                 .iter()
-                .filter(|g| g.server != server && reach.iter().any(|b| b.contains(glam::Vec3::from_array(g.position))))
-                .copied()
+                .filter(|p| p.server != server && present_near_any(p, &regions))
+                .map(|p| p.at)
                 .collect();
-            self.stats.ghosts_to_servers += seen.len() as u64;
-            self.send(server, ReplicationMsg::Ghosts(seen));
+            self.stats.ghosts_to_servers += ghosts.len() as u64;
+            self.send(server, ReplicationMsg::Ghosts { ghosts, presence });
         }
     }
+}
+
+/// Whether `ghost` stands within its kind's margin of any of `regions`.
+fn near_any(ghost: &Ghost, regions: &[crate::world::Aabb]) -> bool {
+    let Some(margin) = crate::protocol::server::ghost_margin_m(ghost.kind) else { return false };
+    let p = glam::Vec3::from_array(ghost.position);
+    regions.iter().any(|b| crate::protocol::server::distance_to_box(p, b) <= margin)
+}
+
+/// Whether a presence cell is within streaming's reach (widened by the cell's half diagonal)
+/// of any of `regions`.
+fn present_near_any(presence: &Presence, regions: &[crate::world::Aabb]) -> bool {
+    let reach = crate::limits::STREAM_UNLOAD_RADIUS_M + crate::limits::PRESENCE_CELL_M * 3f32.sqrt() / 2.0;
+    let p = glam::Vec3::from_array(presence.at);
+    regions.iter().any(|b| crate::protocol::server::distance_to_box(p, b) <= reach)
 }

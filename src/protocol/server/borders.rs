@@ -3,13 +3,16 @@
 use super::*;
 
 impl Server {
-    /// Held players, NPCs and ships within `GHOST_MARGIN_M` of a region another server owns:
-    /// what neighbouring servers must see. Entities deep inside this server's area, or by the
-    /// world's edge, are nobody else's business.
-    pub(super) fn border_ghosts(&self) -> Vec<Ghost> {
+    /// Held players, NPCs and ships within their ghost margin (`ghost_margin_m`) of a region
+    /// another server owns: what neighbouring servers must see. Entities deep inside this
+    /// server's area, or by the world's edge, are nobody else's business. With them, the cells
+    /// (`PRESENCE_CELL_M`) where held players stand within `STREAM_UNLOAD_RADIUS_M` of such a
+    /// region, for the neighbours' streaming, in order.
+    pub(super) fn border_ghosts(&self) -> (Vec<Ghost>, Vec<[f32; 3]>) {
         let map = self.map.as_ref().expect("active servers have a map");
-        let margin = Vec3::splat(GHOST_MARGIN_M);
-        // For each region of this server, the foreign regions within the margin of it.
+        let widest = GHOST_MARGIN_M.max(STREAM_UNLOAD_RADIUS_M);
+        let margin = Vec3::splat(widest);
+        // For each region of this server, the foreign regions within the widest margin of it.
         let mut near: Vec<(crate::world::RegionId, Vec<crate::world::Aabb>)> = Vec::new();
         for mine in map.regions_of(self.id) {
             let reach = crate::world::Aabb::new(mine.bounds.min() - margin, mine.bounds.max() + margin);
@@ -24,20 +27,61 @@ impl Server {
             }
         }
         if near.is_empty() {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         }
-        self.entities
-            .iter()
-            .filter(|(_, h)| matches!(h.state.kind, EntityKind::Player | EntityKind::Npc | EntityKind::Ship))
-            .filter(|(_, h)| {
-                let p = h.state.pos();
-                let region = map.region_at(p).id;
-                near.iter()
-                    .find(|(r, _)| *r == region)
-                    .is_some_and(|(_, foreign)| foreign.iter().any(|b| distance_to_box(p, b) <= GHOST_MARGIN_M))
-            })
-            .map(|(id, h)| Ghost { id: *id, kind: h.state.kind, position: h.state.position, server: self.id })
-            .collect()
+        let mut ghosts = Vec::new();
+        let mut cells: Vec<glam::IVec3> = Vec::new();
+        for (id, h) in &self.entities {
+            let kind = h.state.kind;
+            let margin = ghost_margin_m(kind);
+            let player = kind == EntityKind::Player;
+            if margin.is_none() && !player {
+                continue;
+            }
+            let p = h.state.pos();
+            let region = map.region_at(p).id;
+            let Some((_, foreign)) = near.iter().find(|(r, _)| *r == region) else { continue };
+            let distance = foreign.iter().map(|b| distance_to_box(p, b)).fold(f32::INFINITY, f32::min);
+            if margin.is_some_and(|m| distance <= m) {
+                ghosts.push(Ghost { id: *id, kind, position: h.state.position, server: self.id });
+            }
+            if player && distance <= STREAM_UNLOAD_RADIUS_M {
+                cells.push((p / PRESENCE_CELL_M).floor().as_ivec3());
+            }
+        }
+        cells.sort_by_key(|c| (c.x, c.y, c.z));
+        cells.dedup();
+        let presence = cells.into_iter().map(|c| ((c.as_vec3() + 0.5) * PRESENCE_CELL_M).to_array()).collect();
+        (ghosts, presence)
+    }
+
+    /// Where (0..1) the path `from..to` first leaves this server's regions into another's, or
+    /// `None` where it stays in them (or leaves only the world, where the projectile ends).
+    pub(super) fn path_leaves_regions_at(&self, from: Vec3, to: Vec3) -> Option<f32> {
+        let map = self.map.as_ref().expect("active servers have a map");
+        let length = from.distance(to);
+        if length <= 1e-3 || !length.is_finite() {
+            return None;
+        }
+        // Just past a wall, so the point is in the next region (regions are half-open).
+        let nudge = 1e-3 / length;
+        let mut t = 0.0f32;
+        for _ in 0..crate::limits::PATH_REGIONS_MAX {
+            let p = from.lerp(to, t);
+            if !map.world.contains(p) {
+                return None;
+            }
+            let region = map.region_at(p);
+            if region.server != Some(self.id) {
+                return Some(t);
+            }
+            let exit = leaves_box_at(&region.bounds, from, to);
+            if exit >= 1.0 {
+                return None;
+            }
+            t = (exit.max(t) + nudge).min(1.0);
+        }
+        Some(t)
     }
 
     pub(super) fn roots_outside_regions(&self) -> Vec<EntityId> {

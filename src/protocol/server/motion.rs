@@ -98,6 +98,12 @@ impl Server {
     /// player or NPC that came within reach of the path, or a ship's hull (rapier's ray cast),
     /// held here or seen as a ghost. At 1500 m/s it moves 50 m a tick, so testing only where it
     /// ends would let it pass through. Two at the same point of the path: the smaller id.
+    ///
+    /// Only the part of the path in this server's regions is this server's to test: where it
+    /// leaves them into another server's, a projectile that hit nothing stops just past the
+    /// border and is handed on with the tick's other leavers; the next server flies it on from
+    /// there. So a neighbour's walkers matter here only within `HIT_RADIUS_M` of the border (the
+    /// narrow `WALKER_GHOST_MARGIN_M`), not within a tick's flight of it.
     pub(super) fn resolve_hits(&mut self, tick: Tick) {
         let dt = self.tick_us as f32 / 1e6;
         let projectiles: Vec<(EntityId, Vec3, Vec3, Option<EntityId>)> = self
@@ -107,7 +113,9 @@ impl Server {
             .map(|(id, h)| (*id, h.state.pos() - h.state.vel() * dt, h.state.pos(), h.state.source))
             .collect();
         let walker = |kind: EntityKind| matches!(kind, EntityKind::Player | EntityKind::Npc);
-        for (projectile, from, to, source) in projectiles {
+        for (projectile, from, full_to, source) in projectiles {
+            let leaves = self.path_leaves_regions_at(from, full_to);
+            let to = leaves.map_or(full_to, |t| from.lerp(full_to, t));
             // (how far along the path, target, a ghost): the first, the smaller id at a tie.
             let mut first: Option<(f32, EntityId, bool)> = None;
             let consider = |first: &mut Option<(f32, EntityId, bool)>, hit: (f32, EntityId, bool)| {
@@ -167,7 +175,13 @@ impl Server {
                     self.destroy(projectile);
                     self.stats.hits += 1;
                 }
-                None => {}
+                None => {
+                    if leaves.is_some() {
+                        let state = self.touch(projectile, tick);
+                        state.position = to.to_array();
+                        self.stats.shots_handed_on += 1;
+                    }
+                }
             }
         }
     }

@@ -4,30 +4,34 @@ use super::*;
 
 impl Server {
     /// One streaming pass: load the containers in this server's regions that a player (held,
-    /// or a neighbour's seen as a ghost) has come near; unload the loaded ones no player is near
-    /// any more, giving their loose items back to the layer. A loose item held in a container
-    /// that is not loaded (adopted while an unload was on its way) goes back too.
+    /// or a neighbour's near the border, from its presence cells) has come near; unload the
+    /// loaded ones no player is near any more, giving their loose items back to the layer. A
+    /// loose item held in a container that is not loaded (adopted while an unload was on its
+    /// way) goes back too.
     pub(super) fn stream(&mut self) {
         const KEEP: u8 = 1;
         const WANT: u8 = 2;
         let index = self.streaming.clone().expect("streaming is on");
-        let players: Vec<Vec3> = self
+        // A presence cell stands for players anywhere in it: the radii widen by half its
+        // diagonal, so a container loads no later than for the players themselves.
+        let cell = PRESENCE_CELL_M * 3f32.sqrt() / 2.0;
+        let players: Vec<(Vec3, f32)> = self
             .entities
             .values()
             .filter(|h| h.state.kind == EntityKind::Player)
-            .map(|h| h.state.pos())
-            .chain(self.ghosts.iter().filter(|g| g.kind == EntityKind::Player).map(|g| Vec3::from_array(g.position)))
+            .map(|h| (h.state.pos(), 0.0))
+            .chain(self.presence.iter().map(|p| (Vec3::from_array(*p), cell)))
             .collect();
         let mut touched: Vec<ContainerId> = Vec::new();
-        for p in players {
+        for (p, widen) in players {
             let marks = &mut self.marks;
-            index.near(p, STREAM_UNLOAD_RADIUS_M, |c| {
+            index.near(p, STREAM_UNLOAD_RADIUS_M + widen, |c| {
                 let mark = &mut marks[c as usize];
                 if *mark == 0 {
                     touched.push(c);
                 }
                 *mark |= KEEP;
-                if *mark & WANT == 0 && index.is_near(c, p, STREAM_LOAD_RADIUS_M) {
+                if *mark & WANT == 0 && index.is_near(c, p, STREAM_LOAD_RADIUS_M + widen) {
                     *mark |= WANT;
                 }
             });
