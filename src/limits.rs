@@ -98,6 +98,11 @@ pub const WALKER_GHOST_MARGIN_M: f32 = HIT_RADIUS_M + 4.0;
 /// that for these points, so it loads no later than for the players themselves.
 pub const PRESENCE_CELL_M: f32 = 4.0;
 
+/// How far past its server's regions a moving player, NPC or ship may go before it is handed
+/// off: a walker milling on a border stays with its server instead of going back and forth
+/// (one at rest outside is handed off at once). Its neighbours see it as a ghost meanwhile.
+pub const HANDOFF_SLACK_M: f32 = 3.0;
+
 /// Regions one projectile's path is followed through in one tick before it is handed on where
 /// it stands (a path a tick long crosses a few at most; this bounds a degenerate map).
 pub const PATH_REGIONS_MAX: usize = 64;

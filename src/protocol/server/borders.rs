@@ -39,9 +39,14 @@ impl Server {
                 continue;
             }
             let p = h.state.pos();
-            let region = map.region_at(p).id;
-            let Some((_, foreign)) = near.iter().find(|(r, _)| *r == region) else { continue };
-            let distance = foreign.iter().map(|b| distance_to_box(p, b)).fold(f32::INFINITY, f32::min);
+            let region = map.region_at(p);
+            let distance = if region.server != Some(self.id) {
+                // Held past a border (within the handoff slack): in another server's region.
+                0.0
+            } else {
+                let Some((_, foreign)) = near.iter().find(|(r, _)| *r == region.id) else { continue };
+                foreign.iter().map(|b| distance_to_box(p, b)).fold(f32::INFINITY, f32::min)
+            };
             if margin.is_some_and(|m| distance <= m) {
                 ghosts.push(Ghost { id: *id, kind, position: h.state.position, server: self.id });
             }
@@ -84,11 +89,22 @@ impl Server {
         Some(t)
     }
 
+    /// Roots to hand off: those outside this server's regions by more than `HANDOFF_SLACK_M`,
+    /// at rest outside them, or projectiles (stopped at a border to be handed on). A walker
+    /// milling across a border stays with its server until it is well past it or stands still,
+    /// so a crowd on a cut does not hand its players back and forth.
     pub(super) fn roots_outside_regions(&self) -> Vec<EntityId> {
         let map = self.map.as_ref().expect("active servers have a map");
+        let mine: Vec<crate::world::Aabb> = map.regions_of(self.id).map(|r| r.bounds).collect();
         self.entities
             .iter()
             .filter(|(_, h)| h.state.parent.is_none() && map.owner_at(h.state.pos()) != Some(self.id))
+            .filter(|(_, h)| {
+                let p = h.state.pos();
+                h.state.kind == EntityKind::Projectile
+                    || h.state.vel() == Vec3::ZERO
+                    || mine.iter().all(|b| distance_to_box(p, b) > crate::limits::HANDOFF_SLACK_M)
+            })
             .map(|(id, _)| *id)
             .collect()
     }

@@ -12,18 +12,22 @@ impl Server {
         const KEEP: u8 = 1;
         const WANT: u8 = 2;
         let index = self.streaming.clone().expect("streaming is on");
-        // A presence cell stands for players anywhere in it: the radii widen by half its
-        // diagonal, so a container loads no later than for the players themselves.
-        let cell = PRESENCE_CELL_M * 3f32.sqrt() / 2.0;
-        let players: Vec<(Vec3, f32)> = self
+        // Players by the `PRESENCE_CELL_M` cell they stand in, this server's and its
+        // neighbours' alike: a crowd is a few dozen cells, each looked up once. A cell stands
+        // for players anywhere in it, so the radii widen by half its diagonal: a container
+        // loads no later than for the players themselves.
+        let widen = PRESENCE_CELL_M * 3f32.sqrt() / 2.0;
+        let mut cells: Vec<glam::IVec3> = self
             .entities
             .values()
             .filter(|h| h.state.kind == EntityKind::Player)
-            .map(|h| (h.state.pos(), 0.0))
-            .chain(self.presence.iter().map(|p| (Vec3::from_array(*p), cell)))
+            .map(|h| (h.state.pos() / PRESENCE_CELL_M).floor().as_ivec3())
+            .chain(self.presence.iter().map(|p| (Vec3::from_array(*p) / PRESENCE_CELL_M).floor().as_ivec3()))
             .collect();
+        cells.sort_unstable_by_key(|c| (c.x, c.y, c.z));
+        cells.dedup();
         let mut touched: Vec<ContainerId> = Vec::new();
-        for (p, widen) in players {
+        for p in cells.into_iter().map(|c| (c.as_vec3() + 0.5) * PRESENCE_CELL_M) {
             let marks = &mut self.marks;
             index.near(p, STREAM_UNLOAD_RADIUS_M + widen, |c| {
                 let mark = &mut marks[c as usize];
