@@ -549,7 +549,10 @@ impl Server {
         }
         self.rebuild_grid();
         self.resolve_hits(tick);
-        let mut leaving = self.roots_outside_regions();
+        // The border pass comes after the tick's moves and hits: what leaves is shown as a ghost
+        // where it stands too (a neighbour that now holds it ignores the ghost).
+        let borders = self.border_pass();
+        let mut leaving = borders.leaving;
         leaving.truncate(self.handoffs_per_tick_max);
         // Players logged out leave with what they carry, off whatever they were aboard.
         for player in std::mem::take(&mut self.logging_out) {
@@ -574,8 +577,7 @@ impl Server {
             self.stream();
             self.streamed = true;
         }
-        let (ghosts, presence) = self.border_ghosts();
-        self.send(ServerMsg::Ghosts { ghosts, presence });
+        self.send(ServerMsg::Ghosts { ghosts: borders.ghosts, presence: borders.presence });
         self.send(ServerMsg::Heartbeat { sent_at_us: now_us });
     }
 

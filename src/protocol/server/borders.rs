@@ -2,20 +2,33 @@
 
 use super::*;
 
+/// What one pass over a server's entities finds at its borders (`Server::border_pass`).
+#[derive(Debug, Default)]
+pub(super) struct Borders {
+    pub leaving: Vec<EntityId>,
+    pub ghosts: Vec<Ghost>,
+    pub presence: Vec<[f32; 3]>,
+}
+
 impl Server {
-    /// Held players, NPCs and ships within their ghost margin (`ghost_margin_m`) of a region
-    /// another server owns: what neighbouring servers must see. Entities deep inside this
-    /// server's area, or by the world's edge, are nobody else's business. With them, the cells
-    /// (`PRESENCE_CELL_M`) where held players stand within `STREAM_UNLOAD_RADIUS_M` of such a
-    /// region, for the neighbours' streaming, in order.
-    pub(super) fn border_ghosts(&self) -> (Vec<Ghost>, Vec<[f32; 3]>) {
+    /// One pass over what this server holds, one region lookup each: the roots to hand off
+    /// (outside this server's regions by more than `HANDOFF_SLACK_M`, at rest outside them, or
+    /// projectiles, stopped at a border to be handed on: a walker milling across a border stays
+    /// with its server until it is well past it or stands still, so a crowd on a cut does not
+    /// hand its players back and forth); the players, NPCs and ships within their ghost margin
+    /// (`ghost_margin_m`) of a region another server owns, what neighbouring servers must see
+    /// (entities deep inside this server's area, or by the world's edge, are nobody else's
+    /// business); and the cells (`PRESENCE_CELL_M`) where held players stand within
+    /// `STREAM_UNLOAD_RADIUS_M` of such a region, for the neighbours' streaming, in order.
+    pub(super) fn border_pass(&self) -> Borders {
         let map = self.map.as_ref().expect("active servers have a map");
         let widest = GHOST_MARGIN_M.max(STREAM_UNLOAD_RADIUS_M);
         let margin = Vec3::splat(widest);
+        let mine: Vec<crate::world::Aabb> = map.regions_of(self.id).map(|r| r.bounds).collect();
         // For each region of this server, the foreign regions within the widest margin of it.
         let mut near: Vec<(crate::world::RegionId, Vec<crate::world::Aabb>)> = Vec::new();
-        for mine in map.regions_of(self.id) {
-            let reach = crate::world::Aabb::new(mine.bounds.min() - margin, mine.bounds.max() + margin);
+        for own in map.regions_of(self.id) {
+            let reach = crate::world::Aabb::new(own.bounds.min() - margin, own.bounds.max() + margin);
             let foreign: Vec<_> = map
                 .regions()
                 .iter()
@@ -23,41 +36,46 @@ impl Server {
                 .map(|r| r.bounds)
                 .collect();
             if !foreign.is_empty() {
-                near.push((mine.id, foreign));
+                near.push((own.id, foreign));
             }
         }
-        if near.is_empty() {
-            return (Vec::new(), Vec::new());
-        }
-        let mut ghosts = Vec::new();
+        let mut out = Borders::default();
         let mut cells: Vec<glam::IVec3> = Vec::new();
         for (id, h) in &self.entities {
             let kind = h.state.kind;
             let margin = ghost_margin_m(kind);
             let player = kind == EntityKind::Player;
-            if margin.is_none() && !player {
+            let root = h.state.parent.is_none();
+            if margin.is_none() && !player && !root {
                 continue;
             }
             let p = h.state.pos();
             let region = map.region_at(p);
             let distance = if region.server != Some(self.id) {
-                // Held past a border (within the handoff slack): in another server's region.
+                if root
+                    && (kind == EntityKind::Projectile
+                        || h.state.vel() == Vec3::ZERO
+                        || mine.iter().all(|b| distance_to_box(p, b) > crate::limits::HANDOFF_SLACK_M))
+                {
+                    out.leaving.push(*id);
+                }
+                // Held past a border: in another server's region.
                 0.0
             } else {
                 let Some((_, foreign)) = near.iter().find(|(r, _)| *r == region.id) else { continue };
                 foreign.iter().map(|b| distance_to_box(p, b)).fold(f32::INFINITY, f32::min)
             };
             if margin.is_some_and(|m| distance <= m) {
-                ghosts.push(Ghost { id: *id, kind, position: h.state.position, server: self.id });
+                out.ghosts.push(Ghost { id: *id, kind, position: h.state.position, server: self.id });
             }
             if player && distance <= STREAM_UNLOAD_RADIUS_M {
                 cells.push((p / PRESENCE_CELL_M).floor().as_ivec3());
             }
         }
-        cells.sort_by_key(|c| (c.x, c.y, c.z));
+        cells.sort_unstable_by_key(|c| (c.x, c.y, c.z));
         cells.dedup();
-        let presence = cells.into_iter().map(|c| ((c.as_vec3() + 0.5) * PRESENCE_CELL_M).to_array()).collect();
-        (ghosts, presence)
+        out.presence = cells.into_iter().map(|c| ((c.as_vec3() + 0.5) * PRESENCE_CELL_M).to_array()).collect();
+        out
     }
 
     /// Where (0..1) the path `from..to` first leaves this server's regions into another's, or
@@ -87,26 +105,6 @@ impl Server {
             t = (exit.max(t) + nudge).min(1.0);
         }
         Some(t)
-    }
-
-    /// Roots to hand off: those outside this server's regions by more than `HANDOFF_SLACK_M`,
-    /// at rest outside them, or projectiles (stopped at a border to be handed on). A walker
-    /// milling across a border stays with its server until it is well past it or stands still,
-    /// so a crowd on a cut does not hand its players back and forth.
-    pub(super) fn roots_outside_regions(&self) -> Vec<EntityId> {
-        let map = self.map.as_ref().expect("active servers have a map");
-        let mine: Vec<crate::world::Aabb> = map.regions_of(self.id).map(|r| r.bounds).collect();
-        self.entities
-            .iter()
-            .filter(|(_, h)| h.state.parent.is_none() && map.owner_at(h.state.pos()) != Some(self.id))
-            .filter(|(_, h)| {
-                let p = h.state.pos();
-                h.state.kind == EntityKind::Projectile
-                    || h.state.vel() == Vec3::ZERO
-                    || mine.iter().all(|b| distance_to_box(p, b) > crate::limits::HANDOFF_SLACK_M)
-            })
-            .map(|(id, _)| *id)
-            .collect()
     }
 
     /// Every change of the tick, leaving entities included: a handoff may only carry what the
@@ -218,7 +216,7 @@ mod tests {
         ];
         let owned = entities.into_iter().map(|(id, state)| Owned { id, epoch: Epoch(2), state }).collect();
         s.handle(0, to(ReplicationMsg::Adopt { entities: owned }));
-        assert_eq!(s.roots_outside_regions(), vec![EntityId(2)], "the ship, not its rider, not the NPC at home");
+        assert_eq!(s.border_pass().leaving, vec![EntityId(2)], "the ship, not its rider, not the NPC at home");
         let subtree: Vec<EntityId> = s.remove_subtree(EntityId(2)).iter().map(|o| o.id).collect();
         assert_eq!(subtree, vec![EntityId(2), EntityId(3)], "parents first");
         assert!(!s.held().contains_key(&EntityId(3)), "removed before the message leaves");
