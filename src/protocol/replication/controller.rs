@@ -104,10 +104,6 @@ impl Replication {
         self.serving().min_by_key(|s| (self.map.regions_of(*s).count(), *s))
     }
 
-    pub(super) fn busiest(&self) -> Option<ServerId> {
-        self.serving().max_by_key(|s| (self.map.regions_of(*s).count(), std::cmp::Reverse(*s)))
-    }
-
     /// Controller, once a balancing period: start a server when the mesh is crowded for a while,
     /// retire the quietest when it is quiet for a while. True if it did either.
     ///
@@ -547,12 +543,13 @@ impl Replication {
                 changed = true;
             }
         }
-        if let (true, Some(idle), Some(busiest)) = (self.balancing, self.least_loaded(), self.busiest()) {
-            let regions_of_busiest: Vec<RegionId> = self.map.regions_of(busiest).map(|r| r.id).collect();
-            if self.map.regions_of(idle).count() == 0 && regions_of_busiest.len() >= 2 {
-                self.map.assign(regions_of_busiest[0], Some(idle)).expect("region exists");
-                self.stats.regions_moved += 1;
-                changed = true;
+        if let (true, Some(idle)) = (self.balancing, self.least_loaded()) {
+            if self.map.regions_of(idle).count() == 0 {
+                if let Some(region) = self.region_for_idle(idle) {
+                    self.map.assign(region, Some(idle)).expect("region exists");
+                    self.stats.regions_moved += 1;
+                    changed = true;
+                }
             }
         }
         if changed {
@@ -561,6 +558,26 @@ impl Replication {
         if self.balancing && self.ticks % self.balance_every_ticks == 1 % self.balance_every_ticks {
             self.balance();
         }
+    }
+
+    /// Controller: the region a server with none (one just started) takes: from the busiest
+    /// server that has two or more (on the busiest core where the cores measure their work, by
+    /// what its regions hold), its biggest region holding at most half of that, else its
+    /// smallest: load moves toward the middle, never a whole crowd at once.
+    fn region_for_idle(&self, idle: ServerId) -> Option<RegionId> {
+        let loads = self.region_loads();
+        let load = |r: RegionId| loads.get(&r).copied().unwrap_or(0);
+        let held = |s: ServerId| -> u64 { self.map.regions_of(s).map(|r| load(r.id) as u64).sum() };
+        let core_work =
+            |s: ServerId| self.work_reported.get(self.home_of(s).0 as usize).copied().flatten().unwrap_or(0);
+        let donor = self
+            .serving()
+            .filter(|s| *s != idle && self.map.regions_of(*s).count() >= 2)
+            .max_by_key(|s| (core_work(*s), held(*s), std::cmp::Reverse(*s)))?;
+        let half = held(donor) / 2;
+        let mut regions: Vec<(u32, RegionId)> = self.map.regions_of(donor).map(|r| (load(r.id), r.id)).collect();
+        regions.sort();
+        regions.iter().rev().find(|(n, _)| *n as u64 <= half && *n > 0).or(regions.first()).map(|(_, r)| *r)
     }
 
     /// Controller: cut a region in two (both halves keep its server).
