@@ -649,6 +649,22 @@ pub fn ghost_margin_m(kind: EntityKind) -> Option<f32> {
     }
 }
 
+/// The `PRESENCE_CELL_M` cell a player at `p` stands in.
+pub fn presence_cell(p: Vec3) -> glam::IVec3 {
+    (p / PRESENCE_CELL_M).floor().as_ivec3()
+}
+
+/// The centre of a presence cell: where it stands for the players in it.
+pub fn presence_centre(cell: glam::IVec3) -> Vec3 {
+    (cell.as_vec3() + 0.5) * PRESENCE_CELL_M
+}
+
+/// How far a presence cell's centre may be from a player in it (half its diagonal): streaming
+/// widens its radii by this, so a container loads no later than for the players themselves.
+pub fn presence_slack_m() -> f32 {
+    PRESENCE_CELL_M * 3f32.sqrt() / 2.0
+}
+
 /// Where (0..1) the segment `from..to` leaves the box `b`, taking the line on past `to`.
 fn leaves_box_at(b: &crate::world::Aabb, from: Vec3, to: Vec3) -> f32 {
     let d = to - from;

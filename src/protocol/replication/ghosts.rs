@@ -77,7 +77,7 @@ fn near_any(ghost: &Ghost, regions: &[crate::world::Aabb]) -> bool {
 /// Whether a presence cell is within streaming's reach (widened by the cell's half diagonal)
 /// of any of `regions`.
 fn present_near_any(presence: &Presence, regions: &[crate::world::Aabb]) -> bool {
-    let reach = crate::limits::STREAM_UNLOAD_RADIUS_M + crate::limits::PRESENCE_CELL_M * 3f32.sqrt() / 2.0;
+    let reach = crate::limits::STREAM_UNLOAD_RADIUS_M + crate::protocol::server::presence_slack_m();
     let p = glam::Vec3::from_array(presence.at);
     regions.iter().any(|b| crate::protocol::server::distance_to_box(p, b) <= reach)
 }

@@ -69,12 +69,12 @@ impl Server {
                 out.ghosts.push(Ghost { id: *id, kind, position: h.state.position, server: self.id });
             }
             if player && distance <= STREAM_UNLOAD_RADIUS_M {
-                cells.push((p / PRESENCE_CELL_M).floor().as_ivec3());
+                cells.push(presence_cell(p));
             }
         }
         cells.sort_unstable_by_key(|c| (c.x, c.y, c.z));
         cells.dedup();
-        out.presence = cells.into_iter().map(|c| ((c.as_vec3() + 0.5) * PRESENCE_CELL_M).to_array()).collect();
+        out.presence = cells.into_iter().map(|c| presence_centre(c).to_array()).collect();
         out
     }
 

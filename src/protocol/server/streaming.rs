@@ -16,18 +16,18 @@ impl Server {
         // neighbours' alike: a crowd is a few dozen cells, each looked up once. A cell stands
         // for players anywhere in it, so the radii widen by half its diagonal: a container
         // loads no later than for the players themselves.
-        let widen = PRESENCE_CELL_M * 3f32.sqrt() / 2.0;
+        let widen = presence_slack_m();
         let mut cells: Vec<glam::IVec3> = self
             .entities
             .values()
             .filter(|h| h.state.kind == EntityKind::Player)
-            .map(|h| (h.state.pos() / PRESENCE_CELL_M).floor().as_ivec3())
-            .chain(self.presence.iter().map(|p| (Vec3::from_array(*p) / PRESENCE_CELL_M).floor().as_ivec3()))
+            .map(|h| presence_cell(h.state.pos()))
+            .chain(self.presence.iter().map(|p| presence_cell(Vec3::from_array(*p))))
             .collect();
         cells.sort_unstable_by_key(|c| (c.x, c.y, c.z));
         cells.dedup();
         let mut touched: Vec<ContainerId> = Vec::new();
-        for p in cells.into_iter().map(|c| (c.as_vec3() + 0.5) * PRESENCE_CELL_M) {
+        for p in cells.into_iter().map(presence_centre) {
             let marks = &mut self.marks;
             index.near(p, STREAM_UNLOAD_RADIUS_M + widen, |c| {
                 let mark = &mut marks[c as usize];
