@@ -511,6 +511,12 @@ pub const STREAM_UNLOAD_RADIUS_M: f32 = crate::limits::GHOST_MARGIN_M;
 /// radius and a player's reach.
 pub const STREAM_PERIOD_US: u64 = 100_000;
 
+/// Game time after a server hears a new map during which its streaming gives nothing back and
+/// it hands off no loose item (it streams every tick meanwhile): a neighbour's presence cells
+/// near a border the map just drew arrive a tick or two later, and the items of a region that
+/// moved, handed to a new owner before it loads their container, would rest by a player.
+pub const STREAM_HOLD_AFTER_MAP_US: u64 = 2 * STREAM_PERIOD_US;
+
 // ---- The region map (src/world/region.rs)
 
 /// Cells at most in a lookup grid; a map whose boundaries would need more is searched region by

@@ -1047,6 +1047,10 @@ fn containers_load_as_a_player_comes_near_and_unload_once_no_player_is() {
         .expect("items exist");
     assert!(m.servers().all(|s| !s.held().contains_key(&far_item.0)), "the far room starts unloaded");
     let mut arrived = false;
+    // The controller may move a region while the player walks: its items follow their new
+    // owner by handoff within a few ticks, loaded all the while.
+    let (mut epoch, mut stable) = (m.slice(0).map().epoch, 0u64);
+    let settle = shardmesh::limits::ticks_in(shardmesh::limits::STREAM_HOLD_AFTER_MAP_US, TICK_DURATION_US) + 3;
     for _ in 0..3000 {
         let here = where_is(&m, player);
         let to = far_item.1 - here;
@@ -1057,16 +1061,26 @@ fn containers_load_as_a_player_comes_near_and_unload_once_no_player_is() {
         }
         input(&mut m, Action::Move(flat.normalize().to_array()));
         run(&mut m, 1);
-        // Every item near enough to matter is loaded, on the server that owns its region.
+        let now = m.slice(0).map().epoch;
+        stable = if now == epoch { stable + 1 } else { 0 };
+        epoch = now;
+        // Every item near enough to matter is loaded, and once the map has stood a while (the
+        // new owner has heard where the player is and loaded the container), on the server that
+        // owns its region.
         let here = where_is(&m, player);
         for s in m.nodes.iter().map(|n| n.slice()) {
             for (id, r) in s.records().iter().filter(|(_, r)| is_streamed(&r.state)) {
-                if r.state.pos().distance(here) < STREAM_LOAD_RADIUS_M - 12.0 {
+                let distance = r.state.pos().distance(here);
+                if distance < STREAM_LOAD_RADIUS_M - 12.0 {
+                    let holders: Vec<ServerId> =
+                        m.servers().filter(|v| v.held().contains_key(id)).map(|v| v.id()).collect();
+                    assert_eq!(holders.len(), 1, "{id} is {distance:.1} m from the player, held by {holders:?}");
                     let owner = s.map().owner_at(r.state.pos()).expect("owned");
-                    let server = m.server(owner.0);
-                    assert!(server.held().contains_key(id), "{id} is {:.1} m from the player, unloaded", {
-                        r.state.pos().distance(here)
-                    });
+                    assert!(
+                        stable < settle || holders[0] == owner,
+                        "{id} is {distance:.1} m from the player, held by {holders:?}, not by the owner {owner:?} \
+                         of its region {stable} ticks after the map changed"
+                    );
                 }
             }
         }

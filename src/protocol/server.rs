@@ -227,6 +227,9 @@ pub struct Server {
     /// Took over a crashed incarnation's containers: no streaming pass before this (game time)
     /// unless it holds something, so they are not unloaded before its entities arrive.
     keep_loaded_until_us: u64,
+    /// Heard a new map: streaming gives nothing back before this (game time,
+    /// `STREAM_HOLD_AFTER_MAP_US`).
+    hold_unloads_until_us: u64,
     /// A drill: the next tick panics halfway, its entities moved and nothing of it sent (what
     /// `--chaos-crash-every` does to a random server).
     panic_mid_tick: bool,
@@ -272,6 +275,7 @@ impl Server {
             panic_mid_tick: false,
             streamed: false,
             keep_loaded_until_us: 0,
+            hold_unloads_until_us: 0,
             handoffs_per_tick_max: HANDOFFS_PER_TICK_MAX,
             tick_us: TICK_DURATION_US,
         };
@@ -392,6 +396,7 @@ impl Server {
             ReplicationMsg::Map(map) => {
                 if self.map.as_ref().is_none_or(|m| m.epoch < map.epoch) {
                     self.map = Some(map);
+                    self.hold_unloads_until_us = now_us.saturating_add(crate::limits::STREAM_HOLD_AFTER_MAP_US);
                 }
             }
             ReplicationMsg::Adopt { entities } => {
@@ -551,7 +556,8 @@ impl Server {
         self.resolve_hits(tick);
         // The border pass comes after the tick's moves and hits: what leaves is shown as a ghost
         // where it stands too (a neighbour that now holds it ignores the ghost).
-        let borders = self.border_pass();
+        let settled = now_us >= self.hold_unloads_until_us;
+        let borders = self.border_pass(settled);
         let mut leaving = borders.leaving;
         leaving.truncate(self.handoffs_per_tick_max);
         // Players logged out leave with what they carry, off whatever they were aboard.
@@ -573,8 +579,10 @@ impl Server {
         // once a period.
         let periodic = tick.is_every(crate::limits::ticks_in(STREAM_PERIOD_US, self.tick_us));
         let waiting = !self.streamed && self.entities.is_empty() && now_us < self.keep_loaded_until_us;
-        if self.streaming.is_some() && !waiting && (!self.streamed || periodic) {
-            self.stream();
+        // While a new map settles, every tick: the region's new owner loads what its neighbours'
+        // players stand by as soon as it hears of them.
+        if self.streaming.is_some() && !waiting && (!self.streamed || periodic || !settled) {
+            self.stream(settled);
             self.streamed = true;
         }
         self.send(ServerMsg::Ghosts { ghosts: borders.ghosts, presence: borders.presence });

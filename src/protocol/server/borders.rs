@@ -20,7 +20,11 @@ impl Server {
     /// (entities deep inside this server's area, or by the world's edge, are nobody else's
     /// business); and the cells (`PRESENCE_CELL_M`) where held players stand within
     /// `STREAM_UNLOAD_RADIUS_M` of such a region, for the neighbours' streaming, in order.
-    pub(super) fn border_pass(&self) -> Borders {
+    ///
+    /// Without `hand_off_loose` (the map just changed) loose items stay where they are held: the
+    /// server that now owns their region loads their container once it hears where the players
+    /// are, and an item handed to it before then would be put to rest by a player.
+    pub(super) fn border_pass(&self, hand_off_loose: bool) -> Borders {
         let map = self.map.as_ref().expect("active servers have a map");
         let widest = GHOST_MARGIN_M.max(STREAM_UNLOAD_RADIUS_M);
         let margin = Vec3::splat(widest);
@@ -53,6 +57,7 @@ impl Server {
             let region = map.region_at(p);
             let distance = if region.server != Some(self.id) {
                 if root
+                    && (hand_off_loose || !is_streamed(&h.state))
                     && (kind == EntityKind::Projectile
                         || h.state.vel() == Vec3::ZERO
                         || mine.iter().all(|b| distance_to_box(p, b) > crate::limits::HANDOFF_SLACK_M))
@@ -216,7 +221,7 @@ mod tests {
         ];
         let owned = entities.into_iter().map(|(id, state)| Owned { id, epoch: Epoch(2), state }).collect();
         s.handle(0, to(ReplicationMsg::Adopt { entities: owned }));
-        assert_eq!(s.border_pass().leaving, vec![EntityId(2)], "the ship, not its rider, not the NPC at home");
+        assert_eq!(s.border_pass(true).leaving, vec![EntityId(2)], "the ship, not its rider, not the NPC at home");
         let subtree: Vec<EntityId> = s.remove_subtree(EntityId(2)).iter().map(|o| o.id).collect();
         assert_eq!(subtree, vec![EntityId(2), EntityId(3)], "parents first");
         assert!(!s.held().contains_key(&EntityId(3)), "removed before the message leaves");

@@ -7,8 +7,8 @@ impl Server {
     /// or a neighbour's near the border, from its presence cells) has come near; unload the
     /// loaded ones no player is near any more, giving their loose items back to the layer. A
     /// loose item held in a container that is not loaded (adopted while an unload was on its
-    /// way) goes back too.
-    pub(super) fn stream(&mut self) {
+    /// way) goes back too. Without `give_back` (the map just changed) nothing is unloaded.
+    pub(super) fn stream(&mut self, give_back: bool) {
         const KEEP: u8 = 1;
         const WANT: u8 = 2;
         let index = self.streaming.clone().expect("streaming is on");
@@ -50,7 +50,7 @@ impl Server {
             }
         }
         let dropped: Vec<ContainerId> =
-            self.loaded.iter().copied().filter(|c| self.marks[*c as usize] & KEEP == 0).collect();
+            self.loaded.iter().copied().filter(|c| give_back && self.marks[*c as usize] & KEEP == 0).collect();
         for c in touched {
             self.marks[c as usize] = 0;
         }
@@ -60,7 +60,7 @@ impl Server {
         self.loaded.extend(loads.iter().copied());
         let mut unloads: BTreeMap<ContainerId, Vec<(EntityId, Epoch)>> =
             dropped.into_iter().map(|c| (c, Vec::new())).collect();
-        for (id, h) in &self.entities {
+        for (id, h) in self.entities.iter().filter(|_| give_back) {
             if is_streamed(&h.state) && map.owner_at(h.state.pos()) == Some(self.id) {
                 let c = index.locate(h.state.pos());
                 if !self.loaded.contains(&c) {
