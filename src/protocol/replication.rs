@@ -147,6 +147,9 @@ struct Lifecycles {
     quiet: u32,
     /// Balancing periods left to only watch after a move by measured work (`balance_by_work`).
     rest: u32,
+    /// The map's epoch after the controller's last cuts: balancing waits for every slice's report
+    /// under it (the sides' loads), not for a period of rest (a cut moves no work).
+    cut_epoch: u64,
     /// Game time a tick is (the budget measured work is held against).
     tick_us: u64,
 }

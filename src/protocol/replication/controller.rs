@@ -348,6 +348,10 @@ impl Replication {
         if self.lifecycle_step(&per_server) {
             return;
         }
+        // After cuts, every slice reports the sides before anything is judged on them.
+        if self.loads.iter().any(|(epoch, _)| *epoch < self.lifecycles.cut_epoch) {
+            return;
+        }
         // Cold fragments first (they move nothing, and they change no server's load), while the
         // reports are of the current map; then balancing.
         self.merge_cold(&loads);
@@ -362,6 +366,8 @@ impl Replication {
         if busiest == quietest || gap < BALANCE_SLACK_ENTITIES {
             return;
         }
+        // A move changes the work the next period measures (part of it still from before).
+        let measured = self.work_reported.iter().all(|w| w.is_some());
         let mut regions: Vec<(u32, RegionId)> =
             self.map.regions_of(busiest).map(|r| (loads.get(&r.id).copied().unwrap_or(0), r.id)).collect();
         regions.sort();
@@ -378,6 +384,9 @@ impl Replication {
             Some(&(_, region)) => {
                 self.map.assign(region, Some(quietest)).expect("region exists");
                 self.stats.regions_moved += 1;
+                if measured {
+                    self.lifecycles.rest = BALANCE_REST_PERIODS;
+                }
                 self.broadcast_map();
             }
             None => {
@@ -389,6 +398,8 @@ impl Replication {
                 let (mut region, mut bounds) = (busiest_region, bounds);
                 let mut load = reports.get(&busiest_region).cloned();
                 let mut cuts = 0;
+                // Every side a cut left, by its estimated load: one that fits the gap moves now.
+                let mut sides: Vec<(u32, RegionId)> = Vec::new();
                 while cuts < CUTS_PER_PERIOD_MAX {
                     let Some(cut) = plan_cut(&bounds, tree, load.as_ref()) else { break };
                     if cuts > 0 && cut.through == Some(ContainerKind::Room) {
@@ -403,6 +414,7 @@ impl Replication {
                     let side = |id: RegionId| self.map.get(id).map(|r| r.bounds);
                     let (Some(lb), Some(hb)) = (side(low), side(high)) else { break };
                     let (ll, hl) = (parent.restrict(&bounds, &lb), parent.restrict(&bounds, &hb));
+                    sides.extend([(ll.entities, low), (hl.entities, high)]);
                     let (next, next_bounds, next_load) =
                         if ll.entities >= hl.entities { (low, lb, ll) } else { (high, hb, hl) };
                     if next_load.entities as u64 * 4 <= gap as u64 * 3 || cut.through == Some(ContainerKind::Room) {
@@ -415,6 +427,19 @@ impl Replication {
                     for (_, load) in &mut self.loads {
                         load.remove(&busiest_region);
                     }
+                    // The biggest side (still a region: not cut again) that moves between a
+                    // quarter and three quarters of the gap by the estimate goes now, not a
+                    // period later: a crowd that came at once is shared in one period fewer.
+                    let fits = |n: u32| n > 0 && n as u64 * 4 <= gap as u64 * 3 && n as u64 * 4 >= gap as u64;
+                    let side = sides.iter().filter(|(n, r)| fits(*n) && self.map.get(*r).is_some()).max();
+                    if let Some(&(_, side)) = side {
+                        self.map.assign(side, Some(quietest)).expect("region exists");
+                        self.stats.regions_moved += 1;
+                        if measured {
+                            self.lifecycles.rest = BALANCE_REST_PERIODS;
+                        }
+                    }
+                    self.lifecycles.cut_epoch = self.map.epoch;
                     self.broadcast_map();
                 }
             }
@@ -463,7 +488,6 @@ impl Replication {
         if high == 0 || busiest == quietest || gap < BALANCE_SLACK_ENTITIES {
             return None;
         }
-        self.lifecycles.rest = BALANCE_REST_PERIODS;
         Some((low.saturating_add(gap), busiest, low, quietest))
     }
 
