@@ -49,8 +49,11 @@ impl Server {
                 loads.push(c);
             }
         }
-        let dropped: Vec<ContainerId> =
-            self.loaded.iter().copied().filter(|c| give_back && self.marks[*c as usize] & KEEP == 0).collect();
+        let dropped: Vec<ContainerId> = if give_back {
+            self.loaded.iter().copied().filter(|c| self.marks[*c as usize] & KEEP == 0).collect()
+        } else {
+            Vec::new()
+        };
         for c in touched {
             self.marks[c as usize] = 0;
         }
@@ -60,11 +63,14 @@ impl Server {
         self.loaded.extend(loads.iter().copied());
         let mut unloads: BTreeMap<ContainerId, Vec<(EntityId, Epoch)>> =
             dropped.into_iter().map(|c| (c, Vec::new())).collect();
-        for (id, h) in self.entities.iter().filter(|_| give_back) {
-            if is_streamed(&h.state) && map.owner_at(h.state.pos()) == Some(self.id) {
-                let c = index.locate(h.state.pos());
-                if !self.loaded.contains(&c) {
-                    unloads.entry(c).or_default().push((*id, h.epoch));
+        // While the map settles, no pass over the entities at all: nothing goes back.
+        if give_back {
+            for (id, h) in &self.entities {
+                if is_streamed(&h.state) && map.owner_at(h.state.pos()) == Some(self.id) {
+                    let c = index.locate(h.state.pos());
+                    if !self.loaded.contains(&c) {
+                        unloads.entry(c).or_default().push((*id, h.epoch));
+                    }
                 }
             }
         }
