@@ -306,6 +306,14 @@ pub const BALANCE_SLACK_ENTITIES: u32 = 64;
 /// static mesh, BENCHMARKS.md), so a smaller gap is noise, not load to move.
 pub const BALANCE_WORK_GAP_FRACTION: f64 = 0.1;
 
+/// Where the cores measure their work, load moves between cores once the busiest works this share
+/// of a tick (a period's mean) and `BALANCE_WORK_GAP_FRACTION` more than the quietest: the mark
+/// under which a core is quiet (`SERVER_WORK_LOW_FRACTION`). A crowd's tick p99 runs at about 1.5x
+/// its mean, and a move is a second or two of handoffs at `HANDOFFS_PER_TICK_MAX` on top of it:
+/// made at half a tick, the move itself pushed the tail past the budget (the tavern benchmark,
+/// BENCHMARKS.md); made here, it lands while the core still has room for it.
+pub const BALANCE_WORK_FRACTION_MIN: f64 = SERVER_WORK_LOW_FRACTION;
+
 /// Balancing periods the controller only watches after a move by measured work: the period that
 /// follows a move still measures part of the work from before it.
 pub const BALANCE_REST_PERIODS: u32 = 1;

@@ -1302,6 +1302,33 @@ fn a_hot_room_splits_along_its_walls_before_it_is_cut() {
     held_once(&m, ids.iter().copied());
 }
 
+/// A crowd on one side of the border between two servers on two cores: the controller evens
+/// it out by moving that border, not by cutting the crowd's region into more (each new border
+/// is another strip of ghosts and crossings). The map keeps its two regions; nothing is lost.
+#[test]
+fn a_crowd_against_a_border_is_evened_out_by_moving_the_border() {
+    let world = Aabb::new(Vec3::ZERO, Vec3::new(160.0, 20.0, 20.0));
+    let entities: Vec<(EntityId, EntityState)> =
+        (0..400).map(|i| (EntityId(i + 1), at(EntityKind::Npc, 10.0 + (i % 136) as f32 / 2.0))).collect();
+    let ids: Vec<EntityId> = entities.iter().map(|(id, _)| *id).collect();
+    let mut map = RegionMap::kd_split(world, 2);
+    let halves: Vec<RegionId> = map.regions().iter().map(|r| r.id).collect();
+    map.assign(halves[0], Some(ServerId(0))).unwrap();
+    map.assign(halves[1], Some(ServerId(1))).unwrap();
+    let mut m = Mesh::new(2, 2, map, entities);
+    let period = shardmesh::limits::ticks_in(shardmesh::limits::BALANCE_PERIOD_US, TICK_DURATION_US);
+    for _ in 0..period * 6 {
+        m.tick();
+    }
+    let stats = &m.slice(0).stats;
+    assert!(stats.regions_moved >= 1, "load moved");
+    assert_eq!(stats.regions_split, 0, "without a cut");
+    assert_eq!(m.slice(0).map().regions().len(), 2, "the map keeps its two regions");
+    let held: Vec<usize> = [0, 1].map(|s| m.server(s).held().len()).into();
+    assert!(held.iter().all(|n| (150..=250).contains(n)), "the crowd is shared: {held:?}");
+    held_once(&m, ids.iter().copied());
+}
+
 /// A hundred NPCs in a row over a 160 m world of four regions, two slices, two servers, which
 /// the controller may run up to `servers_max` of; and the ticks of a balancing period.
 fn measured_mesh(servers_max: usize) -> (Mesh, Vec<EntityId>, u64) {

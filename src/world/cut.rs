@@ -5,8 +5,8 @@
 //! passes through (containers that enclose the whole region do not count: every cut passes
 //! through them). A cut along walls only costs nothing; a cut between two buildings passes
 //! through their city; only a cut inside one room passes through a room. The planner takes the
-//! cheapest cut, then the one that leaves the heavier side lightest, then the one that leaves
-//! the heavier side smallest: a hot room in a larger region is first walled off (the cuts that
+//! cheapest cut, then the one that leaves the heavier side lightest (counting the strip of the
+//! other side it sees across the cut), then the one that leaves the heavier side smallest: a hot room in a larger region is first walled off (the cuts that
 //! hug it), and only once a region is that one room is it cut into cells of space, at the bin edge
 //! that best halves its load, down to `REGION_EDGE_MIN_M`.
 
@@ -14,7 +14,7 @@ use glam::Vec3;
 
 use super::container::{Aabb, ContainerKind, ContainerTree};
 use super::region::RegionId;
-use crate::limits::{LOAD_BINS, REGION_EDGE_MIN_M};
+use crate::limits::{LOAD_BINS, REGION_EDGE_MIN_M, WALKER_GHOST_MARGIN_M};
 
 /// What a slice holds in one region: its entities and where they are along each axis.
 #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -172,11 +172,19 @@ pub fn plan_cut(bounds: &Aabb, tree: Option<&ContainerTree>, load: Option<&Regio
             let through = crossed.map(|(_, kind, _)| *kind).max();
             let below = load.map_or(0.0, |l| l.below(bounds, axis, at));
             let above = total - below;
+            // Each side also sees the other's walkers within `WALKER_GHOST_MARGIN_M` of the cut as
+            // ghosts (and hands off the ones that cross it): a side's cost is its load and that
+            // strip. Through a crowd, the cut across its longest extent shows the shortest border.
+            let strip =
+                |from: f32, to: f32| load.map_or(0.0, |l| l.below(bounds, axis, to) - l.below(bounds, axis, from));
+            let below_sees = below + strip(at, at + WALKER_GHOST_MARGIN_M);
+            let above_sees = above + strip(at - WALKER_GHOST_MARGIN_M, at);
             let share = |side: f64| if total > 0.0 { side / total } else { 0.0 };
             let (below_v, above_v) = side_volumes(bounds, axis, at);
-            // The heavier side's load, in 32nds of the whole (so rounding in the bins does not
-            // outweigh the volume), then its volume (the larger side when the loads tie).
-            let heavy = (share(below.max(above)) * 32.0).round() as u32;
+            // The heavier side's load with the strip it sees, in 32nds of the whole (so rounding in
+            // the bins does not outweigh the volume), then its volume (the larger side when the
+            // loads tie).
+            let heavy = (share(below_sees.max(above_sees)) * 32.0).round() as u32;
             let heavy_volume = if (below - above).abs() < total / 64.0 {
                 below_v.max(above_v)
             } else if below > above {
@@ -188,6 +196,20 @@ pub fn plan_cut(bounds: &Aabb, tree: Option<&ContainerTree>, load: Option<&Regio
         })
         .min_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.total_cmp(&b.2)))
         .map(|(_, _, _, cut)| cut)
+}
+
+/// The containers (their indices in `tree`) whose inside a plane across `axis` at `at` crosses
+/// within `bounds`, leaving out those that enclose all of `bounds` (every plane crosses those).
+/// A border may move only to where it crosses nothing it did not cross already: a border between
+/// two cells of a room moves within the room, and one along walls is never dragged through a
+/// room (that room is walled off and cut instead).
+pub fn plane_crosses(bounds: &Aabb, tree: &ContainerTree, axis: usize, at: f32) -> Vec<usize> {
+    (0..tree.containers.len())
+        .filter(|i| {
+            let c = &tree.containers[*i].bounds;
+            c.overlaps(bounds) && !c.contains_box(bounds) && c.min[axis] < at && at < c.max[axis]
+        })
+        .collect()
 }
 
 fn side_volumes(bounds: &Aabb, axis: usize, at: f32) -> (f64, f64) {
@@ -334,6 +356,36 @@ mod tests {
         let edge = load_of(&b, (0..64).map(|_| Vec3::new(0.5, 16.0, 10.0)));
         let cut = plan_cut(&b, None, Some(&edge)).unwrap();
         assert!(cut.at >= REGION_EDGE_MIN_M, "{cut:?}");
+    }
+
+    /// A crowd over a floor twice as long as it is wide (a room cut once already) is cut across
+    /// its length, whichever axis that is: a border half as long, half the ghosts and crossings.
+    #[test]
+    fn a_crowd_is_cut_across_its_longest_extent() {
+        for (size, long) in [([21.0, 42.0, 50.0], 1), ([42.0, 21.0, 50.0], 0)] {
+            let b = aabb([0.0; 3], size);
+            let points = (0..4000).map(|i| {
+                let (u, v) = ((i % 63) as f32 / 63.0, (i / 63) as f32 / 64.0);
+                Vec3::new(0.5 + u * (size[0] - 1.0), 0.5 + v * (size[1] - 1.0), 25.0)
+            });
+            let load = load_of(&b, points);
+            let cut = plan_cut(&b, None, Some(&load)).expect("a cut");
+            assert_eq!(cut.axis, long, "{size:?}: {cut:?}");
+            assert!((cut.at - size[long] / 2.0).abs() < 3.0, "through the middle: {cut:?}");
+        }
+    }
+
+    /// A plane through the city crosses a room, or the wall between two rooms (their building);
+    /// containers around the whole box are not counted.
+    #[test]
+    fn a_plane_crosses_the_containers_it_passes_through() {
+        let tree = city();
+        let city_box = tree.containers[2].bounds;
+        assert_eq!(plane_crosses(&city_box, &tree, 0, 80.0), vec![3, 4], "the building and its first room");
+        assert_eq!(plane_crosses(&city_box, &tree, 0, 100.0), vec![3], "the wall between the rooms");
+        assert!(plane_crosses(&city_box, &tree, 0, 40.0).is_empty(), "the city encloses the box");
+        assert!(plane_crosses(&tree.containers[3].bounds, &tree, 0, 100.0).is_empty(), "between its rooms");
+        assert!(plane_crosses(&tree.containers[4].bounds, &tree, 0, 80.0).is_empty(), "inside one room");
     }
 
     fn halves(b: &Aabb, cut: Cut) -> (Aabb, Aabb) {

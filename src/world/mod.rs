@@ -11,7 +11,7 @@ pub mod stream;
 pub mod tick;
 
 pub use container::{Aabb, Container, ContainerKind, ContainerTree, WorldError};
-pub use cut::{plan_cut, Cut, RegionLoad};
+pub use cut::{plan_cut, plane_crosses, Cut, RegionLoad};
 pub use entity::{EntityId, EntityKind, EntityMap, EntityState, Forest};
 pub use generate::{populate, Population};
 pub use grid::Grid;

@@ -301,6 +301,44 @@ impl RegionMap {
         Ok(id)
     }
 
+    /// Moves the border between two regions that together form a box to the plane across `axis`
+    /// at `at`: what lies between the old border and the new one changes server, and the number of
+    /// regions and borders stays the same (a split, a move and a merge in one, without the sliver a
+    /// split would leave). Both come back under new ids, each with its server; refused if they do
+    /// not share a face across `axis`, or if either would be under `REGION_EDGE_MIN_M` across.
+    pub fn shift_border(
+        &mut self,
+        a: RegionId,
+        b: RegionId,
+        axis: usize,
+        at: f32,
+    ) -> Result<(RegionId, RegionId), MapError> {
+        let (ia, ib) = (self.index(a)?, self.index(b)?);
+        let (ra, rb) = (self.regions[ia].clone(), self.regions[ib].clone());
+        let union = ra.bounds.union_if_box(&rb.bounds).ok_or(MapError::NotAdjacent(a, b))?;
+        if axis > 2
+            || (0..3)
+                .any(|x| x != axis && (ra.bounds.min[x] != rb.bounds.min[x] || ra.bounds.max[x] != rb.bounds.max[x]))
+        {
+            return Err(MapError::NotAdjacent(a, b));
+        }
+        if !(at >= union.min[axis] + REGION_EDGE_MIN_M && at <= union.max[axis] - REGION_EDGE_MIN_M) {
+            return Err(MapError::TooSmall(if ra.bounds.min[axis] < rb.bounds.min[axis] { a } else { b }));
+        }
+        let (mut low, mut high) = (union, union);
+        low.max[axis] = at;
+        high.min[axis] = at;
+        let (new_a, new_b) = if ra.bounds.min[axis] < rb.bounds.min[axis] { (low, high) } else { (high, low) };
+        let (id_a, id_b) = (RegionId(self.next_region), RegionId(self.next_region + 1));
+        self.next_region += 2;
+        self.regions.retain(|r| r.id != a && r.id != b);
+        self.regions.push(Region { id: id_a, bounds: new_a, server: ra.server });
+        self.regions.push(Region { id: id_b, bounds: new_b, server: rb.server });
+        self.lookup = Default::default();
+        self.epoch += 1;
+        Ok((id_a, id_b))
+    }
+
     /// Pairs of regions that could merge, in a stable order.
     pub fn mergeable_pairs(&self) -> Vec<(RegionId, RegionId)> {
         let mut out = Vec::new();
@@ -343,6 +381,34 @@ mod tests {
 
     /// Cuts anywhere (walls and load medians fall on no grid) keep the tiling exact, and a
     /// cut that would leave a side under the smallest width is refused.
+    #[test]
+    fn a_shifted_border_keeps_the_tiling_and_both_servers() {
+        let mut map = RegionMap::kd_split(Aabb::new(Vec3::ZERO, Vec3::new(100.0, 40.0, 40.0)), 2);
+        let ids: Vec<RegionId> = map.regions().iter().map(|r| r.id).collect();
+        map.assign(ids[0], Some(ServerId(0))).unwrap();
+        map.assign(ids[1], Some(ServerId(1))).unwrap();
+        let epoch = map.epoch;
+        let (a, b) = map.shift_border(ids[0], ids[1], 0, 70.0).unwrap();
+        map.check_tiling().unwrap();
+        assert_eq!(map.regions().len(), 2);
+        assert!(map.epoch > epoch);
+        assert_eq!((map.get(a).unwrap().server, map.get(b).unwrap().server), (Some(ServerId(0)), Some(ServerId(1))));
+        assert_eq!(map.get(a).unwrap().bounds.max[0], 70.0);
+        assert_eq!(map.owner_at(Vec3::new(60.0, 1.0, 1.0)), Some(ServerId(0)), "what lay past the old border moved");
+        // Back the other way, from the high side's id first.
+        let (b2, a2) = map.shift_border(b, a, 0, 30.0).unwrap();
+        map.check_tiling().unwrap();
+        assert_eq!(map.get(a2).unwrap().bounds.max[0], 30.0);
+        assert_eq!(map.get(b2).unwrap().server, Some(ServerId(1)));
+        // Too near either end, across an axis they do not share, or not neighbours: refused.
+        assert!(matches!(map.shift_border(a2, b2, 0, 3.0), Err(MapError::TooSmall(_))));
+        assert!(matches!(map.shift_border(a2, b2, 0, 97.0), Err(MapError::TooSmall(_))));
+        assert!(matches!(map.shift_border(a2, b2, 1, 20.0), Err(MapError::NotAdjacent(..))));
+        let (c, _) = map.split_at(b2, 1, 20.0).unwrap();
+        assert!(matches!(map.shift_border(a2, c, 0, 40.0), Err(MapError::NotAdjacent(..))));
+        map.check_tiling().unwrap();
+    }
+
     #[test]
     fn cuts_at_any_coordinate_keep_the_tiling() {
         use rand::{RngExt, SeedableRng};

@@ -2,12 +2,12 @@
 
 use super::*;
 use crate::limits::{
-    BALANCE_REST_PERIODS, BALANCE_WORK_GAP_FRACTION, CUTS_PER_PERIOD_MAX, MERGES_PER_PERIOD_MAX,
-    MERGE_COLD_ENTITIES_MAX, SERVER_ENTITIES_HIGH_MAX, SERVER_ENTITIES_LOW_MIN, SERVER_IDLE_SHARE,
-    SERVER_RETIRE_AFTER_PERIODS_MIN, SERVER_START_AFTER_PERIODS_MIN, SERVER_WORK_HIGH_FRACTION,
-    SERVER_WORK_LOW_FRACTION, SERVER_WORK_SURPLUS_FRACTION,
+    BALANCE_REST_PERIODS, BALANCE_WORK_FRACTION_MIN, BALANCE_WORK_GAP_FRACTION, CUTS_PER_PERIOD_MAX,
+    MERGES_PER_PERIOD_MAX, MERGE_COLD_ENTITIES_MAX, REGION_EDGE_MIN_M, SERVER_ENTITIES_HIGH_MAX,
+    SERVER_ENTITIES_LOW_MIN, SERVER_IDLE_SHARE, SERVER_RETIRE_AFTER_PERIODS_MIN, SERVER_START_AFTER_PERIODS_MIN,
+    SERVER_WORK_HIGH_FRACTION, SERVER_WORK_LOW_FRACTION, SERVER_WORK_SURPLUS_FRACTION,
 };
-use crate::world::{plan_cut, ContainerKind};
+use crate::world::{plan_cut, plane_crosses, ContainerKind};
 
 impl Replication {
     pub(super) fn tell_controller(&mut self, msg: SliceMsg) {
@@ -380,6 +380,11 @@ impl Replication {
             .rev()
             .find(|(n, _)| *n > 0 && *n as u64 * 4 <= gap as u64 * 3 && regions.len() > 1)
             .filter(|(n, _)| *n as u64 * 4 >= gap as u64 || !self.cuttable(regions.last().map(|(_, r)| *r)));
+        // Nothing the right size to move: where the busiest's load lies against a region of the
+        // other side, the border between them moves instead of a new one being cut.
+        if movable.is_none() && self.shift_border_toward(&reports, (busiest, &regions), quietest, gap, measured) {
+            return;
+        }
         match movable {
             Some(&(_, region)) => {
                 self.map.assign(region, Some(quietest)).expect("region exists");
@@ -446,6 +451,103 @@ impl Replication {
         }
     }
 
+    /// Controller: evens load out by moving a border instead of cutting a new one. The busiest
+    /// server's most loaded region (of `from`, by load) that forms a box with a region of a server
+    /// on `quietest`'s core gives that neighbour the slab along their shared face that holds about
+    /// half the gap, by the region's report (its entities along the axis). A room cut in two is
+    /// then evened out by its one border moving, not cut into ever more cells (each cell's
+    /// border shows its neighbours a strip of the crowd as ghosts, and every crossing is a
+    /// handoff). True if a border moved.
+    fn shift_border_toward(
+        &mut self,
+        reports: &BTreeMap<RegionId, RegionLoad>,
+        (busiest, from): (ServerId, &[(u32, RegionId)]),
+        quietest: ServerId,
+        gap: u32,
+        measured: bool,
+    ) -> bool {
+        let core = self.home_of(quietest);
+        let want = gap as f64 / 2.0;
+        for &(n, region) in from.iter().rev() {
+            let (Some(report), Some(bounds)) = (reports.get(&region), self.map.get(region).map(|r| r.bounds)) else {
+                continue;
+            };
+            if (n as f64) <= want {
+                break;
+            }
+            let neighbour = self
+                .map
+                .regions()
+                .iter()
+                .filter(|q| q.server.is_some_and(|s| s != busiest && self.home_of(s) == core))
+                .filter(|q| bounds.union_if_box(&q.bounds).is_some())
+                .min_by_key(|q| (q.server != Some(quietest), q.id));
+            let Some((neighbour, other)) = neighbour.map(|q| (q.id, q.bounds)) else { continue };
+            let Some(axis) = (0..3).find(|a| bounds.max[*a] == other.min[*a] || other.max[*a] == bounds.min[*a]) else {
+                continue;
+            };
+            let total: f64 = report.bins[axis].iter().map(|n| *n as f64).sum();
+            // The slab next to the neighbour that holds `want`: the entities beyond the plane
+            // fall as it moves towards the neighbour, so a bisection finds it.
+            let beyond = |at: f32| {
+                let below = report.below(&bounds, axis, at);
+                if other.min[axis] >= bounds.max[axis] {
+                    total - below
+                } else {
+                    below
+                }
+            };
+            let (mut near, mut far) = if other.min[axis] >= bounds.max[axis] {
+                (bounds.max[axis], bounds.min[axis] + REGION_EDGE_MIN_M)
+            } else {
+                (bounds.min[axis], bounds.max[axis] - REGION_EDGE_MIN_M)
+            };
+            if beyond(far) < want {
+                near = far;
+            } else {
+                for _ in 0..32 {
+                    let mid = (near + far) / 2.0;
+                    if beyond(mid) < want {
+                        near = mid;
+                    } else {
+                        far = mid;
+                    }
+                }
+            }
+            // Walls first: the border moves only where it crosses no container it did not cross
+            // already (a border through a room moves within the room; one along walls is not
+            // dragged through a room, which is walled off and cut instead).
+            let union = bounds.union_if_box(&other).unwrap_or(bounds);
+            let tree = self.streaming.as_ref().map(|index| index.tree());
+            let old_at = if other.min[axis] >= bounds.max[axis] { bounds.max[axis] } else { bounds.min[axis] };
+            if tree.is_some_and(|t| {
+                let before = plane_crosses(&union, t, axis, old_at);
+                plane_crosses(&union, t, axis, near).iter().any(|c| !before.contains(c))
+            }) {
+                continue;
+            }
+            if near == bounds.min[axis]
+                || near == bounds.max[axis]
+                || self.map.shift_border(region, neighbour, axis, near).is_err()
+            {
+                continue;
+            }
+            self.stats.regions_moved += 1;
+            if measured {
+                self.lifecycles.rest = BALANCE_REST_PERIODS;
+            }
+            // The moved regions' loads are known from the next reports.
+            for (_, load) in &mut self.loads {
+                load.remove(&region);
+                load.remove(&neighbour);
+            }
+            self.lifecycles.cut_epoch = self.map.epoch;
+            self.broadcast_map();
+            return true;
+        }
+        false
+    }
+
     /// Controller: whether `region` could be cut (both sides at least the smallest edge).
     fn cuttable(&self, region: Option<RegionId>) -> bool {
         let tree = self.streaming.as_ref().map(|index| index.tree());
@@ -454,7 +556,7 @@ impl Replication {
 
     /// Controller, where the cores' drivers measure their work: the two servers load should go
     /// between, with an entity gap that stands for the work to even out, or `None` when nothing
-    /// should move. Load moves only while the busiest core works past `SERVER_WORK_SURPLUS_FRACTION`
+    /// should move. Load moves only while the busiest core works past `BALANCE_WORK_FRACTION_MIN`
     /// of a tick and at least `BALANCE_WORK_GAP_FRACTION` of one more than the quietest: a mesh
     /// within its budget keeps its map, since every cut and move between servers adds borders, and
     /// with them ghosts and handoffs (a crowd's scatter measured 60% more work on a dynamic mesh
@@ -471,7 +573,7 @@ impl Replication {
         let cold = (0..work.len()).min_by_key(|c| (work[*c], *c))?;
         let (hot_us, cold_us) = (work[hot] as f64, work[cold] as f64);
         if hot == cold
-            || hot_us < SERVER_WORK_SURPLUS_FRACTION * budget
+            || hot_us < BALANCE_WORK_FRACTION_MIN * budget
             || hot_us - cold_us < BALANCE_WORK_GAP_FRACTION * budget
         {
             return None;
