@@ -42,6 +42,8 @@ fn five_hundred_seeds_with_every_fault_on_keep_every_invariant() {
     assert!(total(|o| o.stats.crashes) > 500, "crashes");
     assert!(total(|o| o.stats.partitions) > 100, "partitions");
     assert!(total(|o| o.stats.region_ops) > 1000, "splits, merges and moves");
+    let borders = total(|o| o.stats.borders_moved);
+    assert!(borders > 300, "borders moved between regions: {borders}");
     assert!(total(|o| o.stats.handoffs) > 10_000, "handoffs");
     assert!(outcomes.iter().any(|o| o.plan.slices == 3), "runs with the layer cut into three slices");
     assert!(total(|o| o.stats.transfers) > 10_000, "subtrees moved between slices");

@@ -100,6 +100,9 @@ pub struct ReplicationStats {
     /// Splits that cut through a room (a crowd in one room, cut into cells of space); the other
     /// splits ran along walls or through open space.
     pub rooms_cut: u64,
+    /// Load moved between servers by the controller: a region given to another server, or the
+    /// border between two regions moved (`RegionMap::shift_border`, the slab between changing
+    /// server).
     pub regions_moved: u64,
     pub map_changes: u64,
     /// Subtrees sent to and taken from other slices.

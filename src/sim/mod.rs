@@ -96,6 +96,8 @@ pub struct SimStats {
     pub fenced: u64,
     pub partitions: u64,
     pub region_ops: u64,
+    /// Region ops that moved the border between two regions (`shift_border`).
+    pub borders_moved: u64,
     /// Servers the controller started and retired (drawn among the region operations).
     pub servers_started: u64,
     pub servers_retired: u64,
@@ -784,12 +786,12 @@ impl Simulator {
         }
     }
 
-    /// A random split, merge or move, as a controller reacting to load would make.
+    /// A random split, merge, move or moved border, as a controller reacting to load would make.
     fn region_op(&mut self) {
         let controller = self.nodes[0].slice_mut();
         let regions: Vec<_> = controller.map().regions().iter().map(|r| r.id).collect();
         let live: Vec<ServerId> = controller.live_everywhere().iter().copied().collect();
-        let pick = self.rng.random_range(0..5);
+        let pick = self.rng.random_range(0..6);
         let region = regions[self.rng.random_range(0..regions.len())];
         let controller = self.nodes[0].slice_mut();
         let result = match pick {
@@ -826,6 +828,23 @@ impl Simulator {
                 }
                 self.stats.servers_retired += 1;
                 Ok(format!("retire {victim}"))
+            }
+            // A border between two regions that form a box, moved to a random plane between
+            // their far faces (refused where a side would be under the smallest edge).
+            5 => {
+                let pairs = controller.map().mergeable_pairs();
+                if pairs.is_empty() {
+                    return;
+                }
+                let (a, b) = pairs[self.rng.random_range(0..pairs.len())];
+                let map = controller.map();
+                let (Some(ra), Some(rb)) = (map.get(a), map.get(b)) else { return };
+                let Some(union) = ra.bounds.union_if_box(&rb.bounds) else { return };
+                let Some(axis) = (0..3).find(|x| ra.bounds.min[*x] != rb.bounds.min[*x]) else { return };
+                let at = self.rng.random_range(union.min[axis]..union.max[axis]);
+                let moved = controller.shift_border(a, b, axis, at);
+                self.stats.borders_moved += moved.is_ok() as u64;
+                moved.map(|(a2, b2)| format!("move the border of {a} and {b} to {at:.1} on axis {axis}: {a2} and {b2}"))
             }
             _ => return,
         };

@@ -6,9 +6,10 @@
 //! through them). A cut along walls only costs nothing; a cut between two buildings passes
 //! through their city; only a cut inside one room passes through a room. The planner takes the
 //! cheapest cut, then the one that leaves the heavier side lightest (counting the strip of the
-//! other side it sees across the cut), then the one that leaves the heavier side smallest: a hot room in a larger region is first walled off (the cuts that
-//! hug it), and only once a region is that one room is it cut into cells of space, at the bin edge
-//! that best halves its load, down to `REGION_EDGE_MIN_M`.
+//! other side it sees across the cut), then the one that leaves the heavier side smallest: a hot
+//! room in a larger region is first walled off (the cuts that hug it), and only once a region is
+//! that one room is it cut into cells of space, at the bin edge that best halves its load, down to
+//! `REGION_EDGE_MIN_M`.
 
 use glam::Vec3;
 

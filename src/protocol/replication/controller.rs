@@ -528,11 +528,10 @@ impl Replication {
             }
             if near == bounds.min[axis]
                 || near == bounds.max[axis]
-                || self.map.shift_border(region, neighbour, axis, near).is_err()
+                || self.shift_border(region, neighbour, axis, near).is_err()
             {
                 continue;
             }
-            self.stats.regions_moved += 1;
             if measured {
                 self.lifecycles.rest = BALANCE_REST_PERIODS;
             }
@@ -542,7 +541,6 @@ impl Replication {
                 load.remove(&neighbour);
             }
             self.lifecycles.cut_epoch = self.map.epoch;
-            self.broadcast_map();
             return true;
         }
         false
@@ -722,6 +720,23 @@ impl Replication {
         self.stats.regions_merged += 1;
         self.broadcast_map();
         Ok(merged)
+    }
+
+    /// Controller: move the border between two regions that form a box to the plane across `axis`
+    /// at `at` (`RegionMap::shift_border`); what lies between changes server, its entities follow
+    /// by handoff. Counted as a move.
+    pub fn shift_border(
+        &mut self,
+        a: RegionId,
+        b: RegionId,
+        axis: usize,
+        at: f32,
+    ) -> Result<(RegionId, RegionId), MapError> {
+        assert!(self.is_controller(), "only the controller changes the map");
+        let moved = self.map.shift_border(a, b, axis, at)?;
+        self.stats.regions_moved += 1;
+        self.broadcast_map();
+        Ok(moved)
     }
 
     /// Controller: give a region to another live server; its entities follow by handoff.
