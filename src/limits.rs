@@ -84,13 +84,27 @@ pub const HANDOFFS_PER_TICK_MAX: usize = 256;
 /// spare for its hull, so hulls on either side of a border collide.
 pub const GHOST_MARGIN_M: f32 = 60.0;
 
+/// A running player's top speed.
+pub const PLAYER_SPEED_M_S: f32 = 30.0;
+
+/// Ticks old a ghost may be when a neighbour meets it: shown the tick after it was seen, and a
+/// tick later where its core waited on a ring.
+pub const GHOST_AGE_TICKS: u64 = 2;
+
+/// Room a walker's ghost margin keeps past what a running player covers while its ghost ages.
+pub const GHOST_SPARE_M: f32 = 1.0;
+
 /// Players and NPCs this close to the edge of their region are shown to neighbouring servers as
 /// ghosts. A projectile is handed on where its path leaves its server's regions (it finds only
 /// what stands within `HIT_RADIUS_M` of its path on its own server's side), so a walker matters
-/// to a neighbour within that of the border; the rest covers two ticks of a running player at
-/// the slowest rate (30 m/s at 20 Hz), as a ghost is a tick or two old. A crowd cut into cells
-/// shows its neighbours a strip this wide, not the whole crowd.
-pub const WALKER_GHOST_MARGIN_M: f32 = HIT_RADIUS_M + 4.0;
+/// to a neighbour within that of the border; the rest covers `GHOST_AGE_TICKS` ticks of a
+/// running player at the world's rate, and `GHOST_SPARE_M`: 6 m at 20 Hz, 5 m at 30 Hz, 4 m at
+/// 60 Hz. A crowd cut into cells shows its neighbours a strip this wide, not the whole crowd; the
+/// faster the world ticks, the narrower the strip.
+pub fn walker_ghost_margin_m(tick_us: u64) -> f32 {
+    let aged_s = (GHOST_AGE_TICKS * tick_us) as f32 / 1e6;
+    HIT_RADIUS_M + PLAYER_SPEED_M_S * aged_s + GHOST_SPARE_M
+}
 
 /// Players near a border are shown to the neighbours' streaming as the cells they stand in, a
 /// cell's centre for all of them: a crowd is a few dozen points, not thousands. Every player of

@@ -816,6 +816,30 @@ fn a_projectile_on_one_server_hits_an_entity_held_by_another_through_its_ghost()
     assert!(h.servers().all(|s| s.held().values().all(|e| e.state.kind != EntityKind::Projectile)));
 }
 
+/// A walker's ghost margin is the hit radius, two ticks of a running player and a metre: 6 m
+/// at 20 Hz, 5 m at 30 Hz, 4 m at 60 Hz. Walkers standing 3.5, 4.5, 5.5 and 6.5 m past the
+/// border into B's region: A sees those within the margin of its rate as ghosts, and no other.
+#[test]
+fn a_walkers_ghost_margin_narrows_as_the_tick_rate_rises() {
+    let past = [3.5f32, 4.5, 5.5, 6.5];
+    for (hz, seen) in [(20u64, 3usize), (30, 2), (60, 1)] {
+        let tick_us = 1_000_000 / hz;
+        let margin = shardmesh::limits::walker_ghost_margin_m(tick_us);
+        let expected_m = 2.0 + 60.0 / hz as f32 + 1.0;
+        assert!((margin - expected_m).abs() < 0.01, "{hz} Hz: margin {margin} m, not {expected_m} m");
+        let entities =
+            past.iter().enumerate().map(|(i, d)| (EntityId(i as u64 + 1), at(EntityKind::Npc, 40.0 + d))).collect();
+        let mut m = Mesh::build(1, 3, owned_regions(), entities, None, tick_us);
+        m.tick();
+        m.tick();
+        assert!((1..=4).all(|i| m.servers().find(|s| s.held().contains_key(&EntityId(i))).unwrap().id() == ServerId(1)));
+        let mut ghosts: Vec<u64> =
+            m.server(0).ghosts().iter().filter(|g| g.server == ServerId(1)).map(|g| g.id.0).collect();
+        ghosts.sort();
+        assert_eq!(ghosts, (1..=seen as u64).collect::<Vec<_>>(), "{hz} Hz: A sees the walkers within {margin} m");
+    }
+}
+
 /// The same shot at a target deeper in B's region (8 m past the border, beyond the walker
 /// margin, so A sees no ghost of it): A hands the projectile on at the border and B hits its own
 /// target. Either way the shot lands, once.

@@ -54,6 +54,20 @@ pub struct Record {
     pub commit_seq: u64,
 }
 
+/// A slice's count of what it holds per region, taken a share each tick over a balancing period
+/// (`Replication::census_step`).
+#[derive(Debug, Default)]
+struct Census {
+    /// Counting this period (the records of its start are in `ids`).
+    counting: bool,
+    /// The map epoch the count is of.
+    epoch: u64,
+    ids: Vec<EntityId>,
+    /// How far into `ids` the count is.
+    next: usize,
+    loads: BTreeMap<RegionId, RegionLoad>,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServerSlot {
     pub incarnation: Incarnation,
@@ -196,6 +210,8 @@ pub struct Replication {
     ticks: u64,
     /// Ticks between load reports and balancing moves (`BALANCE_PERIOD_US` of game time).
     balance_every_ticks: u64,
+    /// The load report being counted over the period.
+    census: Census,
     map: RegionMap,
     records: EntityMap<Record>,
     forest: Forest,
@@ -265,6 +281,7 @@ impl Replication {
             presence_remote: vec![Vec::new(); slices as usize],
             ticks: 0,
             balance_every_ticks: crate::limits::ticks_in(BALANCE_PERIOD_US, crate::limits::TICK_DURATION_US),
+            census: Census::default(),
             map,
             records: EntityMap::default(),
             forest: Forest::default(),
@@ -709,7 +726,10 @@ impl Replication {
         }
         self.retire_drained();
         self.ticks += 1;
-        if self.ticks % self.balance_every_ticks == 0 {
+        let period_done = self.ticks % self.balance_every_ticks;
+        if period_done != 0 {
+            self.census_step(self.balance_every_ticks - period_done + 1);
+        } else {
             let regions = self.region_counts();
             let work = std::mem::take(&mut self.work);
             let work_us = (work.ticks > 0).then(|| (work.us / work.ticks as u64).min(u32::MAX as u64) as u32);

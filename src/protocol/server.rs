@@ -75,7 +75,7 @@ impl Action {
 /// Metres per second.
 pub fn speed_of(kind: EntityKind) -> f32 {
     match kind {
-        EntityKind::Player => 30.0,
+        EntityKind::Player => crate::limits::PLAYER_SPEED_M_S,
         EntityKind::Npc => 12.0,
         EntityKind::Ship => 150.0,
         EntityKind::Projectile => 1500.0,
@@ -576,8 +576,10 @@ impl Server {
         // A fresh incarnation streams in as soon as it holds something (a failover: the items
         // around its players wait at rest until it has loaded their containers); one that took
         // over a crashed incarnation's containers keeps them until its entities arrive. Then
-        // once a period.
-        let periodic = tick.is_every(crate::limits::ticks_in(STREAM_PERIOD_US, self.tick_us));
+        // once a period, each server of a core on its own tick of it (by id), so a core's
+        // servers do not all pay for the pass in the same tick.
+        let period = crate::limits::ticks_in(STREAM_PERIOD_US, self.tick_us);
+        let periodic = Tick(tick.get().wrapping_add(self.id.0 as u64)).is_every(period);
         let waiting = !self.streamed && self.entities.is_empty() && now_us < self.keep_loaded_until_us;
         // While a new map settles, every tick: the region's new owner loads what its neighbours'
         // players stand by as soon as it hears of them.
@@ -647,12 +649,13 @@ pub fn distance_to_segment(p: Vec3, a: Vec3, b: Vec3) -> f32 {
     p.distance(a + ab * t)
 }
 
-/// How far a border entity of this kind is shown to neighbouring servers: ship hulls widely,
-/// walkers in a narrow strip (`WALKER_GHOST_MARGIN_M`); anything else is never a ghost.
-pub fn ghost_margin_m(kind: EntityKind) -> Option<f32> {
+/// How far a border entity of this kind is shown to neighbouring servers in a world whose ticks
+/// are `tick_us` long: ship hulls widely, walkers in a narrow strip (`walker_ghost_margin_m`);
+/// anything else is never a ghost.
+pub fn ghost_margin_m(kind: EntityKind, tick_us: u64) -> Option<f32> {
     match kind {
         EntityKind::Ship => Some(GHOST_MARGIN_M),
-        EntityKind::Player | EntityKind::Npc => Some(crate::limits::WALKER_GHOST_MARGIN_M),
+        EntityKind::Player | EntityKind::Npc => Some(crate::limits::walker_ghost_margin_m(tick_us)),
         EntityKind::Projectile | EntityKind::Item { .. } => None,
     }
 }
@@ -693,4 +696,15 @@ fn leaves_box_at(b: &crate::world::Aabb, from: Vec3, to: Vec3) -> f32 {
 /// Distance from `p` to the box `b` (0 inside).
 pub fn distance_to_box(p: Vec3, b: &crate::world::Aabb) -> f32 {
     p.distance(p.clamp(b.min(), b.max()))
+}
+
+/// Whether `p` lies within `reach` of any of `boxes` (squared distances: no root taken).
+pub fn within_any(p: Vec3, boxes: &[crate::world::Aabb], reach: f32) -> bool {
+    let reach_sq = reach * reach;
+    boxes.iter().any(|b| p.distance_squared(p.clamp(b.min(), b.max())) <= reach_sq)
+}
+
+/// The gap between two boxes (0 where they touch or overlap).
+pub fn box_gap(a: &crate::world::Aabb, b: &crate::world::Aabb) -> f32 {
+    (a.min() - b.max()).max(b.min() - a.max()).max(Vec3::ZERO).length()
 }

@@ -15,7 +15,7 @@ use glam::Vec3;
 
 use super::container::{Aabb, ContainerKind, ContainerTree};
 use super::region::RegionId;
-use crate::limits::{LOAD_BINS, REGION_EDGE_MIN_M, WALKER_GHOST_MARGIN_M};
+use crate::limits::{walker_ghost_margin_m, LOAD_BINS, REGION_EDGE_MIN_M, TICK_DURATION_US};
 
 /// What a slice holds in one region: its entities and where they are along each axis.
 #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -173,13 +173,15 @@ pub fn plan_cut(bounds: &Aabb, tree: Option<&ContainerTree>, load: Option<&Regio
             let through = crossed.map(|(_, kind, _)| *kind).max();
             let below = load.map_or(0.0, |l| l.below(bounds, axis, at));
             let above = total - below;
-            // Each side also sees the other's walkers within `WALKER_GHOST_MARGIN_M` of the cut as
-            // ghosts (and hands off the ones that cross it): a side's cost is its load and that
-            // strip. Through a crowd, the cut across its longest extent shows the shortest border.
+            // Each side also sees the other's walkers within their ghost margin of the cut (at
+            // the default rate) as ghosts, and hands off the ones that cross it: a side's cost is
+            // its load and that strip. Through a crowd, the cut across its longest extent shows
+            // the shortest border.
+            let margin = walker_ghost_margin_m(TICK_DURATION_US);
             let strip =
                 |from: f32, to: f32| load.map_or(0.0, |l| l.below(bounds, axis, to) - l.below(bounds, axis, from));
-            let below_sees = below + strip(at, at + WALKER_GHOST_MARGIN_M);
-            let above_sees = above + strip(at - WALKER_GHOST_MARGIN_M, at);
+            let below_sees = below + strip(at, at + margin);
+            let above_sees = above + strip(at - margin, at);
             let share = |side: f64| if total > 0.0 { side / total } else { 0.0 };
             let (below_v, above_v) = side_volumes(bounds, axis, at);
             // The heavier side's load with the strip it sees, in 32nds of the whole (so rounding in

@@ -304,17 +304,40 @@ impl Replication {
         self.publish_map();
     }
 
-    /// Entities this slice holds, per region, and where they are in it.
-    pub(super) fn region_counts(&self) -> Vec<RegionLoad> {
-        let mut loads: BTreeMap<RegionId, RegionLoad> = BTreeMap::new();
+    /// One tick's share of the census of what this slice holds, per region and where in it, that
+    /// it reports at the end of each balancing period (`ticks_left` ticks from now, this one
+    /// included): the records as they were when the period began, a share each tick, so no tick
+    /// of a crowded core pays a pass over every record. A changed map starts the count again
+    /// (its regions are new).
+    pub(super) fn census_step(&mut self, ticks_left: u64) {
+        let census = &mut self.census;
+        if !census.counting || census.epoch != self.map.epoch {
+            census.ids.clear();
+            census.ids.extend(self.records.keys().copied());
+            census.next = 0;
+            census.loads.clear();
+            census.epoch = self.map.epoch;
+            census.counting = true;
+        }
         // Items at rest cost a server nothing: with streaming, only what servers hold counts.
         let streaming = self.streaming.is_some();
-        for record in self.records.values().filter(|r| !streaming || r.authority.is_some()) {
+        let share = (census.ids.len() - census.next).div_ceil(ticks_left.max(1) as usize);
+        for id in &census.ids[census.next..census.next + share] {
+            let Some(record) = self.records.get(id).filter(|r| !streaming || r.authority.is_some()) else {
+                continue;
+            };
             let p = record.state.pos();
             let region = self.map.region_at(p);
-            loads.entry(region.id).or_insert_with(|| RegionLoad::new(region.id)).add(&region.bounds, p);
+            census.loads.entry(region.id).or_insert_with(|| RegionLoad::new(region.id)).add(&region.bounds, p);
         }
-        loads.into_values().collect()
+        census.next += share;
+    }
+
+    /// The period's census, counted to its end: entities this slice holds, per region.
+    pub(super) fn region_counts(&mut self) -> Vec<RegionLoad> {
+        self.census_step(1);
+        self.census.counting = false;
+        std::mem::take(&mut self.census.loads).into_values().collect()
     }
 
     /// Controller: every slice's last report of each region, added up.

@@ -19,6 +19,7 @@ impl Replication {
     /// ghost within its kind's margin (`ghost_margin_m`) of a region of the server or core it
     /// goes to, each presence cell within streaming's reach of one.
     pub(super) fn share_ghosts(&mut self) {
+        let tick_us = self.lifecycles.tick_us;
         self.ghosts_local.retain(|s, _| self.servers.get(s).is_some_and(|slot| slot.live));
         self.presence_local.retain(|s, _| self.servers.get(s).is_some_and(|slot| slot.live));
         let local: Vec<Ghost> = self.ghosts_local.values().flatten().copied().collect();
@@ -36,7 +37,7 @@ impl Replication {
                 .filter(|r| r.server.is_some_and(|s| self.home_of(s) == slice))
                 .map(|r| r.bounds)
                 .collect();
-            let ghosts: Vec<Ghost> = local.iter().filter(|g| near_any(g, &regions)).copied().collect();
+            let ghosts: Vec<Ghost> = local.iter().filter(|g| near_any(g, &regions, tick_us)).copied().collect();
             let presence: Vec<Presence> =
                 local_presence.iter().filter(|p| present_near_any(p, &regions)).copied().collect();
             self.stats.ghosts_to_cores += ghosts.len() as u64;
@@ -55,7 +56,7 @@ impl Replication {
         for server in live {
             let regions: Vec<crate::world::Aabb> = self.map.regions_of(server).map(|r| r.bounds).collect();
             let ghosts: Vec<Ghost> =
-                all.iter().filter(|g| g.server != server && near_any(g, &regions)).copied().collect();
+                all.iter().filter(|g| g.server != server && near_any(g, &regions, tick_us)).copied().collect();
             let presence: Vec<[f32; 3]> = all_presence
                 .iter()
                 .filter(|p| p.server != server && present_near_any(p, &regions))
@@ -67,17 +68,16 @@ impl Replication {
     }
 }
 
-/// Whether `ghost` stands within its kind's margin of any of `regions`.
-fn near_any(ghost: &Ghost, regions: &[crate::world::Aabb]) -> bool {
-    let Some(margin) = crate::protocol::server::ghost_margin_m(ghost.kind) else { return false };
-    let p = glam::Vec3::from_array(ghost.position);
-    regions.iter().any(|b| crate::protocol::server::distance_to_box(p, b) <= margin)
+/// Whether `ghost` stands within its kind's margin (in a world whose ticks are `tick_us` long)
+/// of any of `regions`.
+fn near_any(ghost: &Ghost, regions: &[crate::world::Aabb], tick_us: u64) -> bool {
+    let Some(margin) = crate::protocol::server::ghost_margin_m(ghost.kind, tick_us) else { return false };
+    crate::protocol::server::within_any(glam::Vec3::from_array(ghost.position), regions, margin)
 }
 
 /// Whether a presence cell is within streaming's reach (widened by the cell's half diagonal)
 /// of any of `regions`.
 fn present_near_any(presence: &Presence, regions: &[crate::world::Aabb]) -> bool {
     let reach = crate::limits::STREAM_UNLOAD_RADIUS_M + crate::protocol::server::presence_slack_m();
-    let p = glam::Vec3::from_array(presence.at);
-    regions.iter().any(|b| crate::protocol::server::distance_to_box(p, b) <= reach)
+    crate::protocol::server::within_any(glam::Vec3::from_array(presence.at), regions, reach)
 }

@@ -26,28 +26,34 @@ impl Server {
     /// are, and an item handed to it before then would be put to rest by a player.
     pub(super) fn border_pass(&self, hand_off_loose: bool) -> Borders {
         let map = self.map.as_ref().expect("active servers have a map");
-        let widest = GHOST_MARGIN_M.max(STREAM_UNLOAD_RADIUS_M);
+        let walker_margin = crate::limits::walker_ghost_margin_m(self.tick_us);
+        let widest = GHOST_MARGIN_M.max(STREAM_UNLOAD_RADIUS_M).max(walker_margin);
         let margin = Vec3::splat(widest);
         let mine: Vec<crate::world::Aabb> = map.regions_of(self.id).map(|r| r.bounds).collect();
-        // For each region of this server, the foreign regions within the widest margin of it.
-        let mut near: Vec<(crate::world::RegionId, Vec<crate::world::Aabb>)> = Vec::new();
+        // For each region of this server, the foreign regions within the widest margin of it,
+        // nearest first, and how many of them lie within a walker's margin: a walker inside the
+        // region is no nearer a foreign box than the region is, so only those few can see it,
+        // and a test of reach stops at the first box in reach.
+        let mut near: Vec<(crate::world::RegionId, Vec<crate::world::Aabb>, usize)> = Vec::new();
         for own in map.regions_of(self.id) {
             let reach = crate::world::Aabb::new(own.bounds.min() - margin, own.bounds.max() + margin);
-            let foreign: Vec<_> = map
+            let mut foreign: Vec<(f32, crate::world::Aabb)> = map
                 .regions()
                 .iter()
                 .filter(|r| r.server != Some(self.id) && r.bounds.overlaps(&reach))
-                .map(|r| r.bounds)
+                .map(|r| (box_gap(&own.bounds, &r.bounds), r.bounds))
                 .collect();
             if !foreign.is_empty() {
-                near.push((own.id, foreign));
+                foreign.sort_by(|a, b| a.0.total_cmp(&b.0));
+                let walkers = foreign.iter().take_while(|(gap, _)| *gap <= walker_margin).count();
+                near.push((own.id, foreign.into_iter().map(|(_, b)| b).collect(), walkers));
             }
         }
         let mut out = Borders::default();
-        let mut cells: Vec<glam::IVec3> = Vec::new();
+        let mut cells: rustc_hash::FxHashSet<glam::IVec3> = Default::default();
         for (id, h) in &self.entities {
             let kind = h.state.kind;
-            let margin = ghost_margin_m(kind);
+            let margin = ghost_margin_m(kind, self.tick_us);
             let player = kind == EntityKind::Player;
             let root = h.state.parent.is_none();
             if margin.is_none() && !player && !root {
@@ -55,7 +61,7 @@ impl Server {
             }
             let p = h.state.pos();
             let region = map.region_at(p);
-            let distance = if region.server != Some(self.id) {
+            let (ghost, present) = if region.server != Some(self.id) {
                 if root
                     && (hand_off_loose || !is_streamed(&h.state))
                     && (kind == EntityKind::Projectile
@@ -65,20 +71,27 @@ impl Server {
                     out.leaving.push(*id);
                 }
                 // Held past a border: in another server's region.
-                0.0
+                (margin.is_some(), player)
             } else {
-                let Some((_, foreign)) = near.iter().find(|(r, _)| *r == region.id) else { continue };
-                foreign.iter().map(|b| distance_to_box(p, b)).fold(f32::INFINITY, f32::min)
+                let Some((_, foreign, walkers)) = near.iter().find(|(r, _, _)| *r == region.id) else { continue };
+                let ghost = margin.is_some_and(|m| {
+                    let boxes = if m <= walker_margin { &foreign[..*walkers] } else { &foreign[..] };
+                    within_any(p, boxes, m)
+                });
+                let present = player
+                    && ((ghost && margin.is_some_and(|m| m <= STREAM_UNLOAD_RADIUS_M))
+                        || within_any(p, foreign, STREAM_UNLOAD_RADIUS_M));
+                (ghost, present)
             };
-            if margin.is_some_and(|m| distance <= m) {
+            if ghost {
                 out.ghosts.push(Ghost { id: *id, kind, position: h.state.position, server: self.id });
             }
-            if player && distance <= STREAM_UNLOAD_RADIUS_M {
-                cells.push(presence_cell(p));
+            if present {
+                cells.insert(presence_cell(p));
             }
         }
+        let mut cells: Vec<glam::IVec3> = cells.into_iter().collect();
         cells.sort_unstable_by_key(|c| (c.x, c.y, c.z));
-        cells.dedup();
         out.presence = cells.into_iter().map(|c| presence_centre(c).to_array()).collect();
         out
     }

@@ -103,7 +103,7 @@ impl Server {
     /// leaves them into another server's, a projectile that hit nothing stops just past the
     /// border and is handed on with the tick's other leavers; the next server flies it on from
     /// there. So a neighbour's walkers matter here only within `HIT_RADIUS_M` of the border (the
-    /// narrow `WALKER_GHOST_MARGIN_M`), not within a tick's flight of it.
+    /// narrow `walker_ghost_margin_m`), not within a tick's flight of it.
     pub(super) fn resolve_hits(&mut self, tick: Tick) {
         let dt = self.tick_us as f32 / 1e6;
         let projectiles: Vec<(EntityId, Vec3, Vec3, Option<EntityId>)> = self

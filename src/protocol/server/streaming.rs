@@ -17,15 +17,15 @@ impl Server {
         // for players anywhere in it, so the radii widen by half its diagonal: a container
         // loads no later than for the players themselves.
         let widen = presence_slack_m();
-        let mut cells: Vec<glam::IVec3> = self
+        let cells: rustc_hash::FxHashSet<glam::IVec3> = self
             .entities
             .values()
             .filter(|h| h.state.kind == EntityKind::Player)
             .map(|h| presence_cell(h.state.pos()))
             .chain(self.presence.iter().map(|p| presence_cell(Vec3::from_array(*p))))
             .collect();
+        let mut cells: Vec<glam::IVec3> = cells.into_iter().collect();
         cells.sort_unstable_by_key(|c| (c.x, c.y, c.z));
-        cells.dedup();
         let mut touched: Vec<ContainerId> = Vec::new();
         for p in cells.into_iter().map(presence_centre) {
             let marks = &mut self.marks;
@@ -66,11 +66,13 @@ impl Server {
         // While the map settles, no pass over the entities at all: nothing goes back.
         if give_back {
             for (id, h) in &self.entities {
-                if is_streamed(&h.state) && map.owner_at(h.state.pos()) == Some(self.id) {
-                    let c = index.locate(h.state.pos());
-                    if !self.loaded.contains(&c) {
-                        unloads.entry(c).or_default().push((*id, h.epoch));
-                    }
+                if !is_streamed(&h.state) {
+                    continue;
+                }
+                // Most are in a loaded container: that lookup first, the region's only for the rest.
+                let c = index.locate(h.state.pos());
+                if !self.loaded.contains(&c) && map.owner_at(h.state.pos()) == Some(self.id) {
+                    unloads.entry(c).or_default().push((*id, h.epoch));
                 }
             }
         }
