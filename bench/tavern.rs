@@ -71,6 +71,7 @@ fn trial(cores: usize, players: usize, mode: Mode, repeat: usize, settings: &Set
         "tick_p99_ms": s.tick_p99_ms,
         "tick_max_ms": s.tick_max_ms,
         "tick_p99_ms_per_core": s.tick_p99_ms_per_core,
+        "stage_ms_per_core": s.stage_ms_per_core,
         "held_per_core": s.held_per_core,
         "servers_started": s.servers_started,
         "servers_retired": s.servers_retired,

@@ -787,6 +787,11 @@ fn demo(cfg: MeshConfig, json: Option<std::path::PathBuf>) -> ExitCode {
         summary.duplicate_entities,
         summary.server_restarts,
     );
+    for (core, stages) in summary.stage_ms_per_core.iter().enumerate() {
+        let parts: Vec<String> =
+            shardmesh::runtime::shard::STAGES.iter().zip(stages).map(|(name, ms)| format!("{name}={ms:.2}")).collect();
+        println!("core {core}: mean ms a tick after the warm-up: {}", parts.join(" "));
+    }
     if let (Some(tick), Some(round)) = (summary.committed_tick, summary.checkpoint_round) {
         println!("committed_tick={tick} checkpoint={round}");
     }

@@ -314,6 +314,10 @@ pub struct MeshSummary {
     /// are in the replication layer and its log).
     pub entities_at_rest: usize,
     pub tick_p99_ms_per_core: Vec<f64>,
+    /// Where each core's ticks went after the warm-up: the mean wall time of a tick in each of
+    /// `shard::STAGES` (receive, inputs, servers, slice, send, clients), in ms. A profile of the
+    /// run that costs nothing: which part of the tick a split mesh pays for.
+    pub stage_ms_per_core: Vec<Vec<f64>>,
     pub handoffs: u64,
     pub transfers: u64,
     pub entities_start: usize,
@@ -881,6 +885,7 @@ fn audit(
     let mut stall_reports = Vec::new();
     let mut held_per_core = Vec::new();
     let mut tick_p99_ms_per_core = Vec::new();
+    let mut stage_ms_per_core = Vec::new();
     let mut gateway: Option<crate::net::GatewayStats> = None;
     let time_dilation_min = if reports.iter().all(|r| r.time_dilation_min.is_some()) {
         reports.iter().filter_map(|r| r.time_dilation_min).reduce(f64::min)
@@ -894,6 +899,8 @@ fn audit(
         hist.add(&r.tick_us).expect("same bounds");
         held_per_core.push(r.servers.iter().map(|s| s.held().len()).sum());
         tick_p99_ms_per_core.push(r.tick_us.value_at_quantile(0.99) as f64 / 1e3);
+        let mean_ms = |us: u64| (us as f64 / r.stage_ticks.max(1) as f64 / 1e3 * 1e3).round() / 1e3;
+        stage_ms_per_core.push(r.stage_us.iter().map(|us| mean_ms(*us)).collect());
         stalls += r.stalls;
         restarts += r.restarts;
         server_panics += r.server_panics;
@@ -929,6 +936,7 @@ fn audit(
         held_per_core,
         entities_at_rest: slices.iter().map(|s| s.dormant_entities()).sum(),
         tick_p99_ms_per_core,
+        stage_ms_per_core,
         handoffs: slices.iter().map(|s| s.stats.handoffs).sum(),
         transfers: slices.iter().map(|s| s.stats.transfers_out).sum(),
         entities_start,

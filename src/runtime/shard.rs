@@ -197,6 +197,10 @@ pub struct ShardReport {
     /// The lowest time dilation of a window after the warm-up (`None`: none closed, or a
     /// free-running run, which keeps no real time).
     pub time_dilation_min: Option<f64>,
+    /// Where the ticks after the warm-up went: wall time in each of `STAGES`, summed, and the
+    /// ticks it is over.
+    pub stage_us: [u64; STAGES.len()],
+    pub stage_ticks: u64,
 }
 
 /// The node's I/O on a real core: the rings to other cores, the gateway's clients, the log.
@@ -533,6 +537,7 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
     let mut last_tick = Tick(offset_us / tick_us);
     let mut stalls = 0u64;
     let mut stall_reports = Vec::new();
+    let (mut stage_totals, mut stage_ticks) = ([0u64; STAGES.len()], 0u64);
     let budget_us = setup.tick.as_micros() as u64;
     let mut schedule = Schedule::new(setup.start, setup.tick, offset_us / tick_us);
     while !setup.stop.load(Ordering::Relaxed) {
@@ -662,6 +667,10 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
         let warm = setup.start.elapsed() >= setup.warmup;
         if warm {
             hist.saturating_record(took_us.max(1));
+            for (total, us) in stage_totals.iter_mut().zip(io.stage_us) {
+                *total += us;
+            }
+            stage_ticks += 1;
         }
         let g = &setup.gauges;
         window.saturating_record(took_us.max(1));
@@ -788,6 +797,8 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
         log_error,
         gateway: io.gateway.map(|gw| gw.gateway.stats),
         time_dilation_min: if setup.tick.is_zero() { None } else { dilation.min },
+        stage_us: stage_totals,
+        stage_ticks,
     }
 }
 

@@ -30,11 +30,13 @@ impl Server {
         let widest = GHOST_MARGIN_M.max(STREAM_UNLOAD_RADIUS_M).max(walker_margin);
         let margin = Vec3::splat(widest);
         let mine: Vec<crate::world::Aabb> = map.regions_of(self.id).map(|r| r.bounds).collect();
-        // For each region of this server, the foreign regions within the widest margin of it,
-        // nearest first, and how many of them lie within a walker's margin: a walker inside the
-        // region is no nearer a foreign box than the region is, so only those few can see it,
-        // and a test of reach stops at the first box in reach.
-        let mut near: Vec<(crate::world::RegionId, Vec<crate::world::Aabb>, usize)> = Vec::new();
+        // For each region of this server, its box, the foreign regions within the widest margin
+        // of it, nearest first, and how many of them lie within a walker's margin: a walker
+        // inside the region is no nearer a foreign box than the region is, so only those few can
+        // see it, and a test of reach stops at the first box in reach. What stands in one of
+        // these boxes (most of what a server holds) is placed by them, without a map lookup.
+        type Near = (crate::world::RegionId, crate::world::Aabb, Vec<crate::world::Aabb>, usize);
+        let mut near: Vec<Near> = Vec::new();
         for own in map.regions_of(self.id) {
             let reach = crate::world::Aabb::new(own.bounds.min() - margin, own.bounds.max() + margin);
             let mut foreign: Vec<(f32, crate::world::Aabb)> = map
@@ -43,11 +45,9 @@ impl Server {
                 .filter(|r| r.server != Some(self.id) && r.bounds.overlaps(&reach))
                 .map(|r| (box_gap(&own.bounds, &r.bounds), r.bounds))
                 .collect();
-            if !foreign.is_empty() {
-                foreign.sort_by(|a, b| a.0.total_cmp(&b.0));
-                let walkers = foreign.iter().take_while(|(gap, _)| *gap <= walker_margin).count();
-                near.push((own.id, foreign.into_iter().map(|(_, b)| b).collect(), walkers));
-            }
+            foreign.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let walkers = foreign.iter().take_while(|(gap, _)| *gap <= walker_margin).count();
+            near.push((own.id, own.bounds, foreign.into_iter().map(|(_, b)| b).collect(), walkers));
         }
         let mut out = Borders::default();
         let mut cells: rustc_hash::FxHashSet<glam::IVec3> = Default::default();
@@ -60,8 +60,26 @@ impl Server {
                 continue;
             }
             let p = h.state.pos();
-            let region = map.region_at(p);
-            let (ghost, present) = if region.server != Some(self.id) {
+            let home = match near.iter().find(|(_, b, _, _)| b.contains(p)) {
+                Some(own) => Some(own),
+                None => {
+                    let region = map.region_at(p);
+                    (region.server == Some(self.id)).then(|| near.iter().find(|(r, _, _, _)| *r == region.id)).flatten()
+                }
+            };
+            let (ghost, present) = if let Some((_, _, foreign, walkers)) = home {
+                if foreign.is_empty() {
+                    continue;
+                }
+                let ghost = margin.is_some_and(|m| {
+                    let boxes = if m <= walker_margin { &foreign[..*walkers] } else { &foreign[..] };
+                    within_any(p, boxes, m)
+                });
+                let present = player
+                    && ((ghost && margin.is_some_and(|m| m <= STREAM_UNLOAD_RADIUS_M))
+                        || within_any(p, foreign, STREAM_UNLOAD_RADIUS_M));
+                (ghost, present)
+            } else {
                 if root
                     && (hand_off_loose || !is_streamed(&h.state))
                     && (kind == EntityKind::Projectile
@@ -72,16 +90,6 @@ impl Server {
                 }
                 // Held past a border: in another server's region.
                 (margin.is_some(), player)
-            } else {
-                let Some((_, foreign, walkers)) = near.iter().find(|(r, _, _)| *r == region.id) else { continue };
-                let ghost = margin.is_some_and(|m| {
-                    let boxes = if m <= walker_margin { &foreign[..*walkers] } else { &foreign[..] };
-                    within_any(p, boxes, m)
-                });
-                let present = player
-                    && ((ghost && margin.is_some_and(|m| m <= STREAM_UNLOAD_RADIUS_M))
-                        || within_any(p, foreign, STREAM_UNLOAD_RADIUS_M));
-                (ghost, present)
             };
             if ghost {
                 out.ghosts.push(Ghost { id: *id, kind, position: h.state.position, server: self.id });
