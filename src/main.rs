@@ -788,6 +788,10 @@ fn demo(cfg: MeshConfig, json: Option<std::path::PathBuf>) -> ExitCode {
         summary.server_restarts,
     );
     for (core, stages) in summary.stage_ms_per_core.iter().enumerate() {
+        if stages.is_empty() {
+            println!("core {core}: no tick after the warm-up");
+            continue;
+        }
         let parts: Vec<String> =
             shardmesh::runtime::shard::STAGES.iter().zip(stages).map(|(name, ms)| format!("{name}={ms:.2}")).collect();
         println!("core {core}: mean ms a tick after the warm-up: {}", parts.join(" "));

@@ -40,6 +40,14 @@ fn two_cores_for_a_few_seconds_lose_and_duplicate_nothing() {
     // A liveness check, not a timing one: a loaded machine may drop ticks, never all of them.
     assert!(summary.ticks >= 10, "{} ticks counted in 2.5 s at 30 Hz", summary.ticks);
     assert_eq!(summary.ring_errors, 0);
+    // Each core's profile names every stage, and its servers' stage did the simulating.
+    let stages = shardmesh::runtime::shard::STAGES;
+    let servers = stages.iter().position(|s| *s == "servers").expect("a servers stage");
+    assert_eq!(summary.stage_ms_per_core.len(), 2);
+    for profile in &summary.stage_ms_per_core {
+        assert_eq!(profile.len(), stages.len(), "{:?}", summary.stage_ms_per_core);
+        assert!(profile[servers] > 0.0, "300 players a core took no time: {profile:?}");
+    }
 }
 
 #[test]

@@ -316,7 +316,8 @@ pub struct MeshSummary {
     pub tick_p99_ms_per_core: Vec<f64>,
     /// Where each core's ticks went after the warm-up: the mean wall time of a tick in each of
     /// `shard::STAGES` (receive, inputs, servers, slice, send, clients), in ms. A profile of the
-    /// run that costs nothing: which part of the tick a split mesh pays for.
+    /// run that costs nothing: which part of the tick a split mesh pays for. Empty for a core
+    /// that ticked no more after the warm-up.
     pub stage_ms_per_core: Vec<Vec<f64>>,
     pub handoffs: u64,
     pub transfers: u64,
@@ -899,8 +900,13 @@ fn audit(
         hist.add(&r.tick_us).expect("same bounds");
         held_per_core.push(r.servers.iter().map(|s| s.held().len()).sum());
         tick_p99_ms_per_core.push(r.tick_us.value_at_quantile(0.99) as f64 / 1e3);
-        let mean_ms = |us: u64| (us as f64 / r.stage_ticks.max(1) as f64 / 1e3 * 1e3).round() / 1e3;
-        stage_ms_per_core.push(r.stage_us.iter().map(|us| mean_ms(*us)).collect());
+        // A core without a tick after the warm-up has no profile (empty), not one of zeros.
+        let mean_ms = |us: u64| (us as f64 / r.stage_ticks as f64).round() / 1e3;
+        stage_ms_per_core.push(if r.stage_ticks == 0 {
+            Vec::new()
+        } else {
+            r.stage_us.iter().map(|us| mean_ms(*us)).collect()
+        });
         stalls += r.stalls;
         restarts += r.restarts;
         server_panics += r.server_panics;
