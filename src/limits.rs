@@ -315,7 +315,7 @@ pub const BALANCE_PERIOD_US: u64 = 1_000_000;
 pub const BALANCE_SLACK_ENTITIES: u32 = 64;
 
 /// Where the cores measure their work, load moves between cores only while the busiest works this
-/// share of a tick more than the quietest (and past `SERVER_WORK_SURPLUS_FRACTION`): a tenth of a
+/// share of a tick more than the quietest (and past `BALANCE_WORK_FRACTION_MIN`): a tenth of a
 /// tick is about what one period's measurement varies by on a shared machine (the crowd benchmark's
 /// static mesh, BENCHMARKS.md), so a smaller gap is noise, not load to move.
 pub const BALANCE_WORK_GAP_FRACTION: f64 = 0.1;
