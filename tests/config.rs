@@ -62,3 +62,21 @@ fn a_bad_config_is_an_error_that_names_the_key() {
     assert!(!dir.join("data").exists(), "no world is made from a bad config");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The server bounds are taken as asked or refused, never quietly changed: a bound below the
+/// servers the mesh starts with, above what a mesh runs, or a starting number past that.
+#[test]
+fn server_bounds_out_of_range_are_refused() {
+    for (args, says) in [
+        (&["--cores", "1", "--servers-per-core", "2", "--servers-max", "1"][..], "--servers-max 1: from the 2 servers"),
+        (&["--cores", "1", "--servers-max", "0"][..], "--servers-max 0"),
+        (&["--cores", "1", "--servers-max", "1025"][..], "to 1024"),
+        (&["--cores", "2", "--servers-per-core", "600"][..], "more than the 1024 servers"),
+        (&["--cores", "2", "--servers-per-core", "18446744073709551615"][..], "more than the 1024 servers"),
+    ] {
+        let out = Command::new(BIN).args(["demo", "--players", "10", "--duration", "1"]).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} ran: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}

@@ -423,7 +423,20 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
             cfg.leave_after_rush
         )));
     }
-    let servers = cores * cfg.servers_per_core;
+    // The server bounds as asked, or an error: a mesh that quietly ran more servers than its
+    // bound, or another bound than the one asked for, would misreport every run it made.
+    let Some(servers) = cores.checked_mul(cfg.servers_per_core).filter(|n| *n <= SERVERS_MAX) else {
+        return Err(MeshError::Config(format!(
+            "{cores} cores with {} servers each: more than the {SERVERS_MAX} servers a mesh runs",
+            cfg.servers_per_core
+        )));
+    };
+    if let Some(max) = cfg.servers_max.filter(|max| !(servers..=SERVERS_MAX).contains(max)) {
+        return Err(MeshError::Config(format!(
+            "--servers-max {max}: from the {servers} servers the mesh starts with ({cores} cores with {} each) to {SERVERS_MAX}",
+            cfg.servers_per_core
+        )));
+    }
     let mut places = crate::bots::Places::default();
     let meta = match &cfg.persist {
         Some(p) if cfg.scenario != Scenario::BorderRun => WorldMeta::read_or_create(&p.dir, cfg.seed, cfg.players)?,
@@ -521,7 +534,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
             );
             slice.balancing = cfg.scenario != Scenario::BorderRun && !cfg.static_mesh;
             if i == 0 && slice.balancing {
-                let max = cfg.servers_max.unwrap_or(servers).max(servers).min(SERVERS_MAX);
+                let max = cfg.servers_max.unwrap_or(servers);
                 slice.set_server_bounds(servers, if max > servers { max } else { 0 });
             }
             if let Some(index) = &streaming {
@@ -777,7 +790,7 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
     summary.listen = listen;
     summary.map_epoch_start = map_epoch_start;
     if cfg.scenario != Scenario::BorderRun && !cfg.static_mesh {
-        summary.servers_max = cfg.servers_max.unwrap_or(servers).max(servers).min(SERVERS_MAX);
+        summary.servers_max = cfg.servers_max.unwrap_or(servers);
     }
     let failover = failovers.report();
     summary.server_crashes = failover.crashes;
