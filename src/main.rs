@@ -219,7 +219,7 @@ struct MeshArgs {
     inject_panic: Option<shardmesh::runtime::panics::InjectPanic>,
     /// Logical servers the controller may run at most: it starts one where load cannot be evened
     /// out among those it has, and retires one once load stays low (default: the starting number,
-    /// `--servers-per-core` a core, a fixed set).
+    /// `--servers-per-core` a core, a fixed set; from that number to 1,024).
     #[arg(long)]
     servers_max: Option<usize>,
     /// Turn every dynamic action off (balancing, splits and merges, servers started or retired):
