@@ -17,6 +17,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use shardmesh::runtime::mesh::{run, MeshConfig, MeshSummary};
+
+// The allocator the shardmesh binary runs with, so the figures are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use side_by_side::{median, run_binary, write_json};
 
 #[allow(dead_code)]

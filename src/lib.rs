@@ -18,6 +18,11 @@ pub mod runtime;
 pub mod sim;
 pub mod world;
 
+// Unit tests run with the allocator the binary runs with (what `runtime::alloc` tunes).
+#[cfg(test)]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub use protocol::{Replication, Server};
 pub use sim::{FaultPlan, SimConfig, SimOutcome, Simulator};
 pub use world::{ContainerTree, EntityId, EntityKind, EntityState, RegionMap, ServerId, Tick};

@@ -13,7 +13,7 @@ use hdrhistogram::Histogram;
 use super::ring::Ring;
 use super::shard::{self, ShardGauges, ShardReport, ShardSetup};
 pub use crate::limits::{IO_MEMORY_BYTES, RING_BYTES};
-use crate::limits::{SERVERS_MAX, WORLD_PLAYERS_MAX};
+use crate::limits::{PREFAULT_BYTES_MAX, PREFAULT_BYTES_PER_ENTITY, SERVERS_MAX, WORLD_PLAYERS_MAX};
 use crate::node::Checker;
 use crate::protocol::{Committed, Replication, Server, SliceId};
 use crate::world::{
@@ -507,6 +507,8 @@ pub fn run(cfg: MeshConfig) -> Result<MeshSummary, MeshError> {
             (map, initial, logs, round, floor, offset)
         }
     };
+    // What the world will grow into, faulted in before its first tick.
+    super::alloc::prefault(initial.len().saturating_mul(PREFAULT_BYTES_PER_ENTITY).min(PREFAULT_BYTES_MAX));
     if cfg.scenario == Scenario::Rush {
         // Game time: the run's ticks, on from where a world read back left off.
         let at = |f: f64| clock_offset_us + (cfg.duration.as_micros() as f64 * f) as u64;
