@@ -17,11 +17,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use shardmesh::runtime::mesh::{run, MeshConfig, MeshSummary};
+use side_by_side::{median, run_binary, write_json};
 
 // The allocator the shardmesh binary runs with, so the figures are the binary's.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use side_by_side::{median, run_binary, write_json};
 
 #[allow(dead_code)]
 mod side_by_side;

@@ -26,11 +26,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use shardmesh::runtime::mesh::{run, MeshConfig, MeshSummary, Scenario};
+use side_by_side::write_json;
 
 // The allocator the shardmesh binary runs with, so the figures are the binary's.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use side_by_side::write_json;
 
 #[allow(dead_code)]
 mod side_by_side;
