@@ -39,18 +39,19 @@ impl Server {
                 .map(|(id, h)| (*id, h.state.kind, h.state.pos(), h.state.vel())),
         );
         self.physics.step();
-        let roots: Vec<EntityId> = self
-            .entities
-            .iter()
-            .filter(|(_, h)| {
-                h.state.parent.is_none() && (h.state.vel() != Vec3::ZERO || h.state.ttl_ticks > 0 || simulated(h))
-            })
-            .filter(|(_, h)| h.moved_until_tick < tick)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in roots {
-            let current = &self.entities[&id].state;
-            let (mut next, mut velocity) = match self.physics.motion(id) {
+        // Each root moves where it lies in the table, in one pass: a lookup by id a root (three
+        // before) cost more than the motion. What rides on a root is placed after the pass, and
+        // projectiles that vanish are removed after it.
+        let mut carriers: Vec<(EntityId, [f32; 3])> = Vec::new();
+        let mut vanished: Vec<EntityId> = Vec::new();
+        let (physics, forest) = (&self.physics, &self.forest);
+        for (&id, held) in self.entities.iter_mut() {
+            let current = &held.state;
+            let moving = current.vel() != Vec3::ZERO || current.ttl_ticks > 0 || simulated(held);
+            if current.parent.is_some() || !moving || held.moved_until_tick >= tick {
+                continue;
+            }
+            let (mut next, mut velocity) = match physics.motion(id) {
                 Some((next, velocity)) => governed(current, next, velocity, dt),
                 None => (current.pos() + current.vel() * dt, current.vel()),
             };
@@ -66,12 +67,14 @@ impl Server {
                 // A ship at rest that nothing bumped.
                 continue;
             }
-            let state = self.touch(id, tick);
+            held.dirty = true;
+            held.state.changed_tick = tick;
+            let state = &mut held.state;
             state.velocity = velocity.to_array();
             if state.kind == EntityKind::Projectile {
                 state.ttl_ticks = state.ttl_ticks.saturating_sub(1);
                 if state.ttl_ticks == 0 || !world.contains(next) {
-                    self.destroy(id);
+                    vanished.push(id);
                     continue;
                 }
                 state.position = next.to_array();
@@ -83,7 +86,15 @@ impl Server {
                 state.velocity = (state.vel() * bounce).to_array();
             }
             state.position = clamped.to_array();
-            self.place_subtree(tick, id, clamped.to_array());
+            if forest.child_count(id) > 0 {
+                carriers.push((id, state.position));
+            }
+        }
+        for id in vanished {
+            self.destroy(id);
+        }
+        for (id, position) in carriers {
+            self.place_subtree(tick, id, position);
         }
     }
 

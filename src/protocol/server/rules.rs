@@ -5,21 +5,25 @@ use super::*;
 impl Server {
     /// Applies one input under the game rules; false if refused.
     pub(super) fn apply(&mut self, tick: Tick, input: &Input) -> bool {
+        if let Action::Move(dir) = &input.action {
+            // Most inputs: one lookup, no copy of the actor.
+            let Some(held) = self.entities.get_mut(&input.entity) else { return false };
+            let dir = Vec3::from_array(*dir);
+            if held.state.parent.is_some() || !held.state.kind.is_driven() || !dir.is_finite() {
+                return false;
+            }
+            let v = (dir.clamp_length_max(1.0) * speed_of(held.state.kind)).to_array();
+            if v != held.state.velocity {
+                held.dirty = true;
+                held.state.changed_tick = tick;
+                held.state.velocity = v;
+                held.state.face(Vec3::from_array(v));
+            }
+            return true;
+        }
         let Some(actor) = self.state(input.entity).cloned() else { return false };
         match &input.action {
-            Action::Move(dir) => {
-                let dir = Vec3::from_array(*dir);
-                if actor.parent.is_some() || !actor.kind.is_driven() || !dir.is_finite() {
-                    return false;
-                }
-                let v = (dir.clamp_length_max(1.0) * speed_of(actor.kind)).to_array();
-                if v != actor.velocity {
-                    let state = self.touch(input.entity, tick);
-                    state.velocity = v;
-                    state.face(Vec3::from_array(v));
-                }
-                true
-            }
+            Action::Move(_) => unreachable!("moves are applied above"),
             Action::Fire(dir) => {
                 let dir = Vec3::from_array(*dir).normalize_or_zero();
                 if dir == Vec3::ZERO || !matches!(actor.kind, EntityKind::Player | EntityKind::Ship) {
