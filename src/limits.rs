@@ -79,6 +79,20 @@ pub const SERVER_ENTITY_COUNT_SOFT_MAX: usize = 65_536;
 /// simulating what waits, since it still holds their authority).
 pub const HANDOFFS_PER_TICK_MAX: usize = 256;
 
+/// A server's entity table grown for a crowd that has since gone (handed off to the servers a
+/// room was cut between) is rebuilt at the size of what it holds once it is under this share of
+/// its capacity: every pass of a tick walks the whole table, and in one three fifths empty the
+/// passes cost 2-3 times what they cost in a full one (a 36,000-player tavern cut in two: 22,000
+/// entities in a table of 65,536 buckets). Tables smaller than `ENTITY_TABLE_SHRINK_MIN` stay.
+pub const ENTITY_TABLE_SHRINK_BELOW: f64 = 0.4;
+
+/// Room a rebuilt entity table keeps over what it holds, so a few arrivals do not grow it again
+/// at once (it grows at twice its size; it shrinks again only under `ENTITY_TABLE_SHRINK_BELOW`).
+pub const ENTITY_TABLE_SLACK: f64 = 0.25;
+
+/// Entity tables with room for fewer than this are never rebuilt smaller.
+pub const ENTITY_TABLE_SHRINK_MIN: usize = 4096;
+
 /// Ships this close to the edge of their region are shown to neighbouring servers as ghost
 /// hulls: more than a ship travels in a tick at the slowest rate (150 m/s at 20 Hz) with room to
 /// spare for its hull, so hulls on either side of a border collide.

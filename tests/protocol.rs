@@ -794,6 +794,35 @@ fn the_controller_moves_load_from_the_busiest_server_to_the_quietest() {
     assert!(h.rl().check().is_empty(), "{:?}", h.rl().check());
 }
 
+#[test]
+fn a_table_grown_for_a_crowd_is_rebuilt_smaller_once_the_crowd_moves_on() {
+    // 5,000 NPCs in region A of s0, half at x=5 and half at x=30: the controller splits A and
+    // moves one half to a quiet server, which leaves s0's table three fifths empty.
+    let entities =
+        (0..5000u64).map(|i| (EntityId(i + 1), at(EntityKind::Npc, if i < 2500 { 5.0 } else { 30.0 }))).collect();
+    let mut h = Harness::new(entities);
+    let grown = h.server(0).held().capacity();
+    assert!(grown >= 5000 && grown >= shardmesh::limits::ENTITY_TABLE_SHRINK_MIN);
+    assert_eq!(h.server(0).stats.tables_shrunk, 0);
+    for _ in 0..4 * shardmesh::limits::ticks_in(
+        shardmesh::protocol::replication::BALANCE_PERIOD_US,
+        shardmesh::limits::TICK_DURATION_US,
+    ) {
+        h.tick();
+    }
+    let held: Vec<usize> = h.servers().map(|s| s.held().len()).collect();
+    assert_eq!(held, vec![2500, 2500, 0], "half moved to a quiet server");
+    let s0 = h.server(0);
+    assert_eq!(s0.stats.tables_shrunk, 1, "rebuilt once, not again while it holds the same");
+    let capacity = s0.held().capacity();
+    assert!(capacity >= 2500 && capacity < grown, "capacity {capacity} after {grown} for 2,500 entities");
+    assert!(
+        2500.0 >= shardmesh::limits::ENTITY_TABLE_SHRINK_BELOW * capacity as f64,
+        "the rebuilt table is not sparse enough to be rebuilt again"
+    );
+    assert!(h.rl().check().is_empty(), "{:?}", h.rl().check());
+}
+
 /// DESIGN: "a rocket fired on server A at a ship on server B still hits". A target standing
 /// within the walker margin of the border is A's to see as a ghost: the path on A's side passes
 /// within the hit radius of it, so A hits it and the hit goes to B through the layer.

@@ -948,4 +948,5 @@ pub fn add_stats(total: &mut ServerStats, s: &ServerStats) {
     total.deltas_sent += s.deltas_sent;
     total.containers_loaded += s.containers_loaded;
     total.roots_unloaded += s.roots_unloaded;
+    total.tables_shrunk += s.tables_shrunk;
 }

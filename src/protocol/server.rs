@@ -159,6 +159,8 @@ pub struct ServerStats {
     pub messages_ignored: u64,
     /// Players handed back because their accounts logged out.
     pub logged_out: u64,
+    /// Times the entity table was rebuilt smaller after a crowd left it mostly empty.
+    pub tables_shrunk: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -573,6 +575,7 @@ impl Server {
         }
         self.flush_deltas(tick);
         self.hand_off(leaving);
+        self.shrink_if_sparse();
         // A fresh incarnation streams in as soon as it holds something (a failover: the items
         // around its players wait at rest until it has loaded their containers); one that took
         // over a crashed incarnation's containers keeps them until its entities arrive. Then
@@ -589,6 +592,17 @@ impl Server {
         }
         self.send(ServerMsg::Ghosts { ghosts: borders.ghosts, presence: borders.presence });
         self.send(ServerMsg::Heartbeat { sent_at_us: now_us });
+    }
+
+    /// Rebuilds the entity table at the size of what it holds once a crowd has left it mostly
+    /// empty (`ENTITY_TABLE_SHRINK_BELOW`): the tick's passes walk every bucket.
+    fn shrink_if_sparse(&mut self) {
+        use crate::limits::{ENTITY_TABLE_SHRINK_BELOW, ENTITY_TABLE_SHRINK_MIN, ENTITY_TABLE_SLACK};
+        let (len, capacity) = (self.entities.len(), self.entities.capacity());
+        if capacity >= ENTITY_TABLE_SHRINK_MIN && (len as f64) < ENTITY_TABLE_SHRINK_BELOW * capacity as f64 {
+            self.entities.shrink_to(len + (ENTITY_TABLE_SLACK * len as f64) as usize);
+            self.stats.tables_shrunk += 1;
+        }
     }
 
     /// The targets grid (players, NPCs, ships), rebuilt after movement for hits.
