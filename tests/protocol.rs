@@ -802,7 +802,7 @@ fn a_table_grown_for_a_crowd_is_rebuilt_smaller_once_the_crowd_moves_on() {
         (0..5000u64).map(|i| (EntityId(i + 1), at(EntityKind::Npc, if i < 2500 { 5.0 } else { 30.0 }))).collect();
     let mut h = Harness::new(entities);
     let grown = h.server(0).held().capacity();
-    assert!(grown >= 5000 && grown >= shardmesh::limits::ENTITY_TABLE_SHRINK_MIN);
+    assert!(grown >= 5000, "the table grew for the crowd: {grown}");
     assert_eq!(h.server(0).stats.tables_shrunk, 0);
     for _ in 0..4 * shardmesh::limits::ticks_in(
         shardmesh::protocol::replication::BALANCE_PERIOD_US,
