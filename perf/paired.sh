@@ -5,7 +5,7 @@
 # warm-up), NEW over OLD, its median over the rounds. Sequential trials on a shared machine
 # differ by 20-30% from one to the next; pairs of one build against itself differ by about 5%.
 #   perf/paired.sh OLD_BIN NEW_BIN [PLAYERS] [ROUNDS] [SEED] [DEMO_ARGS...]
-#   e.g. perf/paired.sh /tmp/shardmesh-old target/release/shardmesh 16000 6 7 --static
+#   e.g. perf/paired.sh ../shardmesh-before/target/release/shardmesh target/release/shardmesh 16000 6 7 --static
 # Scenario: $SCENARIO (default tavern); seconds a run: $SECONDS_PER_RUN (default 16); JSON to
 # $OUT (default paired.json). Exits non-zero if a run fails (no ticks, an audit error, an entity
 # lost or duplicated) or the machine has fewer than two CPUs.
