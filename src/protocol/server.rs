@@ -110,6 +110,13 @@ pub struct Held {
 }
 
 impl Held {
+    /// Its state, to be changed in `tick`: marked for the tick's deltas.
+    fn touch(&mut self, tick: Tick) -> &mut EntityState {
+        self.dirty = true;
+        self.state.changed_tick = tick;
+        &mut self.state
+    }
+
     /// Where the entity is as of `tick` (ticks of `tick_us`), inside `world`. One adopted from a
     /// core that ticks ahead carries its state of a later tick (and stays put until this server's
     /// tick reaches it): as of `tick` it is that many ticks' motion back.
@@ -635,10 +642,7 @@ impl Server {
     }
 
     fn touch(&mut self, id: EntityId, tick: Tick) -> &mut EntityState {
-        let held = self.entities.get_mut(&id).expect("touched entities are held");
-        held.dirty = true;
-        held.state.changed_tick = tick;
-        &mut held.state
+        self.entities.get_mut(&id).expect("touched entities are held").touch(tick)
     }
 
     fn state(&self, id: EntityId) -> Option<&EntityState> {

@@ -67,9 +67,7 @@ impl Server {
                 // A ship at rest that nothing bumped.
                 continue;
             }
-            held.dirty = true;
-            held.state.changed_tick = tick;
-            let state = &mut held.state;
+            let state = held.touch(tick);
             state.velocity = velocity.to_array();
             if state.kind == EntityKind::Projectile {
                 state.ttl_ticks = state.ttl_ticks.saturating_sub(1);

@@ -14,10 +14,9 @@ impl Server {
             }
             let v = (dir.clamp_length_max(1.0) * speed_of(held.state.kind)).to_array();
             if v != held.state.velocity {
-                held.dirty = true;
-                held.state.changed_tick = tick;
-                held.state.velocity = v;
-                held.state.face(Vec3::from_array(v));
+                let state = held.touch(tick);
+                state.velocity = v;
+                state.face(Vec3::from_array(v));
             }
             return true;
         }
