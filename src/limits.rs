@@ -352,10 +352,11 @@ pub const BALANCE_REST_PERIODS: u32 = 1;
 pub const MERGE_COLD_ENTITIES_MAX: u32 = BALANCE_SLACK_ENTITIES / 2;
 
 /// Cuts the controller makes in one balancing period at most, each of the heavier side of the
-/// last while it is still too big to move: enough to wall off a room in a region that holds its
-/// city (four walls of the city, four of the building, one between rooms), few enough that one
-/// period's map change stays small.
-pub const CUTS_PER_PERIOD_MAX: usize = 10;
+/// last while it is still too big to move: enough to wall off a room in a region that holds a
+/// stretch of its planet (the planet's and system's edges, four walls of the city, four of the
+/// building, the floors, one between rooms: eleven for the tavern), few enough that one period's
+/// map change stays small.
+pub const CUTS_PER_PERIOD_MAX: usize = 16;
 
 /// Merges the controller makes in one balancing period at most: a crowd's fragments go back in
 /// seconds, and one period's map changes stay few.

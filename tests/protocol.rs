@@ -1355,6 +1355,60 @@ fn a_hot_room_splits_along_its_walls_before_it_is_cut() {
     held_once(&m, ids.iter().copied());
 }
 
+/// A crowd in one room of a city in a region far larger than the city: the region's report
+/// puts the whole crowd in one or two of its coarse bins, so what a cut between the city's walls
+/// leaves on each side is a guess. The controller walls the room off without moving any of the
+/// crowd on such a guess (moved whole, it would only change which core is hot, after a second of
+/// handoffs), in one balancing period, and shares the crowd only by cutting the room.
+#[test]
+fn a_crowd_is_walled_off_in_one_period_and_not_moved_whole_on_a_guess() {
+    use shardmesh::world::{Container, ContainerKind, ContainerTree};
+    let b = |min: [f32; 3], max: [f32; 3]| Aabb { min, max };
+    let c = |name: &str, kind, bounds, parent| Container { name: name.into(), kind, bounds, parent };
+    let tree = ContainerTree {
+        containers: vec![
+            c("system", ContainerKind::System, b([0.0; 3], [1000.0, 100.0, 20.0]), None),
+            c("planet", ContainerKind::Planet, b([0.0; 3], [1000.0, 100.0, 20.0]), Some(0)),
+            c("city", ContainerKind::City, b([10.0, 10.0, 0.0], [90.0, 90.0, 20.0]), Some(1)),
+            c("building", ContainerKind::Building, b([20.0, 20.0, 0.0], [80.0, 80.0, 20.0]), Some(2)),
+            c("room-0", ContainerKind::Room, b([20.0, 20.0, 0.0], [40.0, 80.0, 20.0]), Some(3)),
+            c("room-1", ContainerKind::Room, b([40.0, 20.0, 0.0], [80.0, 80.0, 20.0]), Some(3)),
+        ],
+    };
+    let room = tree.containers[5].bounds;
+    // 400 NPCs standing on a grid over the room's floor.
+    let entities: Vec<(EntityId, EntityState)> = (0..400)
+        .map(|i| {
+            let p = Vec3::new(42.5 + (i % 20) as f32 * 1.8, 22.5 + (i / 20) as f32 * 2.8, 1.0);
+            (EntityId(i as u64 + 1), EntityState::new(EntityKind::Npc, p))
+        })
+        .collect();
+    let ids: Vec<EntityId> = entities.iter().map(|(id, _)| *id).collect();
+    let mut map = RegionMap::kd_split(tree.bounds(), 2);
+    let halves: Vec<RegionId> = map.regions().iter().map(|r| r.id).collect();
+    map.assign(halves[0], Some(ServerId(0))).unwrap();
+    map.assign(halves[1], Some(ServerId(1))).unwrap();
+    let mut m = Mesh::with_streaming(2, 2, map, entities, Arc::new(StreamIndex::new(tree.clone())));
+    let period = shardmesh::limits::ticks_in(shardmesh::limits::BALANCE_PERIOD_US, TICK_DURATION_US);
+    let mut walled_at = None;
+    for tick in 0..period * 12 {
+        m.tick();
+        if walled_at.is_none() && m.slice(0).map().regions().iter().any(|r| r.bounds == room) {
+            walled_at = Some(tick);
+        }
+        if m.slice(0).stats.rooms_cut == 0 {
+            let away = ids.iter().filter(|id| !m.server(0).held().contains_key(id)).count();
+            assert_eq!(away, 0, "tick {tick}: {away} of the crowd moved before the room was cut");
+        }
+    }
+    let walled_at = walled_at.expect("walls set the room apart");
+    assert!(walled_at < 2 * period, "walled off in the first period, not at tick {walled_at}");
+    assert!(m.slice(0).stats.rooms_cut >= 1, "then the room itself was cut");
+    let held: Vec<usize> = [0, 1].map(|s| m.server(s).held().len()).into();
+    assert!(held.iter().all(|n| *n >= 100), "the crowd is shared: {held:?}");
+    held_once(&m, ids.iter().copied());
+}
+
 /// A crowd on one side of the border between two servers on two cores: the controller evens
 /// it out by moving that border, not by cutting the crowd's region into more (each new border
 /// is another strip of ghosts and crossings). The map keeps its two regions; nothing is lost.

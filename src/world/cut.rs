@@ -65,6 +65,18 @@ impl RegionLoad {
         sum
     }
 
+    /// The entities in the bin that holds the plane `at` along `axis`: how far `below` may be
+    /// off for a cut there (they may lie on either side of it).
+    pub fn straddling(&self, bounds: &Aabb, axis: usize, at: f32) -> u32 {
+        let (lo, hi) = (bounds.min[axis], bounds.max[axis]);
+        let f = ((at - lo) / (hi - lo)).clamp(0.0, 1.0) * LOAD_BINS as f32;
+        if (f - f.round()).abs() < 1e-3 {
+            // On a bin edge the count below is exact.
+            return 0;
+        }
+        self.bins[axis][(f as usize).min(LOAD_BINS - 1)]
+    }
+
     /// An estimate of this load within `sub`, a box inside `bounds` (a side of a cut): along
     /// each axis the entities between `sub`'s faces, re-binned over its extent, and scaled to the
     /// share `sub` holds (the axes taken as independent). For planning the next cut of a side
@@ -251,6 +263,23 @@ mod tests {
             load.add(bounds, p);
         }
         load
+    }
+
+    /// What a cut inside a bin may leave on either side is bounded by that bin's count; on a bin
+    /// edge the estimate is exact. A crowd in one coarse bin, cut through it, is a guess of the
+    /// bin's whole count.
+    #[test]
+    fn a_cut_inside_a_bin_is_unsure_by_what_the_bin_holds() {
+        let b = aabb([0.0; 3], [1600.0, 160.0, 100.0]);
+        // Bins of 100 m along x: a crowd of 300 within 40..70 m, 10 more at 450 m.
+        let points = (0..300).map(|i| Vec3::new(40.0 + (i % 30) as f32, 50.0, 1.0));
+        let load = load_of(&b, points.chain((0..10).map(|_| Vec3::new(450.0, 50.0, 1.0))));
+        assert_eq!(load.straddling(&b, 0, 30.0), 300, "a cut through the crowd's bin");
+        assert!((load.below(&b, 0, 30.0) - 90.0).abs() < 1.0, "the guess: {}", load.below(&b, 0, 30.0));
+        assert_eq!(load.straddling(&b, 0, 100.0), 0, "on a bin edge");
+        assert_eq!(load.straddling(&b, 0, 250.0), 0, "through an empty bin");
+        assert_eq!(load.straddling(&b, 0, 420.0), 10);
+        assert_eq!(load.straddling(&b, 1, 55.0), 310, "along y every point shares the bin");
     }
 
     /// A crowd in a disk around `centre`, on the floor.

@@ -427,7 +427,11 @@ impl Replication {
                 let mut load = reports.get(&busiest_region).cloned();
                 let mut cuts = 0;
                 // Every side a cut left, by its estimated load: one that fits the gap moves now.
-                let mut sides: Vec<(u32, RegionId)> = Vec::new();
+                // Only the first cut's sides, estimated from the region's own report: a later
+                // cut's come from marginals re-binned over a side (a crowd in one coarse bin
+                // looks spread over it), so they wait for their own reports. A side's estimate
+                // is off by at most what the bin holding the cut holds.
+                let mut sides: Vec<(u32, RegionId, u32)> = Vec::new();
                 while cuts < CUTS_PER_PERIOD_MAX {
                     let Some(cut) = plan_cut(&bounds, tree, load.as_ref()) else { break };
                     if cuts > 0 && cut.through == Some(ContainerKind::Room) {
@@ -439,13 +443,23 @@ impl Replication {
                     self.stats.regions_split += 1;
                     self.stats.rooms_cut += (cut.through == Some(ContainerKind::Room)) as u64;
                     let Some(parent) = load.take() else { break };
+                    let unsure = parent.straddling(&bounds, cut.axis, cut.at);
                     let side = |id: RegionId| self.map.get(id).map(|r| r.bounds);
                     let (Some(lb), Some(hb)) = (side(low), side(high)) else { break };
                     let (ll, hl) = (parent.restrict(&bounds, &lb), parent.restrict(&bounds, &hb));
-                    sides.extend([(ll.entities, low), (hl.entities, high)]);
+                    if cuts == 1 {
+                        sides.extend([(ll.entities, low, unsure), (hl.entities, high, unsure)]);
+                    }
                     let (next, next_bounds, next_load) =
                         if ll.entities >= hl.entities { (low, lb, ll) } else { (high, hb, hl) };
-                    if next_load.entities as u64 * 4 <= gap as u64 * 3 || cut.through == Some(ContainerKind::Room) {
+                    // The heavier side fits by the estimate: stop, unless the estimate is a later
+                    // cut's in a world of walls (there the next cut is along one, and a room is
+                    // only ever cut on its own report): a crowd in one room of a city is walled
+                    // off in one period, not one period per guess.
+                    let most = next_load.entities as u64 + if cuts == 1 { unsure as u64 } else { u64::MAX / 8 };
+                    let fits = next_load.entities as u64 * 4 <= gap as u64 * 3
+                        && (tree.is_none() || most * 4 <= gap as u64 * 3);
+                    if fits || cut.through == Some(ContainerKind::Room) {
                         break;
                     }
                     (region, bounds, load) = (next, next_bounds, Some(next_load));
@@ -458,9 +472,12 @@ impl Replication {
                     // The biggest side (still a region: not cut again) that moves between a
                     // quarter and three quarters of the gap by the estimate goes now, not a
                     // period later: a crowd that came at once is shared in one period fewer.
-                    let fits = |n: u32| n > 0 && n as u64 * 4 <= gap as u64 * 3 && n as u64 * 4 >= gap as u64;
-                    let side = sides.iter().filter(|(n, r)| fits(*n) && self.map.get(*r).is_some()).max();
-                    if let Some(&(_, side)) = side {
+                    let fits = |n: u32, unsure: u32| {
+                        let (least, most) = (n.saturating_sub(unsure) as u64, n as u64 + unsure as u64);
+                        n > 0 && most * 4 <= gap as u64 * 3 && least * 4 >= gap as u64
+                    };
+                    let side = sides.iter().filter(|(n, r, u)| fits(*n, *u) && self.map.get(*r).is_some()).max();
+                    if let Some(&(_, side, _)) = side {
                         self.map.assign(side, Some(quietest)).expect("region exists");
                         self.stats.regions_moved += 1;
                         if measured {
