@@ -74,9 +74,14 @@ pub const PACKET_BYTES_MAX: usize = 1 << 20;
 /// it) but the overflow is counted so the controller can split the region.
 pub const SERVER_ENTITY_COUNT_SOFT_MAX: usize = 65_536;
 
-/// Subtrees one server hands off in one tick. When a region moves, thousands of entities leave
-/// at once; handing them off over a few ticks keeps both cores' ticks even (the old server keeps
-/// simulating what waits, since it still holds their authority).
+/// Subtrees one server hands off in one tick, the farthest past its regions first. When a region
+/// moves, thousands of entities leave at once; handing them off over a few ticks keeps both
+/// cores' ticks even (the old server keeps simulating what waits, since it still holds their
+/// authority). A crowd milling across a cut can send more than this over it (60,000 players in
+/// the tavern cut in two, about 470 a tick each way): those just past the cut then wait, held
+/// and shown to the neighbour as ghosts, while what is deep in another's region goes. At 1,024
+/// the tavern handed off twice as often, with a quarter fewer ghosts, and did no less work a
+/// tick (BENCHMARKS.md, the tavern).
 pub const HANDOFFS_PER_TICK_MAX: usize = 256;
 
 /// A server's entity table grown for a crowd that has since gone (handed off to the servers a

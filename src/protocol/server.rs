@@ -568,7 +568,14 @@ impl Server {
         let settled = now_us >= self.hold_unloads_until_us;
         let borders = self.border_pass(settled);
         let mut leaving = borders.leaving;
-        leaving.truncate(self.handoffs_per_tick_max);
+        if leaving.len() > self.handoffs_per_tick_max {
+            // The farthest past first: a region that moved drains while a crowd milling on a
+            // border waits (and mostly walks back) instead of taking the tick's handoffs.
+            let cap = self.handoffs_per_tick_max;
+            leaving.select_nth_unstable_by(cap, |a, b| b.0.total_cmp(&a.0));
+            leaving.truncate(cap);
+        }
+        let mut leaving: Vec<EntityId> = leaving.into_iter().map(|(_, id)| id).collect();
         // Players logged out leave with what they carry, off whatever they were aboard.
         for player in std::mem::take(&mut self.logging_out) {
             if self.entities.get(&player).is_none_or(|h| h.state.kind != EntityKind::Player) {

@@ -5,7 +5,8 @@ use super::*;
 /// What one pass over a server's entities finds at its borders (`Server::border_pass`).
 #[derive(Debug, Default)]
 pub(super) struct Borders {
-    pub leaving: Vec<EntityId>,
+    /// The roots to hand off, each with how far it stands from this server's regions.
+    pub leaving: Vec<(f32, EntityId)>,
     pub ghosts: Vec<Ghost>,
     pub presence: Vec<[f32; 3]>,
 }
@@ -80,13 +81,14 @@ impl Server {
                         || within_any(p, foreign, STREAM_UNLOAD_RADIUS_M));
                 (ghost, present)
             } else {
-                if root
-                    && (hand_off_loose || !is_streamed(&h.state))
-                    && (kind == EntityKind::Projectile
+                if root && (hand_off_loose || !is_streamed(&h.state)) {
+                    let past = mine.iter().map(|b| distance_to_box(p, b)).fold(f32::INFINITY, f32::min);
+                    if kind == EntityKind::Projectile
                         || h.state.vel() == Vec3::ZERO
-                        || mine.iter().all(|b| distance_to_box(p, b) > crate::limits::HANDOFF_SLACK_M))
-                {
-                    out.leaving.push(*id);
+                        || past > crate::limits::HANDOFF_SLACK_M
+                    {
+                        out.leaving.push((past, *id));
+                    }
                 }
                 // Held past a border: in another server's region.
                 (margin.is_some(), player)
@@ -242,9 +244,46 @@ mod tests {
         ];
         let owned = entities.into_iter().map(|(id, state)| Owned { id, epoch: Epoch(2), state }).collect();
         s.handle(0, to(ReplicationMsg::Adopt { entities: owned }));
-        assert_eq!(s.border_pass(true).leaving, vec![EntityId(2)], "the ship, not its rider, not the NPC at home");
+        let leaving: Vec<EntityId> = s.border_pass(true).leaving.iter().map(|(_, id)| *id).collect();
+        assert_eq!(leaving, vec![EntityId(2)], "the ship, not its rider, not the NPC at home");
         let subtree: Vec<EntityId> = s.remove_subtree(EntityId(2)).iter().map(|o| o.id).collect();
         assert_eq!(subtree, vec![EntityId(2), EntityId(3)], "parents first");
         assert!(!s.held().contains_key(&EntityId(3)), "removed before the message leaves");
+    }
+
+    /// Over the tick's cap, the roots farthest past the server's regions leave first: a region
+    /// that moved (all of it deep in another server's) drains, while walkers milling just past
+    /// a border wait, and most walk back.
+    #[test]
+    fn over_the_cap_the_farthest_past_the_border_leave_first() {
+        let (id, inc) = (ServerId(0), Incarnation(1));
+        let mut map = RegionMap::kd_split(Aabb::new(Vec3::ZERO, Vec3::new(200.0, 20.0, 20.0)), 2);
+        let (left, right) =
+            (map.region_at(Vec3::new(10.0, 10.0, 10.0)).id, map.region_at(Vec3::new(190.0, 10.0, 10.0)).id);
+        map.assign(left, Some(id)).unwrap();
+        map.assign(right, Some(ServerId(1))).unwrap();
+        let mut s = Server::new(id, inc, 0);
+        s.handoffs_per_tick_max = 2;
+        let to = |body| ToServer { server: id, incarnation: inc, body };
+        s.handle(0, to(ReplicationMsg::Welcome { create_epoch: Epoch(1), map, loaded: Vec::new() }));
+        let walker = |x: f32| {
+            let mut state = EntityState::new(EntityKind::Npc, Vec3::new(x, 10.0, 1.0));
+            state.velocity = [0.0, 0.1, 0.0];
+            state
+        };
+        let xs = [104.5, 150.0, 105.0, 180.0, 104.0, 20.0];
+        let owned = xs
+            .iter()
+            .enumerate()
+            .map(|(i, x)| Owned { id: EntityId(i as u64 + 1), epoch: Epoch(2), state: walker(*x) })
+            .collect();
+        s.handle(0, to(ReplicationMsg::Adopt { entities: owned }));
+        s.tick(TICK_DURATION_US);
+        let mut left: Vec<EntityId> = s.leaving().iter().map(|(id, _)| *id).collect();
+        left.sort();
+        assert_eq!(left, vec![EntityId(2), EntityId(4)], "the two deep in the neighbour's region");
+        s.tick(2 * TICK_DURATION_US);
+        assert_eq!(s.leaving().len(), 2, "then two of the three just past the border");
+        assert!(s.held().contains_key(&EntityId(6)), "what stands at home stays");
     }
 }
