@@ -223,6 +223,9 @@ pub struct Server {
     leaving: Vec<(EntityId, EntityState)>,
     /// Scratch space for one subtree at a time (moving what a root carries).
     subtree: Vec<EntityId>,
+    /// How many deltas and ghosts the last tick sent: this tick's lists start that large (a
+    /// crowd's are tens of thousands, and grown by doubling each was copied over and over).
+    sent_last_tick: (usize, usize),
     /// Container streaming, when on: the world's containers, and those this server has asked
     /// the layer to load. Marks are scratch space for one streaming pass.
     streaming: Option<Arc<StreamIndex>>,
@@ -276,6 +279,7 @@ impl Server {
             damage: Vec::new(),
             leaving: Vec::new(),
             subtree: Vec::new(),
+            sent_last_tick: (0, 0),
             streaming: None,
             loaded: BTreeSet::new(),
             marks: Vec::new(),
@@ -604,6 +608,7 @@ impl Server {
             self.stream(settled);
             self.streamed = true;
         }
+        self.sent_last_tick.1 = borders.ghosts.len();
         self.send(ServerMsg::Ghosts { ghosts: borders.ghosts, presence: borders.presence });
         self.send(ServerMsg::Heartbeat { sent_at_us: now_us });
     }

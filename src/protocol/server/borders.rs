@@ -50,7 +50,8 @@ impl Server {
             let walkers = foreign.iter().take_while(|(gap, _)| *gap <= walker_margin).count();
             near.push((own.id, own.bounds, foreign.into_iter().map(|(_, b)| b).collect(), walkers));
         }
-        let mut out = Borders::default();
+        let ghosts = self.sent_last_tick.1;
+        let mut out = Borders { ghosts: Vec::with_capacity(ghosts + ghosts / 8), ..Borders::default() };
         let mut cells: rustc_hash::FxHashSet<glam::IVec3> = Default::default();
         for (id, h) in &self.entities {
             let kind = h.state.kind;
@@ -138,7 +139,8 @@ impl Server {
     /// Every change of the tick, leaving entities included: a handoff may only carry what the
     /// layer already knows the shape of, or a child dropped this tick would travel with it.
     pub(super) fn flush_deltas(&mut self, tick: Tick) {
-        let mut entries: Vec<Delta> = Vec::new();
+        let expected = self.sent_last_tick.0;
+        let mut entries: Vec<Delta> = Vec::with_capacity(expected + expected / 8);
         // Every root first, then the children, parents before their own children: whatever left
         // a parent this tick (and is a root now) is off its parent's list before anything joins
         // it, so the layer never counts a parent over its capacity, nor sees an unknown parent.
@@ -168,6 +170,7 @@ impl Server {
         for (id, epoch) in self.destroyed.drain(..) {
             entries.push(Delta::Destroy { id, epoch });
         }
+        self.sent_last_tick.0 = entries.len();
         if !entries.is_empty() {
             self.stats.deltas_sent += entries.len() as u64;
             self.send(ServerMsg::Deltas { tick, entries });
