@@ -1304,32 +1304,43 @@ fn a_crowd_starts_a_server_that_takes_regions_from_the_busiest() {
     held_once(&m, ids.iter().copied());
 }
 
+/// A world `world` wide and deep (20 m high) holding one city from (10, 10) to `city`, one
+/// building from (20, 20) to `building`, and in it two rooms split at x = 40: the second is
+/// `containers[5]`.
+fn two_rooms(world: [f32; 2], city: [f32; 2], building: [f32; 2]) -> shardmesh::world::ContainerTree {
+    use shardmesh::world::{Container, ContainerKind, ContainerTree};
+    let b = |min: [f32; 2], max: [f32; 2]| Aabb { min: [min[0], min[1], 0.0], max: [max[0], max[1], 20.0] };
+    let c = |name: &str, kind, bounds, parent| Container { name: name.into(), kind, bounds, parent };
+    ContainerTree {
+        containers: vec![
+            c("system", ContainerKind::System, b([0.0; 2], world), None),
+            c("planet", ContainerKind::Planet, b([0.0; 2], world), Some(0)),
+            c("city", ContainerKind::City, b([10.0; 2], city), Some(1)),
+            c("building", ContainerKind::Building, b([20.0; 2], building), Some(2)),
+            c("room-0", ContainerKind::Room, b([20.0; 2], [40.0, building[1]]), Some(3)),
+            c("room-1", ContainerKind::Room, b([40.0, 20.0], building), Some(3)),
+        ],
+    }
+}
+
+/// 400 NPCs standing on a grid of 20 by 20 from `corner`, `dx` and `dy` apart.
+fn npcs_on_a_grid(corner: Vec3, dx: f32, dy: f32) -> Vec<(EntityId, EntityState)> {
+    (0..400)
+        .map(|i| {
+            let p = corner + Vec3::new((i % 20) as f32 * dx, (i / 20) as f32 * dy, 0.0);
+            (EntityId(i as u64 + 1), EntityState::new(EntityKind::Npc, p))
+        })
+        .collect()
+}
+
 /// A crowd in one room of a region that holds a whole city: the controller cuts along walls
 /// (the city's, the building's, between the two rooms) until a region is that room, and only
 /// then cuts the room itself; half the crowd then goes to the other server. Nothing is lost.
 #[test]
 fn a_hot_room_splits_along_its_walls_before_it_is_cut() {
-    use shardmesh::world::{Container, ContainerKind, ContainerTree};
-    let b = |min: [f32; 3], max: [f32; 3]| Aabb { min, max };
-    let c = |name: &str, kind, bounds, parent| Container { name: name.into(), kind, bounds, parent };
-    let tree = ContainerTree {
-        containers: vec![
-            c("system", ContainerKind::System, b([0.0; 3], [160.0, 80.0, 20.0]), None),
-            c("planet", ContainerKind::Planet, b([0.0; 3], [160.0, 80.0, 20.0]), Some(0)),
-            c("city", ContainerKind::City, b([10.0, 10.0, 0.0], [70.0, 70.0, 20.0]), Some(1)),
-            c("building", ContainerKind::Building, b([20.0, 20.0, 0.0], [60.0, 50.0, 20.0]), Some(2)),
-            c("room-0", ContainerKind::Room, b([20.0, 20.0, 0.0], [40.0, 50.0, 20.0]), Some(3)),
-            c("room-1", ContainerKind::Room, b([40.0, 20.0, 0.0], [60.0, 50.0, 20.0]), Some(3)),
-        ],
-    };
+    let tree = two_rooms([160.0, 80.0], [70.0, 70.0], [60.0, 50.0]);
     let room = tree.containers[5].bounds;
-    // 400 NPCs standing on a grid over the room's floor.
-    let entities: Vec<(EntityId, EntityState)> = (0..400)
-        .map(|i| {
-            let p = Vec3::new(40.5 + (i % 20) as f32, 20.5 + (i / 20) as f32 * 1.5, 1.0);
-            (EntityId(i as u64 + 1), EntityState::new(EntityKind::Npc, p))
-        })
-        .collect();
+    let entities = npcs_on_a_grid(Vec3::new(40.5, 20.5, 1.0), 1.0, 1.5);
     let ids: Vec<EntityId> = entities.iter().map(|(id, _)| *id).collect();
     let mut map = RegionMap::kd_split(tree.bounds(), 2);
     let halves: Vec<RegionId> = map.regions().iter().map(|r| r.id).collect();
@@ -1362,27 +1373,9 @@ fn a_hot_room_splits_along_its_walls_before_it_is_cut() {
 /// handoffs), in one balancing period, and shares the crowd only by cutting the room.
 #[test]
 fn a_crowd_is_walled_off_in_one_period_and_not_moved_whole_on_a_guess() {
-    use shardmesh::world::{Container, ContainerKind, ContainerTree};
-    let b = |min: [f32; 3], max: [f32; 3]| Aabb { min, max };
-    let c = |name: &str, kind, bounds, parent| Container { name: name.into(), kind, bounds, parent };
-    let tree = ContainerTree {
-        containers: vec![
-            c("system", ContainerKind::System, b([0.0; 3], [1000.0, 100.0, 20.0]), None),
-            c("planet", ContainerKind::Planet, b([0.0; 3], [1000.0, 100.0, 20.0]), Some(0)),
-            c("city", ContainerKind::City, b([10.0, 10.0, 0.0], [90.0, 90.0, 20.0]), Some(1)),
-            c("building", ContainerKind::Building, b([20.0, 20.0, 0.0], [80.0, 80.0, 20.0]), Some(2)),
-            c("room-0", ContainerKind::Room, b([20.0, 20.0, 0.0], [40.0, 80.0, 20.0]), Some(3)),
-            c("room-1", ContainerKind::Room, b([40.0, 20.0, 0.0], [80.0, 80.0, 20.0]), Some(3)),
-        ],
-    };
+    let tree = two_rooms([1000.0, 100.0], [90.0, 90.0], [80.0, 80.0]);
     let room = tree.containers[5].bounds;
-    // 400 NPCs standing on a grid over the room's floor.
-    let entities: Vec<(EntityId, EntityState)> = (0..400)
-        .map(|i| {
-            let p = Vec3::new(42.5 + (i % 20) as f32 * 1.8, 22.5 + (i / 20) as f32 * 2.8, 1.0);
-            (EntityId(i as u64 + 1), EntityState::new(EntityKind::Npc, p))
-        })
-        .collect();
+    let entities = npcs_on_a_grid(Vec3::new(42.5, 22.5, 1.0), 1.8, 2.8);
     let ids: Vec<EntityId> = entities.iter().map(|(id, _)| *id).collect();
     let mut map = RegionMap::kd_split(tree.bounds(), 2);
     let halves: Vec<RegionId> = map.regions().iter().map(|r| r.id).collect();

@@ -226,8 +226,9 @@ mod tests {
     use super::*;
     use crate::world::Aabb;
 
-    #[test]
-    fn only_roots_outside_the_servers_regions_are_handed_off_with_their_children() {
+    /// Server 0, welcomed, owning the left half of a 200 m world whose right half is server 1's;
+    /// and what wraps a message for it.
+    fn left_of_two() -> (Server, impl Fn(ReplicationMsg) -> ToServer) {
         let (id, inc) = (ServerId(0), Incarnation(1));
         let mut map = RegionMap::kd_split(Aabb::new(Vec3::ZERO, Vec3::new(200.0, 20.0, 20.0)), 2);
         let (left, right) =
@@ -235,8 +236,14 @@ mod tests {
         map.assign(left, Some(id)).unwrap();
         map.assign(right, Some(ServerId(1))).unwrap();
         let mut s = Server::new(id, inc, 0);
-        let to = |body| ToServer { server: id, incarnation: inc, body };
+        let to = move |body| ToServer { server: id, incarnation: inc, body };
         s.handle(0, to(ReplicationMsg::Welcome { create_epoch: Epoch(1), map, loaded: Vec::new() }));
+        (s, to)
+    }
+
+    #[test]
+    fn only_roots_outside_the_servers_regions_are_handed_off_with_their_children() {
+        let (mut s, to) = left_of_two();
         let at = |kind, x: f32| EntityState::new(kind, Vec3::new(x, 10.0, 10.0));
         let mut rider = at(EntityKind::Player, 150.0);
         rider.parent = Some(EntityId(2));
@@ -259,16 +266,8 @@ mod tests {
     /// a border wait, and most walk back.
     #[test]
     fn over_the_cap_the_farthest_past_the_border_leave_first() {
-        let (id, inc) = (ServerId(0), Incarnation(1));
-        let mut map = RegionMap::kd_split(Aabb::new(Vec3::ZERO, Vec3::new(200.0, 20.0, 20.0)), 2);
-        let (left, right) =
-            (map.region_at(Vec3::new(10.0, 10.0, 10.0)).id, map.region_at(Vec3::new(190.0, 10.0, 10.0)).id);
-        map.assign(left, Some(id)).unwrap();
-        map.assign(right, Some(ServerId(1))).unwrap();
-        let mut s = Server::new(id, inc, 0);
+        let (mut s, to) = left_of_two();
         s.handoffs_per_tick_max = 2;
-        let to = |body| ToServer { server: id, incarnation: inc, body };
-        s.handle(0, to(ReplicationMsg::Welcome { create_epoch: Epoch(1), map, loaded: Vec::new() }));
         let walker = |x: f32| {
             let mut state = EntityState::new(EntityKind::Npc, Vec3::new(x, 10.0, 1.0));
             state.velocity = [0.0, 0.1, 0.0];
