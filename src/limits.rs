@@ -519,6 +519,10 @@ pub const GRID_CELL_M: f32 = 16.0;
 /// costs a dozen cell lookups more than with the wider cells.
 pub const HIT_GRID_CELL_M: f32 = 2.0 * HIT_RADIUS_M;
 
+/// The most cells a grid lays out as one array over the box its entries fill (4 MiB of
+/// offsets); entries spread wider are found by a map keyed by cell.
+pub const GRID_DENSE_CELLS_MAX: usize = 1 << 20;
+
 /// A segment searched in a grid is walked in at most this many pieces: a projectile's path is a
 /// dozen cells long; a longer one (a corrupt velocity) is walked in longer pieces, never more.
 pub const SEGMENT_PIECES_MAX: u32 = 1024;

@@ -328,15 +328,14 @@ impl Bubbles {
     pub fn merge(&mut self, entities: impl IntoIterator<Item = (ViewEntity, Tick)>) {
         self.merged.clear();
         self.index.clear();
-        self.grid.clear();
         for (e, view_tick) in entities {
             if self.index.contains_key(&e.id) {
                 continue;
             }
             self.index.insert(e.id, self.merged.len());
-            self.grid.insert(self.merged.len() as u32, e.position_m());
             self.merged.push((e, view_tick));
         }
+        self.grid.rebuild(self.merged.iter().enumerate().map(|(i, (e, _))| (i as u32, e.position_m())));
     }
 
     /// The merged world's entity `id`, with the tick of its view.

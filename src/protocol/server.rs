@@ -443,11 +443,14 @@ impl Server {
                 self.presence = presence;
                 // Only walkers: the grid is where a projectile looks for a ghost it hits (ships
                 // are hulls in physics), and finding one must not scan every ghost.
-                self.ghost_grid.clear();
                 let walker = |kind: EntityKind| matches!(kind, EntityKind::Player | EntityKind::Npc);
-                for g in ghosts.iter().filter(|g| g.server != self.id && walker(g.kind)) {
-                    self.ghost_grid.insert(g.id, Vec3::from_array(g.position));
-                }
+                let me = self.id;
+                self.ghost_grid.rebuild(
+                    ghosts
+                        .iter()
+                        .filter(|g| g.server != me && walker(g.kind))
+                        .map(|g| (g.id, Vec3::from_array(g.position))),
+                );
                 let mut ships: Vec<(EntityId, Vec3)> = ghosts
                     .iter()
                     .filter(|g| g.server != self.id && g.kind == EntityKind::Ship && !self.entities.contains_key(&g.id))
@@ -626,26 +629,22 @@ impl Server {
 
     /// The targets grid (players, NPCs, ships), rebuilt after movement for hits.
     fn rebuild_grid(&mut self) {
-        self.grid.clear();
-        for (id, held) in &self.entities {
-            if matches!(held.state.kind, EntityKind::Player | EntityKind::Npc | EntityKind::Ship) {
-                self.grid.insert(*id, held.state.pos());
-            }
-        }
+        self.grid.rebuild(
+            self.entities
+                .iter()
+                .filter(|(_, held)| matches!(held.state.kind, EntityKind::Player | EntityKind::Npc | EntityKind::Ship))
+                .map(|(id, held)| (*id, held.state.pos())),
+        );
     }
 
     /// The grids the inputs use, before they are applied: what can be picked up or boarded.
     /// (The targets grid is built after movement, where hits are resolved.)
     fn rebuild_input_grids(&mut self) {
-        self.item_grid.clear();
-        self.ship_grid.clear();
-        for (id, held) in &self.entities {
-            match held.state.kind {
-                EntityKind::Item { .. } if held.state.parent.is_none() => self.item_grid.insert(*id, held.state.pos()),
-                EntityKind::Ship => self.ship_grid.insert(*id, held.state.pos()),
-                _ => {}
-            }
-        }
+        let loose = |held: &Held| matches!(held.state.kind, EntityKind::Item { .. }) && held.state.parent.is_none();
+        self.item_grid.rebuild(self.entities.iter().filter(|(_, h)| loose(h)).map(|(id, h)| (*id, h.state.pos())));
+        self.ship_grid.rebuild(
+            self.entities.iter().filter(|(_, h)| h.state.kind == EntityKind::Ship).map(|(id, h)| (*id, h.state.pos())),
+        );
     }
 
     /// The world's bounds (an active server's).
