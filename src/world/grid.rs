@@ -4,9 +4,9 @@
 //!
 //! A build is a counting sort: every entry's cell is found once, and the entries are laid out
 //! cell after cell in one list. Where the cells in use fill a small box (a crowd in a room, a
-//! server's part of a city) each cell's place in that list is read from an array over the box;
-//! where they are spread over a large world, from a map keyed by cell. A build touches no map
-//! per entity, and a query none in the common case.
+//! server's part of a city) each cell's place in that list is read from an array over the box,
+//! with no map in the build or in a query; where they are spread over a large world, from a map
+//! keyed by cell (one lookup an entry in a build, one a cell in a query).
 //!
 //! Deterministic: cells are found by key, never iterated, and callers choose among candidates by
 //! id, so results do not depend on hashing.
