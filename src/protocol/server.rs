@@ -208,6 +208,9 @@ pub struct Server {
     /// looks only at what it could take.
     item_grid: Grid,
     ship_grid: Grid,
+    /// The ships met while the items' grid is built, for the ships' grid: one pass over what is
+    /// held for both (kept for the next tick).
+    ships_seen: Vec<(EntityId, Vec3)>,
     /// Other servers' border entities, read-only, and where they are.
     ghosts: Vec<Ghost>,
     /// Where other servers' players stand near this server's regions (cells' centres), for
@@ -272,6 +275,7 @@ impl Server {
             grid: Grid::new(HIT_GRID_CELL_M),
             item_grid: Grid::new(GRID_CELL_M),
             ship_grid: Grid::new(GRID_CELL_M),
+            ships_seen: Vec::new(),
             ghosts: Vec::new(),
             presence: Vec::new(),
             ghost_grid: Grid::new(HIT_GRID_CELL_M),
@@ -640,11 +644,18 @@ impl Server {
     /// The grids the inputs use, before they are applied: what can be picked up or boarded.
     /// (The targets grid is built after movement, where hits are resolved.)
     fn rebuild_input_grids(&mut self) {
-        let loose = |held: &Held| matches!(held.state.kind, EntityKind::Item { .. }) && held.state.parent.is_none();
-        self.item_grid.rebuild(self.entities.iter().filter(|(_, h)| loose(h)).map(|(id, h)| (*id, h.state.pos())));
-        self.ship_grid.rebuild(
-            self.entities.iter().filter(|(_, h)| h.state.kind == EntityKind::Ship).map(|(id, h)| (*id, h.state.pos())),
-        );
+        let mut ships = std::mem::take(&mut self.ships_seen);
+        ships.clear();
+        self.item_grid.rebuild(self.entities.iter().filter_map(|(id, h)| match h.state.kind {
+            EntityKind::Item { .. } if h.state.parent.is_none() => Some((*id, h.state.pos())),
+            EntityKind::Ship => {
+                ships.push((*id, h.state.pos()));
+                None
+            }
+            _ => None,
+        }));
+        self.ship_grid.rebuild(ships.iter().copied());
+        self.ships_seen = ships;
     }
 
     /// The world's bounds (an active server's).
