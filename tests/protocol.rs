@@ -1432,11 +1432,17 @@ fn a_crowd_against_a_border_is_evened_out_by_moving_the_border() {
 /// A hundred NPCs in a row over a 160 m world of four regions, two slices, two servers, which
 /// the controller may run up to `servers_max` of; and the ticks of a balancing period.
 fn measured_mesh(servers_max: usize) -> (Mesh, Vec<EntityId>, u64) {
+    measured_mesh_of(servers_max, 100, 4)
+}
+
+/// `measured_mesh` with `npcs` NPCs evenly over the row and `regions` regions.
+fn measured_mesh_of(servers_max: usize, npcs: u64, regions: usize) -> (Mesh, Vec<EntityId>, u64) {
     let world = Aabb::new(Vec3::ZERO, Vec3::new(160.0, 20.0, 20.0));
+    let step = 150.0 / npcs as f32;
     let entities: Vec<(EntityId, EntityState)> =
-        (0..100).map(|i| (EntityId(i + 1), at(EntityKind::Npc, 1.0 + 1.5 * i as f32))).collect();
+        (0..npcs).map(|i| (EntityId(i + 1), at(EntityKind::Npc, 1.0 + step * i as f32))).collect();
     let ids: Vec<EntityId> = entities.iter().map(|(id, _)| *id).collect();
-    let mut m = Mesh::new(2, 2, RegionMap::kd_split(world, 4), entities);
+    let mut m = Mesh::new(2, 2, RegionMap::kd_split(world, regions), entities);
     m.slice_mut(0).set_server_bounds(2, servers_max);
     (m, ids, shardmesh::limits::ticks_in(shardmesh::limits::BALANCE_PERIOD_US, TICK_DURATION_US))
 }
@@ -1523,6 +1529,56 @@ fn servers_started_for_a_crowd_retire_into_their_cores_once_it_has_gone() {
     assert_eq!(left.len(), 2, "down to the starting number: {left:?}");
     // One server a core is left: each retired into its own core.
     assert_ne!(left[0].0 % 2, left[1].0 % 2, "one on each core: {left:?}");
+    held_once(&m, ids.iter().copied());
+}
+
+/// Ticks `ticks` with core 0 reporting `fractions.0` of a tick's work each tick and core 1
+/// `fractions.1`.
+fn tick_at_works(m: &mut Mesh, ticks: u64, fractions: (f64, f64)) {
+    for _ in 0..ticks {
+        m.slice_mut(0).note_work((TICK_DURATION_US as f64 * fractions.0) as u64);
+        m.slice_mut(1).note_work((TICK_DURATION_US as f64 * fractions.1) as u64);
+        m.tick();
+    }
+}
+
+/// On one host a start adds a server, not CPU: while the cores work alike, the servers a crowd
+/// starts take nothing from anyone (a region taken across cores only loads the other core, and
+/// balancing undoes it with another burst of handoffs; one taken on its own core only adds a
+/// border there): they stand ready, and once one core works well past the other, load goes from
+/// it to a started server on the other core. Nothing is lost.
+#[test]
+fn servers_started_between_even_cores_stand_ready_until_one_core_is_busier() {
+    use shardmesh::limits::SERVER_START_AFTER_PERIODS_MIN;
+    let (mut m, ids, period) = measured_mesh_of(6, 400, 8);
+    let core = |s: Option<ServerId>| s.map(|s| s.0 % 2);
+    let owners = |m: &Mesh| -> Vec<(Aabb, Option<ServerId>)> {
+        m.slice(0).map().regions().iter().map(|r| (r.bounds, r.server)).collect()
+    };
+    let before = owners(&m);
+    tick_at_works(&mut m, period * (3 * SERVER_START_AFTER_PERIODS_MIN as u64 + 4), (0.8, 0.8));
+    let started = m.slice(0).stats.servers_started;
+    assert!(started >= 2, "busy cores start servers: {started}");
+    let running: Vec<ServerId> = m.servers().map(|s| s.id()).collect();
+    assert!(running.len() >= 4, "{running:?}");
+    assert!(running.iter().any(|s| s.0 % 2 == 1 && s.0 >= 2), "one started on core 1: {running:?}");
+    assert_eq!(owners(&m), before, "no region changed hands between cores that work alike");
+    assert_eq!(m.slice(0).stats.regions_moved, 0);
+    // Core 0 works well past core 1: a started server on core 1 takes load from core 0.
+    tick_at_works(&mut m, period * 4, (0.9, 0.45));
+    let after = owners(&m);
+    let map = m.slice(0).map();
+    assert!(
+        map.regions().iter().any(|r| r.server.is_some_and(|s| s.0 >= 2 && s.0 % 2 == 1)),
+        "a started server on core 1 holds a region: {after:?}"
+    );
+    for (bounds, server) in &after {
+        let (_, was) = before.iter().find(|(b, _)| b.contains(bounds.center())).expect("inside the world");
+        assert!(
+            core(*server) == core(*was) || (core(*was) == Some(0) && core(*server) == Some(1)),
+            "{bounds:?} went from {was:?} to {server:?}, not from the busy core to the quiet one"
+        );
+    }
     held_once(&m, ids.iter().copied());
 }
 

@@ -194,8 +194,8 @@ impl Replication {
     }
 
     /// Controller: start a logical server on the core with the most headroom (the least measured
-    /// work, or without measurements the least load on its live servers). It takes regions from
-    /// the busiest once it registers.
+    /// work, or without measurements the least load on its live servers). It takes regions once
+    /// it registers (`region_for_idle`).
     pub fn start_server(&mut self, loads: &BTreeMap<ServerId, u32>) -> bool {
         assert!(self.is_controller(), "only the controller starts servers");
         let mut per_slice = vec![0u64; self.slices as usize];
@@ -207,7 +207,11 @@ impl Replication {
                 }
             }
         }
-        let Some(core) = (0..self.slices).min_by_key(|c| (per_slice[*c as usize], *c)) else { return false };
+        // Ties (cores that measured the same work) go to the core running the fewest servers.
+        let running_on = |c: u16| self.serving().filter(|s| self.home_of(*s).0 == c).count();
+        let Some(core) = (0..self.slices).min_by_key(|c| (per_slice[*c as usize], running_on(*c), *c)) else {
+            return false;
+        };
         let in_use = |id: ServerId| {
             self.live_everywhere.contains(&id)
                 || self.lifecycles.starting.contains(&id)
@@ -724,20 +728,28 @@ impl Replication {
         }
     }
 
-    /// Controller: the region a server with none (one just started) takes: from the busiest
-    /// server that has two or more (on the busiest core where the cores measure their work, by
-    /// what its regions hold), its biggest region holding at most half of that, else its
-    /// smallest: load moves toward the middle, never a whole crowd at once.
+    /// Controller: the region a server with none (one just started) takes, where the cores do
+    /// not measure their work (the simulator, tests by counts): from the busiest server that has
+    /// two or more, its biggest region holding at most half of what that server holds, else its
+    /// smallest, so load moves toward the middle, never a whole crowd at once.
+    ///
+    /// Where the cores measure their work, none: a start adds a server, not CPU (the cores are
+    /// the host's). A region taken across cores that work alike only loads the other core, which
+    /// balancing then undoes, each move a burst of handoffs (the tavern's dynamic trials that
+    /// started servers failed on it, BENCHMARKS.md), and one taken on its own core only adds a
+    /// border there. A started server stands ready as the quietest server of its core, which is
+    /// where `balance_by_work` sends load once one core works well past another.
     fn region_for_idle(&self, idle: ServerId) -> Option<RegionId> {
+        if self.work_reported.iter().all(|w| w.is_some()) {
+            return None;
+        }
         let loads = self.region_loads();
         let load = |r: RegionId| loads.get(&r).copied().unwrap_or(0);
         let held = |s: ServerId| -> u64 { self.map.regions_of(s).map(|r| load(r.id) as u64).sum() };
-        let core_work =
-            |s: ServerId| self.work_reported.get(self.home_of(s).0 as usize).copied().flatten().unwrap_or(0);
         let donor = self
             .serving()
             .filter(|s| *s != idle && self.map.regions_of(*s).count() >= 2)
-            .max_by_key(|s| (core_work(*s), held(*s), std::cmp::Reverse(*s)))?;
+            .max_by_key(|s| (held(*s), std::cmp::Reverse(*s)))?;
         let half = held(donor) / 2;
         let mut regions: Vec<(u32, RegionId)> = self.map.regions_of(donor).map(|r| (load(r.id), r.id)).collect();
         regions.sort();
