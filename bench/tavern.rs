@@ -71,7 +71,6 @@ fn trial(cores: usize, players: usize, mode: Mode, repeat: usize, settings: &Set
     let s = run_trial(cores, players, mode, seed, settings);
     let slowest = s.tick_p99_ms_per_core.iter().copied().fold(f64::NAN, f64::max);
     let ok = clean(&s) && s.ticks > 0 && slowest < BUDGET_MS;
-    let ticks = s.ticks.max(1) as f64;
     let v = json!({
         "cores": cores,
         "mode": format!("{mode:?}").to_lowercase(),
@@ -93,8 +92,8 @@ fn trial(cores: usize, players: usize, mode: Mode, repeat: usize, settings: &Set
         "regions_merged": s.regions_merged,
         "regions_moved": s.regions_moved,
         "handoffs_per_s": s.handoffs as f64 / s.duration_s.max(1e-9),
-        "ghosts_to_servers_per_tick": s.ghosts_to_servers as f64 / ticks,
-        "ghosts_to_cores_per_tick": s.ghosts_to_cores as f64 / ticks,
+        "ghosts_to_servers_per_tick": s.ghosts_to_servers_per_tick,
+        "ghosts_to_cores_per_tick": s.ghosts_to_cores_per_tick,
         "time_dilation_min": s.time_dilation_min,
         "clean": clean(&s),
         "pass": ok,

@@ -48,6 +48,16 @@ fn two_cores_for_a_few_seconds_lose_and_duplicate_nothing() {
         assert_eq!(profile.len(), stages.len(), "{:?}", summary.stage_ms_per_core);
         assert!(profile[servers] > 0.0, "300 players a core took no time: {profile:?}");
     }
+    // Ghosts a tick are counted over the ticks after the warm-up, as `ticks` is: no more than
+    // the whole run's ghosts spread over those ticks, and some (bots cross borders).
+    let warm = summary.ghosts_to_servers_per_tick * summary.ticks as f64;
+    assert!(warm > 0.0, "ghosts were given to servers after the warm-up: {}", summary.ghosts_to_servers);
+    assert!(
+        warm <= summary.ghosts_to_servers as f64 + 0.5,
+        "{warm} ghosts after the warm-up, {} in the whole run",
+        summary.ghosts_to_servers
+    );
+    assert!(summary.ghosts_to_cores_per_tick * summary.ticks as f64 <= summary.ghosts_to_cores as f64 + 0.5);
 }
 
 #[test]

@@ -349,6 +349,10 @@ pub struct MeshSummary {
     /// Border ghosts the slices gave their servers, and sent to other cores, over the run.
     pub ghosts_to_servers: u64,
     pub ghosts_to_cores: u64,
+    /// The same a tick, over the ticks after the warm-up (those `ticks` counts); 0.0 when no
+    /// tick came after it.
+    pub ghosts_to_servers_per_tick: f64,
+    pub ghosts_to_cores_per_tick: f64,
     /// The world's lowest speed against real time over a window after the warm-up, on any core
     /// (EVE Online's time dilation): 1.0 when the world never slowed; `None` for a free-running
     /// run (it keeps no real time) or one too short for a window.
@@ -908,7 +912,10 @@ fn audit(
     } else {
         None
     };
+    let (mut ghosts_warm_to_servers, mut ghosts_warm_to_cores) = (0u64, 0u64);
     for r in reports {
+        ghosts_warm_to_servers += r.ghosts_after_warmup.0;
+        ghosts_warm_to_cores += r.ghosts_after_warmup.1;
         if let Some(g) = &r.gateway {
             gateway.get_or_insert_with(Default::default).add(g);
         }
@@ -940,6 +947,8 @@ fn audit(
         audit_error = Some(format!("{in_flight} messages still queued between cores at the end"));
     }
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1e3;
+    let warm_ticks = hist.len() / cfg.cores.max(1) as u64;
+    let per_warm_tick = |n: u64| if warm_ticks == 0 { 0.0 } else { n as f64 / warm_ticks as f64 };
     let players = slices.iter().flat_map(|s| s.records().values()).filter(|r| r.state.kind == EntityKind::Player);
     MeshSummary {
         // Every player the world has, one per account that ever joined, logged in or not.
@@ -979,6 +988,8 @@ fn audit(
         rooms_cut: slices.first().map_or(0, |s| s.stats.rooms_cut),
         ghosts_to_servers: slices.iter().map(|s| s.stats.ghosts_to_servers).sum(),
         ghosts_to_cores: slices.iter().map(|s| s.stats.ghosts_to_cores).sum(),
+        ghosts_to_servers_per_tick: per_warm_tick(ghosts_warm_to_servers),
+        ghosts_to_cores_per_tick: per_warm_tick(ghosts_warm_to_cores),
         time_dilation_min,
         timeline: Vec::new(),
         map_epoch_start: 0,

@@ -201,6 +201,9 @@ pub struct ShardReport {
     /// ticks it is over.
     pub stage_us: [u64; STAGES.len()],
     pub stage_ticks: u64,
+    /// Border ghosts this core's slice gave its servers and sent to other cores over the same
+    /// ticks (after the warm-up): the slice's counters are the whole run's.
+    pub ghosts_after_warmup: (u64, u64),
 }
 
 /// The node's I/O on a real core: the rings to other cores, the gateway's clients, the log.
@@ -538,6 +541,8 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
     let mut stalls = 0u64;
     let mut stall_reports = Vec::new();
     let (mut stage_totals, mut stage_ticks) = ([0u64; STAGES.len()], 0u64);
+    // The slice's ghost counters as the first tick after the warm-up began.
+    let mut ghosts_at_warmup: Option<(u64, u64)> = None;
     let budget_us = setup.tick.as_micros() as u64;
     let mut schedule = Schedule::new(setup.start, setup.tick, offset_us / tick_us);
     while !setup.stop.load(Ordering::Relaxed) {
@@ -666,6 +671,8 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
         let took_us = began.elapsed().as_micros() as u64;
         let warm = setup.start.elapsed() >= setup.warmup;
         if warm {
+            let stats = &node.slice().stats;
+            ghosts_at_warmup.get_or_insert((stats.ghosts_to_servers, stats.ghosts_to_cores));
             hist.saturating_record(took_us.max(1));
             for (total, us) in stage_totals.iter_mut().zip(io.stage_us) {
                 *total += us;
@@ -782,6 +789,9 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
     }
     let stats = node.stats;
     let (slice, servers) = node.into_parts();
+    let ghosts_after_warmup = ghosts_at_warmup.map_or((0, 0), |(to_servers, to_cores)| {
+        (slice.stats.ghosts_to_servers - to_servers, slice.stats.ghosts_to_cores - to_cores)
+    });
     ShardReport {
         index: setup.index,
         slice,
@@ -799,6 +809,7 @@ pub async fn run(mut setup: ShardSetup) -> ShardReport {
         time_dilation_min: if setup.tick.is_zero() { None } else { dilation.min },
         stage_us: stage_totals,
         stage_ticks,
+        ghosts_after_warmup,
     }
 }
 
